@@ -1,0 +1,36 @@
+# One-command set-up: `make setup` builds .venv/ from the locked versions; `make test` and `make demo`
+# call it first. A second `make setup` on a set-up checkout is a no-op (the stamp is newer than the locks).
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+UV := $(VENV)/bin/uv
+STAMP := $(VENV)/.maskinit-setup
+export UV_LINK_MODE ?= copy
+
+.PHONY: setup test demo bench lock clean
+
+setup: $(STAMP)
+
+$(STAMP): requirements.lock requirements-bootstrap.lock pyproject.toml scripts/install_detectron2.py
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check --require-hashes -r requirements-bootstrap.lock
+	$(UV) pip install --python $(PY) --require-hashes -r requirements.lock
+	$(PY) scripts/install_detectron2.py
+	$(UV) pip install --python $(PY) --no-deps -e .
+	touch $(STAMP)
+
+test: setup
+	$(PY) -m pytest -q
+
+demo: setup
+	$(VENV)/bin/maskinit demo
+
+bench: setup
+	$(PY) benchmarks/run_all.py
+
+# Re-resolve requirements.in into the lock (needs uv on PATH or a set-up .venv).
+lock:
+	$(UV) pip compile requirements.in --universal --python-version 3.10 --generate-hashes -o requirements.lock
+
+clean:
+	rm -rf $(VENV) .cache .pytest_cache

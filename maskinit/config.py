@@ -1,0 +1,388 @@
+"""From-scratch Detectron2 configs: `cfg.MASKINIT`, presets, the from-scratch rules, export.
+
+A config is built in stages, each one recorded so that `--explain` can say why a key changed:
+base (a Detectron2 model-zoo config or a local YAML) -> preset (a YAML under `configs/`, which
+carries the from-scratch recipe) -> `--norm`/`--init`/`--schedule`/`--ims-per-batch`/`--num-classes`
+-> trailing `KEY VALUE` overrides. `--config FILE` replaces base and preset with a complete file.
+"""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import yaml
+from detectron2.config import CfgNode, get_cfg
+
+from .errors import MaskinitError
+
+DEFAULT_BASE = "COCO-InstanceSegmentation/mask_rcnn_R_50_FPN_3x.yaml"
+DEFAULT_PRESET = "r50-fpn"
+CONFIGS_DIR = Path(__file__).resolve().parent.parent / "configs"
+SCHEDULES = {"1x": 1, "3x": 3, "6x": 6, "9x": 9}
+# Detectron2's 1x: 90k iterations at batch 16, LR steps 30k and 10k before the end; longer
+# schedules step 60k and 20k before the end (3x: 210k/250k of 270k; 9x: 750k/790k of 810k).
+ITERS_PER_X_AT_16 = 90000
+
+# Why the from-scratch rules change what they change (shown by `export-config --explain`).
+REASONS = {
+    "MODEL.WEIGHTS": "from scratch: nothing pretrained is loaded",
+    "MODEL.BACKBONE.FREEZE_AT": "random stem and res2 must train; frozen random layers never learn",
+    "MODEL.RESNETS.NORM": "trainable norm: FrozenBN keeps random statistics forever",
+    "MODEL.FPN.NORM": "trainable norm in the FPN, as Detectron2's scratch recipes",
+    "MODEL.ROI_BOX_HEAD.NORM": "trainable norm in the box head, as Detectron2's scratch recipes",
+    "MODEL.ROI_MASK_HEAD.NORM": "trainable norm in the mask head, as Detectron2's scratch recipes",
+    "MODEL.RESNETS.STRIDE_IN_1X1": "stride in the 3x3 conv; the 1x1 stride only matches Caffe2 weights",
+    "MODEL.PIXEL_STD": "unit-variance input for random weights (std of ImageNet pixels)",
+    "MODEL.PIXEL_MEAN": "mean of ImageNet pixels (BGR), paired with PIXEL_STD",
+    "MODEL.ROI_BOX_HEAD.NUM_CONV": "4conv1fc box head, as Detectron2's configs/Misc/scratch_*",
+    "MODEL.ROI_BOX_HEAD.NUM_FC": "4conv1fc box head, as Detectron2's configs/Misc/scratch_*",
+    "MODEL.ROI_BOX_HEAD.NAME": "conv+fc box head (4conv1fc)",
+}
+
+
+def add_maskinit_config(cfg: CfgNode) -> CfgNode:
+    """Add the `cfg.MASKINIT` keys (Detectron2's `add_*_config` extension style)."""
+    if "MASKINIT" in cfg:
+        return cfg
+    _C = cfg
+    _C.MASKINIT = CfgNode()
+    # Name of the preset this config started from (informational).
+    _C.MASKINIT.PRESET = ""
+    # Norm variant for backbone, FPN, box head and mask head: NAME[:key=value,...] from the norm registry.
+    _C.MASKINIT.NORM = "GN"
+    # Also put the norm variant into the RPN head's convolutions.
+    _C.MASKINIT.RPN_NORM = False
+    # Initializer for every component without one of its own: NAME[:key=value,...].
+    _C.MASKINIT.INIT = "kaiming_normal"
+    # Per-component initializers; empty means MASKINIT.INIT.
+    _C.MASKINIT.COMPONENT_INIT = CfgNode()
+    # Initializer of the ResNet bottom-up backbone.
+    _C.MASKINIT.COMPONENT_INIT.BACKBONE = ""
+    # Initializer of the FPN lateral and output convolutions.
+    _C.MASKINIT.COMPONENT_INIT.FPN = ""
+    # Initializer of the RPN head's hidden convolutions.
+    _C.MASKINIT.COMPONENT_INIT.RPN = ""
+    # Initializer of the box head's convolutions and FCs.
+    _C.MASKINIT.COMPONENT_INIT.BOX_HEAD = ""
+    # Initializer of the mask head's convolutions and deconvolution.
+    _C.MASKINIT.COMPONENT_INIT.MASK_HEAD = ""
+    # Keep Detectron2's detection-head priors (box cls std 0.01, box reg 0.001, mask 0.001, RPN 0.01).
+    _C.MASKINIT.HEAD_PRIORS = True
+    # Focal-style prior foreground probability for the RPN and box classifier biases; 0 disables.
+    _C.MASKINIT.PRIOR_PROB = 0.0
+    # Zero-init the scale of the last norm in each residual block (Goyal et al.).
+    _C.MASKINIT.ZERO_INIT_RESIDUAL = False
+    # Python modules imported before building, registering initializers and norms.
+    _C.MASKINIT.PLUGINS = []
+    return cfg
+
+
+def zoo_config_file(name: str) -> str:
+    from detectron2 import model_zoo
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            return model_zoo.get_config_file(name)
+        except RuntimeError:
+            return ""
+
+
+def base_config_file(base: str) -> str:
+    """A local YAML path, or the file of a Detectron2 model-zoo config name."""
+    if Path(base).is_file():
+        return str(base)
+    path = zoo_config_file(base)
+    if path:
+        return path
+    raise MaskinitError(f"unknown base config {base!r}: not a file and not a Detectron2 model-zoo config name")
+
+
+def list_presets() -> list[str]:
+    return sorted(p.stem for p in CONFIGS_DIR.glob("*.yaml") if not p.stem.startswith("Base"))
+
+
+def preset_file(name: str) -> Path:
+    path = CONFIGS_DIR / f"{name}.yaml"
+    if not path.is_file() or name.startswith("Base"):
+        raise MaskinitError(f"unknown preset {name!r} (known: {', '.join(list_presets())})")
+    return path
+
+
+def new_config() -> CfgNode:
+    cfg = get_cfg()
+    add_maskinit_config(cfg)
+    return cfg
+
+
+def merge_file(cfg: CfgNode, path: str | Path, what: str) -> None:
+    try:
+        cfg.merge_from_file(str(path), allow_unsafe=False)
+    except FileNotFoundError:
+        raise MaskinitError(f"{what} {path} not found") from None
+    except yaml.YAMLError as error:
+        raise MaskinitError(f"{what} {path} is not valid YAML: {str(error).splitlines()[0]}") from None
+    except KeyError as error:
+        raise MaskinitError(f"{what} {path}: unknown config key {error.args[0]}") from None
+    except (ValueError, AssertionError, TypeError, AttributeError) as error:
+        raise MaskinitError(f"{what} {path}: {one_line(error)}") from None
+
+
+def one_line(error: BaseException) -> str:
+    text = str(error).strip().splitlines()
+    return text[0] if text else type(error).__name__
+
+
+def merge_overrides(cfg: CfgNode, overrides: Sequence[str]) -> None:
+    """Trailing `KEY VALUE` pairs, as Detectron2's `opts`."""
+    overrides = list(overrides)
+    if len(overrides) % 2:
+        raise MaskinitError(f"overrides must be KEY VALUE pairs; {overrides[-1]!r} has no value")
+    for key, value in zip(overrides[::2], overrides[1::2]):
+        try:
+            cfg.merge_from_list([key, value])
+        except KeyError:
+            raise MaskinitError(f"unknown config key {key}") from None
+        except (ValueError, AssertionError, TypeError) as error:
+            if "Non-existent key" in str(error):
+                raise MaskinitError(f"unknown config key {key}") from None
+            raise MaskinitError(f"bad value {value!r} for {key}: {one_line(error)}") from None
+
+
+def refuse_pretrained_settings(cfg: CfgNode, source: str) -> None:
+    """What a user states (a config file, overrides) may not undo training from scratch."""
+    from .norms import REFUSED_NORMS
+
+    if cfg.MODEL.WEIGHTS:
+        raise MaskinitError(
+            f"{source} sets MODEL.WEIGHTS={cfg.MODEL.WEIGHTS!r}: maskinit trains from scratch and loads no weights"
+        )
+    if cfg.MODEL.BACKBONE.FREEZE_AT > 0:
+        raise MaskinitError(
+            f"{source} sets MODEL.BACKBONE.FREEZE_AT={cfg.MODEL.BACKBONE.FREEZE_AT}: from scratch every stage must train (0)"
+        )
+    for key, value in flatten(cfg).items():
+        if key.endswith(".NORM") and value in REFUSED_NORMS:
+            raise MaskinitError(f"{source} sets {key}={value}: " + REFUSED_NORMS[value])
+
+
+def sync_norm_keys(cfg: CfgNode) -> None:
+    """Write the norm variant's stock Detectron2 name into every component's NORM key."""
+    from .norms import NORM_KEYS, build_norm_variant
+
+    variant = build_norm_variant(cfg.MASKINIT.NORM)
+    for key in NORM_KEYS:
+        node = cfg
+        *parents, leaf = key.split(".")
+        for part in parents:
+            node = node[part]
+        node[leaf] = variant.detectron2_name
+
+
+def apply_schedule(cfg: CfgNode, schedule: str) -> None:
+    """Detectron2's Nx schedule, expressed at the config's batch size."""
+    if schedule not in SCHEDULES:
+        raise MaskinitError(f"unknown schedule {schedule!r} (known: {', '.join(SCHEDULES)})")
+    factor = SCHEDULES[schedule]
+    max_iter = ITERS_PER_X_AT_16 * factor
+    before_end = (30000, 10000) if factor == 1 else (60000, 20000)
+    scale = 16 / cfg.SOLVER.IMS_PER_BATCH
+    cfg.SOLVER.MAX_ITER = int(round(max_iter * scale))
+    cfg.SOLVER.STEPS = tuple(int(round((max_iter - gap) * scale)) for gap in before_end)
+
+
+def apply_ims_per_batch(cfg: CfgNode, ims_per_batch: int) -> None:
+    """Linear scaling rule: LR with the batch, iterations (steps, warmup, periods) against it."""
+    from detectron2.engine import DefaultTrainer
+
+    if ims_per_batch < 1:
+        raise MaskinitError(f"--ims-per-batch must be at least 1, got {ims_per_batch}")
+    old = cfg.SOLVER.IMS_PER_BATCH
+    if ims_per_batch == old:
+        return
+    reference = cfg.SOLVER.REFERENCE_WORLD_SIZE
+    # Detectron2's auto_scale_workers does exactly this arithmetic when the "world size" is the batch.
+    cfg.SOLVER.REFERENCE_WORLD_SIZE = old
+    scaled = DefaultTrainer.auto_scale_workers(cfg, ims_per_batch)
+    scaled.SOLVER.REFERENCE_WORLD_SIZE = reference
+    cfg.merge_from_other_cfg(scaled)
+
+
+def flatten(node, prefix: str = "") -> dict:
+    out = {}
+    for key, value in node.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            out.update(flatten(value, name + "."))
+        else:
+            out[name] = value
+    return out
+
+
+def _stated_maskinit_norm(path: str | Path) -> bool:
+    try:
+        raw = CfgNode.load_yaml_with_base(str(path), allow_unsafe=False)
+    except Exception:  # merge_file reports unreadable files
+        return True
+    return isinstance(raw, dict) and "NORM" in (raw.get("MASKINIT") or {})
+
+
+class ConfigBuild:
+    """A config plus the stage at which each key last changed (for `--explain`)."""
+
+    def __init__(self, cfg: CfgNode, base: CfgNode):
+        self.cfg = cfg
+        self.base = base
+        self.origins: dict[str, str] = {}
+        self._last = flatten(cfg)
+
+    def stage(self, label: str) -> None:
+        now = flatten(self.cfg)
+        for key, value in now.items():
+            if self._last.get(key) != value:
+                self.origins[key] = label
+        self._last = now
+
+    def differences(self) -> list[tuple[str, object, object, str]]:
+        """`(key, base value, final value, reason)` for every key that differs from the base."""
+        base = flatten(self.base)
+        rows = []
+        for key, value in flatten(self.cfg).items():
+            if base.get(key, "<absent>") != value:
+                reason = REASONS.get(key) or self.origins.get(key, "maskinit")
+                if key.startswith("MASKINIT."):
+                    reason = self.origins.get(key, "maskinit default")
+                rows.append((key, base.get(key, "(maskinit key)"), value, reason))
+        return rows
+
+
+def build_config(
+    path: str | Path | None = None,
+    preset: str | None = None,
+    norm: str | None = None,
+    init: str | None = None,
+    overrides: Iterable[str] = (),
+    *,
+    base: str | None = None,
+    schedule: str | None = None,
+    ims_per_batch: int | None = None,
+    num_classes: int | None = None,
+    plugins: Sequence[str] = (),
+) -> ConfigBuild:
+    """The staged build behind `load_config` and `export_config`."""
+    from .norms import build_norm_variant
+    from .initializers import build_initializer
+    from .plugins import load_plugins
+
+    load_plugins(plugins)
+    base_cfg = new_config()
+    merge_file(base_cfg, base_config_file(base or DEFAULT_BASE), "base config")
+    if path is not None:
+        if preset or base:
+            raise MaskinitError("--config is a complete config: do not combine it with --preset or --base")
+        cfg = new_config()
+        merge_file(cfg, path, "config")
+        refuse_pretrained_settings(cfg, f"config {path}")
+        if not _stated_maskinit_norm(path):  # a --plain export: its stock norm names the variant
+            cfg.MASKINIT.NORM = cfg.MODEL.RESNETS.NORM or "none"
+        build = ConfigBuild(cfg, base_cfg)
+        build.stage(f"config {path}")
+    else:
+        build = ConfigBuild(base_cfg.clone(), base_cfg)
+        cfg = build.cfg
+        preset = preset or DEFAULT_PRESET
+        merge_file(cfg, preset_file(preset), "preset")
+        cfg.MASKINIT.PRESET = preset
+        build.stage(f"preset {preset}")
+    load_plugins(cfg.MASKINIT.PLUGINS)
+    if plugins:
+        cfg.MASKINIT.PLUGINS = sorted(set(cfg.MASKINIT.PLUGINS) | set(plugins))
+    if norm:
+        cfg.MASKINIT.NORM = norm
+        build.stage("--norm")
+    if init:
+        cfg.MASKINIT.INIT = init
+        build.stage("--init")
+    if schedule:
+        apply_schedule(cfg, schedule)
+        build.stage(f"--schedule {schedule}")
+    if ims_per_batch is not None:
+        apply_ims_per_batch(cfg, ims_per_batch)
+        build.stage("--ims-per-batch (linear scaling rule)")
+    if num_classes is not None:
+        if num_classes < 1:
+            raise MaskinitError(f"--num-classes must be at least 1, got {num_classes}")
+        cfg.MODEL.ROI_HEADS.NUM_CLASSES = num_classes
+        build.stage("--num-classes")
+    overrides = list(overrides)
+    if overrides:
+        merge_overrides(cfg, overrides)
+        refuse_pretrained_settings(cfg, "override")
+        build.stage("override")
+    load_plugins(cfg.MASKINIT.PLUGINS)
+    # Validate the registry names, then make Detectron2's own norm keys follow the variant.
+    build_norm_variant(cfg.MASKINIT.NORM)
+    for spec in [cfg.MASKINIT.INIT, *cfg.MASKINIT.COMPONENT_INIT.values()]:
+        if spec:
+            build_initializer(spec)
+    sync_norm_keys(cfg)
+    build.stage(f"norm {cfg.MASKINIT.NORM}")
+    check_from_scratch(cfg)
+    return build
+
+
+def check_from_scratch(cfg: CfgNode) -> None:
+    """The rules every maskinit config obeys; a violation here is a bug or a hand-edited file."""
+    refuse_pretrained_settings(cfg, "config")
+    if cfg.MODEL.RESNETS.DEPTH >= 50 and cfg.MODEL.RESNETS.STRIDE_IN_1X1:
+        raise MaskinitError("MODEL.RESNETS.STRIDE_IN_1X1 must be False when training from scratch")
+
+
+def load_config(
+    path: str | Path | None = None,
+    preset: str | None = None,
+    norm: str | None = None,
+    init: str | None = None,
+    overrides: Iterable[str] = (),
+    **options,
+) -> CfgNode:
+    """A Detectron2 `CfgNode` for training from scratch (see `build_config` for the stages)."""
+    return build_config(path, preset, norm, init, overrides, **options).cfg
+
+
+def to_yaml(cfg: CfgNode, plain: bool = False) -> str:
+    """The config as YAML; `plain` keeps only keys stock Detectron2 knows."""
+    from .norms import build_norm_variant
+
+    if not plain:
+        return cfg.dump()
+    variant = build_norm_variant(cfg.MASKINIT.NORM)
+    if not variant.plain_equivalent:
+        raise MaskinitError(
+            f"--plain cannot express norm {cfg.MASKINIT.NORM}: stock Detectron2 has no such norm (use GN, SyncBN or BN)"
+        )
+    plain_cfg = cfg.clone()
+    plain_cfg.defrost()
+    plain_cfg.pop("MASKINIT")
+    header = (
+        "# Exported by maskinit --plain: stock Detectron2 keys only. Stock Detectron2 initializes with its own\n"
+        f"# c2 scheme; maskinit's initializer ({cfg.MASKINIT.INIT}) applies only when maskinit builds the model.\n"
+    )
+    return header + plain_cfg.dump()
+
+
+def export_config(output: str | Path | None = None, *, plain: bool = False, **options) -> str:
+    """Build a from-scratch config and return it as YAML; write it to `output` when given."""
+    text = to_yaml(load_config(**options), plain=plain)
+    if output is not None:
+        output = Path(output)
+        if output.is_dir():
+            raise MaskinitError(f"output {output} is a directory")
+        try:
+            output.parent.mkdir(parents=True, exist_ok=True)
+            output.write_text(text)
+        except OSError as error:
+            raise MaskinitError(f"cannot write {output}: {error.strerror}") from None
+    return text

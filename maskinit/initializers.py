@@ -1,0 +1,226 @@
+"""Weight initializers as a registry, applied per component after Detectron2 builds the model.
+
+Detection-head priors (box classifier std 0.01, box regressor std 0.001, mask predictor std 0.001,
+RPN predictors std 0.01, as Detectron2 sets them) are kept unless `MASKINIT.HEAD_PRIORS` is off;
+biases start at zero unless a prior says otherwise; norm layers start at scale 1, shift 0.
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+from dataclasses import asdict, dataclass
+
+import torch
+from detectron2.utils.registry import Registry
+from torch import nn
+
+from .errors import MaskinitError
+from .specs import parse_spec
+
+INITIALIZER_REGISTRY = Registry("MASKINIT_INITIALIZER")
+INITIALIZER_REGISTRY.__doc__ = """
+Registry of weight initializers. An entry is called as `fn(weight: torch.Tensor, **params) -> None`
+and fills the weight of a convolution or linear layer in place; `params` come from a
+`NAME:key=value` spec. An entry whose `keeps_built` attribute is true leaves Detectron2's own init.
+"""
+
+COMPONENTS = ("backbone", "fpn", "rpn", "box_head", "mask_head")
+# Module-name prefixes of each component in Detectron2's GeneralizedRCNN.
+COMPONENT_PREFIXES = {
+    "backbone": ("backbone.bottom_up.",),
+    "fpn": ("backbone.",),
+    "rpn": ("proposal_generator.",),
+    "box_head": ("roi_heads.box_head.", "roi_heads.box_predictor."),
+    "mask_head": ("roi_heads.mask_head.",),
+}
+# Detection-head layers whose Detectron2 init is a deliberate prior: module name -> std.
+HEAD_PRIOR_STDS = {
+    "roi_heads.box_predictor.cls_score": 0.01,
+    "roi_heads.box_predictor.bbox_pred": 0.001,
+    "roi_heads.mask_head.predictor": 0.001,
+    "proposal_generator.rpn_head.objectness_logits": 0.01,
+    "proposal_generator.rpn_head.anchor_deltas": 0.01,
+}
+WEIGHTED_LAYERS = (nn.Conv2d, nn.ConvTranspose2d, nn.Linear)
+NORM_LAYERS = (nn.GroupNorm, nn.modules.batchnorm._BatchNorm, nn.LayerNorm)
+
+
+def register_initializer(name: str):
+    """Decorator: `@register_initializer("my_init") def my_init(weight, **params): ...`."""
+
+    def decorator(fn):
+        INITIALIZER_REGISTRY._do_register(name, fn)
+        return fn
+
+    return decorator
+
+
+@register_initializer("c2")
+def c2(weight: torch.Tensor) -> None:
+    """Detectron2's own scheme as built (c2_msra_fill in ResNet, c2_xavier_fill in FPN and FCs)."""
+
+
+c2.keeps_built = True
+
+
+@register_initializer("kaiming_normal")
+def kaiming_normal(weight: torch.Tensor, mode: str = "fan_out", nonlinearity: str = "relu", a: float = 0.0) -> None:
+    """He et al. normal, std = gain/sqrt(fan); fan_out as torchvision's ResNet and c2_msra_fill."""
+    nn.init.kaiming_normal_(weight, a=a, mode=mode, nonlinearity=nonlinearity)
+
+
+@register_initializer("kaiming_uniform")
+def kaiming_uniform(weight: torch.Tensor, mode: str = "fan_out", nonlinearity: str = "relu", a: float = 0.0) -> None:
+    """He et al. uniform, bound = gain*sqrt(3/fan)."""
+    nn.init.kaiming_uniform_(weight, a=a, mode=mode, nonlinearity=nonlinearity)
+
+
+@register_initializer("xavier_uniform")
+def xavier_uniform(weight: torch.Tensor, gain: float = 1.0) -> None:
+    """Glorot uniform, std = gain*sqrt(2/(fan_in+fan_out))."""
+    nn.init.xavier_uniform_(weight, gain=gain)
+
+
+@register_initializer("xavier_normal")
+def xavier_normal(weight: torch.Tensor, gain: float = 1.0) -> None:
+    """Glorot normal, std = gain*sqrt(2/(fan_in+fan_out))."""
+    nn.init.xavier_normal_(weight, gain=gain)
+
+
+@register_initializer("orthogonal")
+def orthogonal(weight: torch.Tensor, gain: float = 1.0) -> None:
+    """(Semi-)orthogonal rows of the flattened weight (Saxe et al.)."""
+    nn.init.orthogonal_(weight, gain=gain)
+
+
+@register_initializer("normal")
+def normal(weight: torch.Tensor, std: float = 0.01, mean: float = 0.0) -> None:
+    """Plain normal with a fixed std."""
+    nn.init.normal_(weight, mean=mean, std=std)
+
+
+@register_initializer("trunc_normal")
+def trunc_normal(weight: torch.Tensor, std: float = 0.02, mean: float = 0.0) -> None:
+    """Normal with a fixed std, truncated at two standard deviations."""
+    nn.init.trunc_normal_(weight, mean=mean, std=std, a=mean - 2 * std, b=mean + 2 * std)
+
+
+@dataclass
+class ParamInit:
+    """One line of the init report: which parameter got which initializer, and its measured std."""
+
+    name: str
+    shape: list
+    component: str
+    init: str
+    std: float
+
+
+def build_initializer(spec: str):
+    """`(fn, params, spec)` for a `NAME:key=value` spec, with the parameters checked against `fn`."""
+    name, params = parse_spec(spec, "initializer")
+    if name not in INITIALIZER_REGISTRY:
+        known = ", ".join(sorted(name for name, _ in INITIALIZER_REGISTRY))
+        raise MaskinitError(f"unknown initializer {name!r} (known: {known})")
+    fn = INITIALIZER_REGISTRY.get(name)
+    try:
+        inspect.signature(fn).bind(None, **params)
+        fn(torch.empty(4, 4, 3, 3), **params)  # a dry run catches bad values (mode=fan_sideways)
+    except (TypeError, ValueError) as error:
+        raise MaskinitError(f"bad parameters for initializer {name}: {error}") from None
+    return fn, params, spec
+
+
+def component_of(module_name: str) -> str | None:
+    """The component a module belongs to; the most specific prefix wins (bottom_up before FPN)."""
+    for component in COMPONENTS:
+        if any(module_name.startswith(prefix) for prefix in COMPONENT_PREFIXES[component]):
+            return component
+    return None
+
+
+def residual_last_norms(model: nn.Module) -> set[str]:
+    """Names of the last norm of each residual block (BasicBlock conv2, BottleneckBlock conv3)."""
+    from detectron2.modeling.backbone.resnet import BasicBlock, BottleneckBlock
+
+    names = set()
+    for block_name, block in model.named_modules():
+        last = {BasicBlock: "conv2", BottleneckBlock: "conv3"}.get(type(block))
+        if last is not None:
+            names.add(f"{block_name}.{last}")
+    return names
+
+
+@torch.no_grad()
+def apply_initializers(
+    model: nn.Module,
+    component_specs: dict[str, str],
+    head_priors: bool = True,
+    zero_init_residual: bool = False,
+    prior_prob: float = 0.0,
+) -> list[ParamInit]:
+    """Initialize every parameter on purpose; return the report (one entry per parameter)."""
+    initializers = {component: build_initializer(spec) for component, spec in component_specs.items()}
+    labels: dict[str, str] = {}
+    zero_residual = residual_last_norms(model) if zero_init_residual else set()
+
+    for module_name, module in model.named_modules():
+        component = component_of(module_name + ".")
+        if component is None:
+            continue
+        if isinstance(module, WEIGHTED_LAYERS):
+            prior = HEAD_PRIOR_STDS.get(module_name) if head_priors else None
+            if prior is not None:
+                nn.init.normal_(module.weight, std=prior)
+                labels[module_name + ".weight"] = f"prior normal(std={prior})"
+            else:
+                fn, params, spec = initializers[component]
+                if getattr(fn, "keeps_built", False):
+                    labels[module_name + ".weight"] = spec + " (as built)"
+                else:
+                    fn(module.weight, **params)
+                    labels[module_name + ".weight"] = spec
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+                labels[module_name + ".bias"] = "zeros"
+            if module_name in zero_residual and getattr(module, "norm", None) is None:
+                nn.init.zeros_(module.weight)
+                labels[module_name + ".weight"] = "zeros (zero-init residual, no norm)"
+        elif isinstance(module, NORM_LAYERS) and getattr(module, "weight", None) is not None:
+            is_last = module_name.rsplit(".", 1)[0] in zero_residual
+            nn.init.constant_(module.weight, 0.0 if is_last else 1.0)
+            nn.init.zeros_(module.bias)
+            labels[module_name + ".weight"] = "zeros (zero-init residual)" if is_last else "ones"
+            labels[module_name + ".bias"] = "zeros"
+
+    if prior_prob > 0:
+        set_prior_bias(model, prior_prob, labels)
+
+    return [
+        ParamInit(name, list(param.shape), component_of(name) or "other", labels.get(name, "as built"),
+                  float(param.detach().float().std()) if param.numel() > 1 else float(param.detach().abs().sum()))
+        for name, param in model.named_parameters()
+    ]
+
+
+def set_prior_bias(model: nn.Module, prior_prob: float, labels: dict) -> None:
+    """Focal-style prior (Lin et al.): classifiers start predicting foreground with probability p."""
+    if not 0 < prior_prob < 1:
+        raise MaskinitError(f"MASKINIT.PRIOR_PROB must be in (0, 1), got {prior_prob}")
+    logit = -math.log((1 - prior_prob) / prior_prob)
+    objectness = getattr(getattr(getattr(model, "proposal_generator", None), "rpn_head", None), "objectness_logits", None)
+    if objectness is not None:
+        nn.init.constant_(objectness.bias, logit)
+        labels["proposal_generator.rpn_head.objectness_logits.bias"] = f"prior logit({prior_prob})"
+    cls_score = getattr(getattr(getattr(model, "roi_heads", None), "box_predictor", None), "cls_score", None)
+    if cls_score is not None:
+        num_foreground = cls_score.out_features - 1
+        nn.init.zeros_(cls_score.bias)
+        # softmax over K foreground classes + background (last): P(background) = 1 - p.
+        cls_score.bias[-1] = math.log((1 - prior_prob) * num_foreground / prior_prob)
+        labels["roi_heads.box_predictor.cls_score.bias"] = f"prior P(fg)={prior_prob}"
+
+
+def report_as_dicts(report: list[ParamInit]) -> list[dict]:
+    return [asdict(line) for line in report]

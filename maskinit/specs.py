@@ -1,0 +1,35 @@
+"""`NAME:key=value[,key=value]` strings: how initializers and norm variants take parameters.
+
+The same text works on the CLI (`--init kaiming_normal:mode=fan_in`) and in `cfg.MASKINIT`.
+"""
+
+from __future__ import annotations
+
+import yaml
+
+from .errors import MaskinitError
+
+
+def parse_spec(spec: str, what: str = "spec") -> tuple[str, dict]:
+    """Split `NAME:k=v,k=v` into the name and a dict of YAML-typed values."""
+    name, _, rest = str(spec).strip().partition(":")
+    name = name.strip()
+    if not name:
+        raise MaskinitError(f"empty {what} name in {spec!r}")
+    params: dict = {}
+    for item in filter(None, (part.strip() for part in rest.split(","))):
+        key, eq, value = item.partition("=")
+        if not eq or not key.strip():
+            raise MaskinitError(f"malformed {what} parameter {item!r} in {spec!r}: expected key=value")
+        try:
+            params[key.strip()] = yaml.safe_load(value.strip())
+        except yaml.YAMLError:
+            params[key.strip()] = value.strip()
+    return name, params
+
+
+def format_spec(name: str, params: dict) -> str:
+    """The inverse of `parse_spec`."""
+    if not params:
+        return name
+    return name + ":" + ",".join(f"{key}={value}" for key, value in params.items())

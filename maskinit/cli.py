@@ -102,6 +102,7 @@ OVERRIDES_HELP = "Trailing KEY VALUE pairs overriding config keys, as Detectron2
 @handles_errors
 def export_config_command(
     overrides: Optional[List[str]] = typer.Argument(None, help=OVERRIDES_HELP),
+    config: Optional[Path] = typer.Option(None, "--config", help="A complete config (from export-config) to start from."),
     base: Optional[str] = typer.Option(None, help="Detectron2 model-zoo config name or local YAML (default: Mask R-CNN R50-FPN 3x)."),
     preset: Optional[str] = typer.Option(None, help=PRESET_HELP),
     norm: Optional[str] = typer.Option(None, help=NORM_HELP),
@@ -118,13 +119,14 @@ def export_config_command(
     from .config import build_config, export_config
 
     options = dict(
-        base=base, preset=preset, norm=norm, init=init, overrides=overrides or (), schedule=schedule,
+        path=config, base=base, preset=preset, norm=norm, init=init, overrides=overrides or (), schedule=schedule,
         ims_per_batch=ims_per_batch, num_classes=num_classes, plugins=plugin or (),
     )
     text = export_config(output, plain=plain, **options)
     if explain:
         table = Table(title="keys that differ from the base config")
-        for column in ("key", "base", "maskinit", "why"):
+        table.add_column("key", no_wrap=True)
+        for column in ("base", "maskinit", "why"):
             table.add_column(column, overflow="fold")
         for key, old, new, reason in build_config(**options).differences():
             table.add_row(key, str(old), str(new), reason)

@@ -118,6 +118,8 @@ def new_config() -> CfgNode:
 
 
 def merge_file(cfg: CfgNode, path: str | Path, what: str) -> None:
+    if not Path(path).is_file():
+        raise MaskinitError(f"{what} {path} not found")
     try:
         cfg.merge_from_file(str(path), allow_unsafe=False)
     except FileNotFoundError:
@@ -352,12 +354,23 @@ def load_config(
     return build_config(path, preset, norm, init, overrides, **options).cfg
 
 
+class _NoAliasDumper(yaml.SafeDumper):
+    """YAML without &anchors: Detectron2 shares list objects between keys, a reader should not see that."""
+
+    def ignore_aliases(self, data):
+        return True
+
+
+def dump_yaml(cfg: CfgNode) -> str:
+    return yaml.dump(yaml.safe_load(cfg.dump()), Dumper=_NoAliasDumper, default_flow_style=False)
+
+
 def to_yaml(cfg: CfgNode, plain: bool = False) -> str:
     """The config as YAML; `plain` keeps only keys stock Detectron2 knows."""
     from .norms import build_norm_variant
 
     if not plain:
-        return cfg.dump()
+        return dump_yaml(cfg)
     variant = build_norm_variant(cfg.MASKINIT.NORM)
     if not variant.plain_equivalent:
         raise MaskinitError(
@@ -370,7 +383,7 @@ def to_yaml(cfg: CfgNode, plain: bool = False) -> str:
         "# Exported by maskinit --plain: stock Detectron2 keys only. Stock Detectron2 initializes with its own\n"
         f"# c2 scheme; maskinit's initializer ({cfg.MASKINIT.INIT}) applies only when maskinit builds the model.\n"
     )
-    return header + plain_cfg.dump()
+    return header + dump_yaml(plain_cfg)
 
 
 def export_config(output: str | Path | None = None, *, plain: bool = False, **options) -> str:

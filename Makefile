@@ -22,8 +22,9 @@ $(STAMP): requirements.lock requirements-bootstrap.lock pyproject.toml scripts/i
 test: setup
 	$(PY) -m pytest -q
 
+# The main job: train the tiny preset from scratch on the embedded synthetic set (CPU), then evaluate.
 demo: setup
-	$(VENV)/bin/maskinit demo
+	$(VENV)/bin/maskinit train --from-scratch --preset tiny --device cpu --output-dir output/demo --overwrite
 
 bench: setup
 	$(PY) benchmarks/run_all.py

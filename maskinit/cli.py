@@ -168,5 +168,223 @@ def list_command(
     console.print(table)
 
 
+AP_KEYS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
+
+
+def ap_text(value) -> str:
+    """AP as a percentage with one decimal; '-' where nothing could be measured (NaN or null)."""
+    return "-" if value is None or value != value else f"{value:.1f}"
+
+
+def print_ap_table(results: dict) -> None:
+    """Box and mask AP side by side, then AP per category."""
+    tasks = [task for task in ("bbox", "segm") if task in results]
+    table = Table(title="COCO AP")
+    table.add_column("task")
+    for key in AP_KEYS:
+        table.add_column(key, justify="right")
+    for task in tasks:
+        table.add_row(task, *(ap_text(results[task].get(key)) for key in AP_KEYS))
+    console.print(table)
+    categories = sorted({k[3:] for task in tasks for k in results[task] if k.startswith("AP-")})
+    if categories:
+        table = Table(title="AP per category")
+        table.add_column("category")
+        for task in tasks:
+            table.add_column(f"{task} AP", justify="right")
+        for name in categories:
+            table.add_row(name, *(ap_text(results[task].get("AP-" + name)) for task in tasks))
+        console.print(table)
+
+
+@app.command()
+@handles_errors
+def train(
+    overrides: Optional[List[str]] = typer.Argument(None, help=OVERRIDES_HELP),
+    from_scratch: bool = typer.Option(True, "--from-scratch", help="Train from random weights (the only mode; no pretrained weights are ever loaded)."),
+    config: Optional[Path] = typer.Option(None, "--config", help="Config from export-config."),
+    preset: Optional[str] = typer.Option(None, help=PRESET_HELP),
+    norm: Optional[str] = typer.Option(None, help=NORM_HELP),
+    init: Optional[str] = typer.Option(None, help=INIT_HELP),
+    schedule: Optional[str] = typer.Option(None, help="Detectron2 schedule 1x|3x|6x|9x."),
+    plugin: Optional[List[str]] = typer.Option(None, help=PLUGIN_HELP),
+    train_json: Optional[str] = typer.Option(None, help="COCO instances JSON for training."),
+    train_images: Optional[str] = typer.Option(None, help="Image folder for --train-json."),
+    val_json: Optional[str] = typer.Option(None, help="COCO instances JSON for evaluation."),
+    val_images: Optional[str] = typer.Option(None, help="Image folder for --val-json."),
+    dataset: Optional[str] = typer.Option(None, help="A dataset name Detectron2 registers (e.g. coco_2017_train)."),
+    val_dataset: Optional[str] = typer.Option(None, help="Registered dataset name to evaluate on (with --dataset)."),
+    output_dir: Path = typer.Option(Path("output"), help="Where config, checkpoints, metrics and eval go."),
+    max_iter: Optional[int] = typer.Option(None, help="Iterations; LR steps and warmup rescale unless given explicitly."),
+    ims_per_batch: Optional[int] = typer.Option(None, help="Total batch (LR and iterations rescale linearly)."),
+    lr: Optional[float] = typer.Option(None, help="Base learning rate."),
+    device: Optional[str] = typer.Option(None, help="cpu or cuda."),
+    num_gpus: int = typer.Option(1, help="Processes per machine (GPUs, or CPU processes over gloo with --device cpu)."),
+    num_machines: int = typer.Option(1, help="Machines."),
+    machine_rank: int = typer.Option(0, help="This machine's rank."),
+    dist_url: str = typer.Option("auto", help="Rendezvous URL for several processes (tcp://HOST:PORT)."),
+    resume: bool = typer.Option(False, help="Continue the run in --output-dir from its last checkpoint."),
+    overwrite: bool = typer.Option(False, help="Replace a run already in --output-dir."),
+    amp: Optional[bool] = typer.Option(None, "--amp/--no-amp", help="Mixed precision (bf16 where supported, else fp16; off on CPU)."),
+    seed: Optional[int] = typer.Option(None, help="Random seed (per process: seed + rank)."),
+    eval_period: Optional[int] = typer.Option(None, help="Evaluate every N iterations (0: only at the end)."),
+    checkpoint_period: Optional[int] = typer.Option(None, help="Save a checkpoint every N iterations."),
+    optimizer: Optional[str] = typer.Option(None, help="sgd, adam or adamw."),
+    lr_schedule: Optional[str] = typer.Option(None, help="step, cosine or plateau."),
+    warmup_iters: Optional[int] = typer.Option(None, help="Linear warmup length in iterations."),
+    clip_grad: Optional[float] = typer.Option(None, help="Clip the gradient norm at this value."),
+    precise_bn: bool = typer.Option(False, help="Recompute BN statistics before each evaluation (BN variants)."),
+    progress: Optional[bool] = typer.Option(None, "--progress/--no-progress", help="Progress bar (default: on a terminal)."),
+):
+    """Train Mask R-CNN from scratch with Detectron2's trainer, then evaluate."""
+    from .config import load_config
+    from .train import DataOptions, TrainOptions, train as run_training
+
+    cfg = load_config(path=config, preset=preset, norm=norm, init=init, overrides=overrides or (), schedule=schedule, plugins=plugin or ())
+    options = TrainOptions(
+        output_dir=str(output_dir), max_iter=max_iter, ims_per_batch=ims_per_batch, lr=lr, device=device,
+        num_gpus=num_gpus, num_machines=num_machines, machine_rank=machine_rank, dist_url=dist_url,
+        resume=resume, overwrite=overwrite, amp=amp, seed=seed, eval_period=eval_period,
+        checkpoint_period=checkpoint_period, optimizer=optimizer, lr_schedule=lr_schedule,
+        warmup_iters=warmup_iters, clip_grad=clip_grad, precise_bn=precise_bn, progress=progress,
+        data=DataOptions(train_json, train_images, val_json, val_images, dataset, val_dataset),
+    )
+    summary = run_training(cfg, options, explicit_keys=set((overrides or [])[::2]))
+    if "eval" in summary:
+        import json
+
+        print_ap_table(json.loads((output_dir / "eval.json").read_text()))
+    speed = f"{summary['seconds_per_iter']:.3f} s/iter" if summary.get("seconds_per_iter") else "speed not measured"
+    console.print(
+        f"trained {summary['iterations']} iterations in {summary['seconds']:.0f} s "
+        f"({speed}); from scratch: "
+        f"{summary['from_scratch']['pretrained_tensors_loaded']} pretrained tensors loaded"
+    )
+    console.print(f"outputs in {output_dir}/: config.yaml, model_final.pth, metrics.json, eval.json, curves.png, run_summary.json")
+
+
+def _number(value, digits: int = 3) -> str:
+    if value is None:
+        return "-"
+    return f"{value:.{digits}g}" if value == value and abs(value) != float("inf") else "non-finite"
+
+
+def _verdict_line(result) -> str:
+    color = "green" if result.ok else "red"
+    where = f" at {result.stage}" if result.stage else ""
+    return f"[bold {color}]{result.verdict}[/]{where} ({result.init}, norm {result.norm}): {result.advice}"
+
+
+@app.command("inspect-init")
+@handles_errors
+def inspect_init_command(
+    overrides: Optional[List[str]] = typer.Argument(None, help=OVERRIDES_HELP),
+    config: Optional[Path] = typer.Option(None, "--config", help="A complete config (from export-config) to start from."),
+    base: Optional[str] = typer.Option(None, help="Detectron2 model-zoo config name or local YAML."),
+    preset: Optional[str] = typer.Option(None, help=PRESET_HELP),
+    norm: Optional[str] = typer.Option(None, help=NORM_HELP),
+    init: Optional[str] = typer.Option(None, help=INIT_HELP),
+    plugin: Optional[List[str]] = typer.Option(None, help=PLUGIN_HELP),
+    train_json: Optional[Path] = typer.Option(None, help="COCO instances JSON: inspect on its first images (default: a synthetic batch)."),
+    train_images: Optional[Path] = typer.Option(None, help="Image folder for --train-json."),
+    lr: Optional[float] = typer.Option(None, help="LR of the update ratio lr*|grad|/|w| (default SOLVER.BASE_LR)."),
+    compare: Optional[List[str]] = typer.Option(None, help="Initializer specs side by side: kaiming_normal,xavier_uniform,..."),
+    plot: Optional[Path] = typer.Option(None, help="Write activation std and gradient norm by depth to this PNG."),
+    json_path: Optional[Path] = typer.Option(None, "--json", help="Write the measurements and the verdict as JSON."),
+    seed: int = typer.Option(0, help="Seed of the weights and the synthetic batch."),
+):
+    """One forward+backward on CPU: activation, gradient and update scale per stage; exit 1 on a problem."""
+    from .config import load_config
+    from .diagnostics import coco_batch, compare as compare_inits, inspect_init, plot as plot_results, write_json
+
+    if (train_json is None) != (train_images is None):
+        raise MaskinitError("--train-json and --train-images go together")
+    cfg = load_config(path=config, base=base, preset=preset, norm=norm, init=init, overrides=overrides or (), plugins=plugin or ())
+    batch = coco_batch(cfg, train_json, train_images) if train_json is not None else None
+    if compare:
+        results = compare_inits(cfg, compare, lr=lr, batch=batch, seed=seed)
+        table = Table(title=f"init comparison (norm {cfg.MASKINIT.NORM}): activation std / gradient norm")
+        table.add_column("stage")
+        for result in results:
+            table.add_column(result.init, justify="right", overflow="fold")
+        for index, row in enumerate(results[0].stages):
+            cells = [result.stages[index] for result in results]
+            table.add_row(row.name, *(f"{_number(c.activation_std, 2)} / {_number(c.grad_norm, 2)}" for c in cells))
+        table.add_row("verdict", *(f"{r.verdict}" + (f" at {r.stage}" if r.stage else "") for r in results))
+        console.print(table)
+    else:
+        results = [inspect_init(cfg, lr=lr, batch=batch, seed=seed)]
+        result = results[0]
+        table = Table(title=f"init {result.init}, norm {result.norm}, lr {result.lr:g} (input std {result.input_std:.3g})")
+        for column in ("stage", "act mean", "act std", "std / input", "grad norm", "lr*|g|/|w|"):
+            table.add_column(column, justify="left" if column == "stage" else "right")
+        for row in result.stages:
+            table.add_row(row.name, _number(row.activation_mean), _number(row.activation_std),
+                          _number(result.relative_std(row)), _number(row.grad_norm), _number(row.update_ratio))
+        console.print(table)
+    for result in results:
+        console.print(_verdict_line(result), highlight=False, soft_wrap=True)
+    if json_path is not None:
+        err_console.print(f"wrote {write_json(results if compare else results[0], json_path)}")
+    if plot is not None:
+        err_console.print(f"wrote {plot_results(results, plot)}")
+    raise typer.Exit(0 if all(result.ok for result in results) else 1)
+
+
+@app.command("eval")
+@handles_errors
+def eval_command(
+    config: Path = typer.Option(..., "--config", help="config.yaml of the trained run."),
+    weights: Path = typer.Option(..., "--weights", help="Checkpoint (e.g. model_final.pth)."),
+    val_json: Optional[str] = typer.Option(None, help="COCO instances JSON to evaluate on."),
+    val_images: Optional[str] = typer.Option(None, help="Image folder for --val-json."),
+    dataset: Optional[str] = typer.Option(None, help="A dataset name Detectron2 registers (e.g. coco_2017_val)."),
+    device: Optional[str] = typer.Option(None, help="cpu or cuda."),
+    num_gpus: int = typer.Option(1, help="Processes (GPUs, or CPU processes over gloo)."),
+    json_out: Optional[Path] = typer.Option(None, help="Write Detectron2's result dict here."),
+    vis_dir: Optional[Path] = typer.Option(None, help="Write ground truth | prediction PNGs here."),
+    vis_count: int = typer.Option(8, help="How many images --vis-dir draws."),
+    plugin: Optional[List[str]] = typer.Option(None, help=PLUGIN_HELP),
+):
+    """COCO box and mask AP of a trained model (the embedded val set by default)."""
+    from .config import load_config
+    from .evaluation import evaluate_run
+    from .train import DataOptions
+
+    cfg = load_config(path=config, plugins=plugin or ())
+    data = DataOptions(val_json=val_json, val_images=val_images, dataset=dataset)
+    results = evaluate_run(cfg, weights, data, device=device, num_gpus=num_gpus, json_out=json_out, vis_dir=vis_dir, vis_count=vis_count)
+    print_ap_table(results)
+    if json_out:
+        console.print(f"results in {json_out}")
+    if vis_dir:
+        console.print(f"drawings in {vis_dir}")
+
+
+@app.command()
+@handles_errors
+def predict(
+    config: Path = typer.Option(..., "--config", help="config.yaml of the trained run."),
+    weights: Path = typer.Option(..., "--weights", help="Checkpoint (e.g. model_final.pth)."),
+    input: Path = typer.Option(..., "--input", help="An image or a folder of images."),
+    output: Path = typer.Option(..., "--output", help="Folder for drawings and predictions.json."),
+    score_threshold: float = typer.Option(0.5, help="Keep instances scoring at least this."),
+    device: Optional[str] = typer.Option(None, help="cpu or cuda."),
+    plugin: Optional[List[str]] = typer.Option(None, help=PLUGIN_HELP),
+):
+    """Predict instances on unlabeled images: PNG drawings and COCO-format JSON with RLE masks."""
+    from .config import load_config
+    from .visualize import predict as run_prediction
+
+    if not 0 <= score_threshold <= 1:
+        raise MaskinitError(f"--score-threshold must be in [0, 1], got {score_threshold}")
+    cfg = load_config(path=config, plugins=plugin or ())
+    if device:
+        cfg.defrost()
+        cfg.MODEL.DEVICE = device
+    path = run_prediction(cfg, weights, input, output, score_threshold=score_threshold)
+    console.print(f"predictions in {path}")
+
+
 if __name__ == "__main__":
     app()

@@ -76,6 +76,23 @@ def add_maskinit_config(cfg: CfgNode) -> CfgNode:
     _C.MASKINIT.ZERO_INIT_RESIDUAL = False
     # Python modules imported before building, registering initializers and norms.
     _C.MASKINIT.PLUGINS = []
+    # Optimizer: sgd (Detectron2's), adam or adamw (same parameter groups, weight decay and clipping).
+    _C.MASKINIT.OPTIMIZER = "sgd"
+    # LR schedule after warmup: step (SOLVER.STEPS), cosine, or plateau (see MASKINIT.PLATEAU).
+    _C.MASKINIT.LR_SCHEDULE = "step"
+    # Mixed-precision dtype when SOLVER.AMP.ENABLED: auto (bf16 where supported, else fp16), bfloat16, float16.
+    _C.MASKINIT.AMP_DTYPE = "auto"
+    _C.MASKINIT.PLATEAU = CfgNode()
+    # Metric watched: a validation AP such as segm/AP or bbox/AP (needs TEST.EVAL_PERIOD), or total_loss.
+    _C.MASKINIT.PLATEAU.METRIC = "total_loss"
+    # Iterations between checks of the metric (for AP, use TEST.EVAL_PERIOD).
+    _C.MASKINIT.PLATEAU.PERIOD = 100
+    # Checks without improvement tolerated before the LR is divided.
+    _C.MASKINIT.PLATEAU.PATIENCE = 2
+    # Factor applied to the LR on a plateau.
+    _C.MASKINIT.PLATEAU.FACTOR = 0.1
+    # The LR never goes below this.
+    _C.MASKINIT.PLATEAU.MIN_LR = 0.0
     return cfg
 
 

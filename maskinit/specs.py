@@ -5,9 +5,14 @@ The same text works on the CLI (`--init kaiming_normal:mode=fan_in`) and in `cfg
 
 from __future__ import annotations
 
+import re
+
 import yaml
 
 from .errors import MaskinitError
+
+# YAML 1.1 (PyYAML) reads `1e-3` (no dot) as text; a spec means the number.
+_EXPONENT_FLOAT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
 
 
 def parse_spec(spec: str, what: str = "spec") -> tuple[str, dict]:
@@ -23,6 +28,8 @@ def parse_spec(spec: str, what: str = "spec") -> tuple[str, dict]:
             raise MaskinitError(f"malformed {what} parameter {item!r} in {spec!r}: expected key=value")
         try:
             params[key.strip()] = yaml.safe_load(value.strip())
+            if _EXPONENT_FLOAT.fullmatch(value.strip()):
+                params[key.strip()] = float(value.strip())
         except yaml.YAMLError:
             params[key.strip()] = value.strip()
     return name, params

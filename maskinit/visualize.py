@@ -1,0 +1,211 @@
+"""Pictures of what a model predicts: ground truth | prediction comparisons, and predictions on
+unlabeled images with a COCO-format results JSON. Drawing is Detectron2's `Visualizer`.
+
+Unreadable images in a folder given to `predict` are skipped with a warning and listed under
+"skipped" in the JSON, so one corrupt file does not cost a whole run; when nothing at all can be
+read (e.g. a single corrupt file) it is a `MaskinitError` naming the file.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+from detectron2.config import CfgNode
+from detectron2.data import DatasetCatalog, DatasetMapper, Metadata, MetadataCatalog, build_detection_test_loader
+from detectron2.data import transforms as T
+from detectron2.data.detection_utils import read_image
+from detectron2.evaluation import inference_context
+from detectron2.evaluation.coco_evaluation import instances_to_coco_json
+from detectron2.structures import Instances
+from detectron2.utils.colormap import colormap
+from detectron2.utils.visualizer import ColorMode, Visualizer
+from pycocotools import mask as mask_util
+from torch import nn
+
+from .config import one_line
+from .errors import MaskinitError
+
+logger = logging.getLogger(__name__)
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
+PREDICTIONS_FILE = "predictions.json"
+VIS_LONG_SIDE = 384  # small images are drawn upscaled so that labels stay legible
+HEADER_HEIGHT = 22
+# Lower than `predict`'s 0.5: after a short from-scratch run the best scores are often 0.3-0.6, and
+# a comparison should show what the model finds, not an empty panel.
+COMPARISON_SCORE_THRESHOLD = 0.3
+
+
+# ---------------------------------------------------------------------------------------------
+# Drawing
+
+
+def _class_metadata(class_names: tuple[str, ...] | list[str]) -> Metadata:
+    """Metadata with a fixed colour per class, so a class has one colour in every panel."""
+    palette = colormap(rgb=True, maximum=255)
+    colors = [tuple(int(c) for c in palette[i % len(palette)]) for i in range(len(class_names))]
+    return Metadata(name="maskinit-vis").set(thing_classes=list(class_names), thing_colors=colors)
+
+
+def _visualizer(image_rgb: np.ndarray, metadata: Metadata) -> Visualizer:
+    scale = float(np.clip(VIS_LONG_SIDE / max(image_rgb.shape[:2]), 1.0, 4.0))
+    return Visualizer(image_rgb, metadata, scale=scale, instance_mode=ColorMode.SEGMENTATION)
+
+
+def _with_header(image_rgb: np.ndarray, title: str) -> np.ndarray:
+    header = np.full((HEADER_HEIGHT, image_rgb.shape[1], 3), 255, np.uint8)
+    cv2.putText(header, title, (6, HEADER_HEIGHT - 7), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (0, 0, 0), 1, cv2.LINE_AA)
+    return np.concatenate([header, image_rgb], axis=0)
+
+
+def draw_predictions(image_rgb: np.ndarray, instances: Instances, metadata: Metadata) -> np.ndarray:
+    """An RGB drawing of predicted instances (already on the CPU and filtered by score)."""
+    return _visualizer(image_rgb, metadata).draw_instance_predictions(instances, jittering=False).get_image()
+
+
+def _write_png(path: Path, image_rgb: np.ndarray) -> None:
+    if not cv2.imwrite(str(path), cv2.cvtColor(image_rgb, cv2.COLOR_RGB2BGR)):
+        raise MaskinitError(f"cannot write {path}")
+
+
+def _make_dir(path: str | Path) -> Path:
+    path = Path(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise MaskinitError(f"cannot create {path}: {error.strerror}") from None
+    return path
+
+
+def save_comparisons(
+    cfg: CfgNode,
+    model: nn.Module,
+    dataset_name: str,
+    out_dir: str | Path,
+    count: int = 8,
+    score_threshold: float = COMPARISON_SCORE_THRESHOLD,
+) -> list[Path]:
+    """Write `count` side-by-side PNGs (ground truth | predictions with score >= threshold) for the
+    first images of a registered dataset; returns their paths."""
+    out_dir = _make_dir(out_dir)
+    records = DatasetCatalog.get(dataset_name)[:count]
+    metadata = _class_metadata(MetadataCatalog.get(dataset_name).get("thing_classes") or [])
+    loader = build_detection_test_loader(records, mapper=DatasetMapper(cfg, is_train=False))
+    written = []
+    with inference_context(model), torch.no_grad():
+        for record, inputs in zip(records, loader):
+            instances = model(inputs)[0]["instances"].to("cpu")
+            instances = instances[instances.scores >= score_threshold]
+            image = read_image(record["file_name"], format="RGB")
+            truth = _visualizer(image, metadata).draw_dataset_dict(record).get_image()
+            predicted = draw_predictions(image, instances, metadata)
+            gap = np.full((truth.shape[0] + HEADER_HEIGHT, 4, 3), 255, np.uint8)
+            title = f"predictions (score >= {score_threshold:g})"
+            panel = np.concatenate([_with_header(truth, "ground truth"), gap, _with_header(predicted, title)], axis=1)
+            path = out_dir / f"{Path(record['file_name']).stem}_compare.png"
+            _write_png(path, panel)
+            written.append(path)
+    return written
+
+
+# ---------------------------------------------------------------------------------------------
+# Prediction on unlabeled images
+
+
+def _image_paths(input_path: str | Path) -> list[Path]:
+    path = Path(input_path)
+    if path.is_file():
+        return [path]
+    if path.is_dir():
+        paths = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+        if not paths:
+            raise MaskinitError(f"no images ({' '.join(IMAGE_SUFFIXES)}) in {path}")
+        return paths
+    raise MaskinitError(f"input {path} not found")
+
+
+def _categories(cfg: CfgNode) -> tuple[list[str], list[int]]:
+    """Class names and dataset category ids of the model's outputs: those of the training dataset
+    when it is registered, else `class_<n>` with ids 1..N."""
+    num_classes = cfg.MODEL.ROI_HEADS.NUM_CLASSES
+    if cfg.DATASETS.TRAIN and cfg.DATASETS.TRAIN[0] in MetadataCatalog.list():
+        metadata = MetadataCatalog.get(cfg.DATASETS.TRAIN[0])
+        names = metadata.get("thing_classes")
+        if names and len(names) == num_classes:
+            mapping = metadata.get("thing_dataset_id_to_contiguous_id") or {i + 1: i for i in range(num_classes)}
+            dataset_ids = {contiguous: dataset_id for dataset_id, contiguous in mapping.items()}
+            return list(names), [dataset_ids[i] for i in range(num_classes)]
+    return [f"class_{i + 1}" for i in range(num_classes)], list(range(1, num_classes + 1))
+
+
+def _predict_image(model: nn.Module, cfg: CfgNode, resize: T.Augmentation, image_rgb: np.ndarray) -> Instances:
+    """One image through the model, pre-processed as Detectron2's `DefaultPredictor` does."""
+    image = image_rgb[:, :, ::-1] if cfg.INPUT.FORMAT == "BGR" else image_rgb
+    height, width = image.shape[:2]
+    resized = resize.get_transform(image).apply_image(image)
+    tensor = torch.as_tensor(np.ascontiguousarray(resized.transpose(2, 0, 1)).astype("float32"))
+    with torch.no_grad():
+        return model([{"image": tensor, "height": height, "width": width}])[0]["instances"].to("cpu")
+
+
+def predict(
+    cfg: CfgNode,
+    weights: str | Path,
+    input_path: str | Path,
+    output_dir: str | Path,
+    score_threshold: float = 0.5,
+) -> Path:
+    """Predict on an image or a folder of images; write `<name>.png` drawings and
+    `predictions.json` (COCO: images, categories, and results with RLE masks) into `output_dir`.
+
+    Image ids are 1..N in sorted file order. Returns the JSON's path.
+    """
+    from .evaluation import load_trained_model
+
+    paths = _image_paths(input_path)
+    cfg = cfg.clone()
+    cfg.defrost()
+    cfg.MODEL.ROI_HEADS.SCORE_THRESH_TEST = score_threshold
+    model = load_trained_model(cfg, weights)
+    names, dataset_ids = _categories(cfg)
+    metadata = _class_metadata(names)
+    resize = T.ResizeShortestEdge([cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MIN_SIZE_TEST], cfg.INPUT.MAX_SIZE_TEST)
+    output_dir = _make_dir(output_dir)
+
+    images, annotations, skipped, used_names = [], [], [], set()
+    for path in paths:
+        try:
+            image = read_image(str(path), format="RGB")
+        except Exception as error:  # PIL raises OSError, SyntaxError, ValueError... for bad files
+            logger.warning("skipping %s: not a readable image (%s)", path, one_line(error))
+            skipped.append({"file_name": str(path), "error": one_line(error)})
+            continue
+        image_id = len(images) + 1
+        instances = _predict_image(model, cfg, resize, image)
+        for result in instances_to_coco_json(instances, image_id):
+            result["category_id"] = dataset_ids[result["category_id"]]
+            if "segmentation" in result:
+                result["area"] = float(mask_util.area(result["segmentation"]))
+            result["id"] = len(annotations) + 1
+            annotations.append(result)
+        images.append({"id": image_id, "file_name": path.name, "height": image.shape[0], "width": image.shape[1]})
+        stem = path.stem if path.stem not in used_names else f"{path.stem}_{image_id}"
+        used_names.add(stem)
+        _write_png(output_dir / f"{stem}.png", draw_predictions(image, instances, metadata))
+    if not images:
+        raise MaskinitError(f"no readable image in {input_path}: {skipped[0]['file_name']}: {skipped[0]['error']}")
+
+    coco = {
+        "images": images,
+        "categories": [{"id": i, "name": name} for i, name in zip(dataset_ids, names)],
+        "annotations": annotations,
+        "skipped": skipped,
+    }
+    json_path = output_dir / PREDICTIONS_FILE
+    json_path.write_text(json.dumps(coco))
+    return json_path

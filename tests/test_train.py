@@ -1,0 +1,176 @@
+"""`train`: end to end on a generated set, resume, 2-process CPU DDP, refusals, divergence."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from maskinit import MaskinitError, load_config
+from maskinit.cli import app
+from maskinit.data.synthetic import generate_coco_dataset
+from maskinit.train import DataOptions, TrainOptions, train
+
+# A short warmup so that these few iterations train at the real LR.
+FAST_EVAL = ["SOLVER.WARMUP_ITERS", "2"]
+
+
+@pytest.fixture(scope="module")
+def coco(tmp_path_factory):
+    root = tmp_path_factory.mktemp("coco")
+    train_set = generate_coco_dataset(root / "train", 8, seed=1)
+    val_set = generate_coco_dataset(root / "val", 3, seed=2, first_image_id=100)
+    return DataOptions(str(train_set.json_file), str(train_set.image_root), str(val_set.json_file), str(val_set.image_root))
+
+
+def options(out, data, **kwargs):
+    kwargs.setdefault("max_iter", 6)
+    kwargs.setdefault("checkpoint_period", 3)
+    return TrainOptions(output_dir=str(out), data=DataOptions(**vars(data)), seed=0, progress=False, **kwargs)
+
+
+@pytest.fixture(scope="module")
+def finished_run(coco, tmp_path_factory):
+    out = tmp_path_factory.mktemp("run") / "out"
+    summary = train(load_config(preset="tiny", overrides=FAST_EVAL), options(out, coco))
+    return out, summary
+
+
+def test_outputs_of_a_finished_run(finished_run):
+    out, summary = finished_run
+    assert summary["status"] == "finished"
+    assert summary["iterations"] == 6
+    for name in ("config.yaml", "metrics.json", "last_checkpoint", "model_final.pth", "eval.json", "curves.png", "log.txt"):
+        assert (out / name).is_file(), name
+    assert list(out.glob("events.out.tfevents.*"))
+    assert (out / "model_0000002.pth").is_file()  # periodic checkpoint (iteration 3)
+    assert (out / "last_checkpoint").read_text().strip() == "model_final.pth"
+
+
+def test_config_yaml_is_exact_and_reloadable(finished_run):
+    out, _ = finished_run
+    cfg = load_config(out / "config.yaml")
+    assert cfg.SOLVER.MAX_ITER == 6
+    assert cfg.MODEL.ROI_HEADS.NUM_CLASSES == 5  # from the data
+    assert cfg.INPUT.MASK_FORMAT == "polygon"
+    assert cfg.MODEL.WEIGHTS == ""
+
+
+def test_eval_json_holds_box_and_mask_ap(finished_run):
+    out, summary = finished_run
+    results = json.loads((out / "eval.json").read_text())
+    for task in ("bbox", "segm"):
+        for key in ("AP", "AP50", "AP75", "APs", "APm", "APl"):
+            assert key in results[task]
+        if results[task]["AP"] == results[task]["AP"]:  # per-category AP exists when there are predictions
+            assert "AP-circle" in results[task]
+    assert summary["eval"]["segm"].keys() == {k for k in results["segm"] if "-" not in k}
+
+
+def test_run_records_that_nothing_was_loaded(finished_run):
+    out, _ = finished_run
+    audit = json.loads((out / "run_summary.json").read_text())["from_scratch"]
+    assert audit["pretrained_tensors_loaded"] == 0
+    assert audit["checkpoint_files_read"] == []
+    assert audit["weights_unchanged_by_load"] is True
+    assert audit["resumed_from_own_checkpoint"] is False
+    assert "no tensor loaded from any checkpoint" in (out / "log.txt").read_text()
+
+
+def test_lr_steps_rescale_with_max_iter(finished_run):
+    out, _ = finished_run
+    cfg = load_config(out / "config.yaml")
+    tiny = load_config(preset="tiny")
+    assert tuple(cfg.SOLVER.STEPS) == tuple(round(s * 6 / tiny.SOLVER.MAX_ITER) for s in tiny.SOLVER.STEPS)
+
+
+def test_existing_run_is_refused_and_untouched(finished_run, coco):
+    out, _ = finished_run
+    before = {p.name: p.stat().st_mtime_ns for p in out.iterdir()}
+    with pytest.raises(MaskinitError, match="already holds a run"):
+        train(load_config(preset="tiny"), options(out, coco))
+    assert {p.name: p.stat().st_mtime_ns for p in out.iterdir()} == before
+
+
+def test_resume_continues_from_the_saved_iteration(coco, tmp_path):
+    out = tmp_path / "resume"
+    train(load_config(preset="tiny", overrides=FAST_EVAL), options(out, coco, max_iter=4, checkpoint_period=2))
+    summary = train(load_config(preset="tiny", overrides=FAST_EVAL), options(out, coco, max_iter=8, checkpoint_period=2, resume=True))
+    audit = summary["from_scratch"]
+    assert audit["resumed_from_own_checkpoint"] is True
+    assert audit["start_iter"] == 4
+    assert audit["pretrained_tensors_loaded"] == 0
+    assert [Path(f["file"]).name for f in audit["checkpoint_files_read"]] == ["model_final.pth"]
+    iterations = [json.loads(line).get("iteration") for line in (out / "metrics.json").read_text().splitlines()]
+    assert max(i for i in iterations if i is not None) >= 7
+    assert summary["iterations"] == 8
+
+
+def test_two_process_cpu_ddp(coco, tmp_path):
+    out = tmp_path / "ddp"
+    summary = train(load_config(preset="tiny", overrides=FAST_EVAL), options(out, coco, max_iter=3, num_gpus=2, device="cpu"))
+    assert summary["status"] == "finished"
+    assert summary["world_size"] == 2
+    assert (out / "model_final.pth").is_file()
+    assert "segm" in json.loads((out / "eval.json").read_text())
+
+
+def test_embedded_default_dataset(tmp_path, monkeypatch):
+    monkeypatch.setenv("MASKINIT_CACHE", str(tmp_path / "cache"))
+    out = tmp_path / "default"
+    summary = train(
+        load_config(preset="tiny", overrides=FAST_EVAL + ["MODEL.ROI_HEADS.SCORE_THRESH_TEST", "0.9"]),
+        TrainOptions(output_dir=str(out), max_iter=2, seed=0, progress=False),
+    )
+    assert summary["status"] == "finished"
+    assert list((tmp_path / "cache").glob("synthetic-*/train/annotations.json"))
+    cfg = load_config(out / "config.yaml")
+    assert cfg.DATASETS.TRAIN == ("maskinit_train",)
+    assert cfg.MODEL.ROI_HEADS.NUM_CLASSES == 5
+
+
+def test_divergence_stops_with_one_line_and_keeps_the_checkpoint(coco, tmp_path):
+    out = tmp_path / "diverge"
+    cfg = load_config(preset="tiny", norm="none", init="normal:std=1.0", overrides=["SOLVER.WARMUP_ITERS", "0"])
+    with pytest.raises(MaskinitError, match=r"training diverged at iteration \d+: non-finite") as error:
+        train(cfg, options(out, coco, max_iter=30, checkpoint_period=1, lr=5.0))
+    message = str(error.value)
+    assert "\n" not in message and "--lr" in message
+    summary = json.loads((out / "run_summary.json").read_text())
+    assert summary["status"] == "diverged"
+    if summary["checkpoint"]:
+        assert (out / summary["checkpoint"]).is_file()
+    assert not (out / "model_final.pth").exists()
+
+
+runner = CliRunner()
+
+
+def test_cli_refuses_pretrained_weights(tmp_path):
+    result = runner.invoke(app, ["train", "--preset", "tiny", "--output-dir", str(tmp_path / "x"), "MODEL.WEIGHTS", "detectron2://ImageNetPretrained/MSRA/R-50.pkl"])
+    assert result.exit_code == 2
+    assert "MODEL.WEIGHTS" in result.stderr
+    assert not (tmp_path / "x").exists()
+
+
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["--max-iter", "0"], "--max-iter"),
+        (["--lr", "-1"], "--lr"),
+        (["--ims-per-batch", "0"], "--ims-per-batch"),
+        (["--device", "cuda"], "CUDA"),
+        (["--device", "tpu"], "--device"),
+        (["--optimizer", "lion"], "optimizer"),
+        (["--lr-schedule", "wavy"], "LR schedule"),
+        (["--resume", "--overwrite"], "contradict"),
+        (["--train-json", "/nonexistent.json", "--train-images", "/tmp"], "/nonexistent.json"),
+    ],
+)
+def test_cli_bad_run_options(tmp_path, args, message):
+    result = runner.invoke(app, ["train", "--preset", "tiny", "--output-dir", str(tmp_path / "o"), *args])
+    assert result.exit_code == 2, result.output
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and message in lines[0], result.stderr

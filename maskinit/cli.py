@@ -7,6 +7,7 @@ exit code 2 (`--debug` shows the traceback instead).
 from __future__ import annotations
 
 import functools
+import logging
 import os
 import sys
 import warnings
@@ -68,6 +69,8 @@ def main(
 ):
     """Train Mask R-CNN from scratch on Detectron2."""
     STATE["debug"] = debug or bool(os.environ.get("MASKINIT_DEBUG"))
+    if not STATE["debug"]:
+        logging.getLogger("torch.fx._symbolic_trace").setLevel(logging.ERROR)
 
 
 @app.command()
@@ -288,7 +291,7 @@ def inspect_init_command(
     train_json: Optional[Path] = typer.Option(None, help="COCO instances JSON: inspect on its first images (default: a synthetic batch)."),
     train_images: Optional[Path] = typer.Option(None, help="Image folder for --train-json."),
     lr: Optional[float] = typer.Option(None, help="LR of the update ratio lr*|grad|/|w| (default SOLVER.BASE_LR)."),
-    compare: Optional[List[str]] = typer.Option(None, help="Initializer specs side by side: kaiming_normal,xavier_uniform,..."),
+    compare: Optional[List[str]] = typer.Option(None, help="Initializer specs side by side, each for every component: kaiming_normal,xavier_uniform,..."),
     plot: Optional[Path] = typer.Option(None, help="Write activation std and gradient norm by depth to this PNG."),
     json_path: Optional[Path] = typer.Option(None, "--json", help="Write the measurements and the verdict as JSON."),
     seed: int = typer.Option(0, help="Seed of the weights and the synthetic batch."),

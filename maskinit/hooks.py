@@ -114,3 +114,48 @@ class ReduceLROnPlateau(HookBase):
                 "plateau on %s (best %.4f): LR reduced by %g at iteration %d",
                 self.metric, self.best, self.factor, self.trainer.iter + 1,
             )
+
+
+class TrainingInterrupted(Exception):
+    """Raised by `StopOnSignal` after it saved a checkpoint at the current iteration."""
+
+    def __init__(self, iteration: int, signal_name: str, checkpoint: str | None):
+        super().__init__(f"{signal_name} at iteration {iteration}")
+        self.iteration = iteration
+        self.signal_name = signal_name
+        self.checkpoint = checkpoint
+
+
+class StopOnSignal(HookBase):
+    """SIGINT or SIGTERM: finish the current iteration, save a checkpoint, stop.
+
+    The signal handler only sets a flag; the hook acts between iterations, where the model and
+    optimizer are consistent. With several processes the flag is gathered every iteration, so all
+    ranks stop at the same one. A second signal interrupts at once (KeyboardInterrupt).
+    """
+
+    def __init__(self):
+        self.requested: int | None = None
+
+    def handle(self, signum, frame):
+        if self.requested is not None:
+            raise KeyboardInterrupt
+        self.requested = signum
+
+    def after_step(self):
+        stop = self.requested is not None
+        if comm.get_world_size() > 1:
+            gathered = [s for s in comm.all_gather(self.requested) if s is not None]
+            stop, self.requested = bool(gathered), (gathered[0] if gathered else None)
+        if not stop:
+            return
+        import signal
+
+        name = signal.Signals(self.requested).name
+        checkpoint = None
+        if comm.is_main_process():
+            checkpoint = f"model_{self.trainer.iter:07d}"
+            self.trainer.checkpointer.save(checkpoint, iteration=self.trainer.iter)
+            checkpoint += ".pth"
+        comm.synchronize()
+        raise TrainingInterrupted(self.trainer.iter, name, checkpoint)

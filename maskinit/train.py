@@ -12,6 +12,9 @@ import json
 import logging
 import os
 import re
+import shlex
+import signal
+import threading
 import time
 import weakref
 from dataclasses import asdict, dataclass, field
@@ -26,9 +29,9 @@ from detectron2.solver.build import maybe_add_gradient_clipping
 from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 
-from .config import dump_yaml, check_from_scratch
+from .config import check_from_scratch, dump_yaml, one_line
 from .errors import MaskinitError
-from .hooks import ProgressHook, ReduceLROnPlateau
+from .hooks import ProgressHook, ReduceLROnPlateau, StopOnSignal, TrainingInterrupted
 from .model import build_model
 
 logger = logging.getLogger("maskinit")
@@ -49,6 +52,8 @@ class DataOptions:
     val_images: str | None = None
     dataset: str | None = None
     val_dataset: str | None = None
+    # set by resolve_data when no data option was given and the embedded default set is used
+    is_default: bool = False
 
 
 @dataclass
@@ -78,7 +83,12 @@ class TrainOptions:
 
 
 class AuditedCheckpointer(DetectionCheckpointer):
-    """Detectron2's checkpointer, recording every file it reads and how many tensors it loads."""
+    """Detectron2's checkpointer, recording every file it reads, and writing atomically.
+
+    fvcore writes checkpoints and `last_checkpoint` in place, so a kill or a full disk mid-write
+    leaves a torn file that `--resume` cannot load. Here each file is written to a temporary name
+    and renamed over the old one: at any moment `last_checkpoint` names a complete checkpoint.
+    """
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
@@ -88,6 +98,39 @@ class AuditedCheckpointer(DetectionCheckpointer):
         loaded = super()._load_file(filename)
         self.files_read.append({"file": str(filename), "tensors": len(loaded.get("model", {}))})
         return loaded
+
+    def save(self, name: str, **kwargs) -> None:
+        if not self.save_dir or not self.save_to_disk:
+            return
+        data = {"model": self.model.state_dict()}
+        data.update({key: obj.state_dict() for key, obj in self.checkpointables.items()})
+        data.update(kwargs)
+        basename = f"{name}.pth"
+        path = Path(self.save_dir) / basename
+        self.logger.info("Saving checkpoint to %s", path)
+        self._write_atomically(path, lambda handle: torch.save(data, handle))
+        self.tag_last_checkpoint(basename)
+
+    def tag_last_checkpoint(self, last_filename_basename: str) -> None:
+        self._write_atomically(Path(self.save_dir) / "last_checkpoint", lambda h: h.write(last_filename_basename.encode()))
+
+    def _write_atomically(self, path: Path, write) -> None:
+        tmp = path.with_name(f".{path.name}.tmp")
+        try:
+            with open(tmp, "wb") as handle:
+                write(handle)
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.replace(tmp, path)
+        except (OSError, RuntimeError) as error:  # torch.save reports a full disk as RuntimeError
+            tmp.unlink(missing_ok=True)
+            previous = (Path(self.save_dir) / "last_checkpoint")
+            kept = previous.read_text().strip() if previous.is_file() else "none yet"
+            reason = "disk full" if "No space" in str(error) or getattr(error, "errno", None) == 28 else one_line(error)
+            raise MaskinitError(
+                f"cannot save {path.name} ({reason}); the previous checkpoint ({kept}) is intact: "
+                "free space, then --resume"
+            ) from None
 
 
 def weights_fingerprint(model: torch.nn.Module) -> str:
@@ -183,6 +226,8 @@ class Trainer(DefaultTrainer):
             hooks.insert(-1 if comm.is_main_process() else len(hooks), ReduceLROnPlateau(
                 plateau.METRIC, period, plateau.PATIENCE, plateau.FACTOR, plateau.MIN_LR))
         hooks.append(ProgressHook(cfg.SOLVER.MAX_ITER, use_bar=getattr(self, "_use_bar", None)))
+        self.stop_on_signal = StopOnSignal()
+        hooks.append(self.stop_on_signal)
         return hooks
 
 
@@ -344,6 +389,7 @@ def worker(cfg: CfgNode, options: TrainOptions) -> None:
     from .data.sources import register_from_options
 
     rank = comm.get_rank()
+    quiet_third_party_notices()
     setup_logger(cfg.OUTPUT_DIR, distributed_rank=rank, name="detectron2", abbrev_name="d2")
     setup_logger(cfg.OUTPUT_DIR, distributed_rank=rank, name="maskinit")
     if options.progress or (options.progress is None and os.isatty(1)):
@@ -385,12 +431,22 @@ def worker(cfg: CfgNode, options: TrainOptions) -> None:
             logger.info("from scratch: no tensor loaded from any checkpoint (weights fingerprint unchanged)")
     started = time.perf_counter()
     status = {"status": "running"}
+    restore = install_signal_handlers(trainer.stop_on_signal.handle)
     try:
         trainer.train()
         status = {"status": "finished"}
     except FloatingPointError as error:
         status = {"status": "diverged", **divergence_message(error, cfg.OUTPUT_DIR, trainer.iter)}
+    except TrainingInterrupted as stop:
+        status = {"status": "interrupted", "signal": stop.signal_name, "iteration": stop.iteration, "checkpoint": stop.checkpoint}
+    except KeyboardInterrupt:
+        last = Path(cfg.OUTPUT_DIR) / "last_checkpoint"
+        status = {"status": "interrupted", "signal": "SIGINT", "iteration": trainer.iter,
+                  "checkpoint": last.read_text().strip() if last.is_file() else None}
+    except MaskinitError as error:
+        status = {"status": "failed", "error": str(error)}
     finally:
+        restore()
         if comm.is_main_process():
             # Detectron2 leaves `iter` at max_iter after a finished run, at the failing one otherwise.
             elapsed = time.perf_counter() - started
@@ -415,6 +471,35 @@ def worker(cfg: CfgNode, options: TrainOptions) -> None:
         from .curves import plot_curves
 
         plot_curves(Path(cfg.OUTPUT_DIR))
+
+
+def install_signal_handlers(handler):
+    """Route SIGINT and SIGTERM to `handler` (main thread only); returns a function restoring the old ones."""
+    if threading.current_thread() is not threading.main_thread():
+        return lambda: None
+    old = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+    return lambda: [signal.signal(sig, previous) for sig, previous in old.items()]
+
+
+def resume_command(options: TrainOptions) -> str:
+    """The exact command that continues this run."""
+    out = options.output_dir
+    parts = ["maskinit", "train", "--config", f"{out}/{CONFIG_FILE}", "--output-dir", str(out), "--resume"]
+    data = options.data
+    for flag, value in (("--train-json", data.train_json), ("--train-images", data.train_images),
+                        ("--val-json", data.val_json), ("--val-images", data.val_images),
+                        ("--dataset", data.dataset), ("--val-dataset", data.val_dataset)):
+        if value and not data.is_default:
+            parts += [flag, str(value)]
+    if options.num_gpus > 1 or options.num_machines > 1:
+        parts += ["--num-gpus", str(options.num_gpus), "--num-machines", str(options.num_machines),
+                  "--machine-rank", str(options.machine_rank), "--dist-url", options.dist_url]
+    return " ".join(shlex.quote(part) for part in parts)
+
+
+def quiet_third_party_notices() -> None:
+    """torch.fx warns on every Detectron2 forward that checks `is_fx_tracing`; it is noise here."""
+    logging.getLogger("torch.fx._symbolic_trace").setLevel(logging.ERROR)
 
 
 def torchrun_env() -> bool:
@@ -459,15 +544,27 @@ def train(cfg: CfgNode, options: TrainOptions | None = None, explicit_keys: set[
         dist_url = options.dist_url
         if world > 1 and dist_url == "auto" and options.num_machines > 1:
             raise MaskinitError("--dist-url tcp://HOST:PORT is required with several machines")
+        # with several processes, the children handle SIGINT/SIGTERM; the parent waits for them
+        restore = install_signal_handlers(signal.SIG_IGN) if world > 1 else (lambda: None)
         try:
             launch(worker, options.num_gpus, options.num_machines, options.machine_rank, dist_url, args=(cfg, options))
         except MaskinitError:
             raise
         except Exception as error:  # a child process failed: its status file says why when it can
             summary = read_summary(out)
-            if summary.get("status") != "diverged":
+            if summary.get("status") in (None, "running", "finished"):
                 raise MaskinitError(f"training failed: {type(error).__name__}: {str(error).strip().splitlines()[-1][:300]}") from error
+        finally:
+            restore()
     summary = read_summary(out)
+    if summary.get("status") == "interrupted":
+        saved = f"checkpoint {summary['checkpoint']} saved" if summary.get("checkpoint") else "no checkpoint saved"
+        raise MaskinitError(
+            f"interrupted by {summary.get('signal')} at iteration {summary.get('iteration')}: {saved}; "
+            f"resume with: {resume_command(options)}"
+        )
+    if summary.get("status") == "failed":
+        raise MaskinitError(summary["error"])
     if summary.get("status") == "diverged":
         kept = f"last good checkpoint kept: {summary['checkpoint']}" if summary.get("checkpoint") else "no checkpoint had been saved yet"
         raise MaskinitError(

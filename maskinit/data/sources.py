@@ -50,6 +50,7 @@ def resolve_data(cfg: CfgNode, data) -> CfgNode:
         if data.val_json:
             raise MaskinitError("--val-json without --train-json: give both, or neither for the embedded default")
         use_embedded_default(data)
+        data.is_default = True
     train, val = register_from_options(data, cfg)
     cfg = cfg.clone()
     cfg.defrost()

@@ -16,6 +16,7 @@ from typing import List, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from . import __version__
@@ -35,7 +36,7 @@ warnings.filterwarnings("ignore", message="pkg_resources is deprecated")
 
 
 def fail(message: str, code: int = 2) -> None:
-    err_console.print(f"[bold red]error:[/] {message}", markup=True, highlight=False, soft_wrap=True)
+    err_console.print(f"[bold red]error:[/] {escape(message)}", markup=True, highlight=False, soft_wrap=True)
     raise typer.Exit(code)
 
 
@@ -238,6 +239,7 @@ def train(
     clip_grad: Optional[float] = typer.Option(None, help="Clip the gradient norm at this value."),
     precise_bn: bool = typer.Option(False, help="Recompute BN statistics before each evaluation (BN variants)."),
     progress: Optional[bool] = typer.Option(None, "--progress/--no-progress", help="Progress bar (default: on a terminal)."),
+    skip_bad: bool = typer.Option(False, help="Drop bad annotations and images (counted in the log) instead of refusing the data."),
 ):
     """Train Mask R-CNN from scratch with Detectron2's trainer, then evaluate."""
     from .config import load_config
@@ -249,7 +251,7 @@ def train(
         num_gpus=num_gpus, num_machines=num_machines, machine_rank=machine_rank, dist_url=dist_url,
         resume=resume, overwrite=overwrite, amp=amp, seed=seed, eval_period=eval_period,
         checkpoint_period=checkpoint_period, optimizer=optimizer, lr_schedule=lr_schedule,
-        warmup_iters=warmup_iters, clip_grad=clip_grad, precise_bn=precise_bn, progress=progress,
+        warmup_iters=warmup_iters, clip_grad=clip_grad, precise_bn=precise_bn, progress=progress, skip_bad=skip_bad,
         data=DataOptions(train_json, train_images, val_json, val_images, dataset, val_dataset),
     )
     summary = run_training(cfg, options, explicit_keys=set((overrides or [])[::2]))
@@ -303,7 +305,9 @@ def inspect_init_command(
     if (train_json is None) != (train_images is None):
         raise MaskinitError("--train-json and --train-images go together")
     cfg = load_config(path=config, base=base, preset=preset, norm=norm, init=init, overrides=overrides or (), plugins=plugin or ())
-    batch = coco_batch(cfg, train_json, train_images) if train_json is not None else None
+    batch = None
+    if train_json is not None:
+        cfg, batch = coco_batch(cfg, train_json, train_images)
     if compare:
         results = compare_inits(cfg, compare, lr=lr, batch=batch, seed=seed)
         table = Table(title=f"init comparison (norm {cfg.MASKINIT.NORM}): activation std / gradient norm")
@@ -348,14 +352,18 @@ def eval_command(
     vis_dir: Optional[Path] = typer.Option(None, help="Write ground truth | prediction PNGs here."),
     vis_count: int = typer.Option(8, help="How many images --vis-dir draws."),
     plugin: Optional[List[str]] = typer.Option(None, help=PLUGIN_HELP),
+    skip_bad: bool = typer.Option(False, help="Drop bad annotations and images instead of refusing the data."),
 ):
     """COCO box and mask AP of a trained model (the embedded val set by default)."""
     from .config import load_config
+    from .data.sources import validate_data
     from .evaluation import evaluate_run
     from .train import DataOptions
 
     cfg = load_config(path=config, plugins=plugin or ())
     data = DataOptions(val_json=val_json, val_images=val_images, dataset=dataset)
+    for line in validate_data(data, skip_bad):
+        err_console.print(line)
     results = evaluate_run(cfg, weights, data, device=device, num_gpus=num_gpus, json_out=json_out, vis_dir=vis_dir, vis_count=vis_count)
     print_ap_table(results)
     if json_out:
@@ -387,6 +395,64 @@ def predict(
         cfg.MODEL.DEVICE = device
     path = run_prediction(cfg, weights, input, output, score_threshold=score_threshold)
     console.print(f"predictions in {path}")
+
+
+SEVERITY_STYLES = {"fatal": "bold red", "fixable": "yellow", "warning": "magenta", "info": "dim"}
+
+
+@app.command("check-data")
+@handles_errors
+def check_data_command(
+    json_file: Path = typer.Option(..., "--json", help="COCO instances JSON to check."),
+    images: Optional[Path] = typer.Option(None, "--images", help="Folder the JSON's file_names are relative to."),
+    skip_bad: bool = typer.Option(False, "--skip-bad", help="Accept fixable problems: show what training with --skip-bad leaves out, exit 0."),
+    no_images: bool = typer.Option(False, "--no-images", help="Check the JSON only, not the image files."),
+    json_out: Optional[Path] = typer.Option(None, "--json-out", help="Write the report as JSON here."),
+):
+    """Check a COCO dataset before training; exit 0 ok, 1 fixable problems, 2 fatal ones."""
+    from rich.markup import escape
+
+    from .data.validate import check_coco, enforce_data_policy
+
+    if images is None and not no_images:
+        raise MaskinitError("--images DIR is needed to check the image files (or pass --no-images)")
+    report = check_coco(json_file, images, check_images=not no_images)
+    if json_out is not None:
+        import json
+
+        try:
+            json_out.write_text(json.dumps(report.to_dict(), indent=2))
+        except OSError as error:
+            raise MaskinitError(f"cannot write {json_out}: {error.strerror}") from None
+    if report.fatal:
+        enforce_data_policy(report, skip_bad)  # raises: one line naming every fatal kind
+    if report.problems:
+        table = Table(title=f"check-data {escape(str(json_file))}")
+        for column in ("kind", "severity", "count", "examples"):
+            table.add_column(column, justify="right" if column == "count" else "left", overflow="fold")
+        for problem in report.problems.values():
+            style = SEVERITY_STYLES[problem.severity]
+            table.add_row(escape(problem.label), f"[{style}]{problem.severity}[/]", str(problem.count),
+                          escape("; ".join(problem.examples)))
+        console.print(table)
+    checked = "JSON and image files" if report.images_checked else "JSON only, image files not checked"
+    console.print(f"{report.num_images} images, {report.num_annotations} annotations, "
+                  f"{report.num_categories} categories ({checked})", highlight=False)
+    if json_out is not None:
+        err_console.print(f"wrote {json_out}")
+    if report.ok:
+        console.print("[green]ok[/]: nothing stops training")
+        raise typer.Exit(0)
+    if skip_bad:
+        for line in enforce_data_policy(report, skip_bad=True):
+            console.print(escape(line), highlight=False, soft_wrap=True)
+        raise typer.Exit(0)
+    console.print(
+        f"[yellow]fixable problems[/]: training refuses this data; with --skip-bad it leaves out "
+        f"{report.annotations_dropped} annotations and {len(report.bad_image_ids)} images",
+        highlight=False,
+    )
+    raise typer.Exit(1)
 
 
 if __name__ == "__main__":

@@ -79,6 +79,10 @@ class TrainOptions:
     clip_grad: float | None = None
     precise_bn: bool = False
     progress: bool | None = None
+    # drop bad annotations/images (counted in the log) instead of refusing the data
+    skip_bad: bool = False
+    # what --skip-bad dropped, filled by train() and logged by every run
+    data_notes: list = field(default_factory=list)
     data: DataOptions = field(default_factory=DataOptions)
 
 
@@ -399,6 +403,8 @@ def worker(cfg: CfgNode, options: TrainOptions) -> None:
                 if isinstance(handler, logging.StreamHandler) and not isinstance(handler, logging.FileHandler):
                     handler.setLevel(logging.WARNING)
     register_from_options(options.data, cfg)
+    for note in options.data_notes:
+        logger.warning("data: %s", note)
     seed_all_rng(None if cfg.SEED < 0 else cfg.SEED + rank)
     if cfg.MODEL.DEVICE.startswith("cuda"):
         torch.backends.cudnn.benchmark = cfg.CUDNN_BENCHMARK
@@ -460,6 +466,7 @@ def worker(cfg: CfgNode, options: TrainOptions) -> None:
                 "seconds_per_iter": round(step_time, 4) if step_time else None,
                 "from_scratch": audit,
                 "world_size": comm.get_world_size(),
+                "data_dropped": options.data_notes,
                 "output_dir": cfg.OUTPUT_DIR,
             }
             results = getattr(trainer, "_last_eval_results", None)
@@ -522,12 +529,13 @@ def run_under_torchrun(cfg: CfgNode, options: TrainOptions) -> None:
 
 def train(cfg: CfgNode, options: TrainOptions | None = None, explicit_keys: set[str] = frozenset()) -> dict:
     """Train from scratch and evaluate; returns the run summary (also in `run_summary.json`)."""
-    from .data.sources import resolve_data
+    from .data.sources import resolve_data, validate_data
 
     options = options or TrainOptions()
     if options.resume and options.overwrite:
         raise MaskinitError("--resume and --overwrite contradict each other: choose one")
     cfg = apply_run_options(cfg, options, explicit_keys)
+    options.data_notes = validate_data(options.data, options.skip_bad)
     cfg = resolve_data(cfg, options.data)
     out = prepare_output_dir(options)
     config_path = out / CONFIG_FILE

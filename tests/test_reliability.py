@@ -149,3 +149,19 @@ def test_overwrite_replaces_a_run_only_when_asked(tmp_path, data):
     assert (out / "model_final.pth").read_bytes() == final
     summary = train(load_config(preset="tiny"), TrainOptions(output_dir=str(out), overwrite=True, **options))
     assert summary["status"] == "finished"
+
+
+def test_bad_annotation_refused_before_training_unless_skip_bad(tmp_path, data):
+    broken = json.loads(Path(data.train_json).read_text())
+    broken["annotations"][0]["bbox"] = [5.0, 5.0, 0.0, 10.0]  # zero width
+    bad_json = tmp_path / "broken.json"
+    bad_json.write_text(json.dumps(broken))
+    bad = DataOptions(str(bad_json), data.train_images, data.val_json, data.val_images)
+    out = tmp_path / "bad"
+    with pytest.raises(MaskinitError, match="--skip-bad") as error:
+        train(load_config(preset="tiny"), TrainOptions(output_dir=str(out), data=bad, max_iter=2, progress=False))
+    assert "\n" not in str(error.value)
+    assert not (out / "config.yaml").exists()  # refused before anything was written
+    summary = train(load_config(preset="tiny"), TrainOptions(output_dir=str(out), data=DataOptions(**vars(bad)), max_iter=2, progress=False, skip_bad=True))
+    assert summary["status"] == "finished"
+    assert "dropped" in (out / "log.txt").read_text() or "skip" in (out / "log.txt").read_text().lower()

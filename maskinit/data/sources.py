@@ -7,6 +7,8 @@ since Detectron2's catalogs live per process.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from detectron2.config import CfgNode
 from detectron2.data import MetadataCatalog
 
@@ -63,3 +65,35 @@ def resolve_data(cfg: CfgNode, data) -> CfgNode:
         return cfg
     apply_dataset_to_cfg(cfg, train, val)
     return cfg
+
+
+def validate_data(data, skip_bad: bool, *, check_images: bool = True, clean_dir=None) -> list[str]:
+    """Check the run's COCO files (train and val) before they are registered; returns log lines.
+
+    Fatal problems raise `MaskinitError`; fixable ones too, unless `skip_bad`: then the bad
+    annotations and images are left out of a cleaned copy of the JSON (under `clean_dir`, default
+    `<maskinit cache>/clean/`) and `data.train_json` / `data.val_json` are pointed at it. Because the
+    options object travels to every training process, each one registers the cleaned copy, and the
+    COCO evaluator reads its ground truth from it too. Registered names (`--dataset`) and the
+    embedded default set are not checked.
+    """
+    from .synthetic import default_cache_root
+    from .validate import enforce_data_policy, load_and_check_coco, write_clean_copy
+
+    lines: list[str] = []
+    if getattr(data, "dataset", None):
+        return lines  # a registered name: `resolve_data` refuses it together with COCO files
+    for split in ("train", "val"):
+        json_file, image_root = getattr(data, f"{split}_json", None), getattr(data, f"{split}_images", None)
+        if not json_file:
+            continue
+        if not image_root:
+            raise MaskinitError(f"--{split}-json needs --{split}-images")
+        coco, report = load_and_check_coco(json_file, image_root, check_images=check_images)
+        lines += enforce_data_policy(report, skip_bad)
+        if report.fixable:  # only reached with skip_bad: the policy raised otherwise
+            folder = clean_dir if clean_dir is not None else default_cache_root() / "clean"
+            cleaned = write_clean_copy(coco, report, folder, Path(json_file).stem)
+            setattr(data, f"{split}_json", str(cleaned))
+            lines.append(f"{json_file}: registering the cleaned copy {cleaned}")
+    return lines

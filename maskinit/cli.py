@@ -96,6 +96,7 @@ def doctor():
 
 
 PRESET_HELP = "Named starting point under configs/ (r50-fpn, tiny, ...)."
+RECIPE_HELP = "Published from-scratch recipe under configs/recipes/, in place of --preset (see `maskinit list`)."
 NORM_HELP = "Norm variant NAME[:key=value] (GN, GNWS, SyncBN, BN, naiveSyncBN, none)."
 INIT_HELP = "Initializer NAME[:key=value] (kaiming_normal, xavier_uniform, c2, ...)."
 PLUGIN_HELP = "Python module (or .py file) registering initializers/norms; repeatable."
@@ -109,6 +110,7 @@ def export_config_command(
     config: Optional[Path] = typer.Option(None, "--config", help="A complete config (from export-config) to start from."),
     base: Optional[str] = typer.Option(None, help="Detectron2 model-zoo config name or local YAML (default: Mask R-CNN R50-FPN 3x)."),
     preset: Optional[str] = typer.Option(None, help=PRESET_HELP),
+    recipe: Optional[str] = typer.Option(None, help=RECIPE_HELP),
     norm: Optional[str] = typer.Option(None, help=NORM_HELP),
     init: Optional[str] = typer.Option(None, help=INIT_HELP),
     schedule: Optional[str] = typer.Option(None, help="Detectron2 schedule 1x|3x|6x|9x (1x = 90k iterations at batch 16)."),
@@ -124,7 +126,7 @@ def export_config_command(
 
     options = dict(
         path=config, base=base, preset=preset, norm=norm, init=init, overrides=overrides or (), schedule=schedule,
-        ims_per_batch=ims_per_batch, num_classes=num_classes, plugins=plugin or (),
+        ims_per_batch=ims_per_batch, num_classes=num_classes, plugins=plugin or (), recipe=recipe,
     )
     text = export_config(output, plain=plain, **options)
     if explain:
@@ -146,8 +148,9 @@ def export_config_command(
 def list_command(
     plugin: Optional[List[str]] = typer.Option(None, help=PLUGIN_HELP),
 ):
-    """List presets, norm variants and initializers."""
+    """List presets, published recipes (with their COCO AP), norm variants and initializers."""
     from .config import list_presets
+    from .recipes import RECIPES, list_recipes
     from .initializers import INITIALIZER_REGISTRY
     from .norms import NORM_REGISTRY
     from .plugins import load_plugins
@@ -157,6 +160,15 @@ def list_command(
     table.add_column("preset")
     for name in list_presets():
         table.add_row(name)
+    console.print(table)
+    table = Table(title="recipes (published COCO val2017 AP)")
+    table.add_column("recipe", no_wrap=True)
+    table.add_column("box AP", justify="right")
+    table.add_column("mask AP", justify="right")
+    table.add_column("source", overflow="fold")
+    for name in list_recipes():
+        recipe = RECIPES[name]
+        table.add_row(name, f"{recipe.box_ap:.1f}", f"{recipe.mask_ap:.1f}", recipe.source)
     console.print(table)
     table = Table(title="norm variants")
     table.add_column("name")
@@ -208,6 +220,7 @@ def train(
     from_scratch: bool = typer.Option(True, "--from-scratch", help="Train from random weights (the only mode; no pretrained weights are ever loaded)."),
     config: Optional[Path] = typer.Option(None, "--config", help="Config from export-config."),
     preset: Optional[str] = typer.Option(None, help=PRESET_HELP),
+    recipe: Optional[str] = typer.Option(None, help=RECIPE_HELP),
     norm: Optional[str] = typer.Option(None, help=NORM_HELP),
     init: Optional[str] = typer.Option(None, help=INIT_HELP),
     schedule: Optional[str] = typer.Option(None, help="Detectron2 schedule 1x|3x|6x|9x."),
@@ -245,7 +258,8 @@ def train(
     from .config import load_config
     from .train import DataOptions, TrainOptions, train as run_training
 
-    cfg = load_config(path=config, preset=preset, norm=norm, init=init, overrides=overrides or (), schedule=schedule, plugins=plugin or ())
+    cfg = load_config(path=config, preset=preset, norm=norm, init=init, overrides=overrides or (), schedule=schedule,
+                      plugins=plugin or (), recipe=recipe)
     options = TrainOptions(
         output_dir=str(output_dir), max_iter=max_iter, ims_per_batch=ims_per_batch, lr=lr, device=device,
         num_gpus=num_gpus, num_machines=num_machines, machine_rank=machine_rank, dist_url=dist_url,

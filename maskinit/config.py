@@ -2,7 +2,8 @@
 
 A config is built in stages, each one recorded so that `--explain` can say why a key changed:
 base (a Detectron2 model-zoo config or a local YAML) -> preset (a YAML under `configs/`, which
-carries the from-scratch recipe) -> `--norm`/`--init`/`--schedule`/`--ims-per-batch`/`--num-classes`
+carries the from-scratch recipe; or `--recipe NAME`, a published recipe under `configs/recipes/`)
+-> `--norm`/`--init`/`--schedule`/`--ims-per-batch`/`--num-classes`
 -> trailing `KEY VALUE` overrides. `--config FILE` replaces base and preset with a complete file.
 """
 
@@ -50,6 +51,8 @@ def add_maskinit_config(cfg: CfgNode) -> CfgNode:
     _C.MASKINIT = CfgNode()
     # Name of the preset this config started from (informational).
     _C.MASKINIT.PRESET = ""
+    # Name of the published recipe (configs/recipes/) this config started from (informational).
+    _C.MASKINIT.RECIPE = ""
     # Norm variant for backbone, FPN, box head and mask head: NAME[:key=value,...] from the norm registry.
     _C.MASKINIT.NORM = "GN"
     # Also put the norm variant into the RPN head's convolutions.
@@ -93,6 +96,15 @@ def add_maskinit_config(cfg: CfgNode) -> CfgNode:
     _C.MASKINIT.PLATEAU.FACTOR = 0.1
     # The LR never goes below this.
     _C.MASKINIT.PLATEAU.MIN_LR = 0.0
+    _C.MASKINIT.AUGMENT = CfgNode()
+    # Training augmentation: default (Detectron2's INPUT.* resize and flip) or lsj (large-scale jitter).
+    _C.MASKINIT.AUGMENT.NAME = "default"
+    # LSJ: smallest random scale of the LSJ_IMAGE_SIZE square the image is resized to fit.
+    _C.MASKINIT.AUGMENT.LSJ_MIN_SCALE = 0.1
+    # LSJ: largest random scale of that square.
+    _C.MASKINIT.AUGMENT.LSJ_MAX_SCALE = 2.0
+    # LSJ: side of the square training image, randomly cropped or padded (image 128, segmentation 255) to it.
+    _C.MASKINIT.AUGMENT.LSJ_IMAGE_SIZE = 1024
     return cfg
 
 
@@ -289,12 +301,17 @@ def build_config(
     ims_per_batch: int | None = None,
     num_classes: int | None = None,
     plugins: Sequence[str] = (),
+    recipe: str | None = None,
 ) -> ConfigBuild:
     """The staged build behind `load_config` and `export_config`."""
     from .norms import build_norm_variant
     from .initializers import build_initializer
     from .plugins import load_plugins
 
+    if recipe:
+        given = [flag for flag, value in (("--preset", preset), ("--config", path), ("--base", base)) if value]
+        if given:
+            raise MaskinitError(f"--recipe is a complete published recipe: do not combine it with {' or '.join(given)}")
     load_plugins(plugins)
     base_cfg = new_config()
     merge_file(base_cfg, base_config_file(base or DEFAULT_BASE), "base config")
@@ -311,10 +328,17 @@ def build_config(
     else:
         build = ConfigBuild(base_cfg.clone(), base_cfg)
         cfg = build.cfg
-        preset = preset or DEFAULT_PRESET
-        merge_file(cfg, preset_file(preset), "preset")
-        cfg.MASKINIT.PRESET = preset
-        build.stage(f"preset {preset}")
+        if recipe:  # a recipe replaces the preset stage
+            from .recipes import recipe_file
+
+            merge_file(cfg, recipe_file(recipe), "recipe")
+            cfg.MASKINIT.RECIPE = recipe
+            build.stage(f"recipe {recipe}")
+        else:
+            preset = preset or DEFAULT_PRESET
+            merge_file(cfg, preset_file(preset), "preset")
+            cfg.MASKINIT.PRESET = preset
+            build.stage(f"preset {preset}")
     load_plugins(cfg.MASKINIT.PLUGINS)
     if plugins:
         cfg.MASKINIT.PLUGINS = sorted(set(cfg.MASKINIT.PLUGINS) | set(plugins))
@@ -349,6 +373,9 @@ def build_config(
     sync_norm_keys(cfg)
     build.stage(f"norm {cfg.MASKINIT.NORM}")
     check_from_scratch(cfg)
+    from .augment import check_augment
+
+    check_augment(cfg)
     return build
 
 

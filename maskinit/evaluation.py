@@ -210,10 +210,10 @@ def evaluate_model(
     return {task: dict(metrics) for task, metrics in results.items()}
 
 
-def _json_safe(value):
+def json_safe(value):
     """NaN (a metric with nothing to measure) as null: NaN is not JSON."""
     if isinstance(value, dict):
-        return {key: _json_safe(item) for key, item in value.items()}
+        return {key: json_safe(item) for key, item in value.items()}
     if isinstance(value, float) and not math.isfinite(value):
         return None
     return value
@@ -223,7 +223,7 @@ def write_results_json(results: dict, path: str | Path) -> Path:
     path = Path(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(_json_safe(results), indent=2) + "\n")
+        path.write_text(json.dumps(json_safe(results), indent=2) + "\n")
     except OSError as error:
         raise MaskinitError(f"cannot write {path}: {error.strerror}") from None
     return path

@@ -17,7 +17,7 @@ import signal
 import threading
 import time
 import weakref
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -31,6 +31,7 @@ from detectron2.utils.logger import setup_logger
 
 from .config import check_from_scratch, dump_yaml, one_line
 from .errors import MaskinitError
+from .evaluation import json_safe
 from .hooks import ProgressHook, ReduceLROnPlateau, StopOnSignal, TrainingInterrupted
 from .model import build_model
 
@@ -141,7 +142,8 @@ def weights_fingerprint(model: torch.nn.Module) -> str:
     digest = hashlib.sha256()
     for name, tensor in sorted(model.state_dict().items()):
         digest.update(name.encode())
-        digest.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
+        # reshape(-1): 0-dim tensors (BatchNorm's num_batches_tracked) cannot be viewed as bytes
+        digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
     return digest.hexdigest()
 
 
@@ -213,6 +215,18 @@ class Trainer(DefaultTrainer):
         elif cfg.MASKINIT.LR_SCHEDULE == "plateau":
             cfg.SOLVER.STEPS = ()  # constant after warmup; ReduceLROnPlateau scales it
         return build_lr_scheduler(cfg, optimizer)
+
+    @classmethod
+    def build_train_loader(cls, cfg):
+        """Detectron2's train loader; with `MASKINIT.AUGMENT.NAME lsj`, on the large-scale-jitter mapper."""
+        from detectron2.data import build_detection_train_loader
+
+        from .augment import build_train_mapper
+
+        mapper = build_train_mapper(cfg)
+        if mapper is None:
+            return super().build_train_loader(cfg)
+        return build_detection_train_loader(cfg, mapper=mapper)
 
     @classmethod
     def build_evaluator(cls, cfg, dataset_name, output_folder=None):
@@ -351,15 +365,6 @@ def prepare_output_dir(options: TrainOptions) -> Path:
     except OSError as error:
         raise MaskinitError(f"output dir {out} is not writable: {error.strerror}") from None
     return out
-
-
-def json_safe(value):
-    """NaN (a metric with nothing to measure) as null: NaN is not JSON."""
-    if isinstance(value, dict):
-        return {key: json_safe(item) for key, item in value.items()}
-    if isinstance(value, float) and value != value:
-        return None
-    return value
 
 
 def write_json(path: Path, data) -> None:

@@ -8,7 +8,6 @@ import math
 import cv2
 import numpy as np
 import pytest
-import torch
 from detectron2.data.transforms import ResizeShortestEdge
 from detectron2.structures import BitMasks, PolygonMasks
 from typer.testing import CliRunner
@@ -36,15 +35,6 @@ EXPLODING = ["--norm", "none", "--init", "normal:std=1.0"]
 VANISHING = ["--norm", "none", "--init", "normal:std=0.0001"]
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 runner = CliRunner()
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """One intra-op thread: on a busy 2-core machine, OpenMP's spinning threads slow each pass several-fold."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def invoke(*args):

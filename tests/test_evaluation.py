@@ -9,7 +9,6 @@ import math
 import numpy as np
 import pytest
 import torch
-from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.evaluation import coco_evaluation
 from detectron2.structures import Boxes, BoxMode, Instances
 from pycocotools import mask as mask_util
@@ -31,6 +30,7 @@ from maskinit.evaluation import (
     max_backend_difference,
 )
 from maskinit.model import build_model
+from conftest import save_untrained_checkpoint
 
 DATASET = "maskinit_test_eval"
 METRICS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
@@ -51,10 +51,7 @@ def cfg(dataset):
 @pytest.fixture(scope="module")
 def checkpoint(cfg, tmp_path_factory):
     """An untrained model saved the way Detectron2's trainer saves one."""
-    torch.manual_seed(0)
-    folder = tmp_path_factory.mktemp("weights")
-    DetectionCheckpointer(build_model(cfg), save_dir=str(folder)).save("model_final")
-    return folder / "model_final.pth"
+    return save_untrained_checkpoint(cfg, tmp_path_factory.mktemp("weights"))
 
 
 def test_default_backend_is_faster_coco_eval_when_installed():

@@ -7,7 +7,6 @@ import math
 import sys
 
 import pytest
-import torch
 import yaml
 from torch import nn
 from typer.testing import CliRunner
@@ -42,15 +41,6 @@ class MyGN(GroupNormVariant):
         super().__init__(groups)
 '''
 runner = CliRunner()
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """One intra-op thread: on a busy 2-core machine, OpenMP's spinning threads slow each pass several-fold."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def invoke(*args):

@@ -110,7 +110,8 @@ def test_resume_continues_from_the_saved_iteration(coco, tmp_path):
 
 def test_two_process_cpu_ddp(coco, tmp_path):
     out = tmp_path / "ddp"
-    summary = train(load_config(preset="tiny", overrides=FAST_EVAL), options(out, coco, max_iter=3, num_gpus=2, device="cpu"))
+    # SyncBN over gloo: NaiveSyncBatchNorm all-reduces the statistics of both processes
+    summary = train(load_config(preset="tiny", norm="SyncBN", overrides=FAST_EVAL), options(out, coco, max_iter=3, num_gpus=2, device="cpu"))
     assert summary["status"] == "finished"
     assert summary["world_size"] == 2
     assert (out / "model_final.pth").is_file()

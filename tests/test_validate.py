@@ -3,7 +3,6 @@ policy (fatal / fixable / --skip-bad), the cleaned copy, `validate_data` wiring,
 
 from __future__ import annotations
 
-import copy
 import json
 import shutil
 import time

@@ -8,8 +8,6 @@ import json
 
 import cv2
 import pytest
-import torch
-from detectron2.checkpoint import DetectionCheckpointer
 from pycocotools import mask as mask_util
 from pycocotools.coco import COCO
 
@@ -17,6 +15,7 @@ from maskinit import MaskinitError, load_config
 from maskinit.data import apply_dataset_to_cfg, generate_coco_dataset, register_coco_dataset
 from maskinit.model import build_model
 from maskinit.visualize import PREDICTIONS_FILE, predict, save_comparisons
+from conftest import save_untrained_checkpoint
 
 DATASET = "maskinit_test_vis"
 # Category ids 3, 5, ..., 11: predictions must come back with the dataset's ids, not 0..4.
@@ -44,10 +43,7 @@ def cfg(dataset):
 
 @pytest.fixture(scope="module")
 def checkpoint(cfg, tmp_path_factory):
-    torch.manual_seed(0)
-    folder = tmp_path_factory.mktemp("weights")
-    DetectionCheckpointer(build_model(cfg), save_dir=str(folder)).save("model_final")
-    return folder / "model_final.pth"
+    return save_untrained_checkpoint(cfg, tmp_path_factory.mktemp("weights"))
 
 
 def test_save_comparisons_writes_side_by_side_pngs(cfg, tmp_path):

@@ -1,0 +1,124 @@
+"""Training augmentation chosen by `cfg.MASKINIT.AUGMENT`: Detectron2's default, or Large-Scale Jitter.
+
+`lsj` is the resize-and-crop of Detectron2's `configs/new_baselines/*_LSJ.py` (after Google's TPU
+detection `resize_and_crop_image`): `T.ResizeScale(min, max, size, size)` fits the image into a square
+of a random scale, `T.FixedSizeCrop((size, size))` crops (or pads, image with 128, segmentation with
+255) to exactly `size x size`, `T.RandomFlip()` flips horizontally; boxes are recomputed from the
+cropped masks (`recompute_boxes=True`), as the source does.
+
+fvcore's `CropTransform` clips polygon masks with shapely, which is not a maskinit dependency: the
+crop here uses shapely when it is installed and an exact rectangle clip in numpy otherwise.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from detectron2.config import CfgNode
+from detectron2.data import transforms as T
+
+from .errors import MaskinitError
+
+AUGMENTATIONS = ("default", "lsj")
+
+
+def check_augment(cfg: CfgNode) -> None:
+    """A MaskinitError naming the first bad `MASKINIT.AUGMENT` value."""
+    aug = cfg.MASKINIT.AUGMENT
+    if aug.NAME not in AUGMENTATIONS:
+        raise MaskinitError(f"unknown MASKINIT.AUGMENT.NAME {aug.NAME!r} (known: {', '.join(AUGMENTATIONS)})")
+    if aug.NAME == "lsj":
+        if not 0 < aug.LSJ_MIN_SCALE <= aug.LSJ_MAX_SCALE:
+            raise MaskinitError(
+                f"MASKINIT.AUGMENT LSJ scales must satisfy 0 < LSJ_MIN_SCALE <= LSJ_MAX_SCALE, "
+                f"got {aug.LSJ_MIN_SCALE} and {aug.LSJ_MAX_SCALE}"
+            )
+        if aug.LSJ_IMAGE_SIZE < 1:
+            raise MaskinitError(f"MASKINIT.AUGMENT.LSJ_IMAGE_SIZE must be at least 1, got {aug.LSJ_IMAGE_SIZE}")
+
+
+def clip_polygon(points: np.ndarray, x0: float, y0: float, x1: float, y1: float) -> np.ndarray:
+    """The part of a polygon (N x 2, absolute x, y) inside the box [x0, x1] x [y0, y1].
+
+    Sutherland-Hodgman against the box's four sides: exact for the convex clip window. A concave
+    polygon that the window cuts into several pieces comes back as one ring whose pieces are joined
+    by zero-area runs along the window border, which rasterize to the same pixels.
+    """
+    poly = np.asarray(points, dtype=np.float64).reshape(-1, 2)
+    for axis, bound, keep_above in ((0, x0, True), (0, x1, False), (1, y0, True), (1, y1, False)):
+        if len(poly) == 0:
+            break
+        inside = poly[:, axis] >= bound if keep_above else poly[:, axis] <= bound
+        out = []
+        prev, prev_in = poly[-1], inside[-1]
+        for cur, cur_in in zip(poly, inside):
+            if cur_in != prev_in:  # the edge crosses the side: add the crossing point
+                t = (bound - prev[axis]) / (cur[axis] - prev[axis])
+                point = prev + t * (cur - prev)
+                point[axis] = bound
+                out.append(point)
+            if cur_in:
+                out.append(cur)
+            prev, prev_in = cur, cur_in
+        poly = np.asarray(out, dtype=np.float64).reshape(-1, 2)
+    return poly
+
+
+def polygon_area(poly: np.ndarray) -> float:
+    x, y = poly[:, 0], poly[:, 1]
+    return 0.5 * abs(float(np.dot(x, np.roll(y, -1)) - np.dot(y, np.roll(x, -1))))
+
+
+class ClippingCropTransform(T.CropTransform):
+    """fvcore's CropTransform, with polygons clipped in numpy when shapely is not installed."""
+
+    def apply_polygons(self, polygons: list) -> list:
+        try:
+            import shapely.geometry  # noqa: F401
+        except ImportError:
+            x1, y1 = self.x0 + self.w, self.y0 + self.h
+            clipped = (clip_polygon(p, self.x0, self.y0, x1, y1) for p in polygons)
+            return [self.apply_coords(p) for p in clipped if len(p) >= 3 and polygon_area(p) > 0]
+        return super().apply_polygons(polygons)
+
+
+class FixedSizeCrop(T.FixedSizeCrop):
+    """Detectron2's FixedSizeCrop (same random offset, same padding); its crop is a ClippingCropTransform."""
+
+    def _get_crop(self, image: np.ndarray) -> T.Transform:
+        crop = super()._get_crop(image)
+        return ClippingCropTransform(crop.x0, crop.y0, crop.w, crop.h, crop.orig_w, crop.orig_h)
+
+
+def build_train_augmentations(cfg: CfgNode) -> list[T.Augmentation]:
+    """The training augmentations of `MASKINIT.AUGMENT.NAME` (default: what Detectron2's DatasetMapper builds)."""
+    from detectron2.data import detection_utils
+
+    check_augment(cfg)
+    aug = cfg.MASKINIT.AUGMENT
+    if aug.NAME == "default":
+        augmentations = detection_utils.build_augmentation(cfg, is_train=True)
+        if cfg.INPUT.CROP.ENABLED:
+            augmentations.insert(0, T.RandomCrop(cfg.INPUT.CROP.TYPE, cfg.INPUT.CROP.SIZE))
+        return augmentations
+    size = int(aug.LSJ_IMAGE_SIZE)
+    return [
+        T.ResizeScale(
+            min_scale=float(aug.LSJ_MIN_SCALE), max_scale=float(aug.LSJ_MAX_SCALE), target_height=size, target_width=size
+        ),
+        # Detectron2 0.7.2's defaults, which the LSJ configs use: pad the image with 128, segmentation with 255.
+        FixedSizeCrop(crop_size=(size, size), pad=True, pad_value=128.0, seg_pad_value=255),
+        T.RandomFlip(horizontal=True),
+    ]
+
+
+def build_train_mapper(cfg: CfgNode):
+    """Detectron2's DatasetMapper with the LSJ augmentations and `recompute_boxes=True`; None for `default`
+    (Detectron2's own train loader then builds its mapper from `INPUT.*`)."""
+    from detectron2.data import DatasetMapper
+
+    check_augment(cfg)
+    if cfg.MASKINIT.AUGMENT.NAME == "default":
+        return None
+    if not cfg.MODEL.MASK_ON:
+        raise MaskinitError("MASKINIT.AUGMENT.NAME lsj recomputes boxes from the masks: it needs MODEL.MASK_ON")
+    return DatasetMapper(cfg, is_train=True, augmentations=build_train_augmentations(cfg), recompute_boxes=True)

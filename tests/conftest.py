@@ -1,0 +1,25 @@
+"""Shared test set-up: one torch thread, and an untrained checkpoint saved as Detectron2's trainer does."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from detectron2.checkpoint import DetectionCheckpointer
+
+from maskinit import build_model
+
+
+@pytest.fixture(autouse=True, scope="session")
+def one_thread():
+    """One intra-op thread: on a busy 2-core machine, OpenMP's spinning threads slow each pass several-fold."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def save_untrained_checkpoint(cfg, folder):
+    """`folder/model_final.pth` holding a freshly built (seeded) model."""
+    torch.manual_seed(0)
+    DetectionCheckpointer(build_model(cfg), save_dir=str(folder)).save("model_final")
+    return folder / "model_final.pth"

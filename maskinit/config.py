@@ -20,7 +20,17 @@ from .errors import MaskinitError
 
 DEFAULT_BASE = "COCO-InstanceSegmentation/mask_rcnn_R_50_FPN_3x.yaml"
 DEFAULT_PRESET = "r50-fpn"
-CONFIGS_DIR = Path(__file__).resolve().parent.parent / "configs"
+def _configs_dir() -> Path:
+    """configs/ of the checkout (editable install), else the copy a wheel ships as maskinit.configs."""
+    checkout = Path(__file__).resolve().parent.parent / "configs"
+    if checkout.is_dir():
+        return checkout
+    from importlib.resources import files
+
+    return Path(str(files("maskinit.configs")))
+
+
+CONFIGS_DIR = _configs_dir()
 SCHEDULES = {"1x": 1, "3x": 3, "6x": 6, "9x": 9}
 # Detectron2's 1x: 90k iterations at batch 16, LR steps 30k and 10k before the end; longer
 # schedules step 60k and 20k before the end (3x: 210k/250k of 270k; 9x: 750k/790k of 810k).

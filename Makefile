@@ -24,7 +24,7 @@ test: setup
 
 # The main job: train the tiny preset from scratch on the embedded synthetic set (CPU), then evaluate.
 demo: setup
-	$(VENV)/bin/maskinit train --from-scratch --preset tiny --device cpu --output-dir output/demo --overwrite
+	$(VENV)/bin/maskinit train --from-scratch --preset tiny --device cpu --seed 0 --output-dir output/demo --overwrite
 
 bench: setup
 	$(PY) benchmarks/run_all.py

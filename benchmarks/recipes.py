@@ -29,13 +29,15 @@ STOCK = {
 }
 # maskinit runs: `maskinit train --preset tiny` plus these options (the budget is added).
 ANCHORS = ["MODEL.ANCHOR_GENERATOR.SIZES", "[[16],[32],[64],[128],[256]]"]
+KAIMING = ["--init", "kaiming_normal"]
 MASKINIT_RUNS = {
-    "maskinit-default": [],
-    "maskinit-anchors": ANCHORS,
-    "maskinit-anchors-lr0.04": ["--lr", "0.04", *ANCHORS],
-    "maskinit-anchors-lr0.08": ["--lr", "0.08", *ANCHORS],
-    "maskinit-anchors-lr0.04-cosine-zir": ["--lr", "0.04", "--lr-schedule", "cosine", *ANCHORS, "MASKINIT.ZERO_INIT_RESIDUAL", "True"],
-    "maskinit-anchors-lr0.08-cosine-clip": ["--lr", "0.08", "--lr-schedule", "cosine", "--clip-grad", "1.0", *ANCHORS],
+    "maskinit-default": [],  # GN, c2 init, PIXEL_STD 57, LR 0.02, 4conv1fc
+    "maskinit-kaiming-std1": [*KAIMING, "MODEL.PIXEL_STD", "[1.0, 1.0, 1.0]"],
+    "maskinit-kaiming": KAIMING,
+    "maskinit-kaiming-anchors": [*KAIMING, *ANCHORS],
+    "maskinit-kaiming-anchors-lr0.04": [*KAIMING, "--lr", "0.04", *ANCHORS],
+    "maskinit-kaiming-anchors-lr0.04-cosine-zir": [*KAIMING, "--lr", "0.04", "--lr-schedule", "cosine", *ANCHORS, "MASKINIT.ZERO_INIT_RESIDUAL", "True"],
+    "maskinit-kaiming-anchors-lr0.08-cosine-clip": [*KAIMING, "--lr", "0.08", "--lr-schedule", "cosine", "--clip-grad", "1.0", *ANCHORS],
 }
 COMPARATOR = [name for name in STOCK if name.startswith("d2-scratch-gn@")]
 

@@ -68,7 +68,7 @@ def add_maskinit_config(cfg: CfgNode) -> CfgNode:
     # Also put the norm variant into the RPN head's convolutions.
     _C.MASKINIT.RPN_NORM = False
     # Initializer for every component without one of its own: NAME[:key=value,...].
-    _C.MASKINIT.INIT = "kaiming_normal"
+    _C.MASKINIT.INIT = "c2"
     # Per-component initializers; empty means MASKINIT.INIT.
     _C.MASKINIT.COMPONENT_INIT = CfgNode()
     # Initializer of the ResNet bottom-up backbone.

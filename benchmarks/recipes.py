@@ -38,6 +38,10 @@ MASKINIT_RUNS = {
     "maskinit-kaiming-anchors-lr0.04": [*KAIMING, "--lr", "0.04", *ANCHORS],
     "maskinit-kaiming-anchors-lr0.04-cosine-zir": [*KAIMING, "--lr", "0.04", "--lr-schedule", "cosine", *ANCHORS, "MASKINIT.ZERO_INIT_RESIDUAL", "True"],
     "maskinit-kaiming-anchors-lr0.08-cosine-clip": [*KAIMING, "--lr", "0.08", "--lr-schedule", "cosine", "--clip-grad", "1.0", *ANCHORS],
+    # next candidates (not run yet)
+    "maskinit-std1": ["MODEL.PIXEL_STD", "[1.0, 1.0, 1.0]"],
+    "maskinit-anchors": ANCHORS,
+    "maskinit-anchors-lr0.04-prior": ["--lr", "0.04", *ANCHORS, "MASKINIT.PRIOR_PROB", "0.01"],
 }
 COMPARATOR = [name for name in STOCK if name.startswith("d2-scratch-gn@")]
 

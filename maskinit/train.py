@@ -483,6 +483,7 @@ def worker(cfg: CfgNode, options: TrainOptions) -> None:
         from .curves import plot_curves
 
         plot_curves(Path(cfg.OUTPUT_DIR))
+    comm.synchronize()  # under torchrun every rank then reads the summary rank 0 wrote
 
 
 def install_signal_handlers(handler):
@@ -546,7 +547,7 @@ def train(cfg: CfgNode, options: TrainOptions | None = None, explicit_keys: set[
     config_path = out / CONFIG_FILE
     if options.resume and config_path.is_file():
         check_resume_config(config_path, cfg)
-    if comm.get_rank() == 0:
+    if int(os.environ.get("RANK", 0)) == 0:  # under torchrun every rank runs train(); one writes
         (out / SUMMARY_FILE).unlink(missing_ok=True)
         config_path.write_text(dump_yaml(cfg))
     cfg.freeze()

@@ -108,3 +108,13 @@ def test_output_path_is_a_directory(tmp_path):
     result = invoke("export-config", "--preset", "tiny", "-o", str(tmp_path))
     assert result.exit_code == 2
     assert "directory" in result.stderr
+
+
+def test_doctor_exits_1_with_the_fix_when_something_needed_is_broken(monkeypatch):
+    from maskinit import doctor
+
+    broken = doctor.Check("torchvision", False, "ops broken: operator torchvision::nms does not exist", "make setup")
+    monkeypatch.setattr(doctor, "check_torchvision", lambda: broken)
+    result = invoke("doctor")
+    assert result.exit_code == 1
+    assert "torchvision" in result.stderr and "fix: make setup" in result.stderr

@@ -175,3 +175,26 @@ def test_cli_bad_run_options(tmp_path, args, message):
     assert result.exit_code == 2, result.output
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and message in lines[0], result.stderr
+
+
+def test_torchrun_two_cpu_processes(coco, tmp_path):
+    """torchrun starts the ranks itself; maskinit joins its process group instead of launching."""
+    import socket
+    import subprocess
+    import sys
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    bin_dir = Path(sys.executable).parent
+    out = tmp_path / "torchrun"
+    command = [
+        str(bin_dir / "torchrun"), "--nproc_per_node", "2", "--master_addr", "127.0.0.1", "--master_port", str(port),
+        str(bin_dir / "maskinit"), "train", "--preset", "tiny", "--device", "cpu", "--output-dir", str(out),
+        "--max-iter", "2", "--no-progress", "--train-json", coco.train_json, "--train-images", coco.train_images,
+        "--val-json", coco.val_json, "--val-images", coco.val_images,
+    ]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    summary = json.loads((out / "run_summary.json").read_text())
+    assert summary["status"] == "finished" and summary["world_size"] == 2

@@ -158,10 +158,12 @@ def amp_dtype(cfg: CfgNode) -> torch.dtype:
 class Trainer(DefaultTrainer):
     """DefaultTrainer with maskinit's model, optimizers, schedules, evaluator and hooks."""
 
-    def __init__(self, cfg):
+    def __init__(self, cfg, progress_bar: bool | None = None):
         """DefaultTrainer.__init__'s steps, with three changes it has no hook for: DDP without
-        device_ids on CPU (gloo), AMP in bf16 where supported, and the audited checkpointer."""
+        device_ids on CPU (gloo), AMP in bf16 where supported, and the audited checkpointer.
+        `progress_bar`: None shows it on a terminal only."""
         TrainerBase.__init__(self)
+        self.progress_bar = progress_bar
         cfg = DefaultTrainer.auto_scale_workers(cfg, comm.get_world_size())
         model = self.build_model(cfg)
         optimizer = self.build_optimizer(cfg, model)
@@ -243,7 +245,7 @@ class Trainer(DefaultTrainer):
             # after the evaluation hook, so that a fresh AP is in the storage
             hooks.insert(-1 if comm.is_main_process() else len(hooks), ReduceLROnPlateau(
                 plateau.METRIC, period, plateau.PATIENCE, plateau.FACTOR, plateau.MIN_LR))
-        hooks.append(ProgressHook(cfg.SOLVER.MAX_ITER, use_bar=getattr(self, "_use_bar", None)))
+        hooks.append(ProgressHook(cfg.SOLVER.MAX_ITER, use_bar=self.progress_bar))
         self.stop_on_signal = StopOnSignal()
         hooks.append(self.stop_on_signal)
         return hooks
@@ -353,13 +355,15 @@ def prepare_output_dir(options: TrainOptions) -> Path:
     if out.exists() and not out.is_dir():
         raise MaskinitError(f"output dir {out} exists and is not a directory")
     has_run = out.is_dir() and any((out / marker).exists() for marker in RUN_MARKERS)
-    if has_run and not (options.resume or options.overwrite):
+    # under torchrun every rank gets here; rank 0 decides, before the others could see its config.yaml
+    first_rank = int(os.environ.get("RANK", 0)) == 0
+    if has_run and first_rank and not (options.resume or options.overwrite):
         raise MaskinitError(f"output dir {out} already holds a run: pass --resume to continue it or --overwrite to replace it")
     if options.resume and not (out / "last_checkpoint").is_file():
         raise MaskinitError(f"--resume but {out} has no last_checkpoint to resume from")
     try:
         out.mkdir(parents=True, exist_ok=True)
-        probe = out / ".maskinit-write-test"
+        probe = out / f".maskinit-write-test-{os.getpid()}"
         probe.write_text("")
         probe.unlink()
     except OSError as error:
@@ -417,8 +421,7 @@ def worker(cfg: CfgNode, options: TrainOptions) -> None:
         torch.backends.cudnn.allow_tf32 = True
 
     summary_path = Path(cfg.OUTPUT_DIR) / SUMMARY_FILE
-    Trainer._use_bar = options.progress if options.progress is not None else None
-    trainer = Trainer(cfg)
+    trainer = Trainer(cfg, progress_bar=options.progress)
     model = trainer.model.module if hasattr(trainer.model, "module") else trainer.model
     before = weights_fingerprint(model)
     trainer.resume_or_load(resume=options.resume)

@@ -18,6 +18,18 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
+@pytest.fixture(scope="session")
+def coco(tmp_path_factory):
+    """A small generated COCO set (8 training, 3 validation images) as training data options."""
+    from maskinit.data.synthetic import generate_coco_dataset
+    from maskinit.train import DataOptions
+
+    root = tmp_path_factory.mktemp("coco")
+    train_set = generate_coco_dataset(root / "train", 8, seed=1)
+    val_set = generate_coco_dataset(root / "val", 3, seed=2, first_image_id=100)
+    return DataOptions(str(train_set.json_file), str(train_set.image_root), str(val_set.json_file), str(val_set.image_root))
+
+
 def save_untrained_checkpoint(cfg, folder):
     """`folder/model_final.pth` holding a freshly built (seeded) model."""
     torch.manual_seed(0)

@@ -15,27 +15,18 @@ import pytest
 import torch
 
 from maskinit import MaskinitError, load_config
-from maskinit.data.synthetic import generate_coco_dataset
 from maskinit.train import AuditedCheckpointer, DataOptions, TrainOptions, train
 
 MASKINIT = str(Path(sys.executable).with_name("maskinit"))
 
 
-@pytest.fixture(scope="module")
-def data(tmp_path_factory):
-    root = tmp_path_factory.mktemp("coco")
-    train_set = generate_coco_dataset(root / "train", 6, seed=3)
-    val_set = generate_coco_dataset(root / "val", 2, seed=4, first_image_id=50)
-    return DataOptions(str(train_set.json_file), str(train_set.image_root), str(val_set.json_file), str(val_set.image_root))
+def data_flags(coco):
+    return ["--train-json", coco.train_json, "--train-images", coco.train_images, "--val-json", coco.val_json, "--val-images", coco.val_images]
 
 
-def data_flags(data):
-    return ["--train-json", data.train_json, "--train-images", data.train_images, "--val-json", data.val_json, "--val-images", data.val_images]
-
-
-def start_training(out, data, *extra):
+def start_training(out, coco, *extra):
     command = [MASKINIT, "train", "--preset", "tiny", "--output-dir", str(out), "--no-progress", "--seed", "0",
-               *data_flags(data), *extra, "SOLVER.WARMUP_ITERS", "2"]
+               *data_flags(coco), *extra, "SOLVER.WARMUP_ITERS", "2"]
     return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
@@ -77,7 +68,7 @@ def test_checkpoint_writes_are_atomic_and_a_full_disk_keeps_the_previous(tmp_pat
     assert all(torch.equal(loaded[k], good[k]) for k in good)
 
 
-def test_full_disk_during_training_stops_cleanly(tmp_path, data, monkeypatch):
+def test_full_disk_during_training_stops_cleanly(tmp_path, coco, monkeypatch):
     real_save = torch.save
     calls = {"n": 0}
 
@@ -89,7 +80,7 @@ def test_full_disk_during_training_stops_cleanly(tmp_path, data, monkeypatch):
 
     monkeypatch.setattr(torch, "save", fail_second)
     out = tmp_path / "full"
-    options = TrainOptions(output_dir=str(out), data=DataOptions(**vars(data)), max_iter=6, checkpoint_period=2, progress=False)
+    options = TrainOptions(output_dir=str(out), data=DataOptions(**vars(coco)), max_iter=6, checkpoint_period=2, progress=False)
     with pytest.raises(MaskinitError, match="disk full") as error:
         train(load_config(preset="tiny", overrides=["SOLVER.WARMUP_ITERS", "1"]), options)
     assert "\n" not in str(error.value)
@@ -100,9 +91,9 @@ def test_full_disk_during_training_stops_cleanly(tmp_path, data, monkeypatch):
 
 
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
-def test_signal_saves_a_checkpoint_and_prints_the_resume_command(tmp_path, data, signum):
+def test_signal_saves_a_checkpoint_and_prints_the_resume_command(tmp_path, coco, signum):
     out = tmp_path / "sig"
-    process = start_training(out, data, "--max-iter", "400", "--checkpoint-period", "1000")
+    process = start_training(out, coco, "--max-iter", "400", "--checkpoint-period", "1000")
     assert wait_for(lambda: training_started(out)), process.communicate()
     time.sleep(2)
     sent = time.monotonic()
@@ -119,18 +110,18 @@ def test_signal_saves_a_checkpoint_and_prints_the_resume_command(tmp_path, data,
     summary = json.loads((out / "run_summary.json").read_text())
     assert summary["status"] == "interrupted"
     assert kept == summary["checkpoint"]
-    assert f"--output-dir {out}" in lines[0] and "--resume" in lines[0] and data.train_json in lines[0]
+    assert f"--output-dir {out}" in lines[0] and "--resume" in lines[0] and coco.train_json in lines[0]
 
 
-def test_sigkill_then_resume_finishes_the_run(tmp_path, data):
+def test_sigkill_then_resume_finishes_the_run(tmp_path, coco):
     out = tmp_path / "kill"
-    process = start_training(out, data, "--max-iter", "400", "--checkpoint-period", "2")
+    process = start_training(out, coco, "--max-iter", "400", "--checkpoint-period", "2")
     assert wait_for(lambda: (out / "model_0000003.pth").is_file()), process.communicate()
     process.kill()
     process.wait()
     kept = (out / "last_checkpoint").read_text().strip()
     torch.load(out / kept, weights_only=False)  # loadable whatever moment the kill hit
-    options = TrainOptions(output_dir=str(out), data=DataOptions(**vars(data)), resume=True, max_iter=10, checkpoint_period=2, progress=False)
+    options = TrainOptions(output_dir=str(out), data=DataOptions(**vars(coco)), resume=True, max_iter=10, checkpoint_period=2, progress=False)
     summary = train(load_config(out / "config.yaml"), options)
     assert summary["status"] == "finished"
     assert summary["from_scratch"]["start_iter"] >= 4
@@ -138,9 +129,9 @@ def test_sigkill_then_resume_finishes_the_run(tmp_path, data):
     assert (out / "model_final.pth").is_file()
 
 
-def test_overwrite_replaces_a_run_only_when_asked(tmp_path, data):
+def test_overwrite_replaces_a_run_only_when_asked(tmp_path, coco):
     out = tmp_path / "done"
-    options = dict(data=DataOptions(**vars(data)), max_iter=2, checkpoint_period=100, progress=False)
+    options = dict(data=DataOptions(**vars(coco)), max_iter=2, checkpoint_period=100, progress=False)
     train(load_config(preset="tiny"), TrainOptions(output_dir=str(out), **options))
     final = (out / "model_final.pth").read_bytes()
     with pytest.raises(MaskinitError, match="already holds a run"):
@@ -150,12 +141,12 @@ def test_overwrite_replaces_a_run_only_when_asked(tmp_path, data):
     assert summary["status"] == "finished"
 
 
-def test_bad_annotation_refused_before_training_unless_skip_bad(tmp_path, data):
-    broken = json.loads(Path(data.train_json).read_text())
+def test_bad_annotation_refused_before_training_unless_skip_bad(tmp_path, coco):
+    broken = json.loads(Path(coco.train_json).read_text())
     broken["annotations"][0]["bbox"] = [5.0, 5.0, 0.0, 10.0]  # zero width
     bad_json = tmp_path / "broken.json"
     bad_json.write_text(json.dumps(broken))
-    bad = DataOptions(str(bad_json), data.train_images, data.val_json, data.val_images)
+    bad = DataOptions(str(bad_json), coco.train_images, coco.val_json, coco.val_images)
     out = tmp_path / "bad"
     with pytest.raises(MaskinitError, match="--skip-bad") as error:
         train(load_config(preset="tiny"), TrainOptions(output_dir=str(out), data=bad, max_iter=2, progress=False))

@@ -10,19 +10,10 @@ from typer.testing import CliRunner
 
 from maskinit import MaskinitError, load_config
 from maskinit.cli import app
-from maskinit.data.synthetic import generate_coco_dataset
 from maskinit.train import DataOptions, TrainOptions, train
 
 # A short warmup so that these few iterations train at the real LR.
 FAST_EVAL = ["SOLVER.WARMUP_ITERS", "2"]
-
-
-@pytest.fixture(scope="module")
-def coco(tmp_path_factory):
-    root = tmp_path_factory.mktemp("coco")
-    train_set = generate_coco_dataset(root / "train", 8, seed=1)
-    val_set = generate_coco_dataset(root / "val", 3, seed=2, first_image_id=100)
-    return DataOptions(str(train_set.json_file), str(train_set.image_root), str(val_set.json_file), str(val_set.image_root))
 
 
 def options(out, data, **kwargs):

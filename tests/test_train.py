@@ -189,3 +189,28 @@ def test_torchrun_two_cpu_processes(coco, tmp_path):
     assert result.returncode == 0, result.stderr[-2000:]
     summary = json.loads((out / "run_summary.json").read_text())
     assert summary["status"] == "finished" and summary["world_size"] == 2
+
+
+def test_resume_with_a_config_that_no_longer_matches_is_refused(finished_run, coco):
+    out, _ = finished_run
+    with pytest.raises(MaskinitError, match=r"--resume: MASKINIT.NORM is BN now but GN in the saved run"):
+        train(load_config(preset="tiny", norm="BN", overrides=FAST_EVAL), options(out, coco, resume=True, max_iter=8))
+
+
+def test_output_path_that_is_a_file_is_refused(tmp_path, coco):
+    target = tmp_path / "a-file"
+    target.write_text("keep me")
+    with pytest.raises(MaskinitError, match="is not a directory"):
+        train(load_config(preset="tiny"), options(target, coco))
+    assert target.read_text() == "keep me"
+
+
+def test_eval_cli_refuses_missing_and_truncated_weights(finished_run, tmp_path):
+    out, _ = finished_run
+    truncated = tmp_path / "half.pth"
+    truncated.write_bytes((out / "model_final.pth").read_bytes()[:1000])
+    for weights, message in ((tmp_path / "none.pth", "not found"), (truncated, "cannot read weights")):
+        result = runner.invoke(app, ["eval", "--config", str(out / "config.yaml"), "--weights", str(weights)])
+        assert result.exit_code == 2, result.output
+        lines = [line for line in result.stderr.splitlines() if line.strip()]
+        assert len(lines) == 1 and message in lines[0], result.stderr

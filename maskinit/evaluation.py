@@ -309,21 +309,13 @@ def evaluate_run(
     (Detectron2's `launch`; gloo on CPU). Returns the result dict (NaN as None)."""
     import tempfile
 
-    import torch
     from detectron2.engine import launch
+
+    from .devices import set_device
 
     cfg = cfg.clone()
     cfg.defrost()
-    if device:
-        if device not in ("cpu", "cuda"):
-            raise MaskinitError(f"--device must be cpu or cuda, got {device!r}")
-        cfg.MODEL.DEVICE = device
-    if cfg.MODEL.DEVICE.startswith("cuda") and not torch.cuda.is_available():
-        raise MaskinitError("--device cuda but CUDA is not available here (use --device cpu)")
-    if num_gpus < 1:
-        raise MaskinitError(f"--num-gpus must be at least 1, got {num_gpus}")
-    if cfg.MODEL.DEVICE.startswith("cuda") and num_gpus > torch.cuda.device_count():
-        raise MaskinitError(f"--num-gpus {num_gpus} but only {torch.cuda.device_count()} GPUs are present")
+    set_device(cfg, device, num_gpus)
     if not Path(weights).is_file():
         raise MaskinitError(f"weights {weights} not found")
     _eval_dataset_name(copy.copy(data))  # bad data fails here, before any process starts

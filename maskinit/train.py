@@ -30,6 +30,7 @@ from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 
 from .config import check_from_scratch, dump_yaml, one_line
+from .devices import set_device
 from .errors import MaskinitError
 from .evaluation import json_safe
 from .hooks import ProgressHook, ReduceLROnPlateau, StopOnSignal, TrainingInterrupted
@@ -272,12 +273,7 @@ def apply_run_options(cfg: CfgNode, options: TrainOptions, explicit_keys: set[st
     cfg = cfg.clone()
     cfg.defrost()
     cfg.OUTPUT_DIR = str(options.output_dir)
-    if options.device:
-        if options.device not in ("cpu", "cuda"):
-            raise MaskinitError(f"--device must be cpu or cuda, got {options.device!r}")
-        cfg.MODEL.DEVICE = options.device
-    if cfg.MODEL.DEVICE.startswith("cuda") and not torch.cuda.is_available():
-        raise MaskinitError("--device cuda but CUDA is not available here (use --device cpu)")
+    set_device(cfg, options.device, options.num_gpus)
     if options.ims_per_batch is not None:
         apply_ims_per_batch(cfg, options.ims_per_batch)
     if options.lr is not None:
@@ -343,8 +339,6 @@ def validate_run_config(cfg: CfgNode, options: TrainOptions) -> None:
         raise MaskinitError("--num-gpus and --num-machines must be at least 1")
     if not 0 <= options.machine_rank < options.num_machines:
         raise MaskinitError(f"--machine-rank must be in [0, {options.num_machines}), got {options.machine_rank}")
-    if cfg.MODEL.DEVICE.startswith("cuda") and options.num_gpus > torch.cuda.device_count():
-        raise MaskinitError(f"--num-gpus {options.num_gpus} but only {torch.cuda.device_count()} GPUs are present")
     if cfg.SOLVER.IMS_PER_BATCH % world:
         raise MaskinitError(f"SOLVER.IMS_PER_BATCH {cfg.SOLVER.IMS_PER_BATCH} is not divisible by {world} processes")
 

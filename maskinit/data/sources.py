@@ -34,9 +34,8 @@ def register_from_options(data, cfg: CfgNode | None = None) -> tuple:
         train = registered_dataset(data.dataset)
         val = registered_dataset(data.val_dataset) if data.val_dataset else None
         return train, val
-    for flag, value in (("--train-images", data.train_images),):
-        if data.train_json and not value:
-            raise MaskinitError(f"--train-json needs {flag}")
+    if data.train_json and not data.train_images:
+        raise MaskinitError("--train-json needs --train-images")
     if data.val_json and not data.val_images:
         raise MaskinitError("--val-json needs --val-images")
     train = register_coco_dataset(TRAIN_NAME, data.train_json, data.train_images) if data.train_json else None

@@ -12,13 +12,15 @@ ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"
 RUNS = ROOT / "benchmarks" / "runs"
 PYTHON = sys.executable
-MASKINIT = str(Path(sys.executable).with_name("maskinit"))
+MASKINIT = [sys.executable, "-m", "maskinit"]
 
 # The budget of issue 5: 400 iterations at batch 4, warmup 80, one LR step at 80 %.
 ITERS = 400
 WARMUP = 80
 STEP = 320
 SEEDS = (0, 1, 2)
+# AP against iterations: evaluate every 100 iterations (eval time is not in s/iter).
+EVAL_PERIOD = 100
 # A held-out set of the same kind: the same generator, a seed no run ever trains on.
 HELDOUT_SEED = 20261123
 

@@ -32,7 +32,7 @@ def main() -> None:
         stock = read_json(stock_out / "result.json")
         # the same config, run by maskinit: Detectron2's exact config file plus c2 (as-built) init
         ours_out = folder / "maskinit"
-        run([MASKINIT, "train", "--config", str(stock_out / "config.yaml"), "--output-dir", str(ours_out), "--overwrite",
+        run([*MASKINIT, "train", "--config", str(stock_out / "config.yaml"), "--output-dir", str(ours_out), "--overwrite",
              "--no-progress", "--seed", str(pair), "--init", "c2",
              "--train-json", str(train.json_file), "--train-images", str(train.image_root),
              "--val-json", str(val.json_file), "--val-images", str(val.image_root)], folder / "maskinit.log")

@@ -337,7 +337,7 @@ def inspect_init_command(
         results = [inspect_init(cfg, lr=lr, batch=batch, seed=seed)]
         result = results[0]
         table = Table(title=f"init {result.init}, norm {result.norm}, lr {result.lr:g} (input std {result.input_std:.3g})")
-        for column in ("stage", "act mean", "act std", "std / input", "grad norm", "lr*|g|/|w|"):
+        for column in ("stage", "act mean", "act std", "std / input", "grad norm", "step / |w|"):
             table.add_column(column, justify="left" if column == "stage" else "right")
         for row in result.stages:
             table.add_row(row.name, _number(row.activation_mean), _number(row.activation_std),

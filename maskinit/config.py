@@ -9,6 +9,8 @@ carries the from-scratch recipe; or `--recipe NAME`, a published recipe under `c
 
 from __future__ import annotations
 
+import math
+
 import warnings
 from pathlib import Path
 from typing import Iterable, Sequence
@@ -50,6 +52,12 @@ REASONS = {
     "MODEL.ROI_BOX_HEAD.NUM_CONV": "4conv1fc box head, as Detectron2's configs/Misc/scratch_*",
     "MODEL.ROI_BOX_HEAD.NUM_FC": "4conv1fc box head, as Detectron2's configs/Misc/scratch_*",
     "MODEL.ROI_BOX_HEAD.NAME": "conv+fc box head (4conv1fc)",
+    "MODEL.ROI_BOX_HEAD.CLS_AGNOSTIC_BBOX_REG": "one box regressor for all classes: every foreground proposal trains it",
+    "MODEL.ROI_MASK_HEAD.CLS_AGNOSTIC_MASK": "one mask for all classes: every foreground proposal trains it",
+    "SOLVER.WEIGHT_DECAY": "AdamW's decoupled weight decay (the default optimizer; SGD wants about 1e-4)",
+    "SOLVER.CLIP_GRADIENTS.ENABLED": "random-init heads give large early gradients: clip each parameter's at norm 1",
+    "SOLVER.CLIP_GRADIENTS.CLIP_TYPE": "per-parameter gradient-norm clipping",
+    "MODEL.ANCHOR_GENERATOR.SIZES": "anchors scaled to the preset's image size",
 }
 
 
@@ -235,7 +243,8 @@ def apply_schedule(cfg: CfgNode, schedule: str) -> None:
 
 
 def apply_ims_per_batch(cfg: CfgNode, ims_per_batch: int) -> None:
-    """Linear scaling rule: LR with the batch, iterations (steps, warmup, periods) against it."""
+    """Iterations (steps, warmup, periods) against the batch; the LR with it: linearly for SGD (Goyal
+    et al.), by the square root for Adam/AdamW (Malladi et al. 2022), whose updates are normalized."""
     from detectron2.engine import DefaultTrainer
 
     if ims_per_batch < 1:
@@ -248,6 +257,8 @@ def apply_ims_per_batch(cfg: CfgNode, ims_per_batch: int) -> None:
     cfg.SOLVER.REFERENCE_WORLD_SIZE = old
     scaled = DefaultTrainer.auto_scale_workers(cfg, ims_per_batch)
     scaled.SOLVER.REFERENCE_WORLD_SIZE = reference
+    if cfg.MASKINIT.OPTIMIZER in ("adam", "adamw"):
+        scaled.SOLVER.BASE_LR = cfg.SOLVER.BASE_LR * math.sqrt(ims_per_batch / old)
     cfg.merge_from_other_cfg(scaled)
 
 
@@ -363,7 +374,7 @@ def build_config(
         build.stage(f"--schedule {schedule}")
     if ims_per_batch is not None:
         apply_ims_per_batch(cfg, ims_per_batch)
-        build.stage("--ims-per-batch (linear scaling rule)")
+        build.stage("--ims-per-batch (LR scaling rule)")
     if num_classes is not None:
         if num_classes < 1:
             raise MaskinitError(f"--num-classes must be at least 1, got {num_classes}")
@@ -437,7 +448,19 @@ def to_yaml(cfg: CfgNode, plain: bool = False) -> str:
         "# Exported by maskinit --plain: stock Detectron2 keys only. Stock Detectron2 initializes with its own\n"
         f"# c2 scheme; maskinit's initializer ({cfg.MASKINIT.INIT}) applies only when maskinit builds the model.\n"
     )
+    dropped = maskinit_only_settings(cfg)
+    if dropped:
+        header += "# Dropped, stock Detectron2 has no such setting (its trainer uses SGD): " + ", ".join(dropped) + "\n"
     return header + dump_yaml(plain_cfg)
+
+
+def maskinit_only_settings(cfg: CfgNode) -> list[str]:
+    """`KEY=value` for each MASKINIT training/model setting that differs from stock behaviour."""
+    neutral = {"OPTIMIZER": "sgd", "LR_SCHEDULE": "step", "RPN_NORM": False, "PRIOR_PROB": 0.0, "ZERO_INIT_RESIDUAL": False}
+    dropped = [f"MASKINIT.{key}={cfg.MASKINIT[key]}" for key, value in neutral.items() if cfg.MASKINIT[key] != value]
+    if cfg.MASKINIT.AUGMENT.NAME != "default":
+        dropped.append(f"MASKINIT.AUGMENT.NAME={cfg.MASKINIT.AUGMENT.NAME}")
+    return dropped
 
 
 def export_config(output: str | Path | None = None, *, plain: bool = False, **options) -> str:

@@ -4,7 +4,8 @@ Why: a bad initializer/norm pairing shows up in the first iteration, long before
 does; `inspect_init` builds the model as training would (`maskinit.model.build_model`, on CPU),
 runs the training losses once on a small batch and reports, per stage (stem, res2..res5, FPN
 p2..p6, the RPN head, the box head, the mask head), the activation mean/std, the gradient norm of
-the stage's parameters and the relative update size `lr * |grad| / |w|` of one SGD step.
+the stage's parameters and the relative size |update| / |w| of the first optimizer step
+(`lr * |grad|` for SGD; `lr * sqrt(n)` for Adam/AdamW, whose first step is lr * sign(grad)).
 
 The verdict rule (first match wins). Scales are relative to the normalized input image's std;
 "depth order" is stem, res2..res5, p2..p6, rpn, box_head, mask_head.
@@ -16,8 +17,8 @@ The verdict rule (first match wins). Scales are relative to the normalized input
    `ACTIVATION_FAIL` (1e3, three orders of magnitude) above the input is `exploding`, more than
    1e3 below it `vanishing`. The reported stage is where the drift starts: the first stage
    already `ACTIVATION_WARN` (10x) off in that direction.
-3. Update size `lr * |grad| / |w|` over a stage's trainable parameters: above `UPDATE_HIGH` (1),
-   one SGD step at the base LR would move the weights by more than their own norm (`exploding`);
+3. Update size |update| / |w| over a stage's trainable parameters: above `UPDATE_HIGH` (1),
+   one step at the base LR would move the weights by more than their own norm (`exploding`);
    below `UPDATE_LOW` (2**-23, float32's relative resolution) the update is lost to rounding
    when added to the weights (`vanishing`). The stage is the first one out of range.
 
@@ -299,14 +300,20 @@ def _register(model: nn.Module, stages: dict, moments: dict[str, _Moments]) -> l
     return handles
 
 
-def _norms(modules: Sequence[nn.Module]) -> tuple[float | None, float | None]:
+def _norms(modules: Sequence[nn.Module]) -> tuple[float | None, float | None, int]:
+    """Gradient norm, weight norm, and how many gradient entries are non-zero."""
     params = [p for m in modules for p in m.parameters() if p.requires_grad]
     grads = [p.grad for p in params if p.grad is not None]
     if not params or not grads:
-        return None, None
+        return None, None, 0
     grad = float(torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g.double()) for g in grads])))
     weight = float(torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(p.detach().double()) for p in params])))
-    return grad, weight
+    return grad, weight, int(sum(torch.count_nonzero(g) for g in grads))
+
+
+def first_step_size(optimizer: str, lr: float, grad: float, nonzero: int) -> float:
+    """Norm of the first update: lr*|grad| for SGD; Adam's first step is lr*sign(grad) per entry."""
+    return lr * math.sqrt(nonzero) if optimizer in ("adam", "adamw") else lr * grad
 
 
 def inspect_init(
@@ -356,8 +363,8 @@ def inspect_init(
     rows = []
     for name, (owners, _, _) in stages.items():
         mean, std = moments[name].result()
-        grad, weight = _norms(owners)
-        update = lr * grad / weight if grad is not None and weight else None
+        grad, weight, nonzero = _norms(owners)
+        update = first_step_size(cfg.MASKINIT.OPTIMIZER, lr, grad, nonzero) / weight if grad is not None and weight else None
         finite = moments[name].finite and (grad is None or math.isfinite(grad))
         rows.append(StageStats(name, mean, std, grad, weight, update, finite))
     _, input_std = moments["input"].result()
@@ -431,7 +438,7 @@ def judge(result: InitInspection) -> None:
         if row.update_ratio > UPDATE_HIGH:
             result.verdict, result.stage = "exploding", row.name
             result.advice = (
-                f"one SGD step at lr={result.lr:g} would move {row.name}'s weights by {row.update_ratio:.1f}x "
+                f"one step at lr={result.lr:g} would move {row.name}'s weights by {row.update_ratio:.1f}x "
                 f"their norm: lower the LR (--lr, SOLVER.BASE_LR) or the init scale"
             )
             return

@@ -314,10 +314,20 @@ def apply_run_options(cfg: CfgNode, options: TrainOptions, explicit_keys: set[st
         cfg.SOLVER.CLIP_GRADIENTS.CLIP_VALUE = options.clip_grad
     if options.precise_bn:
         cfg.TEST.PRECISE_BN.ENABLED = True
-    if cfg.MODEL.DEVICE.startswith("cuda"):
-        cfg.CUDNN_BENCHMARK = True
     validate_run_config(cfg, options)
+    warn_optimizer_mismatch(cfg)
     return cfg
+
+
+def warn_optimizer_mismatch(cfg: CfgNode) -> None:
+    """SGD and AdamW want LRs and weight decays 10-500x apart; a switch of one alone is a likely mistake."""
+    adaptive = cfg.MASKINIT.OPTIMIZER in ("adam", "adamw")
+    if adaptive and cfg.SOLVER.BASE_LR > 0.01:
+        logger.warning("LR %g is an SGD value; %s usually wants 1e-4 to 2e-3 (--lr)", cfg.SOLVER.BASE_LR, cfg.MASKINIT.OPTIMIZER)
+    if not adaptive and cfg.SOLVER.WEIGHT_DECAY > 1e-3:
+        logger.warning("weight decay %g is an AdamW value; SGD usually wants 1e-4 (SOLVER.WEIGHT_DECAY)", cfg.SOLVER.WEIGHT_DECAY)
+    if not adaptive and cfg.SOLVER.BASE_LR <= 1e-3:
+        logger.warning("LR %g is an AdamW value; SGD usually wants 0.01 to 0.04 (--lr)", cfg.SOLVER.BASE_LR)
 
 
 def validate_run_config(cfg: CfgNode, options: TrainOptions) -> None:

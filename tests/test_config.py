@@ -145,15 +145,18 @@ def test_schedule_at_batch_64_matches_detectron2_9x_recipe():
     cfg2 = load_config(schedule="9x", ims_per_batch=64)
     assert cfg2.SOLVER.MAX_ITER == 202500
     assert tuple(cfg2.SOLVER.STEPS) == (187500, 197500)
-    assert cfg2.SOLVER.BASE_LR == pytest.approx(0.08)
+    assert cfg2.SOLVER.BASE_LR == pytest.approx(0.0002 * 2)  # AdamW: square-root rule, 4x the batch
     assert cfg.SOLVER.IMS_PER_BATCH == 64
+    sgd = load_config(recipe="d2-scratch-gn-3x", schedule="9x", ims_per_batch=64)
+    assert (sgd.SOLVER.BASE_LR, sgd.SOLVER.MAX_ITER) == (pytest.approx(0.08), 202500)  # SGD: linear rule
 
 
-def test_ims_per_batch_linear_scaling():
+def test_ims_per_batch_scaling():
     base = load_config(preset="tiny")
     cfg = load_config(preset="tiny", ims_per_batch=8)
     assert cfg.SOLVER.IMS_PER_BATCH == 8
-    assert cfg.SOLVER.BASE_LR == pytest.approx(base.SOLVER.BASE_LR * 2)
+    assert base.MASKINIT.OPTIMIZER == "adamw"
+    assert cfg.SOLVER.BASE_LR == pytest.approx(base.SOLVER.BASE_LR * 2**0.5)
     assert cfg.SOLVER.MAX_ITER == base.SOLVER.MAX_ITER // 2
     assert tuple(cfg.SOLVER.STEPS) == tuple(s // 2 for s in base.SOLVER.STEPS)
     assert cfg.SOLVER.WARMUP_ITERS == base.SOLVER.WARMUP_ITERS // 2
@@ -191,6 +194,15 @@ def test_plain_export_loads_into_stock_detectron2_and_builds_without_frozen_bn(t
     assert all(p.requires_grad for p in model.parameters())
     # a plain export read back by maskinit keeps the variant
     assert load_config(path).MASKINIT.NORM == norm
+
+
+def test_plain_export_names_the_maskinit_only_settings_it_drops(tmp_path):
+    text = export_config(tmp_path / "plain.yaml", plain=True, preset="tiny")
+    dropped = next(line for line in text.splitlines() if line.startswith("# Dropped"))
+    for setting in ("MASKINIT.OPTIMIZER=adamw", "MASKINIT.RPN_NORM=True", "MASKINIT.PRIOR_PROB=0.01"):
+        assert setting in dropped
+    stock = export_config(tmp_path / "stock.yaml", plain=True, recipe="d2-scratch-gn-3x")
+    assert "# Dropped" not in stock  # a stock recipe has nothing maskinit-only
 
 
 def test_plain_refuses_variants_stock_detectron2_cannot_build():

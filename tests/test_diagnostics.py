@@ -12,7 +12,7 @@ from detectron2.data.transforms import ResizeShortestEdge
 from detectron2.structures import BitMasks, PolygonMasks
 from typer.testing import CliRunner
 
-from maskinit import MaskinitError, load_config
+from maskinit import MaskinitError, build_model, load_config
 from maskinit.cli import app
 from maskinit.diagnostics import (
     ACTIVATION_FAIL,
@@ -76,10 +76,23 @@ def test_default_recipe_is_ok_with_every_stage_measured(default):
     assert all(row.grad_norm > 0 and UPDATE_LOW < row.update_ratio < UPDATE_HIGH for row in measured)
     p6 = default.stages[STAGES.index("p6")]  # a max-pool of p5: no parameters of its own
     assert p6.grad_norm is None and p6.update_ratio is None
-    for row in measured:
-        assert row.update_ratio == pytest.approx(default.lr * row.grad_norm / row.weight_norm)
+    assert tiny().MASKINIT.OPTIMIZER == "adamw"
+    for row in measured:  # AdamW's first step is lr*sign(grad): far larger than lr*|grad| here
+        assert row.update_ratio > default.lr * row.grad_norm / row.weight_norm
     assert default.lr == tiny().SOLVER.BASE_LR
     assert set(default.losses) >= {"loss_cls", "loss_box_reg", "loss_mask", "loss_rpn_cls", "loss_rpn_loc"}
+
+
+def test_update_size_follows_the_optimizer():
+    model_cfg = tiny()
+    sgd = inspect_init(load_config(preset="tiny", overrides=["MASKINIT.OPTIMIZER", "sgd"]), lr=0.02)
+    for row in (row for row in sgd.stages if row.name != "p6"):
+        assert row.update_ratio == pytest.approx(0.02 * row.grad_norm / row.weight_norm)
+    adamw = inspect_init(model_cfg, lr=0.02)
+    stem = adamw.stages[0]
+    stem_params = sum(p.numel() for p in build_model(model_cfg).backbone.bottom_up.stem.parameters())
+    # lr * sqrt(entries with a gradient) / |w|: at most lr * sqrt(all entries) / |w|
+    assert 0 < stem.update_ratio <= 0.02 * stem_params**0.5 / stem.weight_norm * (1 + 1e-9)
 
 
 def test_large_init_without_norm_explodes_from_the_backbone(exploding):

@@ -128,6 +128,7 @@ PRIORS = {
     "proposal_generator.rpn_head.objectness_logits": 0.01,
     "proposal_generator.rpn_head.anchor_deltas": 0.01,
 }
+FOCAL_BIASED = ("roi_heads.box_predictor.cls_score", "proposal_generator.rpn_head.objectness_logits")
 
 
 @pytest.fixture(scope="module")
@@ -142,8 +143,16 @@ def test_head_priors_kept(default_model):
         layer = modules[name]
         rel = 3 / math.sqrt(2 * layer.weight.numel())  # three standard errors of a sample std
         assert layer.weight.std().item() == pytest.approx(std, rel=rel), name
-        assert torch.count_nonzero(layer.bias) == 0, name
+        if name not in FOCAL_BIASED:  # the default recipe's MASKINIT.PRIOR_PROB sets those biases
+            assert torch.count_nonzero(layer.bias) == 0, name
         assert report[name + ".weight"].init == f"prior normal(std={std})"
+
+
+def test_default_recipe_starts_classifiers_at_the_focal_prior(default_model):
+    rpn = default_model.proposal_generator.rpn_head.objectness_logits
+    torch.testing.assert_close(torch.sigmoid(rpn.bias), torch.full_like(rpn.bias, 0.01))
+    without = tiny_model("MASKINIT.PRIOR_PROB", "0.0")
+    assert all(torch.count_nonzero(dict(without.named_modules())[name].bias) == 0 for name in FOCAL_BIASED)
 
 
 def test_without_head_priors_the_initializer_applies():

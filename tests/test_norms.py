@@ -48,7 +48,8 @@ def test_variant_module_types(norm, expected_type, groups):
         assert all(type(m) is expected_type for m in found), (component, {type(m) for m in found})
         if groups is not None:
             assert {m.num_groups for m in found} == {groups}
-    assert not norms_in(model.proposal_generator)  # the RPN head has no norm unless MASKINIT.RPN_NORM
+    rpn_norms = norms_in(model.proposal_generator)  # the default recipe sets MASKINIT.RPN_NORM
+    assert len(rpn_norms) == 1 and type(rpn_norms[0]) is expected_type
     assert not any(isinstance(m, (FrozenBatchNorm2d, nn.SyncBatchNorm)) for m in model.modules())
 
 
@@ -63,6 +64,10 @@ def test_gnws_standardizes_exactly_the_convs_feeding_a_groupnorm():
 def test_no_norm_variant_builds_no_norm_modules():
     model = tiny_model("none")
     assert norms_in(model) == []
+
+
+def test_rpn_head_without_rpn_norm_has_no_norm():
+    assert not norms_in(tiny_model("GN", "MASKINIT.RPN_NORM", "False").proposal_generator)
 
 
 @pytest.mark.parametrize("norm,expected_type", [("GN", nn.GroupNorm), ("BN", nn.BatchNorm2d)])

@@ -10,7 +10,7 @@ from typer.testing import CliRunner
 
 from maskinit import MaskinitError, load_config
 from maskinit.cli import app
-from maskinit.train import DataOptions, TrainOptions, train
+from maskinit.train import DataOptions, TrainOptions, train, warn_optimizer_mismatch
 
 # A short warmup so that these few iterations train at the real LR.
 FAST_EVAL = ["SOLVER.WARMUP_ITERS", "2"]
@@ -214,3 +214,25 @@ def test_eval_cli_refuses_missing_and_truncated_weights(finished_run, tmp_path):
         assert result.exit_code == 2, result.output
         lines = [line for line in result.stderr.splitlines() if line.strip()]
         assert len(lines) == 1 and message in lines[0], result.stderr
+
+
+@pytest.mark.parametrize(
+    "overrides,warning",
+    [
+        (["MASKINIT.OPTIMIZER", "sgd"], "weight decay 0.05 is an AdamW value"),
+        (["MASKINIT.OPTIMIZER", "sgd"], "LR 0.001 is an AdamW value"),
+        (["SOLVER.BASE_LR", "0.02"], "LR 0.02 is an SGD value"),
+    ],
+)
+def test_switching_optimizer_alone_warns(caplog, overrides, warning):
+    cfg = load_config(preset="tiny", overrides=overrides)
+    with caplog.at_level("WARNING", logger="maskinit"):
+        warn_optimizer_mismatch(cfg)
+    assert warning in caplog.text
+
+
+def test_default_recipe_raises_no_optimizer_warning(caplog):
+    with caplog.at_level("WARNING", logger="maskinit"):
+        warn_optimizer_mismatch(load_config(preset="tiny"))
+        warn_optimizer_mismatch(load_config(recipe="d2-scratch-gn-3x"))
+    assert caplog.text == ""

@@ -1,0 +1,77 @@
+"""PNG plots of the recipe benchmark, from results/recipes-*.json: mask AP per run (mean and seeds,
+with the comparator's best and the 1.15x goal marked) and mask AP against iterations.
+
+Usage: python benchmarks/plots.py   (one recipes-SPLIT.png per recipes-SPLIT.json)
+"""
+
+from __future__ import annotations
+
+import statistics
+import sys
+from collections import defaultdict
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import RESULTS, read_json  # noqa: E402
+
+GOAL = 1.15
+
+
+def mean_curve(runs: list[dict]) -> tuple[list[int], list[float]]:
+    """Mask AP against iterations, averaged over the seeds that evaluated at each iteration."""
+    points = defaultdict(list)
+    for run in runs:
+        for iteration, _box, mask in run.get("curve", []):
+            points[iteration].append(mask)
+    iterations = sorted(points)
+    return iterations, [statistics.mean(points[i]) for i in iterations]
+
+
+def plot(result_file: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    data = read_json(result_file)
+    table, runs = data["table"], data.get("runs", [])
+    names = sorted(table, key=lambda name: table[name]["mask_ap_mean"])
+    fig, (bars, curves) = plt.subplots(1, 2, figsize=(15, max(4.5, 0.28 * len(names))))
+    colours = ["tab:grey" if name.startswith("d2-") else "tab:blue" for name in names]
+    colours = ["tab:orange" if name == "maskinit-default" else colour for name, colour in zip(names, colours)]
+    bars.barh(names, [table[name]["mask_ap_mean"] for name in names], color=colours)
+    for row, name in enumerate(names):
+        bars.plot(table[name]["mask_ap"], [row] * len(table[name]["mask_ap"]), "k.", markersize=4)
+    if data.get("comparator_best"):
+        best, best_name = data["comparator_best"]
+        bars.axvline(best, color="tab:red", linestyle="--", label=f"{best_name}: {best:.1f}")
+        bars.axvline(best * GOAL, color="tab:green", linestyle="--", label=f"goal {GOAL}x: {best * GOAL:.1f}")
+        bars.legend(loc="lower right", fontsize=8)
+    bars.set(xlabel="mask AP (bar: mean over seeds, dots: seeds)", title=f"{result_file.stem} ({data.get('device', 'cpu')})")
+    bars.tick_params(axis="y", labelsize=7)
+    by_name = defaultdict(list)
+    for run in runs:
+        by_name[run["name"]].append(run)
+    shown = [name for name in by_name if name.startswith("d2-scratch-gn@") or name == "maskinit-default"]
+    for name in shown:
+        iterations, masks = mean_curve(by_name[name])
+        if iterations:
+            curves.plot(iterations, masks, marker="o", linewidth=2.5 if name == "maskinit-default" else 1.2, label=name)
+    curves.set(xlabel="iteration", ylabel="mask AP (mean over seeds)", title="mask AP against iterations")
+    if shown:
+        curves.legend(fontsize=8)
+    fig.tight_layout()
+    out = result_file.with_suffix(".png")
+    fig.savefig(out, dpi=90)
+    plt.close(fig)
+    return out
+
+
+def main() -> None:
+    for result_file in sorted(RESULTS.glob("recipes-*.json")):
+        if read_json(result_file).get("table"):
+            print(plot(result_file))
+
+
+if __name__ == "__main__":
+    main()

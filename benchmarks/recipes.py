@@ -31,54 +31,62 @@ STOCK = {
 COMPARATOR = [name for name in STOCK if name.startswith("d2-scratch-gn@")]
 
 # maskinit runs: `maskinit train --preset tiny` plus these options (the budget is the preset's).
+# The variants were swept against the previous default, an SGD recipe (SGD_BASE restates it on top
+# of today's default, so that every name keeps meaning what it meant when it ran).
+SGD_BASE = [
+    "--optimizer", "sgd", "--lr", "0.02", "SOLVER.WEIGHT_DECAY", "0.0001", "SOLVER.CLIP_GRADIENTS.ENABLED", "False",
+    "MASKINIT.PRIOR_PROB", "0.0", "MASKINIT.RPN_NORM", "False", "MODEL.ROI_MASK_HEAD.CLS_AGNOSTIC_MASK", "False",
+    "MODEL.ROI_BOX_HEAD.CLS_AGNOSTIC_BBOX_REG", "False", "MODEL.ANCHOR_GENERATOR.SIZES", "[[32],[64],[128],[256],[512]]",
+]
 ANCHORS = ["MODEL.ANCHOR_GENERATOR.SIZES", "[[16],[32],[64],[128],[256]]"]
 CLS_AGNOSTIC = ["MODEL.ROI_MASK_HEAD.CLS_AGNOSTIC_MASK", "True"]
 CLS_AGNOSTIC_BOX = ["MODEL.ROI_BOX_HEAD.CLS_AGNOSTIC_BBOX_REG", "True"]
 ADAMW = ["--optimizer", "adamw", "SOLVER.WEIGHT_DECAY", "0.05"]
 # lr 0.04 with clipping, focal prior on the classifiers, GN in the RPN head
 COMBO = ["--lr", "0.04", "--clip-grad", "1.0", "MASKINIT.PRIOR_PROB", "0.01", "MASKINIT.RPN_NORM", "True"]
-# AdamW 1e-3 with clipping, on top of the rest of COMBO, anchors and class-agnostic heads
+# AdamW 1e-3 with clipping, on top of the rest of COMBO, anchors and class-agnostic heads: today's default
 A1 = [*ADAMW, "--lr", "0.001", "--clip-grad", "1.0", "MASKINIT.PRIOR_PROB", "0.01", "MASKINIT.RPN_NORM", "True",
       *ANCHORS, *CLS_AGNOSTIC, *CLS_AGNOSTIC_BOX]
 MASKINIT_RUNS = {
     "maskinit-default": [],
+    "maskinit-sgd-previous-default": [*SGD_BASE],
     # one change at a time against the default
-    "maskinit-kaiming": ["--init", "kaiming_normal"],
-    "maskinit-gnws": ["--norm", "GNWS"],
-    "maskinit-bn": ["--norm", "BN"],
-    "maskinit-zero-init-residual": ["MASKINIT.ZERO_INIT_RESIDUAL", "True"],
-    "maskinit-prior0.01": ["MASKINIT.PRIOR_PROB", "0.01"],
-    "maskinit-rpn-norm": ["MASKINIT.RPN_NORM", "True"],
-    "maskinit-lr0.01": ["--lr", "0.01"],
-    "maskinit-lr0.03": ["--lr", "0.03"],
-    "maskinit-lr0.04-clip": ["--lr", "0.04", "--clip-grad", "1.0"],
-    "maskinit-warmup20": ["--warmup-iters", "20"],
-    "maskinit-cosine": ["--lr-schedule", "cosine"],
-    "maskinit-adamw1e-4": [*ADAMW, "--lr", "0.0001"],
-    "maskinit-adamw3e-4": [*ADAMW, "--lr", "0.0003"],
-    "maskinit-adamw1e-3": [*ADAMW, "--lr", "0.001", "--clip-grad", "1.0"],
-    "maskinit-pixel-std1": ["MODEL.PIXEL_STD", "[1.0, 1.0, 1.0]"],
-    "maskinit-wd-norm": ["SOLVER.WEIGHT_DECAY_NORM", "0.0001"],
-    "maskinit-box-2fc": ["MODEL.ROI_BOX_HEAD.NUM_CONV", "0", "MODEL.ROI_BOX_HEAD.NUM_FC", "2"],
-    "maskinit-giou": ["MODEL.ROI_BOX_HEAD.BBOX_REG_LOSS_TYPE", "giou", "MODEL.ROI_BOX_HEAD.BBOX_REG_LOSS_WEIGHT", "2.0"],
-    "maskinit-anchors16": ANCHORS,
-    "maskinit-pos0.5": ["MODEL.ROI_HEADS.POSITIVE_FRACTION", "0.5"],
-    "maskinit-scale-aug": ["INPUT.MIN_SIZE_TRAIN", "(96, 112, 128, 144, 160)", "INPUT.MAX_SIZE_TRAIN", "160"],
-    "maskinit-score0": ["MODEL.ROI_HEADS.SCORE_THRESH_TEST", "0.0"],
-    "maskinit-cls-agnostic-mask": ["MODEL.ROI_MASK_HEAD.CLS_AGNOSTIC_MASK", "True"],
+    "maskinit-kaiming": [*SGD_BASE, "--init", "kaiming_normal"],
+    "maskinit-gnws": [*SGD_BASE, "--norm", "GNWS"],
+    "maskinit-bn": [*SGD_BASE, "--norm", "BN"],
+    "maskinit-zero-init-residual": [*SGD_BASE, "MASKINIT.ZERO_INIT_RESIDUAL", "True"],
+    "maskinit-prior0.01": [*SGD_BASE, "MASKINIT.PRIOR_PROB", "0.01"],
+    "maskinit-rpn-norm": [*SGD_BASE, "MASKINIT.RPN_NORM", "True"],
+    "maskinit-lr0.01": [*SGD_BASE, "--lr", "0.01"],
+    "maskinit-lr0.03": [*SGD_BASE, "--lr", "0.03"],
+    "maskinit-lr0.04-clip": [*SGD_BASE, "--lr", "0.04", "--clip-grad", "1.0"],
+    "maskinit-warmup20": [*SGD_BASE, "--warmup-iters", "20"],
+    "maskinit-cosine": [*SGD_BASE, "--lr-schedule", "cosine"],
+    "maskinit-adamw1e-4": [*SGD_BASE, *ADAMW, "--lr", "0.0001"],
+    "maskinit-adamw3e-4": [*SGD_BASE, *ADAMW, "--lr", "0.0003"],
+    "maskinit-adamw1e-3": [*SGD_BASE, *ADAMW, "--lr", "0.001", "--clip-grad", "1.0"],
+    "maskinit-pixel-std1": [*SGD_BASE, "MODEL.PIXEL_STD", "[1.0, 1.0, 1.0]"],
+    "maskinit-wd-norm": [*SGD_BASE, "SOLVER.WEIGHT_DECAY_NORM", "0.0001"],
+    "maskinit-box-2fc": [*SGD_BASE, "MODEL.ROI_BOX_HEAD.NUM_CONV", "0", "MODEL.ROI_BOX_HEAD.NUM_FC", "2"],
+    "maskinit-giou": [*SGD_BASE, "MODEL.ROI_BOX_HEAD.BBOX_REG_LOSS_TYPE", "giou", "MODEL.ROI_BOX_HEAD.BBOX_REG_LOSS_WEIGHT", "2.0"],
+    "maskinit-anchors16": [*SGD_BASE, *ANCHORS],
+    "maskinit-pos0.5": [*SGD_BASE, "MODEL.ROI_HEADS.POSITIVE_FRACTION", "0.5"],
+    "maskinit-scale-aug": [*SGD_BASE, "INPUT.MIN_SIZE_TRAIN", "(96, 112, 128, 144, 160)", "INPUT.MAX_SIZE_TRAIN", "160"],
+    "maskinit-score0": [*SGD_BASE, "MODEL.ROI_HEADS.SCORE_THRESH_TEST", "0.0"],
+    "maskinit-cls-agnostic-mask": [*SGD_BASE, "MODEL.ROI_MASK_HEAD.CLS_AGNOSTIC_MASK", "True"],
     # combinations of what helped alone
-    "maskinit-c1": [*COMBO],
-    "maskinit-c1-anchors16": [*COMBO, *ANCHORS],
-    "maskinit-c1-cls-agnostic-mask": [*COMBO, "MODEL.ROI_MASK_HEAD.CLS_AGNOSTIC_MASK", "True"],
-    "maskinit-c1-lr0.06": [*COMBO, "--lr", "0.06"],
-    "maskinit-c2": [*COMBO, *ANCHORS, *CLS_AGNOSTIC],
-    "maskinit-c2-lr0.06": [*COMBO, *ANCHORS, *CLS_AGNOSTIC, "--lr", "0.06"],
-    "maskinit-c2-lr0.06-warmup40": [*COMBO, *ANCHORS, *CLS_AGNOSTIC, "--lr", "0.06", "--warmup-iters", "40"],
-    "maskinit-c3": [*COMBO, *ANCHORS, *CLS_AGNOSTIC, *CLS_AGNOSTIC_BOX],
-    "maskinit-c3-gn16": [*COMBO, *ANCHORS, *CLS_AGNOSTIC, *CLS_AGNOSTIC_BOX, "--norm", "GN:groups=16"],
-    "maskinit-a1": [*A1],
-    "maskinit-a1-lr5e-4": [*A1, "--lr", "0.0005"],
-    "maskinit-a1-lr2e-3": [*A1, "--lr", "0.002"],
+    "maskinit-c1": [*SGD_BASE, *COMBO],
+    "maskinit-c1-anchors16": [*SGD_BASE, *COMBO, *ANCHORS],
+    "maskinit-c1-cls-agnostic-mask": [*SGD_BASE, *COMBO, "MODEL.ROI_MASK_HEAD.CLS_AGNOSTIC_MASK", "True"],
+    "maskinit-c1-lr0.06": [*SGD_BASE, *COMBO, "--lr", "0.06"],
+    "maskinit-c2": [*SGD_BASE, *COMBO, *ANCHORS, *CLS_AGNOSTIC],
+    "maskinit-c2-lr0.06": [*SGD_BASE, *COMBO, *ANCHORS, *CLS_AGNOSTIC, "--lr", "0.06"],
+    "maskinit-c2-lr0.06-warmup40": [*SGD_BASE, *COMBO, *ANCHORS, *CLS_AGNOSTIC, "--lr", "0.06", "--warmup-iters", "40"],
+    "maskinit-c3": [*SGD_BASE, *COMBO, *ANCHORS, *CLS_AGNOSTIC, *CLS_AGNOSTIC_BOX],
+    "maskinit-c3-gn16": [*SGD_BASE, *COMBO, *ANCHORS, *CLS_AGNOSTIC, *CLS_AGNOSTIC_BOX, "--norm", "GN:groups=16"],
+    "maskinit-a1": [*SGD_BASE, *A1],
+    "maskinit-a1-lr5e-4": [*SGD_BASE, *A1, "--lr", "0.0005"],
+    "maskinit-a1-lr2e-3": [*SGD_BASE, *A1, "--lr", "0.002"],
 }
 
 

@@ -246,7 +246,7 @@ def train(
     seed: Optional[int] = typer.Option(None, help="Random seed (per process: seed + rank)."),
     eval_period: Optional[int] = typer.Option(None, help="Evaluate every N iterations (0: only at the end)."),
     checkpoint_period: Optional[int] = typer.Option(None, help="Save a checkpoint every N iterations."),
-    optimizer: Optional[str] = typer.Option(None, help="sgd, adam or adamw."),
+    optimizer: Optional[str] = typer.Option(None, help="sgd, adam or adamw (the presets use adamw)."),
     lr_schedule: Optional[str] = typer.Option(None, help="step, cosine or plateau."),
     warmup_iters: Optional[int] = typer.Option(None, help="Linear warmup length in iterations."),
     clip_grad: Optional[float] = typer.Option(None, help="Clip the gradient norm at this value."),

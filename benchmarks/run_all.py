@@ -25,6 +25,7 @@ def main() -> None:
     steps = [
         ("eval_speed.py", []),
         ("overhead.py", []),
+        ("speed.py", []),
         ("recipes.py", []),
         ("recipes.py", ["--heldout"]),
     ]

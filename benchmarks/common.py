@@ -67,3 +67,18 @@ def read_json(path: Path):
 def write_json(path: Path, data) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(data, indent=2, default=str) + "\n")
+
+
+def paired_report(pairs: list[dict], iterations: int) -> dict:
+    """Medians over interleaved (stock, maskinit) pairs of seconds per iteration, and of their ratio."""
+    import statistics
+
+    ratio = statistics.median(p["maskinit_s_per_iter"] / p["stock_s_per_iter"] for p in pairs)
+    return {
+        "iterations_per_run": iterations,
+        "pairs": pairs,
+        "median_stock_s_per_iter": statistics.median(p["stock_s_per_iter"] for p in pairs),
+        "median_maskinit_s_per_iter": statistics.median(p["maskinit_s_per_iter"] for p in pairs),
+        "median_ratio": round(ratio, 4),
+        "median_overhead_percent": round((ratio - 1) * 100, 2),
+    }

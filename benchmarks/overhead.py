@@ -7,12 +7,11 @@ interleaved pairs, one at a time; the median over pairs of the per-iteration tim
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import MASKINIT, PYTHON, RESULTS, RUNS, datasets, read_json, run, write_json  # noqa: E402
+from common import MASKINIT, PYTHON, RESULTS, RUNS, datasets, paired_report, read_json, run, write_json  # noqa: E402
 
 ITERS = "80"
 
@@ -39,14 +38,7 @@ def main() -> None:
         ours = read_json(ours_out / "run_summary.json")
         pairs.append({"stock_s_per_iter": stock["seconds_per_iter"], "maskinit_s_per_iter": ours["seconds_per_iter"]})
         print(pairs[-1], flush=True)
-    ratios = [p["maskinit_s_per_iter"] / p["stock_s_per_iter"] for p in pairs]
-    report = {
-        "iterations_per_run": int(ITERS),
-        "pairs": pairs,
-        "median_stock_s_per_iter": statistics.median(p["stock_s_per_iter"] for p in pairs),
-        "median_maskinit_s_per_iter": statistics.median(p["maskinit_s_per_iter"] for p in pairs),
-        "median_overhead_percent": round((statistics.median(ratios) - 1) * 100, 2),
-    }
+    report = paired_report(pairs, int(ITERS))
     write_json(RESULTS / "overhead.json", report)
     print(report)
 

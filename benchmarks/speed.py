@@ -8,12 +8,11 @@ goal's "no more than 1.25x its s/iter". Writes benchmarks/results/speed.json.
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import MASKINIT, PYTHON, RESULTS, RUNS, datasets, read_json, run, write_json  # noqa: E402
+from common import MASKINIT, PYTHON, RESULTS, RUNS, datasets, paired_report, read_json, run, write_json  # noqa: E402
 
 ITERS = "80"
 FAST_EVAL = ["TEST.DETECTIONS_PER_IMAGE", "1", "MODEL.ROI_HEADS.SCORE_THRESH_TEST", "0.99"]  # eval is not timed
@@ -38,14 +37,7 @@ def main() -> None:
         stock, ours = read_json(stock_out / "result.json"), read_json(ours_out / "run_summary.json")
         pairs.append({"stock_s_per_iter": stock["seconds_per_iter"], "maskinit_s_per_iter": ours["seconds_per_iter"]})
         print(pairs[-1], flush=True)
-    ratios = [p["maskinit_s_per_iter"] / p["stock_s_per_iter"] for p in pairs]
-    report = {
-        "iterations_per_run": int(ITERS),
-        "pairs": pairs,
-        "median_stock_s_per_iter": statistics.median(p["stock_s_per_iter"] for p in pairs),
-        "median_maskinit_s_per_iter": statistics.median(p["maskinit_s_per_iter"] for p in pairs),
-        "median_ratio": round(statistics.median(ratios), 3),
-    }
+    report = paired_report(pairs, int(ITERS))
     write_json(RESULTS / "speed.json", report)
     print(report)
 

@@ -69,6 +69,31 @@ def write_json(path: Path, data) -> None:
     path.write_text(json.dumps(data, indent=2, default=str) + "\n")
 
 
+# Interleaved timing pairs: short runs whose final evaluation is made trivial (eval time is not timed).
+PAIR_ITERS = 80
+FAST_EVAL = ["TEST.DETECTIONS_PER_IMAGE", "1", "MODEL.ROI_HEADS.SCORE_THRESH_TEST", "0.99"]
+
+
+def interleaved_pairs(name: str, count: int, lr: str, maskinit_options) -> list[dict]:
+    """`count` pairs run one at a time: Detectron2's scratch GN recipe by its DefaultTrainer, then
+    `maskinit train` with `maskinit_options(stock_output_dir)`; seconds per iteration of each."""
+    train, val = datasets()
+    data = ["--train-json", str(train.json_file), "--train-images", str(train.image_root),
+            "--val-json", str(val.json_file), "--val-images", str(val.image_root)]
+    pairs = []
+    for pair in range(count):
+        folder = RUNS / name / f"pair{pair}"
+        stock_out, ours_out = folder / "stock", folder / "maskinit"
+        run([PYTHON, str(ROOT / "benchmarks" / "stock_detectron2.py"), "scratch-gn", str(stock_out), "--lr", lr,
+             "--seed", str(pair), "SOLVER.MAX_ITER", str(PAIR_ITERS), *FAST_EVAL], folder / "stock.log")
+        run([*MASKINIT, "train", "--output-dir", str(ours_out), "--overwrite", "--no-progress", "--seed", str(pair),
+             *data, *maskinit_options(stock_out)], folder / "maskinit.log")
+        stock, ours = read_json(stock_out / "result.json"), read_json(ours_out / "run_summary.json")
+        pairs.append({"stock_s_per_iter": stock["seconds_per_iter"], "maskinit_s_per_iter": ours["seconds_per_iter"]})
+        print(pairs[-1], flush=True)
+    return pairs
+
+
 def paired_report(pairs: list[dict], iterations: int) -> dict:
     """Medians over interleaved (stock, maskinit) pairs of seconds per iteration, and of their ratio."""
     import statistics

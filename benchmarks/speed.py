@@ -12,10 +12,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import MASKINIT, PYTHON, RESULTS, RUNS, datasets, paired_report, read_json, run, write_json  # noqa: E402
-
-ITERS = "80"
-FAST_EVAL = ["TEST.DETECTIONS_PER_IMAGE", "1", "MODEL.ROI_HEADS.SCORE_THRESH_TEST", "0.99"]  # eval is not timed
+from common import FAST_EVAL, PAIR_ITERS, RESULTS, interleaved_pairs, paired_report, write_json  # noqa: E402
 
 
 def main() -> None:
@@ -23,21 +20,10 @@ def main() -> None:
     parser.add_argument("--pairs", type=int, default=3)
     parser.add_argument("--lr", default="0.02", help="the comparator's LR (it does not change the speed)")
     args = parser.parse_args()
-    train, val = datasets()
-    pairs = []
-    for pair in range(args.pairs):
-        folder = RUNS / "speed" / f"pair{pair}"
-        stock_out, ours_out = folder / "stock", folder / "maskinit"
-        run([PYTHON, str(Path(__file__).with_name("stock_detectron2.py")), "scratch-gn", str(stock_out), "--lr", args.lr,
-             "--seed", str(pair), "SOLVER.MAX_ITER", ITERS, *FAST_EVAL], folder / "stock.log")
-        run([*MASKINIT, "train", "--preset", "tiny", "--output-dir", str(ours_out), "--overwrite", "--no-progress",
-             "--seed", str(pair), "--max-iter", ITERS, "--train-json", str(train.json_file), "--train-images",
-             str(train.image_root), "--val-json", str(val.json_file), "--val-images", str(val.image_root), *FAST_EVAL],
-            folder / "maskinit.log")
-        stock, ours = read_json(stock_out / "result.json"), read_json(ours_out / "run_summary.json")
-        pairs.append({"stock_s_per_iter": stock["seconds_per_iter"], "maskinit_s_per_iter": ours["seconds_per_iter"]})
-        print(pairs[-1], flush=True)
-    report = paired_report(pairs, int(ITERS))
+    pairs = interleaved_pairs(
+        "speed", args.pairs, args.lr, lambda _: ["--preset", "tiny", "--max-iter", str(PAIR_ITERS), *FAST_EVAL]
+    )
+    report = paired_report(pairs, PAIR_ITERS)
     write_json(RESULTS / "speed.json", report)
     print(report)
 

@@ -10,7 +10,6 @@ carries the from-scratch recipe; or `--recipe NAME`, a published recipe under `c
 from __future__ import annotations
 
 import math
-
 import warnings
 from pathlib import Path
 from typing import Iterable, Sequence
@@ -37,6 +36,10 @@ SCHEDULES = {"1x": 1, "3x": 3, "6x": 6, "9x": 9}
 # Detectron2's 1x: 90k iterations at batch 16, LR steps 30k and 10k before the end; longer
 # schedules step 60k and 20k before the end (3x: 210k/250k of 270k; 9x: 750k/790k of 810k).
 ITERS_PER_X_AT_16 = 90000
+
+# Optimizers `MASKINIT.OPTIMIZER` accepts; the adaptive ones want LRs and weight decays of their own.
+ADAPTIVE_OPTIMIZERS = ("adam", "adamw")
+OPTIMIZERS = ("sgd", *ADAPTIVE_OPTIMIZERS)
 
 # Why the from-scratch rules change what they change (shown by `export-config --explain`).
 REASONS = {
@@ -257,7 +260,7 @@ def apply_ims_per_batch(cfg: CfgNode, ims_per_batch: int) -> None:
     cfg.SOLVER.REFERENCE_WORLD_SIZE = old
     scaled = DefaultTrainer.auto_scale_workers(cfg, ims_per_batch)
     scaled.SOLVER.REFERENCE_WORLD_SIZE = reference
-    if cfg.MASKINIT.OPTIMIZER in ("adam", "adamw"):
+    if cfg.MASKINIT.OPTIMIZER in ADAPTIVE_OPTIMIZERS:
         scaled.SOLVER.BASE_LR = cfg.SOLVER.BASE_LR * math.sqrt(ims_per_batch / old)
     cfg.merge_from_other_cfg(scaled)
 

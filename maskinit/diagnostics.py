@@ -43,6 +43,7 @@ import torch
 from detectron2.config import CfgNode
 from torch import nn
 
+from .config import ADAPTIVE_OPTIMIZERS
 from .errors import MaskinitError
 
 ACTIVATION_WARN = 10.0
@@ -313,7 +314,7 @@ def _norms(modules: Sequence[nn.Module]) -> tuple[float | None, float | None, in
 
 def first_step_size(optimizer: str, lr: float, grad: float, nonzero: int) -> float:
     """Norm of the first update: lr*|grad| for SGD; Adam's first step is lr*sign(grad) per entry."""
-    return lr * math.sqrt(nonzero) if optimizer in ("adam", "adamw") else lr * grad
+    return lr * math.sqrt(nonzero) if optimizer in ADAPTIVE_OPTIMIZERS else lr * grad
 
 
 def inspect_init(

@@ -29,7 +29,7 @@ from detectron2.solver.build import maybe_add_gradient_clipping
 from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 
-from .config import check_from_scratch, dump_yaml, one_line
+from .config import ADAPTIVE_OPTIMIZERS, OPTIMIZERS, check_from_scratch, dump_yaml, one_line
 from .devices import set_device
 from .errors import MaskinitError
 from .evaluation import json_safe
@@ -321,7 +321,7 @@ def apply_run_options(cfg: CfgNode, options: TrainOptions, explicit_keys: set[st
 
 def warn_optimizer_mismatch(cfg: CfgNode) -> None:
     """SGD and AdamW want LRs and weight decays 10-500x apart; a switch of one alone is a likely mistake."""
-    adaptive = cfg.MASKINIT.OPTIMIZER in ("adam", "adamw")
+    adaptive = cfg.MASKINIT.OPTIMIZER in ADAPTIVE_OPTIMIZERS
     if adaptive and cfg.SOLVER.BASE_LR > 0.01:
         logger.warning("LR %g is an SGD value; %s usually wants 1e-4 to 2e-3 (--lr)", cfg.SOLVER.BASE_LR, cfg.MASKINIT.OPTIMIZER)
     if not adaptive and cfg.SOLVER.WEIGHT_DECAY > 1e-3:
@@ -332,8 +332,8 @@ def warn_optimizer_mismatch(cfg: CfgNode) -> None:
 
 def validate_run_config(cfg: CfgNode, options: TrainOptions) -> None:
     check_from_scratch(cfg)
-    if cfg.MASKINIT.OPTIMIZER not in ("sgd", "adam", "adamw"):
-        raise MaskinitError(f"unknown optimizer {cfg.MASKINIT.OPTIMIZER!r} (sgd, adam, adamw)")
+    if cfg.MASKINIT.OPTIMIZER not in OPTIMIZERS:
+        raise MaskinitError(f"unknown optimizer {cfg.MASKINIT.OPTIMIZER!r} ({', '.join(OPTIMIZERS)})")
     if cfg.MASKINIT.LR_SCHEDULE not in ("step", "cosine", "plateau"):
         raise MaskinitError(f"unknown LR schedule {cfg.MASKINIT.LR_SCHEDULE!r} (step, cosine, plateau)")
     if cfg.MASKINIT.AMP_DTYPE not in ("auto", "bfloat16", "float16"):

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import yaml
 from typer.testing import CliRunner
 
@@ -26,6 +29,12 @@ def test_version():
     result = invoke("--version")
     assert result.exit_code == 0
     assert __version__ in result.output
+
+
+def test_python_dash_m_runs_the_same_cli():
+    out = subprocess.run([sys.executable, "-m", "maskinit", "--version"], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert __version__ in out.stdout
 
 
 def test_doctor_reports_a_good_install():

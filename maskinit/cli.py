@@ -9,6 +9,7 @@ from __future__ import annotations
 import functools
 import logging
 import os
+import signal
 import sys
 import warnings
 from pathlib import Path
@@ -20,7 +21,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from . import __version__
-from .errors import MaskinitError
+from .errors import Interrupted, MaskinitError, signal_name
 
 app = typer.Typer(
     add_completion=False,
@@ -53,8 +54,16 @@ def handles_errors(command):
             if STATE["debug"]:
                 raise
             fail(str(error))
+        except KeyboardInterrupt as interrupt:  # Ctrl-C, or SIGTERM (see `main`)
+            if STATE["debug"]:
+                raise
+            fail(f"interrupted by {signal_name(interrupt)}")
 
     return wrapper
+
+
+def _terminate(signum, frame):
+    raise Interrupted("SIGTERM")
 
 
 def version_callback(value: bool):
@@ -70,6 +79,8 @@ def main(
 ):
     """Train Mask R-CNN from scratch on Detectron2."""
     STATE["debug"] = debug or bool(os.environ.get("MASKINIT_DEBUG"))
+    # SIGTERM stops a command as Ctrl-C does, so that it too ends with one line saying so
+    signal.signal(signal.SIGTERM, _terminate)
     if not STATE["debug"]:
         logging.getLogger("torch.fx._symbolic_trace").setLevel(logging.ERROR)
 
@@ -101,20 +112,30 @@ NORM_HELP = "Norm variant NAME[:key=value] (GN, GNWS, SyncBN, BN, naiveSyncBN, n
 INIT_HELP = "Initializer NAME[:key=value] (kaiming_normal, xavier_uniform, c2, ...)."
 PLUGIN_HELP = "Python module (or .py file) registering initializers/norms; repeatable."
 OVERRIDES_HELP = "Trailing KEY VALUE pairs overriding config keys, as Detectron2's opts."
+# Commands with trailing KEY VALUE overrides: a negative value (`SOLVER.MAX_ITER -1`) is an argument, not an option.
+OVERRIDES_CONTEXT = {"ignore_unknown_options": True}
+IMS_PER_BATCH_HELP = ("Total batch; iterations rescale against it, the LR linearly for SGD and by the "
+                      "square root for Adam/AdamW.")
 
 
-@app.command("export-config")
+def explain_lines(differences) -> list[str]:
+    """`--explain` rows as plain lines, for a stderr that is not a terminal (a table would be cut at 80 columns)."""
+    shown = lambda value: "''" if value == "" else str(value)  # noqa: E731 - an empty value stays visible
+    return [f"{key}: {shown(old)} -> {shown(new)}  ({reason})" for key, old, new, reason in differences]
+
+
+@app.command("export-config", context_settings=OVERRIDES_CONTEXT)
 @handles_errors
 def export_config_command(
     overrides: Optional[List[str]] = typer.Argument(None, help=OVERRIDES_HELP),
     config: Optional[Path] = typer.Option(None, "--config", help="A complete config (from export-config) to start from."),
-    base: Optional[str] = typer.Option(None, help="Detectron2 model-zoo config name or local YAML (default: Mask R-CNN R50-FPN 3x)."),
+    base: Optional[str] = typer.Option(None, help="Detectron2 model-zoo config name or local YAML (default: Mask R-CNN R50-FPN 3x); a stated base keeps its backbone (depth, groups, width)."),
     preset: Optional[str] = typer.Option(None, help=PRESET_HELP),
     recipe: Optional[str] = typer.Option(None, help=RECIPE_HELP),
     norm: Optional[str] = typer.Option(None, help=NORM_HELP),
     init: Optional[str] = typer.Option(None, help=INIT_HELP),
     schedule: Optional[str] = typer.Option(None, help="Detectron2 schedule 1x|3x|6x|9x (1x = 90k iterations at batch 16)."),
-    ims_per_batch: Optional[int] = typer.Option(None, help="Total batch; LR and iterations rescale linearly."),
+    ims_per_batch: Optional[int] = typer.Option(None, help=IMS_PER_BATCH_HELP),
     num_classes: Optional[int] = typer.Option(None, help="Number of object classes."),
     plugin: Optional[List[str]] = typer.Option(None, help=PLUGIN_HELP),
     output: Optional[Path] = typer.Option(None, "-o", "--output", help="Write here instead of stdout."),
@@ -130,13 +151,17 @@ def export_config_command(
     )
     text = export_config(output, plain=plain, **options)
     if explain:
-        table = Table(title="keys that differ from the base config")
-        table.add_column("key", no_wrap=True)
-        for column in ("base", "maskinit", "why"):
-            table.add_column(column, overflow="fold")
-        for key, old, new, reason in build_config(**options).differences():
-            table.add_row(key, str(old), str(new), reason)
-        err_console.print(table)
+        differences = build_config(**options).differences()
+        if err_console.is_terminal:
+            table = Table(title="keys that differ from the base config")
+            table.add_column("key", no_wrap=True)
+            for column in ("base", "maskinit", "why"):
+                table.add_column(column, overflow="fold")
+            for key, old, new, reason in differences:
+                table.add_row(escape(key), escape(str(old)), escape(str(new)), escape(reason))
+            err_console.print(table)
+        else:
+            sys.stderr.write("".join(line + "\n" for line in explain_lines(differences)))
     if output is None:
         sys.stdout.write(text)
     else:
@@ -213,11 +238,11 @@ def print_ap_table(results: dict) -> None:
         console.print(table)
 
 
-@app.command()
+@app.command(context_settings=OVERRIDES_CONTEXT)
 @handles_errors
 def train(
     overrides: Optional[List[str]] = typer.Argument(None, help=OVERRIDES_HELP),
-    from_scratch: bool = typer.Option(True, "--from-scratch", help="Train from random weights (the only mode; no pretrained weights are ever loaded)."),
+    from_scratch: bool = typer.Option(True, "--from-scratch", show_default=False, help="Always on, with or without the flag: maskinit only trains from random weights and never loads pretrained ones (there is no --no-from-scratch)."),
     config: Optional[Path] = typer.Option(None, "--config", help="Config from export-config."),
     preset: Optional[str] = typer.Option(None, help=PRESET_HELP),
     recipe: Optional[str] = typer.Option(None, help=RECIPE_HELP),
@@ -233,7 +258,7 @@ def train(
     val_dataset: Optional[str] = typer.Option(None, help="Registered dataset name to evaluate on (with --dataset)."),
     output_dir: Path = typer.Option(Path("output"), help="Where config, checkpoints, metrics and eval go."),
     max_iter: Optional[int] = typer.Option(None, help="Iterations; LR steps and warmup rescale unless given explicitly."),
-    ims_per_batch: Optional[int] = typer.Option(None, help="Total batch (LR and iterations rescale linearly)."),
+    ims_per_batch: Optional[int] = typer.Option(None, help=IMS_PER_BATCH_HELP),
     lr: Optional[float] = typer.Option(None, help="Base learning rate."),
     device: Optional[str] = typer.Option(None, help="cpu or cuda."),
     num_gpus: int = typer.Option(1, help="Processes per machine (GPUs, or CPU processes over gloo with --device cpu)."),
@@ -258,6 +283,11 @@ def train(
     from .config import load_config
     from .train import DataOptions, TrainOptions, train as run_training
 
+    if not (config or preset or recipe):
+        from .machine import default_preset
+
+        preset, why = default_preset(device)
+        err_console.print(f"[bold]{escape(why)}[/]", highlight=False, soft_wrap=True)
     cfg = load_config(path=config, preset=preset, norm=norm, init=init, overrides=overrides or (), schedule=schedule,
                       plugins=plugin or (), recipe=recipe)
     options = TrainOptions(
@@ -269,6 +299,8 @@ def train(
         data=DataOptions(train_json, train_images, val_json, val_images, dataset, val_dataset),
     )
     summary = run_training(cfg, options, explicit_keys=set((overrides or [])[::2]))
+    for warning in summary.get("warnings", ()):
+        err_console.print(f"[bold yellow]warning:[/] {escape(warning)}", highlight=False, soft_wrap=True)
     if "eval" in summary:
         import json
 
@@ -294,7 +326,7 @@ def _verdict_line(result) -> str:
     return f"[bold {color}]{result.verdict}[/]{where} ({result.init}, norm {result.norm}): {result.advice}"
 
 
-@app.command("inspect-init")
+@app.command("inspect-init", context_settings=OVERRIDES_CONTEXT)
 @handles_errors
 def inspect_init_command(
     overrides: Optional[List[str]] = typer.Argument(None, help=OVERRIDES_HELP),
@@ -371,10 +403,11 @@ def eval_command(
     """COCO box and mask AP of a trained model (the embedded val set by default)."""
     from .config import load_config
     from .data.sources import validate_data
+    from .devices import with_device
     from .evaluation import evaluate_run
     from .train import DataOptions
 
-    cfg = load_config(path=config, plugins=plugin or ())
+    cfg = with_device(load_config(path=config, plugins=plugin or ()), device, num_gpus)  # before any data work
     data = DataOptions(val_json=val_json, val_images=val_images, dataset=dataset)
     for line in validate_data(data, skip_bad):
         err_console.print(line)
@@ -399,14 +432,12 @@ def predict(
 ):
     """Predict instances on unlabeled images: PNG drawings and COCO-format JSON with RLE masks."""
     from .config import load_config
+    from .devices import with_device
     from .visualize import predict as run_prediction
 
     if not 0 <= score_threshold <= 1:
         raise MaskinitError(f"--score-threshold must be in [0, 1], got {score_threshold}")
-    cfg = load_config(path=config, plugins=plugin or ())
-    if device:
-        cfg.defrost()
-        cfg.MODEL.DEVICE = device
+    cfg = with_device(load_config(path=config, plugins=plugin or ()), device)
     path = run_prediction(cfg, weights, input, output, score_threshold=score_threshold)
     console.print(f"predictions in {path}")
 
@@ -467,6 +498,51 @@ def check_data_command(
         highlight=False,
     )
     raise typer.Exit(1)
+
+
+@app.command("analyze-data")
+@handles_errors
+def analyze_data_command(
+    json_file: Path = typer.Option(..., "--json", help="COCO instances JSON of the training set."),
+    images: Path = typer.Option(..., "--images", help="Folder the JSON's file_names are relative to."),
+    preset: Optional[str] = typer.Option(None, help=PRESET_HELP + " The fitted keys are shown against it (default r50-fpn)."),
+    config: Optional[Path] = typer.Option(None, "--config", help="A complete config (from export-config) to fit against instead of a preset."),
+    sample: int = typer.Option(100, help="Images read for the image kind and pixel statistics (a deterministic sample; 0: all)."),
+    seed: int = typer.Option(0, help="Seed of the image sample."),
+    plot: Optional[Path] = typer.Option(None, "--plot", help="Write a figure (PNG) of sizes, boxes against anchors, counts, classes and pixels."),
+    json_out: Optional[Path] = typer.Option(None, "--json-out", help="Write the statistics and the fitted keys as JSON here."),
+):
+    """Measure a COCO training set and show the config keys fitted to it (pixel mean/std, sizes, anchors, ...)."""
+    from .data.analysis import analyze_coco, fit_config, fit_rows, plot_analysis, write_analysis_json
+
+    analysis = analyze_coco(json_file, images, sample=sample or None, seed=seed)
+    table = Table(title=f"analyze-data {escape(str(json_file))}")
+    table.add_column("statistic", no_wrap=True)
+    table.add_column("value", overflow="fold")
+    for name, value in analysis.summary():
+        table.add_row(escape(name), escape(value))
+    console.print(table)
+
+    from .config import load_config  # Detectron2's config (and torch) only for the fitted keys
+
+    cfg = load_config(path=config, preset=preset)
+    fits = fit_config(cfg, analysis)
+    title = f"keys fitted to the data (against {config or cfg.MASKINIT.PRESET or 'the config'})"
+    rows = fit_rows(cfg, fits)
+    if console.is_terminal:
+        table = Table(title=escape(title))
+        table.add_column("key", no_wrap=True)
+        for column in ("preset", "fitted", "from"):
+            table.add_column(column, overflow="fold")
+        for key, old, new, reason in rows:
+            table.add_row(escape(key), escape(str(old)), escape(str(new)) if new == old else f"[bold green]{escape(str(new))}[/]", escape(reason))
+        console.print(table)
+    else:  # a pipe or a file: one line per key, as export-config --explain (a table would be cut at 80 columns)
+        sys.stdout.write("".join(line + "\n" for line in [title + ":", *explain_lines(rows)]))
+    if json_out is not None:
+        err_console.print(f"wrote {write_analysis_json(json_out, analysis, cfg, fits)}")
+    if plot is not None:
+        err_console.print(f"wrote {plot_analysis(plot, analysis, cfg, fits)}")
 
 
 if __name__ == "__main__":

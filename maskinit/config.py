@@ -40,6 +40,12 @@ ITERS_PER_X_AT_16 = 90000
 # Optimizers `MASKINIT.OPTIMIZER` accepts; the adaptive ones want LRs and weight decays of their own.
 ADAPTIVE_OPTIMIZERS = ("adam", "adamw")
 OPTIMIZERS = ("sgd", *ADAPTIVE_OPTIMIZERS)
+LR_SCHEDULES = ("step", "cosine", "plateau")
+AMP_DTYPES = ("auto", "bfloat16", "float16")
+# ResNet depths Detectron2's build_resnet_backbone knows.
+RESNET_DEPTHS = (18, 34, 50, 101, 152)
+# The ResNet keys an explicit `--base` keeps over the preset's (a ResNeXt base stays a ResNeXt).
+BACKBONE_KEYS = ("DEPTH", "NUM_GROUPS", "WIDTH_PER_GROUP", "RES2_OUT_CHANNELS")
 
 # Why the from-scratch rules change what they change (shown by `export-config --explain`).
 REASONS = {
@@ -104,6 +110,8 @@ def add_maskinit_config(cfg: CfgNode) -> CfgNode:
     _C.MASKINIT.OPTIMIZER = "sgd"
     # LR schedule after warmup: step (SOLVER.STEPS), cosine, or plateau (see MASKINIT.PLATEAU).
     _C.MASKINIT.LR_SCHEDULE = "step"
+    # Refuse, before training, a run whose estimated peak memory exceeds what this machine has (maskinit/machine.py).
+    _C.MASKINIT.MEMORY_CHECK = True
     # Mixed-precision dtype when SOLVER.AMP.ENABLED: auto (bf16 where supported, else fp16), bfloat16, float16.
     _C.MASKINIT.AMP_DTYPE = "auto"
     _C.MASKINIT.PLATEAU = CfgNode()
@@ -126,6 +134,10 @@ def add_maskinit_config(cfg: CfgNode) -> CfgNode:
     _C.MASKINIT.AUGMENT.LSJ_MAX_SCALE = 2.0
     # LSJ: side of the square training image, randomly cropped or padded (image 128, segmentation 255) to it.
     _C.MASKINIT.AUGMENT.LSJ_IMAGE_SIZE = 1024
+    # Training set's category names in model output (contiguous) order, set by train; empty: unknown.
+    _C.MASKINIT.CLASS_NAMES = []
+    # Training set's category ids (COCO category_id) in the same order as CLASS_NAMES; empty: unknown.
+    _C.MASKINIT.CLASS_IDS = []
     return cfg
 
 
@@ -167,9 +179,41 @@ def new_config() -> CfgNode:
     return cfg
 
 
+def check_yaml_file(path: str | Path, what: str) -> None:
+    """A one-line MaskinitError when the YAML file, or one in its `_BASE_` chain, cannot be a config:
+    missing, unreadable, empty, not a mapping of keys, or a `_BASE_` cycle (Detectron2 recurses forever)."""
+
+    def visit(file: Path, chain: tuple[Path, ...]) -> None:
+        where = f"{what} {path}" if not chain else f"{what} {path}: its _BASE_ {file}"
+        real = file.resolve()
+        if real in chain:
+            loop = " -> ".join(p.name for p in (*chain[chain.index(real):], real))
+            raise MaskinitError(f"{what} {path}: _BASE_ cycle {loop}")
+        if not file.is_file():
+            raise MaskinitError(f"{where} not found")
+        try:
+            data = yaml.safe_load(file.read_text())
+        except yaml.YAMLError as error:
+            raise MaskinitError(f"{where} is not valid YAML: {one_line(error)}") from None
+        except (OSError, UnicodeDecodeError) as error:
+            raise MaskinitError(f"cannot read {where}: {one_line(error)}") from None
+        if data is None:
+            raise MaskinitError(f"{where} is empty")
+        if not isinstance(data, dict):
+            raise MaskinitError(f"{where} is a YAML {type(data).__name__}, not a mapping of config keys")
+        bases = data.get("_BASE_")
+        for base in bases if isinstance(bases, list) else [] if bases is None else [bases]:
+            if not isinstance(base, str) or not base:
+                raise MaskinitError(f"{where}: _BASE_ must name a YAML file, got {base!r}")
+            if base.startswith(("https://", "http://")):
+                continue  # Detectron2's PathManager reports those itself
+            visit(file.parent / Path(base).expanduser(), (*chain, real))
+
+    visit(Path(path), ())
+
+
 def merge_file(cfg: CfgNode, path: str | Path, what: str) -> None:
-    if not Path(path).is_file():
-        raise MaskinitError(f"{what} {path} not found")
+    check_yaml_file(path, what)
     try:
         cfg.merge_from_file(str(path), allow_unsafe=False)
     except FileNotFoundError:
@@ -188,19 +232,41 @@ def one_line(error: BaseException) -> str:
 
 
 def merge_overrides(cfg: CfgNode, overrides: Sequence[str]) -> None:
-    """Trailing `KEY VALUE` pairs, as Detectron2's `opts`."""
+    """Trailing `KEY VALUE` pairs, as Detectron2's `opts`. The CLI passes unknown options here (so that
+    a negative value parses): one in a key's place is refused as the option it looks like."""
     overrides = list(overrides)
+    for key in overrides[::2]:
+        if key.startswith("-"):
+            raise MaskinitError(f"no such option: {key}")
     if len(overrides) % 2:
         raise MaskinitError(f"overrides must be KEY VALUE pairs; {overrides[-1]!r} has no value")
     for key, value in zip(overrides[::2], overrides[1::2]):
         try:
-            cfg.merge_from_list([key, value])
+            cfg.merge_from_list([key, _float_literal(cfg, key, value)])
         except KeyError:
             raise MaskinitError(f"unknown config key {key}") from None
         except (ValueError, AssertionError, TypeError) as error:
             if "Non-existent key" in str(error):
                 raise MaskinitError(f"unknown config key {key}") from None
             raise MaskinitError(f"bad value {value!r} for {key}: {one_line(error)}") from None
+
+
+def _float_literal(cfg: CfgNode, key: str, value: str) -> str:
+    """`0` or `-1` for a float key means the float: yacs would refuse the int as a type mismatch."""
+    from ast import literal_eval
+
+    node = cfg
+    for part in key.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return value
+        node = node[part]
+    try:
+        number = literal_eval(value)
+    except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
+        return value
+    if isinstance(node, float) and isinstance(number, int) and not isinstance(number, bool):
+        return repr(float(number))
+    return value
 
 
 def refuse_pretrained_settings(cfg: CfgNode, source: str) -> None:
@@ -328,8 +394,6 @@ def build_config(
     recipe: str | None = None,
 ) -> ConfigBuild:
     """The staged build behind `load_config` and `export_config`."""
-    from .norms import build_norm_variant
-    from .initializers import build_initializer
     from .plugins import load_plugins
 
     if recipe:
@@ -363,6 +427,10 @@ def build_config(
             merge_file(cfg, preset_file(preset), "preset")
             cfg.MASKINIT.PRESET = preset
             build.stage(f"preset {preset}")
+            if base:  # the stated base keeps its backbone; STRIDE_IN_1X1 stays the preset's False
+                for key in BACKBONE_KEYS:
+                    cfg.MODEL.RESNETS[key] = base_cfg.MODEL.RESNETS[key]
+                build.stage(f"--base {base} (its backbone)")
     load_plugins(cfg.MASKINIT.PLUGINS)
     if plugins:
         cfg.MASKINIT.PLUGINS = sorted(set(cfg.MASKINIT.PLUGINS) | set(plugins))
@@ -389,17 +457,9 @@ def build_config(
         refuse_pretrained_settings(cfg, "override")
         build.stage("override")
     load_plugins(cfg.MASKINIT.PLUGINS)
-    # Validate the registry names, then make Detectron2's own norm keys follow the variant.
-    build_norm_variant(cfg.MASKINIT.NORM)
-    for spec in [cfg.MASKINIT.INIT, *cfg.MASKINIT.COMPONENT_INIT.values()]:
-        if spec:
-            build_initializer(spec)
-    sync_norm_keys(cfg)
+    sync_norm_keys(cfg)  # Detectron2's own norm keys follow the variant (a bad norm spec stops here)
     build.stage(f"norm {cfg.MASKINIT.NORM}")
-    check_from_scratch(cfg)
-    from .augment import check_augment
-
-    check_augment(cfg)
+    check_config(cfg)
     return build
 
 
@@ -408,6 +468,144 @@ def check_from_scratch(cfg: CfgNode) -> None:
     refuse_pretrained_settings(cfg, "config")
     if cfg.MODEL.RESNETS.DEPTH >= 50 and cfg.MODEL.RESNETS.STRIDE_IN_1X1:
         raise MaskinitError("MODEL.RESNETS.STRIDE_IN_1X1 must be False when training from scratch")
+
+
+def _number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _at_least(low):
+    return lambda value: _number(value) and value >= low
+
+
+def _between(low, high, low_open: bool = False, high_open: bool = False):
+    return lambda value: (
+        _number(value) and (value > low if low_open else value >= low) and (value < high if high_open else value <= high)
+    )
+
+
+def _positive(value) -> bool:
+    return _number(value) and value > 0
+
+
+def _increasing_iterations(steps) -> bool:
+    return all(isinstance(s, int) and not isinstance(s, bool) and s >= 1 for s in steps) and all(
+        a < b for a, b in zip(steps, steps[1:])
+    )
+
+
+# (key, test, what a value must be): the keys a user is likely to get wrong, checked by `check_config`.
+VALUE_RULES = (
+    ("MASKINIT.PRIOR_PROB", _between(0, 1, high_open=True), "in [0, 1) (0 disables the prior)"),
+    ("MASKINIT.PLATEAU.PERIOD", _at_least(1), "at least 1"),
+    ("MASKINIT.PLATEAU.PATIENCE", _at_least(0), "at least 0"),
+    ("MASKINIT.PLATEAU.FACTOR", _between(0, 1, low_open=True, high_open=True), "in (0, 1)"),
+    ("MASKINIT.PLATEAU.MIN_LR", _at_least(0), "a finite number >= 0"),
+    ("SOLVER.BASE_LR", _positive, "a positive finite number"),
+    ("SOLVER.MAX_ITER", _at_least(1), "at least 1"),
+    ("SOLVER.IMS_PER_BATCH", _at_least(1), "at least 1"),
+    ("SOLVER.CHECKPOINT_PERIOD", _at_least(1), "at least 1"),
+    ("SOLVER.WARMUP_ITERS", _at_least(0), "at least 0"),
+    ("SOLVER.WARMUP_FACTOR", _between(0, 1), "in [0, 1]"),
+    ("SOLVER.STEPS", _increasing_iterations, "increasing iterations, each at least 1"),
+    ("SOLVER.GAMMA", _positive, "a positive finite number"),
+    ("SOLVER.MOMENTUM", _between(0, 1, high_open=True), "in [0, 1)"),
+    ("SOLVER.WEIGHT_DECAY", _at_least(0), "a finite number >= 0"),
+    ("SOLVER.REFERENCE_WORLD_SIZE", _at_least(0), "at least 0"),
+    ("MODEL.PIXEL_MEAN", lambda v: len(v) > 0 and all(_number(x) for x in v), "finite numbers"),
+    ("MODEL.PIXEL_STD", lambda v: len(v) > 0 and all(_positive(x) for x in v), "positive finite numbers (one per channel)"),
+    ("MODEL.RESNETS.NUM_GROUPS", _at_least(1), "at least 1"),
+    ("MODEL.RESNETS.WIDTH_PER_GROUP", _at_least(1), "at least 1"),
+    ("MODEL.RESNETS.RES2_OUT_CHANNELS", _at_least(1), "at least 1"),
+    ("MODEL.ROI_HEADS.NUM_CLASSES", _at_least(1), "at least 1"),
+    ("MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE", _at_least(1), "at least 1"),
+    ("MODEL.ROI_HEADS.POSITIVE_FRACTION", _between(0, 1, low_open=True), "in (0, 1]"),
+    ("MODEL.ROI_HEADS.SCORE_THRESH_TEST", _between(0, 1), "in [0, 1]"),
+    ("MODEL.ROI_HEADS.NMS_THRESH_TEST", _between(0, 1), "in [0, 1]"),
+    ("MODEL.RPN.BATCH_SIZE_PER_IMAGE", _at_least(1), "at least 1"),
+    ("MODEL.RPN.POSITIVE_FRACTION", _between(0, 1, low_open=True), "in (0, 1]"),
+    ("INPUT.MIN_SIZE_TRAIN", lambda v: len(v) > 0 and all(_at_least(1)(x) for x in v), "sizes of at least 1"),
+    ("INPUT.MAX_SIZE_TRAIN", _at_least(1), "at least 1"),
+    ("INPUT.MIN_SIZE_TEST", _at_least(0), "at least 0 (0: no resize)"),
+    ("INPUT.MAX_SIZE_TEST", _at_least(1), "at least 1"),
+    ("TEST.EVAL_PERIOD", _at_least(0), "at least 0 (0: only at the end)"),
+    ("TEST.DETECTIONS_PER_IMAGE", _at_least(1), "at least 1"),
+    ("DATALOADER.NUM_WORKERS", _at_least(0), "at least 0"),
+)
+# (key, what it names, the values Detectron2 or maskinit accept).
+CHOICE_RULES = (
+    ("MASKINIT.OPTIMIZER", "optimizer", OPTIMIZERS),
+    ("MASKINIT.LR_SCHEDULE", "LR schedule", LR_SCHEDULES),
+    ("MASKINIT.AMP_DTYPE", "AMP dtype", AMP_DTYPES),
+    ("SOLVER.LR_SCHEDULER_NAME", "LR scheduler", ("WarmupMultiStepLR", "WarmupCosineLR", "WarmupStepWithFixedGammaLR")),
+    ("SOLVER.WARMUP_METHOD", "warmup method", ("linear", "constant")),
+    ("MODEL.RESNETS.DEPTH", "ResNet depth", RESNET_DEPTHS),
+)
+
+
+def config_value(cfg: CfgNode, key: str):
+    node = cfg
+    for part in key.split("."):
+        node = node[part]
+    return node
+
+
+def check_config(cfg: CfgNode) -> None:
+    """Every `MASKINIT.*` key and the Detectron2 keys a user is likely to get wrong, checked when the
+    config is built: a one-line MaskinitError naming the first bad key and its value."""
+    from .augment import check_augment
+    from .initializers import build_initializer
+    from .norms import build_norm_variant
+
+    check_from_scratch(cfg)
+    for key, name, choices in CHOICE_RULES:
+        value = config_value(cfg, key)
+        if value not in choices:
+            raise MaskinitError(f"unknown {name} {value!r} for {key} (known: {', '.join(map(str, choices))})")
+    for key, test, rule in VALUE_RULES:
+        value = config_value(cfg, key)
+        try:
+            ok = bool(test(value))
+        except TypeError:  # a number where a list belongs, or the reverse
+            ok = False
+        if not ok:
+            raise MaskinitError(f"{key} must be {rule}, got {value!r}")
+    model = cfg.MODEL
+    if len(model.PIXEL_MEAN) != len(model.PIXEL_STD):
+        raise MaskinitError(
+            f"MODEL.PIXEL_MEAN and MODEL.PIXEL_STD need one value per channel each, got {len(model.PIXEL_MEAN)} and {len(model.PIXEL_STD)}"
+        )
+    resnets = model.RESNETS
+    if resnets.DEPTH in (18, 34) and (resnets.RES2_OUT_CHANNELS != 64 or resnets.NUM_GROUPS != 1):
+        raise MaskinitError(
+            f"MODEL.RESNETS.DEPTH {resnets.DEPTH} needs RES2_OUT_CHANNELS 64 and NUM_GROUPS 1, "
+            f"got {resnets.RES2_OUT_CHANNELS} and {resnets.NUM_GROUPS}"
+        )
+    clip = cfg.SOLVER.CLIP_GRADIENTS
+    if clip.ENABLED:
+        if clip.CLIP_TYPE not in ("value", "norm"):
+            raise MaskinitError(f"unknown clip type {clip.CLIP_TYPE!r} for SOLVER.CLIP_GRADIENTS.CLIP_TYPE (known: value, norm)")
+        if not _positive(clip.CLIP_VALUE):
+            raise MaskinitError(f"SOLVER.CLIP_GRADIENTS.CLIP_VALUE must be a positive finite number, got {clip.CLIP_VALUE!r}")
+        if not (_positive(clip.NORM_TYPE) or clip.NORM_TYPE == math.inf):
+            raise MaskinitError(f"SOLVER.CLIP_GRADIENTS.NORM_TYPE must be positive (inf: max norm), got {clip.NORM_TYPE!r}")
+    names, ids = cfg.MASKINIT.CLASS_NAMES, cfg.MASKINIT.CLASS_IDS
+    if len(names) != len(ids):
+        raise MaskinitError(f"MASKINIT.CLASS_NAMES and MASKINIT.CLASS_IDS differ in length: {len(names)} and {len(ids)}")
+    if names and len(names) != model.ROI_HEADS.NUM_CLASSES:
+        raise MaskinitError(
+            f"MASKINIT.CLASS_NAMES names {len(names)} classes but MODEL.ROI_HEADS.NUM_CLASSES is {model.ROI_HEADS.NUM_CLASSES}"
+        )
+    if not isinstance(cfg.MASKINIT.PLATEAU.METRIC, str) or not cfg.MASKINIT.PLATEAU.METRIC:
+        raise MaskinitError(f"MASKINIT.PLATEAU.METRIC must name a metric (total_loss, segm/AP, ...), got {cfg.MASKINIT.PLATEAU.METRIC!r}")
+    check_augment(cfg)
+    build_norm_variant(cfg.MASKINIT.NORM)
+    for key, spec in [("INIT", cfg.MASKINIT.INIT), *(("COMPONENT_INIT." + k, v) for k, v in cfg.MASKINIT.COMPONENT_INIT.items())]:
+        if spec or key == "INIT":
+            try:
+                build_initializer(spec)
+            except MaskinitError as error:
+                raise MaskinitError(f"MASKINIT.{key}: {error}") from None
 
 
 def load_config(

@@ -172,13 +172,21 @@ def coco_batch(
     cfg: CfgNode, train_json: str | Path, train_images: str | Path, num_images: int = 2
 ) -> tuple[CfgNode, list[dict]]:
     """The config as training sets it for a COCO instances file (classes, mask format), and the file's
-    first annotated images, loaded and mapped by Detectron2 itself (deterministic test-time resize)."""
+    first annotated images, loaded and mapped by Detectron2 itself (deterministic test-time resize).
+
+    The file is checked first as `check-data` checks it (the JSON, not every image file: only the
+    first ones are read), and refused in one line when training would refuse it: pycocotools
+    segfaults on some bad polygons.
+    """
     from detectron2.data import DatasetCatalog, DatasetMapper, MetadataCatalog
     from detectron2.data import detection_utils
 
     from .config import one_line
     from .data.coco import apply_dataset_to_cfg, register_coco_dataset
+    from .data.validate import enforce_data_policy, load_and_check_coco
 
+    _, report = load_and_check_coco(train_json, check_images=False)
+    enforce_data_policy(report, skip_bad=False, can_skip=False)
     name = "maskinit_inspect_init"
     cfg = cfg.clone()
     try:
@@ -312,6 +320,12 @@ def _norms(modules: Sequence[nn.Module]) -> tuple[float | None, float | None, in
     return grad, weight, int(sum(torch.count_nonzero(g) for g in grads))
 
 
+def check_seed(seed: int) -> None:
+    """numpy wants a non-negative seed, torch one below 2**64: anything else is refused in one line."""
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**64:
+        raise MaskinitError(f"--seed must be a non-negative integer below 2**64, got {seed!r}")
+
+
 def first_step_size(optimizer: str, lr: float, grad: float, nonzero: int) -> float:
     """Norm of the first update: lr*|grad| for SGD; Adam's first step is lr*sign(grad) per entry."""
     return lr * math.sqrt(nonzero) if optimizer in ADAPTIVE_OPTIMIZERS else lr * grad
@@ -335,6 +349,7 @@ def inspect_init(
 
     from .model import build_model
 
+    check_seed(seed)
     cfg = cfg.clone()
     cfg.defrost()
     cfg.MODEL.DEVICE = "cpu"
@@ -484,6 +499,7 @@ def compare(cfg: CfgNode, specs: str | Iterable[str], **options) -> list[InitIns
     """`inspect_init` once per initializer spec (every component gets it), on the same batch and seed."""
     from .initializers import build_initializer
 
+    check_seed(options.get("seed", 0))
     specs = split_specs(specs)
     for spec in specs:
         build_initializer(spec)

@@ -18,14 +18,13 @@ import math
 from pathlib import Path
 
 import numpy as np
-from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.config import CfgNode
 from detectron2.data import build_detection_test_loader
 from detectron2.evaluation import COCOEvaluator, inference_on_dataset
 from detectron2.evaluation import coco_evaluation
 from torch import nn
 
-from .config import one_line
+from .checkpoint import load_weights
 from .errors import MaskinitError
 from .model import build_model
 
@@ -143,48 +142,6 @@ def max_backend_difference(
 # Weights
 
 
-class _CheckingCheckpointer(DetectionCheckpointer):
-    """Keeps the key mismatches that Detectron2 only logs: a checkpoint of another model would
-    otherwise load nothing and be evaluated as a randomly initialized network."""
-
-    incompatible = None
-
-    def _load_model(self, checkpoint):
-        self.incompatible = super()._load_model(checkpoint)
-        return self.incompatible
-
-
-def load_weights(model: nn.Module, weights: str | Path) -> nn.Module:
-    """Load a Detectron2 checkpoint into `model`; a missing, unreadable or non-matching file is a
-    `MaskinitError`."""
-    path = Path(weights)
-    if not path.is_file():
-        raise MaskinitError(f"weights {path} not found")
-    checkpointer = _CheckingCheckpointer(model)
-    try:
-        checkpointer.load(str(path), checkpointables=[])
-    except MaskinitError:
-        raise
-    except Exception as error:  # torch.load / pickle raise many types for damaged or foreign files
-        raise MaskinitError(f"cannot read weights {path}: {one_line(error)}") from None
-    incompatible = checkpointer.incompatible
-    if incompatible is None:
-        raise MaskinitError(f"weights {path} hold no model state")
-    problems = {
-        "missing": list(incompatible.missing_keys),
-        "unexpected": list(incompatible.unexpected_keys),
-        "wrong shape": [key for key, *_ in incompatible.incorrect_shapes],
-    }
-    if any(problems.values()):
-        counts = ", ".join(f"{len(keys)} {kind}" for kind, keys in problems.items() if keys)
-        example = next(keys[0] for keys in problems.values() if keys)
-        raise MaskinitError(
-            f"weights {path} do not match this model ({counts} parameters, e.g. {example}): "
-            "trained with a different config or not a maskinit checkpoint"
-        )
-    return model
-
-
 def load_trained_model(cfg: CfgNode, weights: str | Path) -> nn.Module:
     """`build_model(cfg)` with `weights` loaded, in eval mode."""
     model = load_weights(build_model(cfg), weights)
@@ -243,15 +200,13 @@ def evaluate(
 
     `output_dir` receives Detectron2's prediction dumps, `json_out` the result dict (NaN as null),
     `vis_dir` `vis_count` ground truth | prediction comparisons.
-    """
-    from .data.coco import registered_dataset
 
-    dataset = registered_dataset(dataset_name)
-    if dataset.num_classes != cfg.MODEL.ROI_HEADS.NUM_CLASSES:
-        raise MaskinitError(
-            f"dataset {dataset_name!r} has {dataset.num_classes} classes but the config's model has "
-            f"{cfg.MODEL.ROI_HEADS.NUM_CLASSES} (MODEL.ROI_HEADS.NUM_CLASSES)"
-        )
+    When the config stores the training classes (`MASKINIT.CLASS_NAMES/CLASS_IDS`), the dataset's
+    categories are matched to them by name (`dataset_as_trained`): a name the model does not know is
+    refused, other ids for the same names are mapped. A config without them (written before they
+    were stored) only needs the same number of classes.
+    """
+    dataset_name = _dataset_for_model(cfg, dataset_name)
     model = load_trained_model(cfg, weights)
     results = evaluate_model(model, cfg, dataset_name, output_dir)
     if json_out is not None:
@@ -263,28 +218,45 @@ def evaluate(
     return results
 
 
+def _dataset_for_model(cfg: CfgNode, dataset_name: str) -> str:
+    """The registered dataset to evaluate `cfg`'s model on: `dataset_name`, or its re-registration
+    with the categories matched by name to the training classes stored in the config."""
+    from .data.coco import dataset_as_trained, model_classes, registered_dataset
+
+    dataset = registered_dataset(dataset_name)
+    classes = model_classes(cfg)
+    if classes:
+        return dataset_as_trained(dataset, classes).name
+    if dataset.num_classes != cfg.MODEL.ROI_HEADS.NUM_CLASSES:
+        raise MaskinitError(
+            f"dataset {dataset_name!r} has {dataset.num_classes} classes but the config's model has "
+            f"{cfg.MODEL.ROI_HEADS.NUM_CLASSES} (MODEL.ROI_HEADS.NUM_CLASSES)"
+        )
+    return dataset_name
+
+
 # ---------------------------------------------------------------------------------------------
 # `maskinit eval`: the evaluation data, on one or several processes
 
 
-def _eval_dataset_name(data) -> str:
-    """Register the evaluation data in this process: `--dataset`, `--val-json`, or the default val set."""
+def _eval_dataset_name(data, cfg: CfgNode) -> str:
+    """Register the evaluation data in this process: `--dataset`, `--val-json`, or the default val
+    set, with its categories matched by name to the training classes stored in `cfg`."""
     from .data.sources import VAL_NAME, register_from_options, use_embedded_default
 
     if data.dataset:
-        register_from_options(data)
-        return data.dataset
+        return _dataset_for_model(cfg, data.dataset)
     if not data.val_json:
         use_embedded_default(data)
     data.train_json = data.train_images = None
-    register_from_options(data)
+    register_from_options(data, cfg)
     return VAL_NAME
 
 
 def _evaluate_worker(cfg, weights, data, output_dir, json_out, vis_dir, vis_count, result_file):
     from detectron2.utils import comm
 
-    name = _eval_dataset_name(data)
+    name = _eval_dataset_name(data, cfg)
     results = evaluate(cfg, weights, name, output_dir, None, vis_dir if comm.is_main_process() else None, vis_count)
     if comm.is_main_process():
         if json_out is not None:
@@ -318,7 +290,7 @@ def evaluate_run(
     set_device(cfg, device, num_gpus)
     if not Path(weights).is_file():
         raise MaskinitError(f"weights {weights} not found")
-    _eval_dataset_name(copy.copy(data))  # bad data fails here, before any process starts
+    _eval_dataset_name(copy.copy(data), cfg)  # bad data fails here, before any process starts
     cfg.freeze()
     with tempfile.TemporaryDirectory() as tmp:
         result_file = Path(tmp) / "results.json"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import sys
@@ -116,14 +117,40 @@ class ReduceLROnPlateau(HookBase):
             )
 
 
-class TrainingInterrupted(Exception):
-    """Raised by `StopOnSignal` after it saved a checkpoint at the current iteration."""
+class _Evaluation:
+    """Whether this process is evaluating now (set by `evaluation_running`, read by `StopOnSignal`)."""
 
-    def __init__(self, iteration: int, signal_name: str, checkpoint: str | None):
+    running = False
+
+
+EVALUATION = _Evaluation()
+
+
+@contextlib.contextmanager
+def evaluation_running():
+    """Mark an evaluation, which a signal may stop at once: it changes no training state."""
+    EVALUATION.running = True
+    try:
+        yield
+    finally:
+        EVALUATION.running = False
+
+
+class TrainingInterrupted(BaseException):
+    """Raised by `StopOnSignal` when a signal stops training, after it saved what it could.
+
+    A `BaseException`, like `KeyboardInterrupt`: Detectron2's train loop logs every `Exception`
+    with its traceback before re-raising it, and an interrupt asked for by the user is no error.
+    `checkpoint` is the file saved for this stop (None when none could be), `during` says what
+    was running ("training" or "evaluation").
+    """
+
+    def __init__(self, iteration: int, signal_name: str, checkpoint: str | None, during: str = "training"):
         super().__init__(f"{signal_name} at iteration {iteration}")
         self.iteration = iteration
         self.signal_name = signal_name
         self.checkpoint = checkpoint
+        self.during = during
 
 
 class StopOnSignal(HookBase):
@@ -131,16 +158,38 @@ class StopOnSignal(HookBase):
 
     The signal handler only sets a flag; the hook acts between iterations, where the model and
     optimizer are consistent. With several processes the flag is gathered every iteration, so all
-    ranks stop at the same one. A second signal interrupts at once (KeyboardInterrupt).
+    ranks stop at the same one. Further signals while that checkpoint is being written are ignored
+    (a torn write would cost the run); a second signal at any other moment stops at once, saving
+    nothing. During an evaluation (periodic or final) the first signal stops it at once: the step
+    before it is complete, so its checkpoint is saved (the final one is already on disk).
     """
 
     def __init__(self):
         self.requested: int | None = None
+        self.saving = False
 
     def handle(self, signum, frame):
-        if self.requested is not None:
+        if self.saving:
+            return
+        first = self.requested is None
+        self.requested = signum if first else self.requested
+        if EVALUATION.running and first:
+            raise TrainingInterrupted(self.trainer.iter, _signal_name(signum), None, during="evaluation")
+        if not first:
             raise KeyboardInterrupt
-        self.requested = signum
+
+    def save_here(self) -> str | None:
+        """Save a checkpoint of the current (completed) iteration on the main process; its file name."""
+        checkpoint = None
+        if comm.is_main_process():
+            checkpoint = f"model_{self.trainer.iter:07d}"
+            self.saving = True
+            try:
+                self.trainer.checkpointer.save(checkpoint, iteration=self.trainer.iter)
+            finally:
+                self.saving = False
+            checkpoint += ".pth"
+        return checkpoint
 
     def after_step(self):
         stop = self.requested is not None
@@ -149,13 +198,38 @@ class StopOnSignal(HookBase):
             stop, self.requested = bool(gathered), (gathered[0] if gathered else None)
         if not stop:
             return
-        import signal
-
-        name = signal.Signals(self.requested).name
-        checkpoint = None
-        if comm.is_main_process():
-            checkpoint = f"model_{self.trainer.iter:07d}"
-            self.trainer.checkpointer.save(checkpoint, iteration=self.trainer.iter)
-            checkpoint += ".pth"
+        checkpoint = self.save_here()
         comm.synchronize()
-        raise TrainingInterrupted(self.trainer.iter, name, checkpoint)
+        raise TrainingInterrupted(self.trainer.iter, _signal_name(self.requested), checkpoint)
+
+
+def _signal_name(signum: int) -> str:
+    import signal
+
+    return signal.Signals(signum).name
+
+
+class LossWatch(HookBase):
+    """Remember the largest training loss: one far above any Mask R-CNN loss (say 1e4) that has not
+    yet reached infinity means the run has diverged all the same, and the run summary says so."""
+
+    def __init__(self, limit: float = 1e4):
+        self.limit = limit
+        self.worst: tuple[int, float] | None = None  # (iteration, total loss) of the largest loss above the limit
+
+    def after_step(self):
+        storage = self.trainer.storage
+        if "total_loss" not in storage.histories():
+            return
+        loss = storage.history("total_loss").latest()
+        if math.isfinite(loss) and loss > self.limit and (self.worst is None or loss > self.worst[1]):
+            self.worst = (self.trainer.iter, loss)
+
+    def warnings(self) -> list[str]:
+        if self.worst is None:
+            return []
+        iteration, loss = self.worst
+        return [
+            f"the training loss reached {loss:.3g} at iteration {iteration} (Mask R-CNN losses stay below about "
+            f"10): the run has probably diverged; try a lower --lr, a longer --warmup-iters or --clip-grad 1.0"
+        ]

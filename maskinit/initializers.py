@@ -94,15 +94,25 @@ def orthogonal(weight: torch.Tensor, gain: float = 1.0) -> None:
     nn.init.orthogonal_(weight, gain=gain)
 
 
+def check_std_mean(std, mean) -> None:
+    """A ValueError (reported by `build_initializer`) for a std that is not positive and finite, or a mean that is not finite."""
+    for name, value, positive in (("std", std, True), ("mean", mean, False)):
+        number = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+        if not number or (positive and value <= 0):
+            raise ValueError(f"{name} must be a {'positive ' if positive else ''}finite number, got {value!r}")
+
+
 @register_initializer("normal")
 def normal(weight: torch.Tensor, std: float = 0.01, mean: float = 0.0) -> None:
     """Plain normal with a fixed std."""
+    check_std_mean(std, mean)
     nn.init.normal_(weight, mean=mean, std=std)
 
 
 @register_initializer("trunc_normal")
 def trunc_normal(weight: torch.Tensor, std: float = 0.02, mean: float = 0.0) -> None:
     """Normal with a fixed std, truncated at two standard deviations."""
+    check_std_mean(std, mean)
     nn.init.trunc_normal_(weight, mean=mean, std=std, a=mean - 2 * std, b=mean + 2 * std)
 
 
@@ -124,11 +134,14 @@ def build_initializer(spec: str):
         known = ", ".join(sorted(name for name, _ in INITIALIZER_REGISTRY))
         raise MaskinitError(f"unknown initializer {name!r} (known: {known})")
     fn = INITIALIZER_REGISTRY.get(name)
+    weight = torch.empty(4, 4, 3, 3)
     try:
         inspect.signature(fn).bind(None, **params)
-        fn(torch.empty(4, 4, 3, 3), **params)  # a dry run catches bad values (mode=fan_sideways)
-    except (TypeError, ValueError) as error:
-        raise MaskinitError(f"bad parameters for initializer {name}: {error}") from None
+        fn(weight, **params)  # a dry run catches bad values (mode=fan_sideways, gain=nan)
+    except (TypeError, ValueError, ArithmeticError, RuntimeError) as error:
+        raise MaskinitError(f"bad parameters for initializer {name}: {str(error).strip().splitlines()[0]}") from None
+    if not getattr(fn, "keeps_built", False) and not torch.isfinite(weight).all():
+        raise MaskinitError(f"bad parameters for initializer {name}: {spec} gives non-finite weights")
     return fn, params, spec
 
 

@@ -101,7 +101,7 @@ class GroupNormVariant(NormVariant):
     description = "GroupNorm, 32 groups (GN:groups=N to change); batch-size independent"
 
     def __init__(self, groups: int = 32):
-        if not isinstance(groups, int) or groups < 1:
+        if isinstance(groups, bool) or not isinstance(groups, int) or groups < 1:  # YAML reads `true` as a bool
             raise MaskinitError(f"GN groups must be a positive integer, got {groups!r}")
         self.groups = groups
         self.plain_equivalent = groups == 32

@@ -13,6 +13,8 @@ from .errors import MaskinitError
 
 # YAML 1.1 (PyYAML) reads `1e-3` (no dot) as text; a spec means the number.
 _EXPONENT_FLOAT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
+# ... and `nan`, `inf` too (YAML spells them `.nan`, `.inf`): parsed as floats, so checks name them.
+_NON_FINITE = re.compile(r"[-+]?(nan|inf|infinity)", re.IGNORECASE)
 
 
 def parse_spec(spec: str, what: str = "spec") -> tuple[str, dict]:
@@ -28,7 +30,7 @@ def parse_spec(spec: str, what: str = "spec") -> tuple[str, dict]:
             raise MaskinitError(f"malformed {what} parameter {item!r} in {spec!r}: expected key=value")
         try:
             params[key.strip()] = yaml.safe_load(value.strip())
-            if _EXPONENT_FLOAT.fullmatch(value.strip()):
+            if _EXPONENT_FLOAT.fullmatch(value.strip()) or _NON_FINITE.fullmatch(value.strip()):
                 params[key.strip()] = float(value.strip())
         except yaml.YAMLError:
             params[key.strip()] = value.strip()

@@ -7,7 +7,7 @@ recorded, and when not resuming the model's weights are fingerprinted before and
 
 from __future__ import annotations
 
-import hashlib
+import contextlib
 import json
 import logging
 import os
@@ -21,7 +21,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.config import CfgNode
 from detectron2.engine import AMPTrainer, DefaultTrainer, SimpleTrainer, TrainerBase, create_ddp_model, launch
 from detectron2.solver import build_lr_scheduler, get_default_optimizer_params
@@ -29,11 +28,14 @@ from detectron2.solver.build import maybe_add_gradient_clipping
 from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 
-from .config import ADAPTIVE_OPTIMIZERS, OPTIMIZERS, check_from_scratch, dump_yaml, one_line
+from .atomic import write_atomically
+from .checkpoint import AuditedCheckpointer, checkpoint_iteration, last_checkpoint, weights_fingerprint, write_failure
+from .config import ADAPTIVE_OPTIMIZERS, check_config, dump_yaml, one_line
 from .devices import set_device
-from .errors import MaskinitError
+from .errors import Interrupted, MaskinitError, signal_name
 from .evaluation import json_safe
-from .hooks import ProgressHook, ReduceLROnPlateau, StopOnSignal, TrainingInterrupted
+from .hooks import LossWatch, ProgressHook, ReduceLROnPlateau, StopOnSignal, TrainingInterrupted, evaluation_running
+from .machine import check_memory, estimate_memory
 from .model import build_model
 
 logger = logging.getLogger("maskinit")
@@ -41,7 +43,10 @@ logger = logging.getLogger("maskinit")
 SUMMARY_FILE = "run_summary.json"
 EVAL_FILE = "eval.json"
 CONFIG_FILE = "config.yaml"
-RUN_MARKERS = (CONFIG_FILE, "last_checkpoint", "model_final.pth", SUMMARY_FILE, "metrics.json")
+# What makes an output dir hold a run that a new one must not overwrite: a checkpoint or an evaluation.
+# A run refused or stopped before its first checkpoint leaves only config.yaml and logs: not a run.
+RUN_MARKERS = ("last_checkpoint", "model_*.pth", EVAL_FILE)
+LOCK_FILE = ".maskinit.lock"
 
 
 @dataclass
@@ -86,66 +91,6 @@ class TrainOptions:
     # what --skip-bad dropped, filled by train() and logged by every run
     data_notes: list = field(default_factory=list)
     data: DataOptions = field(default_factory=DataOptions)
-
-
-class AuditedCheckpointer(DetectionCheckpointer):
-    """Detectron2's checkpointer, recording every file it reads, and writing atomically.
-
-    fvcore writes checkpoints and `last_checkpoint` in place, so a kill or a full disk mid-write
-    leaves a torn file that `--resume` cannot load. Here each file is written to a temporary name
-    and renamed over the old one: at any moment `last_checkpoint` names a complete checkpoint.
-    """
-
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.files_read: list[dict] = []
-
-    def _load_file(self, filename):
-        loaded = super()._load_file(filename)
-        self.files_read.append({"file": str(filename), "tensors": len(loaded.get("model", {}))})
-        return loaded
-
-    def save(self, name: str, **kwargs) -> None:
-        if not self.save_dir or not self.save_to_disk:
-            return
-        data = {"model": self.model.state_dict()}
-        data.update({key: obj.state_dict() for key, obj in self.checkpointables.items()})
-        data.update(kwargs)
-        basename = f"{name}.pth"
-        path = Path(self.save_dir) / basename
-        self.logger.info("Saving checkpoint to %s", path)
-        self._write_atomically(path, lambda handle: torch.save(data, handle))
-        self.tag_last_checkpoint(basename)
-
-    def tag_last_checkpoint(self, last_filename_basename: str) -> None:
-        self._write_atomically(Path(self.save_dir) / "last_checkpoint", lambda h: h.write(last_filename_basename.encode()))
-
-    def _write_atomically(self, path: Path, write) -> None:
-        tmp = path.with_name(f".{path.name}.tmp")
-        try:
-            with open(tmp, "wb") as handle:
-                write(handle)
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.replace(tmp, path)
-        except (OSError, RuntimeError) as error:  # torch.save reports a full disk as RuntimeError
-            tmp.unlink(missing_ok=True)
-            previous = (Path(self.save_dir) / "last_checkpoint")
-            kept = previous.read_text().strip() if previous.is_file() else "none yet"
-            reason = "disk full" if "No space" in str(error) or getattr(error, "errno", None) == 28 else one_line(error)
-            raise MaskinitError(
-                f"cannot save {path.name} ({reason}); the previous checkpoint ({kept}) is intact: "
-                "free space, then --resume"
-            ) from None
-
-
-def weights_fingerprint(model: torch.nn.Module) -> str:
-    digest = hashlib.sha256()
-    for name, tensor in sorted(model.state_dict().items()):
-        digest.update(name.encode())
-        # reshape(-1): 0-dim tensors (BatchNorm's num_batches_tracked) cannot be viewed as bytes
-        digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
-    return digest.hexdigest()
 
 
 def amp_dtype(cfg: CfgNode) -> torch.dtype:
@@ -232,6 +177,12 @@ class Trainer(DefaultTrainer):
         return build_detection_train_loader(cfg, mapper=mapper)
 
     @classmethod
+    def test(cls, cfg, model, evaluators=None):
+        """Detectron2's evaluation, marked as such: a signal during it stops it at once."""
+        with evaluation_running():
+            return super().test(cfg, model, evaluators)
+
+    @classmethod
     def build_evaluator(cls, cfg, dataset_name, output_folder=None):
         from .evaluation import build_evaluator
 
@@ -247,6 +198,8 @@ class Trainer(DefaultTrainer):
             hooks.insert(-1 if comm.is_main_process() else len(hooks), ReduceLROnPlateau(
                 plateau.METRIC, period, plateau.PATIENCE, plateau.FACTOR, plateau.MIN_LR))
         hooks.append(ProgressHook(cfg.SOLVER.MAX_ITER, use_bar=self.progress_bar))
+        self.loss_watch = LossWatch()
+        hooks.append(self.loss_watch)
         self.stop_on_signal = StopOnSignal()
         hooks.append(self.stop_on_signal)
         return hooks
@@ -331,19 +284,7 @@ def warn_optimizer_mismatch(cfg: CfgNode) -> None:
 
 
 def validate_run_config(cfg: CfgNode, options: TrainOptions) -> None:
-    check_from_scratch(cfg)
-    if cfg.MASKINIT.OPTIMIZER not in OPTIMIZERS:
-        raise MaskinitError(f"unknown optimizer {cfg.MASKINIT.OPTIMIZER!r} ({', '.join(OPTIMIZERS)})")
-    if cfg.MASKINIT.LR_SCHEDULE not in ("step", "cosine", "plateau"):
-        raise MaskinitError(f"unknown LR schedule {cfg.MASKINIT.LR_SCHEDULE!r} (step, cosine, plateau)")
-    if cfg.MASKINIT.AMP_DTYPE not in ("auto", "bfloat16", "float16"):
-        raise MaskinitError(f"unknown MASKINIT.AMP_DTYPE {cfg.MASKINIT.AMP_DTYPE!r} (auto, bfloat16, float16)")
-    if cfg.SOLVER.MAX_ITER < 1:
-        raise MaskinitError(f"SOLVER.MAX_ITER must be at least 1, got {cfg.SOLVER.MAX_ITER}")
-    if cfg.SOLVER.IMS_PER_BATCH < 1:
-        raise MaskinitError(f"SOLVER.IMS_PER_BATCH must be at least 1, got {cfg.SOLVER.IMS_PER_BATCH}")
-    if cfg.TEST.EVAL_PERIOD < 0:
-        raise MaskinitError(f"--eval-period must be >= 0, got {cfg.TEST.EVAL_PERIOD}")
+    check_config(cfg)  # the same checks as export-config, now with the run options applied
     world = options.num_gpus * options.num_machines
     if options.num_gpus < 1 or options.num_machines < 1:
         raise MaskinitError("--num-gpus and --num-machines must be at least 1")
@@ -353,18 +294,15 @@ def validate_run_config(cfg: CfgNode, options: TrainOptions) -> None:
         raise MaskinitError(f"SOLVER.IMS_PER_BATCH {cfg.SOLVER.IMS_PER_BATCH} is not divisible by {world} processes")
 
 
+def holds_run(out: Path) -> bool:
+    return out.is_dir() and any(any(out.glob(marker)) for marker in RUN_MARKERS)
+
+
 def prepare_output_dir(options: TrainOptions) -> Path:
-    """An output dir that holds a run is refused unless resuming or overwriting; files stay untouched."""
+    """The output dir, created and writable; files stay untouched."""
     out = Path(options.output_dir)
     if out.exists() and not out.is_dir():
         raise MaskinitError(f"output dir {out} exists and is not a directory")
-    has_run = out.is_dir() and any((out / marker).exists() for marker in RUN_MARKERS)
-    # under torchrun every rank gets here; rank 0 decides, before the others could see its config.yaml
-    first_rank = int(os.environ.get("RANK", 0)) == 0
-    if has_run and first_rank and not (options.resume or options.overwrite):
-        raise MaskinitError(f"output dir {out} already holds a run: pass --resume to continue it or --overwrite to replace it")
-    if options.resume and not (out / "last_checkpoint").is_file():
-        raise MaskinitError(f"--resume but {out} has no last_checkpoint to resume from")
     try:
         out.mkdir(parents=True, exist_ok=True)
         probe = out / f".maskinit-write-test-{os.getpid()}"
@@ -375,15 +313,70 @@ def prepare_output_dir(options: TrainOptions) -> Path:
     return out
 
 
+def check_output_dir(out: Path, options: TrainOptions, max_iter: int) -> None:
+    """A dir that holds a run is refused unless resuming or overwriting; `--resume` needs a checkpoint
+    to continue from, before `max_iter`."""
+    # under torchrun every rank gets here; rank 0 decides, before the others could see its files
+    first_rank = int(os.environ.get("RANK", 0)) == 0
+    if first_rank and holds_run(out) and not (options.resume or options.overwrite):
+        raise MaskinitError(f"output dir {out} already holds a run: pass --resume to continue it or --overwrite to replace it")
+    if options.resume:
+        checkpoint = last_checkpoint(out)
+        if checkpoint is None:
+            raise MaskinitError(f"--resume but {out} has no checkpoint to resume from (no last_checkpoint naming a file there)")
+        start = checkpoint_iteration(out / checkpoint) + 1
+        if start >= max_iter:
+            raise MaskinitError(
+                f"--resume: {checkpoint} in {out} is at iteration {start - 1}, and SOLVER.MAX_ITER is {max_iter}: "
+                f"nothing is left to train; pass --max-iter above {start} to train further (or evaluate it with maskinit eval)"
+            )
+
+
+def remove_stale_files(out: Path) -> None:
+    """Temporary files a killed run left (a half-written checkpoint), removed once the dir is locked."""
+    if int(os.environ.get("RANK", 0)) == 0:
+        for stale in [*out.glob(".*.tmp"), *out.glob(".maskinit-write-test-*")]:
+            stale.unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def output_dir_lock(out: Path):
+    """Hold `out/.maskinit.lock` for the run: a second training into the same dir is refused.
+
+    An advisory `flock`, released by the kernel when the process ends however it ends, so a killed
+    run never leaves the dir locked. Under torchrun only rank 0 takes it.
+    """
+    if int(os.environ.get("RANK", 0)) != 0:
+        yield
+        return
+    import fcntl
+
+    handle = open(out / LOCK_FILE, "a+")
+    try:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "another process"
+            raise MaskinitError(
+                f"output dir {out} is in use by another maskinit train ({holder}): wait for it to end or choose another --output-dir"
+            ) from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"pid {os.getpid()}")
+        handle.flush()
+        yield
+    finally:
+        handle.close()
+
+
 def write_json(path: Path, data) -> None:
-    """Atomically: a reader never sees half a file."""
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(json_safe(data), indent=2, default=str))
-    os.replace(tmp, path)
+    write_atomically(path, json.dumps(json_safe(data), indent=2, default=str))
 
 
 DIVERGED = re.compile(r"Loss became infinite or NaN at iteration=(\d+)")
 BAD_TERM = re.compile(r"'(\w+)': (nan|inf|-inf)")
+BAD_WEIGHTS = re.compile(r"weights became non-finite at iteration (\d+): (\d+ of \d+)")
 
 
 def divergence_message(error: FloatingPointError, output_dir: str, iteration: int) -> dict:
@@ -392,11 +385,12 @@ def divergence_message(error: FloatingPointError, output_dir: str, iteration: in
     match = DIVERGED.search(text)
     iteration = int(match.group(1)) if match else iteration
     terms = sorted({name for name, _ in BAD_TERM.findall(text) if name != "total_loss"})
+    weights = BAD_WEIGHTS.search(text)
+    if weights:  # the checkpointer refused to save a diverged model
+        iteration, terms = int(weights.group(1)), [f"weights ({weights.group(2)} tensors)"]
     if not terms:  # raised elsewhere (e.g. Detectron2's box inference): quote its first line
         terms = [f"values ({text.strip().splitlines()[0][:120]})"]
-    last = Path(output_dir) / "last_checkpoint"
-    kept = last.read_text().strip() if last.is_file() else None
-    return {"iteration": iteration, "terms": terms, "checkpoint": kept}
+    return {"iteration": iteration, "terms": terms, "checkpoint": last_checkpoint(output_dir)}
 
 
 def worker(cfg: CfgNode, options: TrainOptions) -> None:
@@ -415,6 +409,12 @@ def worker(cfg: CfgNode, options: TrainOptions) -> None:
             for handler in logging.getLogger(name).handlers:
                 if isinstance(handler, logging.StreamHandler) and not isinstance(handler, logging.FileHandler):
                     handler.setLevel(logging.WARNING)
+    for name in ("detectron2", "maskinit"):
+        for handler in logging.getLogger(name).handlers:
+            if not isinstance(handler, logging.FileHandler):
+                handler.addFilter(no_console_traceback)
+    estimate = estimate_memory(cfg, comm.get_local_size())
+    (logger.warning if estimate.tight else logger.info)("memory: %s", estimate.describe())
     register_from_options(options.data, cfg)
     for note in options.data_notes:
         logger.warning("data: %s", note)
@@ -456,13 +456,25 @@ def worker(cfg: CfgNode, options: TrainOptions) -> None:
     except FloatingPointError as error:
         status = {"status": "diverged", **divergence_message(error, cfg.OUTPUT_DIR, trainer.iter)}
     except TrainingInterrupted as stop:
-        status = {"status": "interrupted", "signal": stop.signal_name, "iteration": stop.iteration, "checkpoint": stop.checkpoint}
-    except KeyboardInterrupt:
-        last = Path(cfg.OUTPUT_DIR) / "last_checkpoint"
-        status = {"status": "interrupted", "signal": "SIGINT", "iteration": trainer.iter,
-                  "checkpoint": last.read_text().strip() if last.is_file() else None}
+        checkpoint = stop.checkpoint
+        if stop.during == "evaluation":  # the iteration before it completed: keep it
+            final = Path(cfg.OUTPUT_DIR) / "model_final.pth"
+            finished = trainer.iter >= trainer.max_iter - 1 and final.is_file()
+            checkpoint = final.name if finished else trainer.stop_on_signal.save_here()
+        status = {"status": "interrupted", "signal": stop.signal_name, "iteration": stop.iteration,
+                  "checkpoint": checkpoint, "during": stop.during}
+    except KeyboardInterrupt as interrupt:  # a second signal: stopped mid-iteration, nothing new saved
+        status = {"status": "interrupted", "signal": signal_name(interrupt), "iteration": trainer.iter, "checkpoint": None,
+                  "during": "training", "previous_checkpoint": last_checkpoint(cfg.OUTPUT_DIR)}
     except MaskinitError as error:
         status = {"status": "failed", "error": str(error)}
+    except OSError as error:  # e.g. a full disk under Detectron2's metric writers
+        status = {"status": "failed", "error": f"training stopped at iteration {trainer.iter}: cannot write to "
+                  f"{cfg.OUTPUT_DIR} ({write_failure(error, Path(cfg.OUTPUT_DIR))})"}
+    except Exception as error:  # a bug, not the user's input: one line here, the traceback in log.txt
+        logger.error("training failed", exc_info=True)
+        status = {"status": "failed", "error": f"training failed at iteration {trainer.iter}: {type(error).__name__}: "
+                  f"{one_line(error)[:300]} (traceback in {Path(cfg.OUTPUT_DIR) / 'log.txt'})"}
     finally:
         restore()
         if comm.is_main_process():
@@ -479,6 +491,7 @@ def worker(cfg: CfgNode, options: TrainOptions) -> None:
                 "from_scratch": audit,
                 "world_size": comm.get_world_size(),
                 "data_dropped": options.data_notes,
+                "warnings": trainer.loss_watch.warnings(),
                 "output_dir": cfg.OUTPUT_DIR,
             }
             results = getattr(trainer, "_last_eval_results", None)
@@ -491,6 +504,12 @@ def worker(cfg: CfgNode, options: TrainOptions) -> None:
 
         plot_curves(Path(cfg.OUTPUT_DIR))
     comm.synchronize()  # under torchrun every rank then reads the summary rank 0 wrote
+
+
+def no_console_traceback(record: logging.LogRecord) -> bool:
+    """Console filter: a record carrying a traceback (Detectron2's 'Exception during training:') is left
+    to the log file; maskinit itself says in one line why the run stopped."""
+    return record.exc_info is None
 
 
 def install_signal_handlers(handler):
@@ -514,6 +533,18 @@ def resume_command(options: TrainOptions) -> str:
     if options.num_gpus > 1 or options.num_machines > 1:
         parts += ["--num-gpus", str(options.num_gpus), "--num-machines", str(options.num_machines),
                   "--machine-rank", str(options.machine_rank), "--dist-url", options.dist_url]
+    return " ".join(shlex.quote(part) for part in parts)
+
+
+def eval_command(options: TrainOptions) -> str:
+    """The command that evaluates this run's final model."""
+    out = options.output_dir
+    parts = ["maskinit", "eval", "--config", f"{out}/{CONFIG_FILE}", "--weights", f"{out}/model_final.pth"]
+    data = options.data
+    if not data.is_default:
+        for flag, value in (("--val-json", data.val_json), ("--val-images", data.val_images), ("--dataset", data.val_dataset)):
+            if value:
+                parts += [flag, str(value)]
     return " ".join(shlex.quote(part) for part in parts)
 
 
@@ -541,60 +572,117 @@ def run_under_torchrun(cfg: CfgNode, options: TrainOptions) -> None:
 
 
 def train(cfg: CfgNode, options: TrainOptions | None = None, explicit_keys: set[str] = frozenset()) -> dict:
-    """Train from scratch and evaluate; returns the run summary (also in `run_summary.json`)."""
+    """Train from scratch and evaluate; returns the run summary (also in `run_summary.json`).
+
+    Every way it ends other than a finished run is a `MaskinitError` saying why in one line,
+    SIGINT and SIGTERM included, whenever they arrive.
+    """
+    options = options or TrainOptions()
+    restore = install_signal_handlers(raise_interrupted)
+    try:
+        return _train(cfg, options, explicit_keys)
+    except KeyboardInterrupt as interrupt:  # outside the training loop, which stops on signals by itself
+        summary = read_summary(Path(options.output_dir))
+        when = ("after training ended: the outputs in " + str(options.output_dir) + " are what it wrote"
+                if summary.get("status") not in (None, "running") else "before training started: nothing was trained or saved")
+        raise MaskinitError(f"interrupted by {signal_name(interrupt)} {when}") from None
+    finally:
+        restore()
+
+
+def raise_interrupted(signum, frame):
+    """SIGTERM (and SIGINT) as `KeyboardInterrupt`, named: outside training loops, a signal stops at once."""
+    raise Interrupted(signal.Signals(signum).name)
+
+
+def _train(cfg: CfgNode, options: TrainOptions, explicit_keys) -> dict:
     from .data.sources import resolve_data, validate_data
 
-    options = options or TrainOptions()
     if options.resume and options.overwrite:
         raise MaskinitError("--resume and --overwrite contradict each other: choose one")
     cfg = apply_run_options(cfg, options, explicit_keys)
     options.data_notes = validate_data(options.data, options.skip_bad)
+    stated_classes = cfg.MODEL.ROI_HEADS.NUM_CLASSES
     cfg = resolve_data(cfg, options.data)
+    if "MODEL.ROI_HEADS.NUM_CLASSES" in explicit_keys and stated_classes != cfg.MODEL.ROI_HEADS.NUM_CLASSES:
+        raise MaskinitError(
+            f"MODEL.ROI_HEADS.NUM_CLASSES {stated_classes} was given, but the training data has "
+            f"{cfg.MODEL.ROI_HEADS.NUM_CLASSES} categories: drop the override (the number of classes follows the data)"
+        )
+    if cfg.MASKINIT.MEMORY_CHECK:
+        check_memory(cfg, processes_here=options.num_gpus)
     out = prepare_output_dir(options)
-    config_path = out / CONFIG_FILE
-    if options.resume and config_path.is_file():
-        check_resume_config(config_path, cfg)
-    if int(os.environ.get("RANK", 0)) == 0:  # under torchrun every rank runs train(); one writes
-        (out / SUMMARY_FILE).unlink(missing_ok=True)
-        config_path.write_text(dump_yaml(cfg))
-    cfg.freeze()
+    check_output_dir(out, options, cfg.SOLVER.MAX_ITER)  # a refused run leaves the dir as it was
+    with output_dir_lock(out):
+        check_output_dir(out, options, cfg.SOLVER.MAX_ITER)  # again: a run that held the lock may have ended
+        remove_stale_files(out)
+        config_path = out / CONFIG_FILE
+        if options.resume and config_path.is_file():
+            check_resume_config(config_path, cfg)
+        if int(os.environ.get("RANK", 0)) == 0:  # under torchrun every rank runs train(); one writes
+            (out / SUMMARY_FILE).unlink(missing_ok=True)
+            write_atomically(config_path, dump_yaml(cfg))
+        cfg.freeze()
+        launch_workers(cfg, options, out)
+    return outcome(read_summary(out), options, out)
+
+
+def launch_workers(cfg: CfgNode, options: TrainOptions, out: Path) -> None:
+    """Run `worker` in this process, under torchrun, or in `--num-gpus` x `--num-machines` processes."""
     if torchrun_env():
         run_under_torchrun(cfg, options)
-    else:
-        world = options.num_gpus * options.num_machines
-        dist_url = options.dist_url
-        if world > 1 and dist_url == "auto" and options.num_machines > 1:
-            raise MaskinitError("--dist-url tcp://HOST:PORT is required with several machines")
-        # with several processes, the children handle SIGINT/SIGTERM; the parent waits for them
-        restore = install_signal_handlers(signal.SIG_IGN) if world > 1 else (lambda: None)
-        try:
-            launch(worker, options.num_gpus, options.num_machines, options.machine_rank, dist_url, args=(cfg, options))
-        except MaskinitError:
-            raise
-        except Exception as error:  # a child process failed: its status file says why when it can
-            summary = read_summary(out)
-            if summary.get("status") in (None, "running", "finished"):
-                raise MaskinitError(f"training failed: {type(error).__name__}: {str(error).strip().splitlines()[-1][:300]}") from error
-        finally:
-            restore()
-    summary = read_summary(out)
-    if summary.get("status") == "interrupted":
-        saved = f"checkpoint {summary['checkpoint']} saved" if summary.get("checkpoint") else "no checkpoint saved"
-        raise MaskinitError(
-            f"interrupted by {summary.get('signal')} at iteration {summary.get('iteration')}: {saved}; "
-            f"resume with: {resume_command(options)}"
-        )
-    if summary.get("status") == "failed":
+        return
+    world = options.num_gpus * options.num_machines
+    dist_url = options.dist_url
+    if world > 1 and dist_url == "auto" and options.num_machines > 1:
+        raise MaskinitError("--dist-url tcp://HOST:PORT is required with several machines")
+    # with several processes, the children handle SIGINT/SIGTERM; the parent waits for them
+    restore = install_signal_handlers(signal.SIG_IGN) if world > 1 else (lambda: None)
+    try:
+        launch(worker, options.num_gpus, options.num_machines, options.machine_rank, dist_url, args=(cfg, options))
+    except MaskinitError:
+        raise
+    except Exception as error:  # a child process failed: its status file says why when it can
+        summary = read_summary(out)
+        if summary.get("status") in (None, "running", "finished"):
+            raise MaskinitError(f"training failed: {type(error).__name__}: {str(error).strip().splitlines()[-1][:300]}") from error
+    finally:
+        restore()
+
+
+def outcome(summary: dict, options: TrainOptions, out: Path) -> dict:
+    """The summary of a finished run; a `MaskinitError` saying why for any other ending."""
+    status = summary.get("status")
+    if status == "interrupted":
+        raise MaskinitError(interruption_message(summary, options))
+    if status == "failed":
         raise MaskinitError(summary["error"])
-    if summary.get("status") == "diverged":
-        kept = f"last good checkpoint kept: {summary['checkpoint']}" if summary.get("checkpoint") else "no checkpoint had been saved yet"
+    if status == "diverged":
+        kept = (f"last finite checkpoint kept: {summary['checkpoint']}" if summary.get("checkpoint")
+                else "no checkpoint had been saved yet")
         raise MaskinitError(
             f"training diverged at iteration {summary.get('iteration')}: non-finite {', '.join(summary['terms'])}; "
             f"{kept}; try a lower --lr, a longer --warmup-iters, --clip-grad 1.0, or a GN/SyncBN norm"
         )
-    if summary.get("status") != "finished":
+    if status != "finished":
         raise MaskinitError(f"training did not finish (see {out / 'log.txt'})")
     return summary
+
+
+def interruption_message(summary: dict, options: TrainOptions) -> str:
+    """What an interrupt left: a checkpoint and the command that resumes from it, or nothing to resume."""
+    name, iteration, saved = summary.get("signal"), summary.get("iteration"), summary.get("checkpoint")
+    if summary.get("during") == "evaluation" and saved == "model_final.pth":
+        return (f"interrupted by {name} during the final evaluation: training finished and model_final.pth is saved; "
+                f"evaluate it with: {eval_command(options)}")
+    where = "during the evaluation" if summary.get("during") == "evaluation" else "at iteration"
+    if saved:
+        return f"interrupted by {name} {where} {iteration}: checkpoint {saved} saved; resume with: {resume_command(options)}"
+    previous = summary.get("previous_checkpoint")
+    if previous:
+        return (f"interrupted by {name} at iteration {iteration} (a second signal: nothing saved now); the last checkpoint "
+                f"is {previous}; resume from it with: {resume_command(options)}")
+    return f"interrupted by {name} at iteration {iteration}, before any checkpoint: nothing to resume; run the same command to start again"
 
 
 def read_summary(out: Path) -> dict:
@@ -608,10 +696,15 @@ def check_resume_config(path: Path, cfg: CfgNode) -> None:
 
     saved = load_config(path)
     keys = ("MODEL.RESNETS.DEPTH", "MODEL.ROI_HEADS.NUM_CLASSES", "MASKINIT.NORM", "MODEL.FPN.OUT_CHANNELS",
-            "MODEL.ROI_BOX_HEAD.NUM_CONV", "MODEL.ROI_BOX_HEAD.FC_DIM", "MODEL.ROI_MASK_HEAD.CONV_DIM")
+            "MODEL.ROI_BOX_HEAD.NUM_CONV", "MODEL.ROI_BOX_HEAD.FC_DIM", "MODEL.ROI_MASK_HEAD.CONV_DIM",
+            "MASKINIT.CLASS_NAMES")
     for key in keys:
         old, new = saved, cfg
         for part in key.split("."):
             old, new = old[part], new[part]
+        if isinstance(old, (list, tuple)):
+            if not old:  # a run saved before the key existed
+                continue
+            old, new = list(old), list(new)
         if old != new:
             raise MaskinitError(f"--resume: {key} is {new} now but {old} in the saved run ({path}); use a new --output-dir")

@@ -130,8 +130,14 @@ def _image_paths(input_path: str | Path) -> list[Path]:
 
 
 def _categories(cfg: CfgNode) -> tuple[list[str], list[int]]:
-    """Class names and dataset category ids of the model's outputs: those of the training dataset
-    when it is registered, else `class_<n>` with ids 1..N."""
+    """Class names and dataset category ids of the model's outputs: the training set's, as stored in
+    the run's config (`MASKINIT.CLASS_NAMES/CLASS_IDS`); for a config without them, those of the
+    training dataset when it is registered in this process, else `class_<n>` with ids 1..N."""
+    from .data.coco import model_classes
+
+    classes = model_classes(cfg)
+    if classes:
+        return list(classes), list(classes.values())
     num_classes = cfg.MODEL.ROI_HEADS.NUM_CLASSES
     if cfg.DATASETS.TRAIN and cfg.DATASETS.TRAIN[0] in MetadataCatalog.list():
         metadata = MetadataCatalog.get(cfg.DATASETS.TRAIN[0])

@@ -1,12 +1,32 @@
-"""Shared test set-up: one torch thread, and an untrained checkpoint saved as Detectron2's trainer does."""
+"""Shared test set-up: caches in a per-session folder, one torch thread, and an untrained checkpoint
+saved as Detectron2's trainer does."""
 
 from __future__ import annotations
 
-import pytest
-import torch
-from detectron2.checkpoint import DetectionCheckpointer
+import os
+import shutil
+import tempfile
 
-from maskinit import build_model
+# Nothing the tests run writes into the user's home: maskinit's dataset cache, matplotlib's font cache
+# and config, fvcore/iopath and torch caches all go to one folder per session (set before anything
+# imports matplotlib, which reads MPLCONFIGDIR once). Subprocesses the tests start inherit it.
+SESSION_HOME = tempfile.mkdtemp(prefix="maskinit-tests-")
+for _name, _sub in (("MASKINIT_CACHE", "maskinit"), ("MPLCONFIGDIR", "matplotlib"), ("XDG_CACHE_HOME", "cache"),
+                    ("XDG_CONFIG_HOME", "config"), ("FVCORE_CACHE", "fvcore"), ("TORCH_HOME", "torch")):
+    os.environ[_name] = os.path.join(SESSION_HOME, _sub)
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+from detectron2.checkpoint import DetectionCheckpointer  # noqa: E402
+
+from maskinit import build_model  # noqa: E402
+
+
+@pytest.fixture(autouse=True, scope="session")
+def session_home():
+    """The per-session cache folder (see the top of this file), removed when the session ends."""
+    yield SESSION_HOME
+    shutil.rmtree(SESSION_HOME, ignore_errors=True)
 
 
 @pytest.fixture(autouse=True, scope="session")

@@ -65,9 +65,9 @@ def test_presets_listed():
 def test_zoo_bases_are_made_from_scratch(base):
     cfg = load_config(base=base)
     assert_from_scratch(cfg)
-    assert cfg.MODEL.RESNETS.DEPTH == 50  # the preset's depth wins over the base's
-    raw = load_config(base=base, overrides=["MODEL.RESNETS.DEPTH", "101"])
-    assert raw.MODEL.RESNETS.DEPTH == 101
+    assert cfg.MODEL.RESNETS.DEPTH == 101  # a stated base keeps its backbone (tests/test_refusals.py)
+    raw = load_config(base=base, overrides=["MODEL.RESNETS.DEPTH", "50"])
+    assert raw.MODEL.RESNETS.DEPTH == 50
 
 
 def test_local_yaml_base(tmp_path):

@@ -286,7 +286,7 @@ def test_coco_batch_refusals(tmp_path):
 
     empty = tmp_path / "empty"
     empty.mkdir()
-    with pytest.raises(MaskinitError, match="no image with a"):
+    with pytest.raises(MaskinitError, match="no annotations"):
         coco_batch(cfg, *write_coco(empty, annotate=False))
 
     lost = tmp_path / "lost"

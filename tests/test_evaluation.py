@@ -146,6 +146,9 @@ def test_evaluate_refuses_unknown_dataset_and_class_mismatch(cfg, checkpoint):
         evaluate(cfg, checkpoint, "maskinit_no_such_dataset")
     other = cfg.clone()
     other.MODEL.ROI_HEADS.NUM_CLASSES = 3
+    with pytest.raises(MaskinitError, match=r"CLASS_NAMES \(5\).*NUM_CLASSES \(3\)"):
+        evaluate(other, checkpoint, DATASET)
+    other.MASKINIT.CLASS_NAMES, other.MASKINIT.CLASS_IDS = [], []  # a config written before they were stored
     with pytest.raises(MaskinitError, match="has 5 classes"):
         evaluate(other, checkpoint, DATASET)
 

@@ -140,7 +140,7 @@ def test_recipe_model_builds_at_tiny_scale_on_cpu(name):
     norm_type = nn.GroupNorm if cfg.MASKINIT.NORM == "GN" else nn.BatchNorm2d  # SyncBN: plain BN in one process
     assert isinstance(model.backbone.bottom_up.stem.conv1.norm, norm_type)
     assert isinstance(box_convs[0].norm, norm_type)
-    from maskinit.train import weights_fingerprint
+    from maskinit.checkpoint import weights_fingerprint
 
     assert len(weights_fingerprint(model)) == 64  # BN's 0-dim num_batches_tracked included
 

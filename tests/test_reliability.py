@@ -4,6 +4,7 @@ resume, a full disk while saving, and no finished run overwritten."""
 from __future__ import annotations
 
 import errno
+import os
 import json
 import signal
 import subprocess
@@ -15,7 +16,8 @@ import pytest
 import torch
 
 from maskinit import MaskinitError, load_config
-from maskinit.train import AuditedCheckpointer, DataOptions, TrainOptions, train
+from maskinit.checkpoint import AuditedCheckpointer
+from maskinit.train import DataOptions, TrainOptions, train
 
 MASKINIT = str(Path(sys.executable).with_name("maskinit"))
 
@@ -155,3 +157,203 @@ def test_bad_annotation_refused_before_training_unless_skip_bad(tmp_path, coco):
     summary = train(load_config(preset="tiny"), TrainOptions(output_dir=str(out), data=DataOptions(**vars(bad)), max_iter=2, progress=False, skip_bad=True))
     assert summary["status"] == "finished"
     assert "dropped" in (out / "log.txt").read_text() or "skip" in (out / "log.txt").read_text().lower()
+
+
+def test_interrupt_prints_no_traceback_anywhere(tmp_path, coco):
+    out = tmp_path / "quiet"
+    process = start_training(out, coco, "--max-iter", "400", "--checkpoint-period", "1000")
+    assert wait_for(lambda: training_started(out)), process.communicate()
+    time.sleep(1)
+    process.send_signal(signal.SIGINT)
+    stdout, stderr = process.communicate(timeout=60)
+    assert process.returncode == 2
+    assert "Traceback" not in stdout + stderr and "Exception during training" not in stdout + stderr
+    assert "resume with" in stderr
+
+
+def test_two_quick_interrupts_save_a_checkpoint_or_offer_no_resume(tmp_path, coco):
+    out = tmp_path / "twice"
+    process = start_training(out, coco, "--max-iter", "400", "--checkpoint-period", "1000")
+    assert wait_for(lambda: training_started(out)), process.communicate()
+    time.sleep(1)
+    process.send_signal(signal.SIGINT)
+    time.sleep(0.05)
+    process.send_signal(signal.SIGINT)
+    stdout, stderr = process.communicate(timeout=60)
+    assert process.returncode == 2
+    assert "Traceback" not in stdout + stderr
+    lines = [line for line in stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and "SIGINT" in lines[0], stderr
+    if "resume with" in lines[0]:
+        kept = (out / "last_checkpoint").read_text().strip()
+        torch.load(out / kept, weights_only=False)
+    else:
+        assert "nothing to resume" in lines[0]
+        assert not list(out.glob("model_*.pth"))
+    assert not list(out.glob(".*.tmp"))
+
+
+def test_interrupt_during_the_final_evaluation_stops_it(tmp_path, coco):
+    from maskinit.data.synthetic import generate_coco_dataset
+
+    val = generate_coco_dataset(tmp_path / "bigval", 60, seed=3, first_image_id=500)
+    out = tmp_path / "evalstop"
+    command = [MASKINIT, "train", "--preset", "tiny", "--output-dir", str(out), "--no-progress", "--seed", "0",
+               "--train-json", coco.train_json, "--train-images", coco.train_images,
+               "--val-json", str(val.json_file), "--val-images", str(val.image_root), "--max-iter", "2",
+               "TEST.DETECTIONS_PER_IMAGE", "100", "MODEL.ROI_HEADS.SCORE_THRESH_TEST", "0.0"]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    log = out / "log.txt"
+    assert wait_for(lambda: log.is_file() and "Start inference" in log.read_text()), process.communicate()
+    sent = time.monotonic()
+    process.send_signal(signal.SIGINT)
+    stdout, stderr = process.communicate(timeout=120)
+    assert time.monotonic() - sent < 20
+    assert process.returncode == 2, stderr
+    assert "Traceback" not in stdout + stderr
+    assert "during the final evaluation" in stderr and "maskinit eval" in stderr
+    assert (out / "model_final.pth").is_file()
+    assert not (out / "eval.json").exists()
+    assert json.loads((out / "run_summary.json").read_text())["status"] == "interrupted"
+
+
+def test_sigterm_before_training_exits_cleanly_and_leaves_the_dir_usable(tmp_path, coco):
+    out = tmp_path / "early"
+    process = start_training(out, coco, "--max-iter", "2")
+    time.sleep(1.0)  # importing torch and building the config: long before the first iteration
+    process.send_signal(signal.SIGTERM)
+    stdout, stderr = process.communicate(timeout=60)
+    assert process.returncode == 2, stderr
+    assert "Traceback" not in stdout + stderr
+    assert "SIGTERM" in stderr and len([line for line in stderr.splitlines() if line.strip()]) == 1, stderr
+    process = start_training(out, coco, "--max-iter", "2")  # the same command again is not refused
+    stdout, stderr = process.communicate(timeout=300)
+    assert process.returncode == 0, stderr
+    assert (out / "model_final.pth").is_file()
+
+
+def test_a_run_stopped_before_its_first_checkpoint_does_not_block_the_dir(tmp_path, coco):
+    out = tmp_path / "stale"
+    out.mkdir()
+    (out / "config.yaml").write_text("stale: true\n")  # what a refused or killed run leaves
+    (out / "log.txt").write_text("")
+    (out / ".model_0000003.pth.tmp").write_bytes(b"torn")  # a kill in the middle of a save
+    summary = train(load_config(preset="tiny"), TrainOptions(output_dir=str(out), data=DataOptions(**vars(coco)), max_iter=2, progress=False))
+    assert summary["status"] == "finished"
+    assert not list(out.glob(".*.tmp"))
+
+
+def test_two_trainings_into_one_dir_are_refused_by_a_lock(tmp_path, coco):
+    from maskinit.train import output_dir_lock
+
+    out = tmp_path / "locked"
+    out.mkdir()
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import fcntl, sys, time; h = open(sys.argv[1], 'a+'); fcntl.flock(h, fcntl.LOCK_EX); h.write('pid 4242'); "
+        "h.flush(); print('locked', flush=True); time.sleep(60)"), str(out / ".maskinit.lock")],
+        stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        with pytest.raises(MaskinitError, match=r"in use by another maskinit train \(pid 4242\)"):
+            train(load_config(preset="tiny"), TrainOptions(output_dir=str(out), data=DataOptions(**vars(coco)), max_iter=2, progress=False))
+        assert not (out / "config.yaml").exists()
+    finally:
+        holder.kill()
+        holder.wait()
+    with output_dir_lock(out):  # released by the kernel when its holder died
+        assert (out / ".maskinit.lock").read_text() == f"pid {os.getpid()}"
+
+
+def test_resume_below_the_checkpoint_iteration_is_refused_before_anything_changes(tmp_path, coco):
+    out = tmp_path / "short"
+    options = dict(data=DataOptions(**vars(coco)), checkpoint_period=2, progress=False)
+    train(load_config(preset="tiny"), TrainOptions(output_dir=str(out), max_iter=4, **options))
+    config_before = (out / "config.yaml").read_text()
+    for max_iter in (2, 4):
+        with pytest.raises(MaskinitError, match=r"model_final.pth .* is at iteration 3.*nothing is left to train"):
+            train(load_config(out / "config.yaml"), TrainOptions(output_dir=str(out), max_iter=max_iter, resume=True, **options))
+    assert (out / "config.yaml").read_text() == config_before
+    (out / "last_checkpoint").write_text("model_0000099.pth")  # names a file that is gone
+    with pytest.raises(MaskinitError, match="no checkpoint to resume from"):
+        train(load_config(out / "config.yaml"), TrainOptions(output_dir=str(out), max_iter=6, resume=True, **options))
+
+
+def test_disk_full_from_torch_save_is_said_in_words(tmp_path, monkeypatch):
+    import shutil
+    from collections import namedtuple
+
+    from maskinit.checkpoint import write_failure
+
+    torn = RuntimeError("[enforce fail at inline_container.cc:603] . PytorchStreamWriter failed writing file data/3: file write failed")
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: usage(10 * 2**30, 10 * 2**30, 3 * 2**20))
+    assert write_failure(torn, tmp_path) == "disk full, 3 MiB free"
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: usage(10 * 2**30, 2**30, 9 * 2**30))
+    assert write_failure(torn, tmp_path) == "the file system refused the write"
+    assert write_failure(OSError(errno.ENOSPC, "No space left on device"), tmp_path).startswith("disk full")
+
+
+def test_non_finite_weights_are_never_written_as_a_checkpoint(tmp_path):
+    model = torch.nn.Linear(3, 2)
+    checkpointer = AuditedCheckpointer(model, str(tmp_path))
+    checkpointer.save("model_0000001", iteration=1)
+    with torch.no_grad():
+        model.weight[0, 0] = float("nan")
+    with pytest.raises(FloatingPointError, match=r"weights became non-finite at iteration 2: 1 of 2 tensors \(e.g. weight\)"):
+        checkpointer.save("model_0000002", iteration=2)
+    assert (tmp_path / "last_checkpoint").read_text() == "model_0000001.pth"
+    assert not (tmp_path / "model_0000002.pth").exists()
+
+
+def test_divergence_keeps_only_a_finite_checkpoint_that_resumes(tmp_path, coco):
+    out = tmp_path / "nan"
+    cfg = load_config(preset="tiny", norm="none", init="normal:std=1.0", overrides=["SOLVER.WARMUP_ITERS", "0"])
+    options = dict(data=DataOptions(**vars(coco)), checkpoint_period=1, progress=False, seed=0)
+    with pytest.raises(MaskinitError, match=r"training diverged at iteration \d+") as error:
+        train(cfg, TrainOptions(output_dir=str(out), max_iter=30, lr=5.0, **options))
+    summary = json.loads((out / "run_summary.json").read_text())
+    for checkpoint in out.glob("model_*.pth"):
+        state = torch.load(checkpoint, weights_only=False)["model"]
+        assert all(torch.isfinite(t).all() for t in state.values() if t.is_floating_point()), checkpoint.name
+    if summary["checkpoint"]:
+        assert f"last finite checkpoint kept: {summary['checkpoint']}" in str(error.value)
+
+
+def test_a_huge_finite_loss_is_reported_as_a_warning():
+    from types import SimpleNamespace
+
+    from detectron2.utils.events import EventStorage
+
+    from maskinit.hooks import LossWatch
+
+    watch = LossWatch()
+    with EventStorage(0) as storage:
+        watch.trainer = SimpleNamespace(storage=storage, iter=0)
+        for iteration, loss in enumerate([2.0, 3.0, 5e31, 7e12, 1.5]):
+            watch.trainer.iter = iteration
+            storage.iter = iteration
+            storage.put_scalar("total_loss", loss)
+            watch.after_step()
+    (warning,) = watch.warnings()
+    assert "5e+31 at iteration 2" in warning and "diverged" in warning
+    assert LossWatch().warnings() == []
+
+
+def test_eval_refuses_weights_of_a_diverged_run(tmp_path):
+    from maskinit.checkpoint import load_weights
+
+    model = torch.nn.Linear(3, 2)
+    with torch.no_grad():
+        model.bias[1] = float("inf")
+    torch.save({"model": model.state_dict()}, tmp_path / "nan.pth")
+    with pytest.raises(MaskinitError, match=r"NaN or infinite values in 1 tensors \(e.g. bias\).*diverged"):
+        load_weights(torch.nn.Linear(3, 2), tmp_path / "nan.pth")
+
+
+def test_num_classes_override_disagreeing_with_the_data_is_refused(tmp_path, coco):
+    out = tmp_path / "classes"
+    with pytest.raises(MaskinitError, match=r"NUM_CLASSES 7 was given, but the training data has 5 categories"):
+        train(load_config(preset="tiny", overrides=["MODEL.ROI_HEADS.NUM_CLASSES", "7"]),
+              TrainOptions(output_dir=str(out), data=DataOptions(**vars(coco)), max_iter=2, progress=False),
+              explicit_keys={"MODEL.ROI_HEADS.NUM_CLASSES"})
+    assert not (out / "config.yaml").exists()

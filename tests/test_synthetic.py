@@ -200,3 +200,26 @@ def test_synthetic_predictions_are_coco_results(polygon_set):
         assert result["image_id"] in image_ids and result["category_id"] in category_ids
         assert 0 <= result["score"] <= 1 and len(result["bbox"]) == 4
         assert decode(result["segmentation"]).shape == (SIZE, SIZE)
+
+
+@pytest.mark.parametrize("damage", ["truncate_image", "delete_image", "corrupt_json", "no_manifest"])
+def test_a_damaged_cache_is_rebuilt_with_a_warning(tmp_path, caplog, damage):
+    dataset = ensure_synthetic_dataset(root=tmp_path, num_train=3, num_val=2, seed=5)
+    pristine = {p.relative_to(dataset.root): p.read_bytes() for p in dataset.root.rglob("*") if p.is_file()}
+    image = sorted(dataset.train.image_root.glob("*.png"))[1]
+    if damage == "truncate_image":
+        image.write_bytes(image.read_bytes()[:100])
+    elif damage == "delete_image":
+        image.unlink()
+    elif damage == "corrupt_json":
+        dataset.val.json_file.write_text("{\"images\": [")
+    else:
+        (dataset.root / synthetic.MANIFEST_FILE).unlink()
+    assert synthetic.cache_damage(dataset.root)
+    with caplog.at_level("WARNING", logger="maskinit"):
+        again = ensure_synthetic_dataset(root=tmp_path, num_train=3, num_val=2, seed=5)
+    assert "damaged" in caplog.text and "rebuilding" in caplog.text
+    assert again == dataset
+    assert {p.relative_to(again.root): p.read_bytes() for p in again.root.rglob("*") if p.is_file()} == pristine
+    assert synthetic.cache_damage(again.root) is None
+    assert [p.name for p in tmp_path.iterdir()] == [again.root.name]  # nothing left aside

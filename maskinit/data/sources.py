@@ -10,10 +10,16 @@ from __future__ import annotations
 from pathlib import Path
 
 from detectron2.config import CfgNode
-from detectron2.data import MetadataCatalog
 
 from ..errors import MaskinitError
-from .coco import apply_dataset_to_cfg, register_coco_dataset, registered_dataset
+from .coco import (
+    apply_dataset_to_cfg,
+    dataset_as_trained,
+    dataset_classes,
+    model_classes,
+    register_coco_dataset,
+    registered_dataset,
+)
 
 TRAIN_NAME = "maskinit_train"
 VAL_NAME = "maskinit_val"
@@ -29,22 +35,34 @@ def use_embedded_default(data) -> None:
 
 
 def register_from_options(data, cfg: CfgNode | None = None) -> tuple:
-    """Register the run's datasets in this process; returns (train info or name, val info or name)."""
+    """Register the run's datasets in this process; returns (train info, val info), None where absent.
+
+    The validation set's categories are matched by name to the training set's (or, with no
+    training data, to the classes stored in `cfg`, see `model_classes`), so that a validation file
+    with other ids for the same names is evaluated right.
+    """
     if data.dataset:
         train = registered_dataset(data.dataset)
         val = registered_dataset(data.val_dataset) if data.val_dataset else None
-        return train, val
+        return train, (dataset_as_trained(val, dataset_classes(train)) if val is not None else None)
     if data.train_json and not data.train_images:
         raise MaskinitError("--train-json needs --train-images")
     if data.val_json and not data.val_images:
         raise MaskinitError("--val-json needs --val-images")
     train = register_coco_dataset(TRAIN_NAME, data.train_json, data.train_images) if data.train_json else None
-    val = register_coco_dataset(VAL_NAME, data.val_json, data.val_images) if data.val_json else None
+    if train is not None:
+        classes = dataset_classes(train)
+    else:
+        classes = model_classes(cfg) if cfg is not None else {}
+    val = None
+    if data.val_json:
+        val = register_coco_dataset(VAL_NAME, data.val_json, data.val_images, classes=classes or None)
     return train, val
 
 
 def resolve_data(cfg: CfgNode, data) -> CfgNode:
-    """Register the data and set DATASETS, NUM_CLASSES and MASK_FORMAT from it."""
+    """Register the data and set DATASETS, NUM_CLASSES, MASK_FORMAT and the training classes
+    (MASKINIT.CLASS_NAMES/CLASS_IDS) from it, in a copy of `cfg`."""
     if data.dataset and (data.train_json or data.val_json):
         raise MaskinitError("--dataset and --train-json/--val-json are exclusive: choose one source")
     if not data.dataset and not data.train_json:
@@ -53,17 +71,7 @@ def resolve_data(cfg: CfgNode, data) -> CfgNode:
         use_embedded_default(data)
         data.is_default = True
     train, val = register_from_options(data, cfg)
-    cfg = cfg.clone()
-    cfg.defrost()
-    if data.dataset:
-        cfg.DATASETS.TRAIN = (data.dataset,)
-        cfg.DATASETS.TEST = (data.val_dataset,) if data.val_dataset else ()
-        classes = MetadataCatalog.get(data.dataset).get("thing_classes")
-        if classes:
-            cfg.MODEL.ROI_HEADS.NUM_CLASSES = len(classes)
-        return cfg
-    apply_dataset_to_cfg(cfg, train, val)
-    return cfg
+    return apply_dataset_to_cfg(cfg.clone(), train, val)
 
 
 def validate_data(data, skip_bad: bool, *, check_images: bool = True, clean_dir=None) -> list[str]:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import shutil
 import tempfile
@@ -305,6 +306,37 @@ def _splits(folder: Path) -> tuple[CocoFiles, CocoFiles]:
     )
 
 
+MANIFEST_FILE = "manifest.json"
+
+
+def _file_digests(folder: Path) -> dict[str, str]:
+    """sha256 of every file under `folder` (but the manifest), by path relative to it."""
+    return {
+        path.relative_to(folder).as_posix(): hashlib.sha256(path.read_bytes()).hexdigest()
+        for path in sorted(folder.rglob("*"))
+        if path.is_file() and path.name != MANIFEST_FILE
+    }
+
+
+def cache_damage(folder: Path) -> str | None:
+    """What is wrong with a cached set (a file missing, changed or added since it was generated), or None."""
+    manifest = folder / MANIFEST_FILE
+    try:
+        expected = json.loads(manifest.read_text())
+    except (OSError, ValueError):
+        return f"{MANIFEST_FILE} missing or unreadable"
+    try:
+        found = _file_digests(folder)
+    except OSError as error:
+        return f"unreadable file ({error.strerror}: {error.filename})"
+    for name in sorted(set(expected) | set(found)):
+        if name not in found:
+            return f"{name} missing"
+        if expected.get(name) != found[name]:
+            return f"{name} changed" if name in expected else f"{name} not part of the set"
+    return None
+
+
 def ensure_synthetic_dataset(
     root: str | Path | None = None,
     num_train: int = DEFAULT_NUM_TRAIN,
@@ -315,11 +347,18 @@ def ensure_synthetic_dataset(
     """The default dataset under `root` (default `default_cache_root()`) as `synthetic-<params hash>/`.
 
     Generated on first use into a temporary folder that is renamed into place when complete, so an
-    interrupted generation never leaves a half set; later calls reuse the folder as it is.
+    interrupted generation never leaves a half set. Later calls check the folder against the sha256
+    manifest written with it (about 10 ms) and rebuild it, with a warning, when anything in it was
+    damaged, so a corrupt cache is never trained on.
     Train images have ids 1..num_train and val images the ids after them (distinct random streams).
     """
     root = Path(root) if root is not None else default_cache_root()
     folder = root / f"synthetic-{_dataset_key(num_train, num_val, seed, image_size)}"
+    if folder.is_dir():
+        damage = cache_damage(folder)
+        if damage:
+            logging.getLogger("maskinit").warning("the embedded dataset cache %s is damaged (%s): rebuilding it", folder, damage)
+            _discard(folder)
     if not folder.is_dir():
         try:
             root.mkdir(parents=True, exist_ok=True)
@@ -330,15 +369,30 @@ def ensure_synthetic_dataset(
             train_dir, val_dir = staging / "train", staging / "val"
             generate_coco_dataset(train_dir, num_train, seed, image_size=image_size)
             generate_coco_dataset(val_dir, num_val, seed, image_size=image_size, first_image_id=num_train + 1)
+            (staging / MANIFEST_FILE).write_text(json.dumps(_file_digests(staging), indent=0))
             try:
                 staging.rename(folder)
             except OSError:
                 if not folder.is_dir():  # not a concurrent generation that finished first
                     raise
+        except OSError as error:
+            raise MaskinitError(f"cannot write the dataset cache under {root}: {error.strerror}") from None
         finally:
             shutil.rmtree(staging, ignore_errors=True)
     train, val = _splits(folder)
     return SyntheticDataset(folder, train, val)
+
+
+def _discard(folder: Path) -> None:
+    """Move a damaged cache aside (atomically, so a concurrent reader sees it whole or not at all), then delete it."""
+    trash = folder.with_name(f".{folder.name}.damaged-{os.getpid()}")
+    try:
+        folder.rename(trash)
+    except OSError:
+        if folder.is_dir():
+            raise MaskinitError(f"the embedded dataset cache {folder} is damaged and cannot be replaced: delete it") from None
+        return
+    shutil.rmtree(trash, ignore_errors=True)
 
 
 # ---------------------------------------------------------------------------------------------

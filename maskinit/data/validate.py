@@ -4,9 +4,10 @@ Detectron2 trusts its data: a duplicate id, a truncated PNG or an RLE of the wro
 exception in a data-loader worker hours into a run, or silently as a wrong mask. `check_coco` looks
 at everything once, up front, and sorts what it finds by severity:
 
-- fatal: the file cannot be trained on at all (not COCO, no images, duplicate ids, missing keys);
-- fixable: one annotation or image is bad and can be dropped (unknown ids, bad boxes or masks,
-  missing, corrupt or mis-sized image files);
+- fatal: the file cannot be trained on at all (not COCO, a byte-order mark, no images, duplicate or
+  string ids, missing keys, only crowd annotations, a NaN or infinity outside images and annotations);
+- fixable: one annotation or image is bad and can be dropped (unknown ids, bad boxes or masks, NaN
+  or infinite numbers, missing, corrupt or mis-sized image files);
 - warning: suspicious but harmless to Detectron2 (a box partly outside its image is clipped);
 - info: worth knowing, not wrong (crowd annotations, images or categories without annotations).
 
@@ -17,10 +18,12 @@ registered in place of the original (see `maskinit.data.sources.validate_data`).
 
 from __future__ import annotations
 
+import codecs
 import hashlib
 import json
 import math
 import os
+import reprlib
 import struct
 import tempfile
 import zlib
@@ -38,6 +41,13 @@ ANNOTATION_KEYS = ("image_id", "category_id", "bbox", "segmentation")  # besides
 IMAGE_SIZE_KEYS = ("height", "width")
 # Boxes computed from polygons can overshoot the border by rounding; Detectron2 clips them anyway.
 BOX_BORDER_TOLERANCE = 1.0
+# Measured: faster-coco-eval fails on string image ids; on string annotation ids pycocotools' COCOeval
+# fails and faster-coco-eval scores AP 0 without complaint.
+INTEGER_IDS = "COCO evaluation needs integer ids"
+BOM_PROBLEM = "starts with a UTF-8 byte-order mark, which pycocotools cannot read: save it as UTF-8 without BOM"
+# pycocotools rasterizes a polygon along its perimeter: coordinates far outside the image (or NaN,
+# which it casts to int) make it allocate gigabytes or segfault. Allowed: one image size beyond a border.
+POLYGON_MARGIN = 1.0
 _EXIF_ORIENTATION = 0x0112
 _TRANSPOSING_ORIENTATIONS = (5, 6, 7, 8)  # rotated by 90 degrees: Detectron2 loads them as height x width
 
@@ -55,21 +65,33 @@ class Kind:
 def _kinds() -> dict[str, Kind]:
     kinds = {
         "not_coco": Kind(FATAL, "not COCO instances JSON", "not COCO instances JSON", countable=False),
+        "byte_order_mark": Kind(FATAL, BOM_PROBLEM, BOM_PROBLEM, countable=False),
         "no_images": Kind(FATAL, "no images", "no images", countable=False),
         "no_categories": Kind(FATAL, "no categories", "no categories", countable=False),
         "no_annotations": Kind(FATAL, "no annotations", "no annotations", countable=False),
         "duplicate_image_id": Kind(FATAL, "duplicate image id", "duplicate image ids"),
         "duplicate_annotation_id": Kind(FATAL, "duplicate annotation id", "duplicate annotation ids"),
         "duplicate_category_id": Kind(FATAL, "duplicate category id", "duplicate category ids"),
+        "duplicate_category_name": Kind(FATAL, "category name used twice", "category names used twice"),
+        "string_image_id": Kind(FATAL, f"image with a string id ({INTEGER_IDS})", f"images with string ids ({INTEGER_IDS})"),
+        "string_annotation_id": Kind(
+            FATAL, f"annotation with a string id ({INTEGER_IDS})", f"annotations with string ids ({INTEGER_IDS})"
+        ),
+        "only_crowd": Kind(FATAL, "nothing to train on", "nothing to train on", countable=False),
+        "non_finite": Kind(
+            FATAL,
+            "NaN or infinite number outside images and annotations",
+            "NaN or infinite numbers outside images and annotations",
+        ),
     }
     for section in ("image", "annotation", "category"):
         kinds[f"{section}_not_object"] = Kind(
             FATAL, f"{section} entry that is not an object", f"{section} entries that are not objects"
         )
-    kinds["annotation_missing_id"] = Kind(FATAL, "annotation without an integer or string id", "annotations without an integer or string id")
+    kinds["annotation_missing_id"] = Kind(FATAL, "annotation without an integer id", "annotations without an integer id")
     for key in ANNOTATION_KEYS:
         kinds[f"annotation_missing_{key}"] = Kind(FATAL, f"annotation missing {key}", f"annotations missing {key}")
-    kinds["image_missing_id"] = Kind(FATAL, "image without an integer or string id", "images without an integer or string id")
+    kinds["image_missing_id"] = Kind(FATAL, "image without an integer id", "images without an integer id")
     kinds["image_missing_file_name"] = Kind(FATAL, "image without a file_name", "images without a file_name")
     for key in IMAGE_SIZE_KEYS:
         kinds[f"image_missing_{key}"] = Kind(FATAL, f"image without a positive integer {key}", f"images without a positive integer {key}")
@@ -81,7 +103,10 @@ def _kinds() -> dict[str, Kind]:
         ignore_flag=Kind(FIXABLE, "annotation with ignore=1 (Detectron2 refuses it)", "annotations with ignore=1 (Detectron2 refuses them)"),
         invalid_box=Kind(FIXABLE, "empty or invalid box", "empty or invalid boxes"),
         box_outside=Kind(FIXABLE, "box entirely outside its image", "boxes entirely outside their image"),
-        invalid_polygon=Kind(FIXABLE, "invalid polygon (under 3 points or odd coordinates)", "invalid polygons (under 3 points or odd coordinates)"),
+        invalid_polygon=Kind(FIXABLE, "invalid polygon", "invalid polygons"),
+        invalid_iscrowd=Kind(FIXABLE, "annotation whose iscrowd is not 0 or 1", "annotations whose iscrowd is not 0 or 1"),
+        annotation_non_finite=Kind(FIXABLE, "annotation with a NaN or infinite number", "annotations with NaN or infinite numbers"),
+        image_non_finite=Kind(FIXABLE, "image entry with a NaN or infinite number", "image entries with NaN or infinite numbers"),
         invalid_rle=Kind(FIXABLE, "malformed RLE mask", "malformed RLE masks"),
         invalid_segmentation=Kind(FIXABLE, "segmentation neither polygons nor RLE", "segmentations neither polygons nor RLE"),
         missing_image_file=Kind(FIXABLE, "missing image file", "missing image files"),
@@ -145,6 +170,7 @@ class DataReport:
     bad_annotation_ids: set = field(default_factory=set)
     bad_image_ids: set = field(default_factory=set)  # their annotations are dropped with them
     annotations_dropped: int = 0  # bad annotations plus the annotations of bad images
+    trainable_annotations: int = 0  # the non-crowd annotations --skip-bad keeps
 
     def by_severity(self, severity: str) -> list[Problem]:
         return [problem for problem in self.problems.values() if problem.severity == severity]
@@ -203,8 +229,63 @@ class _Findings:
 
 
 def _is_id(value) -> bool:
-    """COCO ids are integers; strings are accepted too, as pycocotools and Detectron2 work with them."""
+    """An integer or a string: what can name an entry (string ids are refused, but still cross-referenced)."""
     return (isinstance(value, int) and not isinstance(value, bool)) or isinstance(value, str)
+
+
+def _short_repr() -> reprlib.Repr:
+    short = reprlib.Repr()  # keyword arguments only from Python 3.12
+    short.maxlevel, short.maxlist, short.maxdict = 2, 4, 4
+    short.maxstring = short.maxother = short.maxlong = 40
+    return short
+
+
+_SHORT = _short_repr()
+
+
+def _show(value) -> str:
+    """A value as an example: short, one line, and safe on deeply nested JSON."""
+    return _SHORT.repr(value)
+
+
+def _finite(value) -> bool:
+    """False for NaN and infinities, and for integers beyond float range (they become infinite)."""
+    try:
+        return math.isfinite(value)
+    except OverflowError:
+        return False
+
+
+def _non_finite_numbers(value, where: str):
+    """Yield (path, number) for each NaN or infinite number inside `value` (iterative: any depth)."""
+    stack = [(value, where)]
+    while stack:
+        item, where = stack.pop()
+        if isinstance(item, dict):
+            stack.extend((child, f"{where}.{key}") for key, child in item.items())
+        elif isinstance(item, list):
+            for index, child in enumerate(item):
+                if isinstance(child, (dict, list)):
+                    stack.append((child, f"{where}[{index}]"))
+                elif isinstance(child, (int, float)) and not _finite(child):
+                    yield f"{where}[{index}]", child
+        elif isinstance(item, (int, float)) and not _finite(item):
+            yield where, item
+
+
+def _non_finite_entry(entry: dict, checked: tuple) -> str | None:
+    """'area nan' when a key of `entry` other than the `checked` ones holds a NaN or infinity."""
+    for key, value in entry.items():
+        if key in checked or (isinstance(value, float) and math.isfinite(value)):
+            continue
+        for path, number in _non_finite_numbers(value, str(key)):
+            return _non_finite_example(path, number)
+    return None
+
+
+def _non_finite_example(path: str, number) -> str:
+    """'area nan', 'info.year inf'; a path into deeply nested JSON is cut short."""
+    return f"{path if len(path) <= 60 else path[:57] + '...'} {_show(number)}"
 
 
 def _is_int(value) -> bool:
@@ -217,14 +298,14 @@ def _is_number(value) -> bool:
 
 def _positive_size(value) -> bool:
     """480 or 480.0: Detectron2 compares sizes with ==, so an integral float works as well."""
-    return _is_number(value) and value > 0 and math.isfinite(value) and value == int(value)
+    return _is_number(value) and value > 0 and _finite(value) and value == int(value)
 
 
 def _box_problem(bbox, size: tuple | None) -> str | None:
     """The box's problem kind, or None; `size` is the image's (height, width) when known."""
     if not (isinstance(bbox, list) and len(bbox) == 4 and all(map(_is_number, bbox))):
         return "invalid_box"
-    if not all(map(math.isfinite, bbox)):
+    if not all(map(_finite, bbox)):
         return "invalid_box"
     x, y, w, h = bbox
     if w <= 0 or h <= 0:
@@ -240,8 +321,29 @@ def _box_problem(bbox, size: tuple | None) -> str | None:
     return None
 
 
-def _polygons_problem(polygons: list) -> str | None:
-    """Why Detectron2 would discard these polygons (it keeps those of >= 6 coordinates, even count)."""
+def _coordinates_problem(polygon: list, size: tuple | None) -> str | None:
+    """Why pycocotools cannot rasterize these numbers: NaN, infinite, or far outside the image."""
+    try:
+        all_finite = math.isfinite(sum(polygon))  # one pass in C; NaN and infinities survive the sum
+    except OverflowError:
+        all_finite = False
+    if not all_finite:
+        bad = next((c for c in polygon if isinstance(c, float) and not math.isfinite(c)), None)
+        if bad is not None:
+            return f"a non-finite coordinate ({bad})"
+    if size is None:
+        return None
+    height, width = size
+    margin_x, margin_y = POLYGON_MARGIN * width, POLYGON_MARGIN * height
+    xs, ys = polygon[0::2], polygon[1::2]
+    if min(xs) < -margin_x or max(xs) > width + margin_x or min(ys) < -margin_y or max(ys) > height + margin_y:
+        return f"a coordinate more than an image size outside its {width:g}x{height:g} image"
+    return None
+
+
+def _polygons_problem(polygons: list, size: tuple | None = None) -> str | None:
+    """Why Detectron2 would discard these polygons (it keeps those of >= 6 coordinates, even count), or
+    pycocotools could not rasterize them; `size` is the image's (height, width) when known."""
     if not polygons:
         return "no polygon"
     for polygon in polygons:
@@ -251,6 +353,9 @@ def _polygons_problem(polygons: list) -> str | None:
             return f"a polygon of {len(polygon)} coordinates"
         if not all(map(_is_number, polygon)):
             return "a non-numeric coordinate"
+        problem = _coordinates_problem(polygon, size)
+        if problem is not None:
+            return problem
     return None
 
 
@@ -291,7 +396,7 @@ def _rle_problem(rle: dict, size: tuple | None) -> str | None:
         return "size is not [height, width]"
     height, width = rle_size
     if size is not None and (height, width) != size:
-        return f"size {height}x{width}, image {size[0]:g}x{size[1]:g}"
+        return f"size {_show(height)}x{_show(width)}, image {size[0]:g}x{size[1]:g}"
     if isinstance(counts, list):
         if not all(_is_int(c) and c >= 0 for c in counts):
             return "counts not all non-negative integers"
@@ -311,7 +416,7 @@ def _rle_problem(rle: dict, size: tuple | None) -> str | None:
 def _segmentation_problem(segmentation, size: tuple | None) -> tuple[str, str] | None:
     """(kind, detail) of a bad segmentation, or None."""
     if isinstance(segmentation, list):
-        detail = _polygons_problem(segmentation)
+        detail = _polygons_problem(segmentation, size)
         return ("invalid_polygon", detail) if detail else None
     if isinstance(segmentation, dict):
         detail = _rle_problem(segmentation, size)
@@ -323,7 +428,7 @@ def _segmentation_problem(segmentation, size: tuple | None) -> tuple[str, str] |
 # The JSON
 
 
-def _check_images_section(images: list, found: _Findings) -> dict:
+def _check_images_section(images: list, found: _Findings, report: DataReport) -> dict:
     """Image id -> (height, width) as the JSON says, or None when the entry is unusable."""
     by_id: dict = {}
     duplicates: set = set()
@@ -332,46 +437,61 @@ def _check_images_section(images: list, found: _Findings) -> dict:
             found.add("image_not_object", f"#{index}")
             continue
         image_id = image.get("id")
+        file_name = image.get("file_name")
         if not _is_id(image_id):
-            found.add("image_missing_id", f"#{index} ({image.get('file_name')})")
+            found.add("image_missing_id", f"#{index} ({_show(file_name)})")
             continue
         if image_id in by_id:
             if image_id not in duplicates:
                 duplicates.add(image_id)
-                found.add("duplicate_image_id", str(image_id))
+                found.add("duplicate_image_id", _show(image_id))
             continue
+        where = f"id {_show(image_id)} ({_show(file_name)})"
+        if isinstance(image_id, str):
+            found.add("string_image_id", where)
         usable = True
-        file_name = image.get("file_name")
         if not isinstance(file_name, str) or not file_name:
-            found.add("image_missing_file_name", f"id {image_id}")
+            found.add("image_missing_file_name", f"id {_show(image_id)}")
             usable = False
         for key in IMAGE_SIZE_KEYS:
             if not _positive_size(image.get(key)):
-                found.add(f"image_missing_{key}", f"id {image_id} ({file_name})")
+                found.add(f"image_missing_{key}", where)
                 usable = False
+        non_finite = _non_finite_entry(image, ("id", *IMAGE_SIZE_KEYS))
+        if non_finite is not None:
+            found.add("image_non_finite", f"{where}: {non_finite}")
+            report.bad_image_ids.add(image_id)
         by_id[image_id] = (image["height"], image["width"]) if usable else None
     return by_id
 
 
 def _check_categories_section(categories: list, found: _Findings) -> set:
+    """The category ids; one name for two categories is refused, as training matches classes by name."""
     ids: set = set()
     duplicates: set = set()
+    ids_by_name: dict[str, list] = {}
     for index, category in enumerate(categories):
         if not isinstance(category, dict):
             found.add("category_not_object", f"#{index}")
             continue
         category_id = category.get("id")
         if not _is_int(category_id):
-            found.add("category_missing_id", f"#{index} ({category.get('name')})")
+            found.add("category_missing_id", f"#{index} ({_show(category.get('name'))})")
             continue
-        if not isinstance(category.get("name"), str):
+        name = category.get("name")
+        if not isinstance(name, str):
             found.add("category_missing_name", f"id {category_id}")
         if category_id in ids:
             if category_id not in duplicates:
                 duplicates.add(category_id)
-                found.add("duplicate_category_id", str(category_id))
+                found.add("duplicate_category_id", _show(category_id))
             continue
         ids.add(category_id)
+        if isinstance(name, str):
+            ids_by_name.setdefault(name, []).append(category_id)
+    for name, named_ids in ids_by_name.items():
+        if len(named_ids) > 1:
+            found.add("duplicate_category_name", f"{_show(name)} (ids {', '.join(map(str, named_ids))})")
     return ids
 
 
@@ -379,6 +499,8 @@ def _check_annotations_section(
     annotations: list, images: dict, category_ids: set, found: _Findings, report: DataReport
 ) -> tuple[set, set]:
     """Scan every annotation once; returns (annotated image ids, used category ids)."""
+    # Checked on their own; a NaN or infinity anywhere else (area, keypoints) is caught generically.
+    checked_keys = ("id", "image_id", "category_id", "bbox", "segmentation", "iscrowd", "ignore")
     seen_ids: set = set()
     duplicates: set = set()
     annotated_images: set = set()
@@ -390,16 +512,18 @@ def _check_annotations_section(
             continue
         annotation_id, image_id = annotation.get("id"), annotation.get("image_id")
         if not _is_id(annotation_id):
-            where = f"#{index} (image {image_id})"
+            where = f"#{index} (image {_show(image_id)})"
             found.add("annotation_missing_id", where)
             usable = False
         else:
-            where = f"id {annotation_id} (image {image_id})"
+            where = f"id {_show(annotation_id)} (image {_show(image_id)})"
             usable = True
+            if isinstance(annotation_id, str):
+                found.add("string_annotation_id", where)
             if annotation_id in seen_ids:
                 if annotation_id not in duplicates:
                     duplicates.add(annotation_id)
-                    found.add("duplicate_annotation_id", str(annotation_id))
+                    found.add("duplicate_annotation_id", _show(annotation_id))
             else:
                 seen_ids.add(annotation_id)
         for key in ANNOTATION_KEYS:
@@ -421,21 +545,29 @@ def _check_annotations_section(
         if _is_int(category_id) and category_id in category_ids:
             used_categories.add(category_id)
         else:
-            found.add("unknown_category", f"{where}: category {category_id!r}")
+            found.add("unknown_category", f"{where}: category {_show(category_id)}")
             bad = True
         if annotation.get("ignore", 0):
             found.add("ignore_flag", where)
             bad = True
-        if annotation.get("iscrowd", 0):
+        iscrowd = annotation.get("iscrowd", 0)
+        if iscrowd not in (0, 1):  # Detectron2 takes "0" for a crowd, COCO evaluation for none; [1] crashes it
+            found.add("invalid_iscrowd", f"{where}: iscrowd {_show(iscrowd)}")
+            bad = True
+        elif iscrowd:
             found.add("crowd_annotation", where)
         box_kind = _box_problem(annotation["bbox"], size)
         if box_kind is not None:
-            found.add(box_kind, f"{where}: {annotation['bbox']!r}"[:120])
+            found.add(box_kind, f"{where}: {_show(annotation['bbox'])}")
             bad = bad or KINDS[box_kind].severity == FIXABLE
         segmentation_problem = _segmentation_problem(annotation["segmentation"], size)
         if segmentation_problem is not None:
             kind, detail = segmentation_problem
             found.add(kind, f"{where}: {detail}")
+            bad = True
+        non_finite = _non_finite_entry(annotation, checked_keys)
+        if non_finite is not None:
+            found.add("annotation_non_finite", f"{where}: {non_finite}")
             bad = True
         if bad:
             bad_ids.add(annotation_id)
@@ -537,9 +669,17 @@ def check_coco_data(
     for section in REQUIRED_SECTIONS:
         if not coco[section]:
             found.add(f"no_{section}")
-    images = _check_images_section(coco["images"], found)
+    images = _check_images_section(coco["images"], found, report)
     category_ids = _check_categories_section(coco["categories"], found)
     annotated_images, used_categories = _check_annotations_section(coco["annotations"], images, category_ids, found, report)
+    for section, value in coco.items():
+        if section not in ("images", "annotations"):  # their entries are checked one by one
+            for path, number in _non_finite_numbers(value, str(section)):
+                found.add("non_finite", _non_finite_example(path, number))
+    entries = [annotation for annotation in coco["annotations"] if isinstance(annotation, dict)]
+    if entries and all(annotation.get("iscrowd", 0) for annotation in entries):
+        found.add("only_crowd", f"all {len(entries)} annotations are crowd regions (iscrowd=1), "
+                                f"e.g. id {_show(entries[0].get('id'))} (image {_show(entries[0].get('image_id'))})")
     if check_images:
         _check_image_files(coco, images, Path(image_root), found, report)
         report.images_checked = True
@@ -549,35 +689,51 @@ def check_coco_data(
             found.add("image_without_annotations", f"id {image_id}")
     unused_categories = category_ids - used_categories
     for category in coco["categories"]:
-        if isinstance(category, dict) and category.get("id") in unused_categories:
-            found.add("category_without_annotations", f"id {category['id']} ({category.get('name')})")
+        if isinstance(category, dict) and _is_int(category.get("id")) and category["id"] in unused_categories:
+            found.add("category_without_annotations", f"id {category['id']} ({_show(category.get('name'))})")
     report.problems = found.problems()
     if not report.fatal:
-        report.annotations_dropped = sum(
-            1 for annotation in coco["annotations"]
-            if annotation["id"] in report.bad_annotation_ids or annotation["image_id"] in report.bad_image_ids
-        )
+        kept = [
+            annotation for annotation in coco["annotations"]
+            if not (annotation["id"] in report.bad_annotation_ids or annotation["image_id"] in report.bad_image_ids)
+        ]
+        report.annotations_dropped = len(coco["annotations"]) - len(kept)
+        report.trainable_annotations = sum(1 for annotation in kept if not annotation.get("iscrowd", 0))
     return report
 
 
 def read_coco_file(json_file: str | Path) -> object:
     """The parsed JSON, or a `DataReport` holding the fatal reason it cannot be parsed.
 
-    A path that does not exist is the user's mistake, not the data's: that raises `MaskinitError`.
+    The file is read as pycocotools reads it for Detectron2 (UTF-8 text), so that what passes here
+    loads there: a byte-order mark or another encoding is refused, where `json.load` of bytes would
+    have accepted them. A path that does not exist is the user's mistake, not the data's: that raises
+    `MaskinitError`.
     """
     json_file = Path(json_file)
     if not json_file.is_file():
         what = "is a directory, not a file" if json_file.is_dir() else "not found"
         raise MaskinitError(f"COCO annotations {json_file} {what}")
     try:
-        with json_file.open("rb") as handle:
-            return json.load(handle)
+        raw = json_file.read_bytes()
     except OSError as error:
-        detail = f"cannot be read: {error.strerror}"
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        return _unusable_file(json_file, "not_coco", f"cannot be read: {error.strerror}")
+    if raw.startswith(codecs.BOM_UTF8):
+        return _unusable_file(json_file, "byte_order_mark")
+    try:
+        return json.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError as error:
+        detail = f"not valid JSON: not UTF-8 text ({error.reason} at byte {error.start})"
+    except ValueError as error:  # JSONDecodeError, or an integer of over 4300 digits
         detail = f"not valid JSON: {error}"
+    except RecursionError:
+        detail = "nested too deeply to parse (arrays or objects over about 1000 levels deep)"
+    return _unusable_file(json_file, "not_coco", detail)
+
+
+def _unusable_file(json_file: Path, kind: str, detail: str | None = None) -> DataReport:
     report = DataReport(str(json_file))
-    report.problems = {"not_coco": Problem("not_coco", 1, (detail,))}
+    report.problems = {kind: Problem(kind, 1, (detail,) if detail else ())}
     return report
 
 
@@ -614,11 +770,12 @@ def _plural(count: int, word: str) -> str:
     return f"{count} {word}" if count == 1 else f"{count} {word}s"
 
 
-def enforce_data_policy(report: DataReport, skip_bad: bool) -> list[str]:
+def enforce_data_policy(report: DataReport, skip_bad: bool, *, can_skip: bool = True) -> list[str]:
     """Raise on what training cannot survive; with `skip_bad`, return log lines of what is dropped.
 
     Fatal problems always raise (one line, all fatal kinds); fixable ones raise unless `skip_bad`,
-    and even then when dropping them would leave no annotation or no image.
+    and even then when dropping them would leave no annotation (but crowd regions) or no image.
+    `can_skip=False`: the command has no --skip-bad, so the message does not suggest it.
     """
     if report.fatal:
         raise MaskinitError(f"{report.source}: " + "; ".join(problem.summary() for problem in report.fatal))
@@ -628,12 +785,12 @@ def enforce_data_policy(report: DataReport, skip_bad: bool) -> list[str]:
     dropped = f"{_plural(report.annotations_dropped, 'annotation')} and {_plural(len(report.bad_image_ids), 'image')}"
     kinds = "; ".join(problem.summary() for problem in fixable)
     if not skip_bad:
+        remedy = f"Pass --skip-bad to leave out the {dropped} concerned, or fix the data" if can_skip else "Fix the data"
+        raise MaskinitError(f"{report.source}: {kinds}. {remedy} (maskinit check-data lists every problem)")
+    if not report.trainable_annotations or len(report.bad_image_ids) >= report.num_images:
         raise MaskinitError(
-            f"{report.source}: {kinds}. Pass --skip-bad to leave out the {dropped} concerned, "
-            "or fix the data (maskinit check-data lists every problem)"
+            f"{report.source}: --skip-bad would drop every annotation or image (or keep only crowd regions): {kinds}"
         )
-    if report.annotations_dropped >= report.num_annotations or len(report.bad_image_ids) >= report.num_images:
-        raise MaskinitError(f"{report.source}: --skip-bad would drop every annotation or image: {kinds}")
     lines = [f"{report.source}: --skip-bad leaves out {dropped}"]
     lines += [f"{report.source}: leaving out {problem.summary()}" for problem in fixable]
     return lines

@@ -1,0 +1,37 @@
+"""Atomic file writes: a reader (another rank, a resumed run, a data loader) never sees half a file.
+
+Every file maskinit writes that something else reads back goes through `write_atomically`: the
+content goes to a temporary file in the same folder, is flushed to disk, and is renamed over the
+target, which the operating system does in one step. A failure leaves the old file as it was.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Callable, Union
+
+Content = Union[str, bytes, Callable]
+
+
+def write_atomically(path: str | Path, content: Content) -> Path:
+    """Write `content` (text, bytes, or a function writing to a binary file handle) to `path`.
+
+    Raises what the write raised (OSError, or torch.save's RuntimeError), with no temporary left.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(handle, "wb") as stream:
+            if callable(content):
+                content(stream)
+            else:
+                stream.write(content.encode() if isinstance(content, str) else content)
+            stream.flush()
+            os.fsync(stream.fileno())
+        os.replace(temporary, path)
+    finally:
+        Path(temporary).unlink(missing_ok=True)
+    return path

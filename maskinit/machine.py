@@ -1,0 +1,159 @@
+"""What this machine can run: the default scale for its device, and whether a run fits in memory.
+
+A run that does not fit is otherwise found out by the kernel's out-of-memory killer minutes in,
+with no message at all. The estimate of one training process's peak memory is fitted to measured
+peaks (`benchmarks/memory.py`: CPU, peak resident memory of 3 training iterations of a fresh
+process; `benchmarks/results/memory.json`):
+
+    peak ~ BASE(backbone) + images per process x (PER_ROI x ROIs x box-head width + PER_PIXEL(backbone) x pixels)
+
+where pixels are those of the largest input the resize rule can give (shorter side at the largest
+`INPUT.MIN_SIZE_TRAIN`, longer side at `INPUT.MAX_SIZE_TRAIN`; the square under LSJ), padded to 32.
+Measured: ResNet-18/FPN-64 (the `tiny` preset) and ResNet-50/FPN-256 (`r50-fpn`), within 4 % of
+every measured point. Other depths and widths are scaled (stated, not measured). On CUDA the same
+activation terms are compared with the GPU's free memory, plus 0.5 GiB for the CUDA context (not
+measured on a GPU here).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass
+
+from .errors import MaskinitError
+
+GiB = 2**30
+# Process baseline by ResNet depth: torch, Detectron2, the model, its gradients and AdamW state
+# (measured 0.99 GiB for R18-FPN64 and 1.83 GiB for R50-FPN256; 34, 101, 152 scaled by parameters).
+BASE_BYTES = {18: 0.99 * GiB, 34: 1.15 * GiB, 50: 1.83 * GiB, 101: 2.4 * GiB, 152: 2.85 * GiB}
+# Bytes per input pixel of one image in a training step (measured 752 and 1211 for the two presets).
+PER_PIXEL = {18: 752.0, 34: 900.0, 50: 1211.0, 101: 1700.0, 152: 2200.0}
+# Bytes per sampled ROI per box-head channel (box and mask heads; measured 3311 on R50-FPN: 512 ROIs x 256).
+PER_ROI_CHANNEL = 3311.0
+# The CUDA context and cuDNN workspaces on a GPU, in place of the CPU process baseline's libraries.
+CUDA_CONTEXT = 0.5 * GiB
+# A run is refused above the memory available; warned about above this share of it.
+WARN_SHARE = 0.8
+
+
+def default_preset(device: str | None = None) -> tuple[str, str]:
+    """The preset a run given no `--preset`, `--config` or `--recipe` uses here, and why.
+
+    On a CUDA GPU the full scale (`r50-fpn`); on a CPU, or with `--device cpu`, the CPU scale
+    (`tiny`), since a ResNet-50 at 800-1333 pixels and batch 16 needs about 30 GiB and days there.
+    """
+    if device != "cpu":
+        import torch
+
+        if torch.cuda.is_available():
+            return "r50-fpn", "a CUDA GPU is here: preset r50-fpn (ResNet-50 FPN); --preset tiny is the CPU scale"
+    why = "--device cpu" if device == "cpu" else "no CUDA GPU here"
+    return "tiny", f"{why}: preset tiny, the CPU scale (ResNet-18 FPN, small inputs); on a GPU the default is r50-fpn (--preset chooses)"
+
+
+@dataclass(frozen=True)
+class MemoryEstimate:
+    """Peak bytes of one training process, the bytes available to it, and what the estimate assumed."""
+
+    peak_bytes: float
+    available_bytes: float | None
+    device: str
+    images_per_process: int
+    input_shape: tuple[int, int]
+    per_image_bytes: float
+
+    @property
+    def fits(self) -> bool:
+        return self.available_bytes is None or self.peak_bytes <= self.available_bytes
+
+    @property
+    def tight(self) -> bool:
+        return self.available_bytes is not None and self.peak_bytes > WARN_SHARE * self.available_bytes
+
+    def describe(self) -> str:
+        height, width = self.input_shape
+        available = "unknown" if self.available_bytes is None else f"{self.available_bytes / GiB:.1f} GiB available"
+        where = "GPU memory" if self.device.startswith("cuda") else "RAM"
+        return (f"estimated peak {self.peak_bytes / GiB:.1f} GiB of {where} per process "
+                f"({self.images_per_process} images of up to {height}x{width} pixels), {available}")
+
+
+def largest_input(cfg) -> tuple[int, int]:
+    """(height, width) of the largest training input the resize rule can give, padded to 32."""
+    if cfg.MASKINIT.AUGMENT.NAME == "lsj":
+        short = long = cfg.MASKINIT.AUGMENT.LSJ_IMAGE_SIZE
+    else:
+        sizes = cfg.INPUT.MIN_SIZE_TRAIN
+        short = max(sizes) if isinstance(sizes, (list, tuple)) else int(sizes)
+        long = max(short, cfg.INPUT.MAX_SIZE_TRAIN)
+    return tuple(int(math.ceil(side / 32) * 32) for side in (short, long))
+
+
+def _nearest(table: dict, depth: int) -> float:
+    return table.get(depth) or table[min(table, key=lambda known: abs(known - depth))]
+
+
+def per_image_bytes(cfg) -> float:
+    """Activation bytes of one training image: pixel-proportional (backbone, FPN, RPN) plus ROI heads."""
+    height, width = largest_input(cfg)
+    resnets = cfg.MODEL.RESNETS
+    widen = resnets.NUM_GROUPS * resnets.WIDTH_PER_GROUP / 64
+    measured_fpn = 64 if resnets.DEPTH < 50 else 256
+    # about half of a step's pixel-proportional activations sit in the backbone, half in the FPN and RPN
+    scale = 0.5 * widen + 0.5 * cfg.MODEL.FPN.OUT_CHANNELS / measured_fpn
+    pixels = _nearest(PER_PIXEL, resnets.DEPTH) * scale * height * width
+    rois = PER_ROI_CHANNEL * cfg.MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE * max(cfg.MODEL.ROI_BOX_HEAD.CONV_DIM, 64)
+    return pixels + rois
+
+
+def available_memory(device: str) -> float | None:
+    """Bytes a new process may use: free memory of the GPU on CUDA, MemAvailable (else free pages) on CPU."""
+    if device.startswith("cuda"):
+        import torch
+
+        index = int(device.split(":")[1]) if ":" in device else 0
+        return float(torch.cuda.mem_get_info(index)[0])
+    try:
+        with open("/proc/meminfo") as handle:
+            for line in handle:
+                if line.startswith("MemAvailable:"):
+                    return float(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        return float(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def estimate_memory(cfg, processes_here: int = 1) -> MemoryEstimate:
+    """The estimate for one training process of `cfg`, `processes_here` of them sharing this machine."""
+    world = max(1, processes_here)
+    images = max(1, cfg.SOLVER.IMS_PER_BATCH // world)
+    cuda = cfg.MODEL.DEVICE.startswith("cuda")
+    image = per_image_bytes(cfg)
+    base = CUDA_CONTEXT if cuda else _nearest(BASE_BYTES, cfg.MODEL.RESNETS.DEPTH)
+    available = available_memory(cfg.MODEL.DEVICE)
+    if available is not None and not cuda:
+        available /= world  # processes on one machine share its RAM; each GPU has its own memory
+    return MemoryEstimate(base + images * image, available, cfg.MODEL.DEVICE, images, largest_input(cfg), image)
+
+
+def check_memory(cfg, processes_here: int = 1) -> MemoryEstimate:
+    """The estimate; a `MaskinitError` naming what to change when it exceeds the memory available."""
+    estimate = estimate_memory(cfg, processes_here)
+    if estimate.fits:
+        return estimate
+    base = estimate.peak_bytes - estimate.images_per_process * estimate.per_image_bytes
+    fitting = int((estimate.available_bytes - base) // estimate.per_image_bytes)
+    changes = []
+    if fitting >= 1:
+        changes.append(f"--ims-per-batch {fitting * max(1, processes_here)}")
+    if cfg.MODEL.RESNETS.DEPTH >= 50 and not cfg.MODEL.DEVICE.startswith("cuda"):
+        changes.append("--preset tiny (the CPU scale)")
+    changes.append(f"smaller inputs (INPUT.MIN_SIZE_TRAIN / INPUT.MAX_SIZE_TRAIN, now up to {max(estimate.input_shape)} pixels)")
+    raise MaskinitError(
+        f"this run would not fit in memory: {estimate.describe()}; use {', or '.join(changes)} "
+        "(MASKINIT.MEMORY_CHECK False skips this check)"
+    )

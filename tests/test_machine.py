@@ -1,0 +1,91 @@
+"""What this machine can run: the default preset for the device, and the memory check before training."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from maskinit import MaskinitError, load_config
+from maskinit import machine
+from maskinit.machine import check_memory, default_preset, estimate_memory
+from maskinit.train import DataOptions, TrainOptions, train
+
+RESULTS = Path(__file__).resolve().parent.parent / "benchmarks" / "results" / "memory.json"
+GiB = 2**30
+
+
+def sized(preset, side, batch):
+    return load_config(preset=preset, overrides=[
+        "INPUT.MIN_SIZE_TRAIN", f"({side},)", "INPUT.MAX_SIZE_TRAIN", str(side), "SOLVER.IMS_PER_BATCH", str(batch),
+        "MODEL.DEVICE", "cpu"])
+
+
+def test_the_estimate_matches_every_measured_peak_within_5_percent():
+    points = json.loads(RESULTS.read_text())["points"]
+    assert {p["preset"] for p in points} == {"tiny", "r50-fpn"} and len(points) >= 6
+    for point in points:
+        estimate = estimate_memory(sized(point["preset"], point["side"], point["batch"]))
+        assert estimate.peak_bytes == pytest.approx(point["peak_bytes"], rel=0.05), point
+
+
+def test_estimate_grows_with_batch_and_input_and_is_shared_between_processes(monkeypatch):
+    monkeypatch.setattr(machine, "available_memory", lambda device: 16.0 * GiB)
+    small, large = estimate_memory(sized("tiny", 128, 4)), estimate_memory(sized("tiny", 512, 4))
+    assert large.peak_bytes > small.peak_bytes and large.input_shape == (512, 512)
+    assert estimate_memory(sized("tiny", 128, 8)).peak_bytes > small.peak_bytes
+    two = estimate_memory(sized("tiny", 128, 8), processes_here=2)
+    assert two.images_per_process == 4 and two.available_bytes == 8.0 * GiB
+
+
+def test_the_full_scale_preset_on_this_cpu_is_refused_with_what_to_change(monkeypatch):
+    monkeypatch.setattr(machine, "available_memory", lambda device: 22.0 * GiB)
+    cfg = load_config(preset="r50-fpn", overrides=["MODEL.DEVICE", "cpu"])
+    with pytest.raises(MaskinitError) as error:
+        check_memory(cfg)
+    message = str(error.value)
+    assert "would not fit in memory" in message and "22.0 GiB available" in message
+    assert "16 images of up to 800x1344 pixels" in message
+    assert "--ims-per-batch 12" in message and "--preset tiny" in message and "MASKINIT.MEMORY_CHECK" in message
+    fitting = load_config(preset="r50-fpn", overrides=["MODEL.DEVICE", "cpu", "SOLVER.IMS_PER_BATCH", "12"])
+    assert check_memory(fitting).fits
+
+
+def test_training_is_refused_before_anything_is_written_unless_the_check_is_off(tmp_path, coco, monkeypatch):
+    monkeypatch.setattr(machine, "available_memory", lambda device: 0.5 * GiB)
+    out = tmp_path / "oom"
+    options = dict(data=DataOptions(**vars(coco)), max_iter=1, progress=False)
+    with pytest.raises(MaskinitError, match="would not fit in memory"):
+        train(load_config(preset="tiny"), TrainOptions(output_dir=str(out), **options))
+    assert not out.exists()
+    summary = train(load_config(preset="tiny", overrides=["MASKINIT.MEMORY_CHECK", "False"]), TrainOptions(output_dir=str(out), **options))
+    assert summary["status"] == "finished"
+
+
+def test_default_preset_follows_the_device(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    preset, why = default_preset(None)
+    assert preset == "tiny" and "no CUDA GPU here" in why
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert default_preset(None)[0] == "r50-fpn"
+    preset, why = default_preset("cpu")
+    assert preset == "tiny" and "--device cpu" in why
+
+
+def test_bare_train_picks_the_cpu_scale_here_and_says_why(tmp_path, monkeypatch):
+    import subprocess
+    import sys
+
+    monkeypatch.setenv("MASKINIT_CACHE", str(tmp_path / "cache"))
+    out = tmp_path / "bare"
+    maskinit = str(Path(sys.executable).with_name("maskinit"))
+    process = subprocess.run([maskinit, "train", "--from-scratch", "--output-dir", str(out), "--max-iter", "1",
+                              "--no-progress", "MODEL.ROI_HEADS.SCORE_THRESH_TEST", "0.9"],
+                             capture_output=True, text=True, timeout=600)
+    assert process.returncode == 0, process.stderr[-2000:]
+    assert "preset tiny" in process.stderr and "no CUDA GPU here" in process.stderr
+    cfg = load_config(out / "config.yaml")
+    assert cfg.MASKINIT.PRESET == "tiny" and cfg.MODEL.RESNETS.DEPTH == 18 and cfg.MODEL.DEVICE == "cpu"
+    assert "memory: estimated peak" in (out / "log.txt").read_text()  # the estimate, logged by the run

@@ -4,7 +4,12 @@
 detection `resize_and_crop_image`): `T.ResizeScale(min, max, size, size)` fits the image into a square
 of a random scale, `T.FixedSizeCrop((size, size))` crops (or pads, image with 128, segmentation with
 255) to exactly `size x size`, `T.RandomFlip()` flips horizontally; boxes are recomputed from the
-cropped masks (`recompute_boxes=True`), as the source does.
+cropped masks (`recompute_boxes=True`), as the source does. The pad value 128 is about the mean of
+8-bit colour pixels; an image of any other kind (gray, 16-bit, N-channel, see
+`maskinit.data.mapper`) is padded with the data's mean per channel (`MODEL.PIXEL_MEAN`), 0 after
+normalization, as the model pads the images of a batch.
+
+Both augmentations run in `maskinit.data.mapper.ImageMapper`, which reads every image kind.
 
 fvcore's `CropTransform` clips polygon masks with shapely, which is not a maskinit dependency: the
 crop here uses shapely when it is installed and an exact rectangle clip in numpy otherwise.
@@ -81,12 +86,45 @@ class ClippingCropTransform(T.CropTransform):
         return super().apply_polygons(polygons)
 
 
+class ChannelPadTransform(T.PadTransform):
+    """fvcore's PadTransform with one image pad value per channel (`pad_value` a sequence); segmentation
+    masks keep its single `seg_pad_value`."""
+
+    def apply_image(self, img: np.ndarray) -> np.ndarray:
+        # Re-states fvcore 0.1.5's PadTransform.apply_image (np.pad of ((y0, y1), (x0, x1)) with a
+        # constant), once per channel.
+        padding = ((self.y0, self.y1), (self.x0, self.x1))
+        planes = [np.pad(img[:, :, c], padding, constant_values=value) for c, value in enumerate(self.pad_value)]
+        return np.stack(planes, axis=2)
+
+
 class FixedSizeCrop(T.FixedSizeCrop):
-    """Detectron2's FixedSizeCrop (same random offset, same padding); its crop is a ClippingCropTransform."""
+    """Detectron2's FixedSizeCrop (same random offset, same padding); its crop is a ClippingCropTransform.
+
+    `channel_pad` (one value per channel, `MODEL.PIXEL_MEAN`): the pad of every image but an 8-bit
+    3-channel one, which keeps Detectron2's `pad_value`.
+    """
+
+    def __init__(self, crop_size, pad: bool = True, pad_value: float = 128.0, seg_pad_value: int = 255,
+                 channel_pad=None):
+        super().__init__(crop_size, pad=pad, pad_value=pad_value, seg_pad_value=seg_pad_value)
+        self.channel_pad = tuple(float(value) for value in channel_pad) if channel_pad is not None else None
 
     def _get_crop(self, image: np.ndarray) -> T.Transform:
-        crop = super()._get_crop(image)
+        crop = super()._get_crop(image)  # Detectron2 private method, overridden for its transform's type
         return ClippingCropTransform(crop.x0, crop.y0, crop.w, crop.h, crop.orig_w, crop.orig_h)
+
+    def _get_pad(self, image: np.ndarray) -> T.Transform:
+        pad = super()._get_pad(image)  # Detectron2 private method: the same padding, other values
+        eight_bit_colour = image.dtype == np.uint8 and image.ndim == 3 and image.shape[2] == 3
+        if self.channel_pad is None or eight_bit_colour or image.ndim != 3:
+            return pad
+        if len(self.channel_pad) != image.shape[2]:
+            raise MaskinitError(
+                f"LSJ padding: {len(self.channel_pad)} pad values (MODEL.PIXEL_MEAN) for an image of {image.shape[2]} channels"
+            )
+        return ChannelPadTransform(pad.x0, pad.y0, pad.x1, pad.y1, pad.orig_w, pad.orig_h,
+                                   self.channel_pad, pad.seg_pad_value)
 
 
 def build_train_augmentations(cfg: CfgNode) -> list[T.Augmentation]:
@@ -105,20 +143,23 @@ def build_train_augmentations(cfg: CfgNode) -> list[T.Augmentation]:
         T.ResizeScale(
             min_scale=float(aug.LSJ_MIN_SCALE), max_scale=float(aug.LSJ_MAX_SCALE), target_height=size, target_width=size
         ),
-        # Detectron2 0.7.2's defaults, which the LSJ configs use: pad the image with 128, segmentation with 255.
-        FixedSizeCrop(crop_size=(size, size), pad=True, pad_value=128.0, seg_pad_value=255),
+        # Detectron2 0.7.2's defaults, which the LSJ configs use: pad the image with 128, segmentation with 255;
+        # images other than 8-bit colour with the data's mean.
+        FixedSizeCrop(crop_size=(size, size), pad=True, pad_value=128.0, seg_pad_value=255,
+                      channel_pad=cfg.MODEL.PIXEL_MEAN),
         T.RandomFlip(horizontal=True),
     ]
 
 
 def build_train_mapper(cfg: CfgNode):
-    """Detectron2's DatasetMapper with the LSJ augmentations and `recompute_boxes=True`; None for `default`
-    (Detectron2's own train loader then builds its mapper from `INPUT.*`)."""
-    from detectron2.data import DatasetMapper
+    """The training mapper (`maskinit.data.mapper.ImageMapper`, Detectron2's DatasetMapper reading every
+    image kind): for `default`, built from `INPUT.*` as Detectron2 builds its own; for `lsj`, with the LSJ
+    augmentations and `recompute_boxes=True`."""
+    from .data.mapper import ImageMapper
 
     check_augment(cfg)
     if cfg.MASKINIT.AUGMENT.NAME == "default":
-        return None
+        return ImageMapper(cfg, is_train=True)
     if not cfg.MODEL.MASK_ON:
         raise MaskinitError("MASKINIT.AUGMENT.NAME lsj recomputes boxes from the masks: it needs MODEL.MASK_ON")
-    return DatasetMapper(cfg, is_train=True, augmentations=build_train_augmentations(cfg), recompute_boxes=True)
+    return ImageMapper(cfg, is_train=True, augmentations=build_train_augmentations(cfg), recompute_boxes=True)

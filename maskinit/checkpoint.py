@@ -2,8 +2,9 @@
 
 Training saves through `AuditedCheckpointer` (Detectron2's checkpointer, recording every file it
 reads, writing each file to a temporary name renamed into place, and refusing to write a model
-whose weights are no longer finite). `eval` and `predict` load trained weights with `load_weights`,
-which refuses files of another model and diverged (non-finite) weights in one line.
+whose weights are no longer finite). `eval` and `predict` load trained weights with `load_weights`
+(`load_trained_model`: the model built, loaded, in eval mode), which refuses files of another model
+and diverged (non-finite) weights in one line.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import re
 from pathlib import Path
 
 import torch
-from detectron2.checkpoint import DetectionCheckpointer
+from detectron2.checkpoint import DetectionCheckpointer  # save re-stated, _load_file/_load_model overridden: see internals.py
 from torch import nn
 
 from .atomic import write_atomically
@@ -174,4 +175,13 @@ def load_weights(model: nn.Module, weights: str | Path) -> nn.Module:
             f"weights {path} do not match this model ({counts} parameters, e.g. {example}): "
             "trained with a different config or not a maskinit checkpoint"
         )
+    return model
+
+
+def load_trained_model(cfg, weights: str | Path) -> nn.Module:
+    """`build_model(cfg)` with `weights` loaded (`load_weights`), in eval mode: what `eval` and `predict` run."""
+    from .model import build_model
+
+    model = load_weights(build_model(cfg), weights)
+    model.eval()
     return model

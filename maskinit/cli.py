@@ -2,6 +2,14 @@
 
 Every command is a thin wrapper over a plain function; a `MaskinitError` becomes one red line and
 exit code 2 (`--debug` shows the traceback instead).
+
+One vocabulary for every command (an older name stays as a hidden alias):
+- a COCO dataset given by its role is `--train-json/--train-images` or `--val-json/--val-images`; a
+  command about one dataset (`check-data`, `analyze-data`) takes its JSON as the argument and the image
+  folder as `--images` (alias `--json FILE`);
+- a folder of outputs is `--output-dir` (`train`, `predict`; alias `--output`), drawings `--vis-dir`;
+- a JSON report is `--json-out` (`eval`, `inspect-init` (alias `--json`), `check-data`, `analyze-data`);
+  a figure `--plot`; `export-config` writes its YAML to stdout or `-o/--output FILE`.
 """
 
 from __future__ import annotations
@@ -118,6 +126,30 @@ IMS_PER_BATCH_HELP = ("Total batch; iterations rescale against it, the LR linear
                       "square root for Adam/AdamW.")
 
 
+def print_key_rows(title: str, rows, columns: tuple[str, str, str], out: Console) -> None:
+    """(key, old, new, reason) rows: a table on a terminal, one line per key otherwise (a table is cut at 80 columns)."""
+    if out.is_terminal:
+        table = Table(title=escape(title))
+        table.add_column("key", no_wrap=True)
+        for column in columns:
+            table.add_column(column, overflow="fold")
+        for key, old, new, reason in rows:
+            table.add_row(escape(key), escape(str(old)), escape(str(new)), escape(reason))
+        out.print(table)
+    else:
+        out.file.write("".join(line + "\n" for line in ([title + ":"] if title else []) + explain_lines(rows)))
+
+
+def renamed(value, old_value, name: str, old_name: str, required: bool = False):
+    """The value given under an option's name or under its old, hidden one (not two different ones)."""
+    if value is not None and old_value is not None and value != old_value:
+        raise MaskinitError(f"{old_name} is the old name of {name}: give it once")
+    value = old_value if value is None else value
+    if value is None and required:
+        raise MaskinitError(f"{name} is required")
+    return value
+
+
 def explain_lines(differences) -> list[str]:
     """`--explain` rows as plain lines, for a stderr that is not a terminal (a table would be cut at 80 columns)."""
     shown = lambda value: "''" if value == "" else str(value)  # noqa: E731 - an empty value stays visible
@@ -151,17 +183,9 @@ def export_config_command(
     )
     text = export_config(output, plain=plain, **options)
     if explain:
-        differences = build_config(**options).differences()
-        if err_console.is_terminal:
-            table = Table(title="keys that differ from the base config")
-            table.add_column("key", no_wrap=True)
-            for column in ("base", "maskinit", "why"):
-                table.add_column(column, overflow="fold")
-            for key, old, new, reason in differences:
-                table.add_row(escape(key), escape(str(old)), escape(str(new)), escape(reason))
-            err_console.print(table)
-        else:
-            sys.stderr.write("".join(line + "\n" for line in explain_lines(differences)))
+        # piped, only the key lines: `--explain 2> explain.txt` is one line per key
+        print_key_rows("keys that differ from the base config" if err_console.is_terminal else "",
+                       build_config(**options).differences(), ("base", "maskinit", "why"), err_console)
     if output is None:
         sys.stdout.write(text)
     else:
@@ -174,8 +198,7 @@ def list_command(
     plugin: Optional[List[str]] = typer.Option(None, help=PLUGIN_HELP),
 ):
     """List presets, published recipes (with their COCO AP), norm variants and initializers."""
-    from .config import list_presets
-    from .recipes import RECIPES, list_recipes
+    from .recipes import RECIPES, list_presets, list_recipes
     from .initializers import INITIALIZER_REGISTRY
     from .norms import NORM_REGISTRY
     from .plugins import load_plugins
@@ -299,6 +322,10 @@ def train(
         data=DataOptions(train_json, train_images, val_json, val_images, dataset, val_dataset),
     )
     summary = run_training(cfg, options, explicit_keys=set((overrides or [])[::2]))
+    fitted = [(row["key"], row["preset"], row["fitted"], row["from"]) for row in summary.get("fitted_to_data", ())]
+    if fitted:
+        print_key_rows("keys fitted to the training data (MASKINIT.FIT_TO_DATA False turns this off)", fitted,
+                       ("preset", "fitted", "from"), err_console)
     for warning in summary.get("warnings", ()):
         err_console.print(f"[bold yellow]warning:[/] {escape(warning)}", highlight=False, soft_wrap=True)
     if "eval" in summary:
@@ -341,18 +368,25 @@ def inspect_init_command(
     lr: Optional[float] = typer.Option(None, help="LR of the update ratio lr*|grad|/|w| (default SOLVER.BASE_LR)."),
     compare: Optional[List[str]] = typer.Option(None, help="Initializer specs side by side, each for every component: kaiming_normal,xavier_uniform,..."),
     plot: Optional[Path] = typer.Option(None, help="Write activation std and gradient norm by depth to this PNG."),
-    json_path: Optional[Path] = typer.Option(None, "--json", help="Write the measurements and the verdict as JSON."),
+    json_out: Optional[Path] = typer.Option(None, "--json-out", help="Write the measurements and the verdict as JSON."),
+    json_path: Optional[Path] = typer.Option(None, "--json", hidden=True, help="Old name of --json-out."),
     seed: int = typer.Option(0, help="Seed of the weights and the synthetic batch."),
 ):
     """One forward+backward on CPU: activation, gradient and update scale per stage; exit 1 on a problem."""
     from .config import load_config
     from .diagnostics import coco_batch, compare as compare_inits, inspect_init, plot as plot_results, write_json
 
+    json_out = renamed(json_out, json_path, "--json-out", "--json")
     if (train_json is None) != (train_images is None):
         raise MaskinitError("--train-json and --train-images go together")
     cfg = load_config(path=config, base=base, preset=preset, norm=norm, init=init, overrides=overrides or (), plugins=plugin or ())
     batch = None
     if train_json is not None:
+        from .data.analysis import fit_to_data
+        from .train import DataOptions
+
+        # the model inspect-init builds is the one train would build on this data (channels, pixel statistics, sizes)
+        cfg, _ = fit_to_data(cfg, DataOptions(str(train_json), str(train_images)), keep=set((overrides or [])[::2]))
         cfg, batch = coco_batch(cfg, train_json, train_images)
     if compare:
         results = compare_inits(cfg, compare, lr=lr, batch=batch, seed=seed)
@@ -377,8 +411,8 @@ def inspect_init_command(
         console.print(table)
     for result in results:
         console.print(_verdict_line(result), highlight=False, soft_wrap=True)
-    if json_path is not None:
-        err_console.print(f"wrote {write_json(results if compare else results[0], json_path)}")
+    if json_out is not None:
+        err_console.print(f"wrote {write_json(results if compare else results[0], json_out)}")
     if plot is not None:
         err_console.print(f"wrote {plot_results(results, plot)}")
     raise typer.Exit(0 if all(result.ok for result in results) else 1)
@@ -425,7 +459,8 @@ def predict(
     config: Path = typer.Option(..., "--config", help="config.yaml of the trained run."),
     weights: Path = typer.Option(..., "--weights", help="Checkpoint (e.g. model_final.pth)."),
     input: Path = typer.Option(..., "--input", help="An image or a folder of images."),
-    output: Path = typer.Option(..., "--output", help="Folder for drawings and predictions.json."),
+    output_dir: Optional[Path] = typer.Option(None, "--output-dir", show_default=False, help="Folder for drawings and predictions.json (required)."),
+    output: Optional[Path] = typer.Option(None, "--output", hidden=True, help="Old name of --output-dir."),
     score_threshold: float = typer.Option(0.5, help="Keep instances scoring at least this."),
     device: Optional[str] = typer.Option(None, help="cpu or cuda."),
     plugin: Optional[List[str]] = typer.Option(None, help=PLUGIN_HELP),
@@ -435,10 +470,11 @@ def predict(
     from .devices import with_device
     from .visualize import predict as run_prediction
 
+    output_dir = renamed(output_dir, output, "--output-dir", "--output", required=True)
     if not 0 <= score_threshold <= 1:
         raise MaskinitError(f"--score-threshold must be in [0, 1], got {score_threshold}")
     cfg = with_device(load_config(path=config, plugins=plugin or ()), device)
-    path = run_prediction(cfg, weights, input, output, score_threshold=score_threshold)
+    path = run_prediction(cfg, weights, input, output_dir, score_threshold=score_threshold)
     console.print(f"predictions in {path}")
 
 
@@ -448,7 +484,8 @@ SEVERITY_STYLES = {"fatal": "bold red", "fixable": "yellow", "warning": "magenta
 @app.command("check-data")
 @handles_errors
 def check_data_command(
-    json_file: Path = typer.Option(..., "--json", help="COCO instances JSON to check."),
+    json_file: Optional[Path] = typer.Argument(None, metavar="JSON", show_default=False, help="COCO instances JSON to check."),
+    json_option: Optional[Path] = typer.Option(None, "--json", hidden=True, help="Old form of the JSON argument."),
     images: Optional[Path] = typer.Option(None, "--images", help="Folder the JSON's file_names are relative to."),
     skip_bad: bool = typer.Option(False, "--skip-bad", help="Accept fixable problems: show what training with --skip-bad leaves out, exit 0."),
     no_images: bool = typer.Option(False, "--no-images", help="Check the JSON only, not the image files."),
@@ -459,14 +496,17 @@ def check_data_command(
 
     from .data.validate import check_coco, enforce_data_policy
 
+    json_file = renamed(json_file, json_option, "the COCO JSON argument (maskinit check-data JSON --images DIR)", "--json", required=True)
     if images is None and not no_images:
         raise MaskinitError("--images DIR is needed to check the image files (or pass --no-images)")
     report = check_coco(json_file, images, check_images=not no_images)
     if json_out is not None:
         import json
 
+        from .atomic import write_atomically
+
         try:
-            json_out.write_text(json.dumps(report.to_dict(), indent=2))
+            write_atomically(json_out, json.dumps(report.to_dict(), indent=2))
         except OSError as error:
             raise MaskinitError(f"cannot write {json_out}: {error.strerror}") from None
     if report.fatal:
@@ -503,7 +543,8 @@ def check_data_command(
 @app.command("analyze-data")
 @handles_errors
 def analyze_data_command(
-    json_file: Path = typer.Option(..., "--json", help="COCO instances JSON of the training set."),
+    json_file: Optional[Path] = typer.Argument(None, metavar="JSON", show_default=False, help="COCO instances JSON of the training set."),
+    json_option: Optional[Path] = typer.Option(None, "--json", hidden=True, help="Old form of the JSON argument."),
     images: Path = typer.Option(..., "--images", help="Folder the JSON's file_names are relative to."),
     preset: Optional[str] = typer.Option(None, help=PRESET_HELP + " The fitted keys are shown against it (default r50-fpn)."),
     config: Optional[Path] = typer.Option(None, "--config", help="A complete config (from export-config) to fit against instead of a preset."),
@@ -515,6 +556,7 @@ def analyze_data_command(
     """Measure a COCO training set and show the config keys fitted to it (pixel mean/std, sizes, anchors, ...)."""
     from .data.analysis import analyze_coco, fit_config, fit_rows, plot_analysis, write_analysis_json
 
+    json_file = renamed(json_file, json_option, "the COCO JSON argument (maskinit analyze-data JSON --images DIR)", "--json", required=True)
     analysis = analyze_coco(json_file, images, sample=sample or None, seed=seed)
     table = Table(title=f"analyze-data {escape(str(json_file))}")
     table.add_column("statistic", no_wrap=True)
@@ -529,16 +571,7 @@ def analyze_data_command(
     fits = fit_config(cfg, analysis)
     title = f"keys fitted to the data (against {config or cfg.MASKINIT.PRESET or 'the config'})"
     rows = fit_rows(cfg, fits)
-    if console.is_terminal:
-        table = Table(title=escape(title))
-        table.add_column("key", no_wrap=True)
-        for column in ("preset", "fitted", "from"):
-            table.add_column(column, overflow="fold")
-        for key, old, new, reason in rows:
-            table.add_row(escape(key), escape(str(old)), escape(str(new)) if new == old else f"[bold green]{escape(str(new))}[/]", escape(reason))
-        console.print(table)
-    else:  # a pipe or a file: one line per key, as export-config --explain (a table would be cut at 80 columns)
-        sys.stdout.write("".join(line + "\n" for line in [title + ":", *explain_lines(rows)]))
+    print_key_rows(title, rows, ("preset", "fitted", "from"), console)
     if json_out is not None:
         err_console.print(f"wrote {write_analysis_json(json_out, analysis, cfg, fits)}")
     if plot is not None:

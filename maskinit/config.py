@@ -17,21 +17,12 @@ from typing import Iterable, Sequence
 import yaml
 from detectron2.config import CfgNode, get_cfg
 
-from .errors import MaskinitError
+from .atomic import write_atomically
+from .errors import MaskinitError, one_line
+from .recipes import list_presets, preset_file, recipe_file  # noqa: F401 - presets and recipes live in recipes.py
 
 DEFAULT_BASE = "COCO-InstanceSegmentation/mask_rcnn_R_50_FPN_3x.yaml"
 DEFAULT_PRESET = "r50-fpn"
-def _configs_dir() -> Path:
-    """configs/ of the checkout (editable install), else the copy a wheel ships as maskinit.configs."""
-    checkout = Path(__file__).resolve().parent.parent / "configs"
-    if checkout.is_dir():
-        return checkout
-    from importlib.resources import files
-
-    return Path(str(files("maskinit.configs")))
-
-
-CONFIGS_DIR = _configs_dir()
 SCHEDULES = {"1x": 1, "3x": 3, "6x": 6, "9x": 9}
 # Detectron2's 1x: 90k iterations at batch 16, LR steps 30k and 10k before the end; longer
 # schedules step 60k and 20k before the end (3x: 210k/250k of 270k; 9x: 750k/790k of 810k).
@@ -110,6 +101,8 @@ def add_maskinit_config(cfg: CfgNode) -> CfgNode:
     _C.MASKINIT.OPTIMIZER = "sgd"
     # LR schedule after warmup: step (SOLVER.STEPS), cosine, or plateau (see MASKINIT.PLATEAU).
     _C.MASKINIT.LR_SCHEDULE = "step"
+    # Fit pixel mean/std, input sizes, anchors, detections per image to the user's training data (data/analysis.py).
+    _C.MASKINIT.FIT_TO_DATA = True
     # Refuse, before training, a run whose estimated peak memory exceeds what this machine has (maskinit/machine.py).
     _C.MASKINIT.MEMORY_CHECK = True
     # Mixed-precision dtype when SOLVER.AMP.ENABLED: auto (bf16 where supported, else fp16), bfloat16, float16.
@@ -160,17 +153,6 @@ def base_config_file(base: str) -> str:
     if path:
         return path
     raise MaskinitError(f"unknown base config {base!r}: not a file and not a Detectron2 model-zoo config name")
-
-
-def list_presets() -> list[str]:
-    return sorted(p.stem for p in CONFIGS_DIR.glob("*.yaml") if not p.stem.startswith("Base"))
-
-
-def preset_file(name: str) -> Path:
-    path = CONFIGS_DIR / f"{name}.yaml"
-    if not path.is_file() or name.startswith("Base"):
-        raise MaskinitError(f"unknown preset {name!r} (known: {', '.join(list_presets())})")
-    return path
 
 
 def new_config() -> CfgNode:
@@ -224,11 +206,6 @@ def merge_file(cfg: CfgNode, path: str | Path, what: str) -> None:
         raise MaskinitError(f"{what} {path}: unknown config key {error.args[0]}") from None
     except (ValueError, AssertionError, TypeError, AttributeError) as error:
         raise MaskinitError(f"{what} {path}: {one_line(error)}") from None
-
-
-def one_line(error: BaseException) -> str:
-    text = str(error).strip().splitlines()
-    return text[0] if text else type(error).__name__
 
 
 def merge_overrides(cfg: CfgNode, overrides: Sequence[str]) -> None:
@@ -417,8 +394,6 @@ def build_config(
         build = ConfigBuild(base_cfg.clone(), base_cfg)
         cfg = build.cfg
         if recipe:  # a recipe replaces the preset stage
-            from .recipes import recipe_file
-
             merge_file(cfg, recipe_file(recipe), "recipe")
             cfg.MASKINIT.RECIPE = recipe
             build.stage(f"recipe {recipe}")
@@ -672,8 +647,7 @@ def export_config(output: str | Path | None = None, *, plain: bool = False, **op
         if output.is_dir():
             raise MaskinitError(f"output {output} is a directory")
         try:
-            output.parent.mkdir(parents=True, exist_ok=True)
-            output.write_text(text)
+            write_atomically(output, text)
         except OSError as error:
             raise MaskinitError(f"cannot write {output}: {error.strerror}") from None
     return text

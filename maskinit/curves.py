@@ -7,13 +7,16 @@ from pathlib import Path
 
 
 def read_metrics(path: Path) -> list[dict]:
-    """Detectron2's JSONWriter appends one JSON object per line; a torn last line is skipped."""
+    """Detectron2's JSONWriter appends one JSON object per line; a torn line (or one that is not an
+    object, or not text) is skipped: a damaged file costs its plot lines, not the run."""
     rows = []
-    for line in path.read_text().splitlines():
+    for line in path.read_text(errors="replace").splitlines():
         try:
-            rows.append(json.loads(line))
+            row = json.loads(line)
         except json.JSONDecodeError:
             continue
+        if isinstance(row, dict):
+            rows.append(row)
     return rows
 
 

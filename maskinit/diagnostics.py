@@ -172,17 +172,20 @@ def coco_batch(
     cfg: CfgNode, train_json: str | Path, train_images: str | Path, num_images: int = 2
 ) -> tuple[CfgNode, list[dict]]:
     """The config as training sets it for a COCO instances file (classes, mask format), and the file's
-    first annotated images, loaded and mapped by Detectron2 itself (deterministic test-time resize).
+    first annotated images, loaded as training loads them (`maskinit.data.mapper.ImageMapper`: every
+    image kind, for a model of `len(MODEL.PIXEL_MEAN)` channels) with Detectron2's deterministic
+    test-time resize.
 
     The file is checked first as `check-data` checks it (the JSON, not every image file: only the
     first ones are read), and refused in one line when training would refuse it: pycocotools
     segfaults on some bad polygons.
     """
-    from detectron2.data import DatasetCatalog, DatasetMapper, MetadataCatalog
+    from detectron2.data import DatasetCatalog, MetadataCatalog
     from detectron2.data import detection_utils
 
-    from .config import one_line
+    from .errors import one_line
     from .data.coco import apply_dataset_to_cfg, register_coco_dataset
+    from .data.mapper import ImageMapper
     from .data.validate import enforce_data_policy, load_and_check_coco
 
     _, report = load_and_check_coco(train_json, check_images=False)
@@ -202,12 +205,13 @@ def coco_batch(
     records = [r for r in records if any(not a.get("iscrowd", 0) for a in r.get("annotations", []))]
     if not records:
         raise MaskinitError(f"{train_json} has no image with a (non-crowd) annotation")
-    mapper = DatasetMapper(
+    mapper = ImageMapper(
         is_train=True,
         augmentations=detection_utils.build_augmentation(cfg, is_train=False),
         image_format=cfg.INPUT.FORMAT,
         use_instance_mask=cfg.MODEL.MASK_ON,
         instance_mask_format=cfg.INPUT.MASK_FORMAT,
+        channels=len(cfg.MODEL.PIXEL_MEAN),
     )
     batch = []
     for record in records[:num_images]:
@@ -523,7 +527,7 @@ def plot(results: InitInspection | Sequence[InitInspection], path: str | Path) -
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    from .config import one_line
+    from .errors import one_line
 
     results = [results] if isinstance(results, InitInspection) else list(results)
     names = [row.name for row in results[0].stages]

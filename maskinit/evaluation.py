@@ -1,4 +1,4 @@
-"""COCO evaluation (box and mask AP) with Detectron2's `COCOEvaluator`, and loading trained weights.
+"""COCO evaluation (box and mask AP) with Detectron2's `COCOEvaluator`; trained weights load in `checkpoint`.
 
 COCO AP computation backend: Detectron2's own fast `COCOeval_opt` needs its compiled `_C`
 extension, which this install does not have, so Detectron2 would fall back to pycocotools' pure
@@ -21,12 +21,12 @@ import numpy as np
 from detectron2.config import CfgNode
 from detectron2.data import build_detection_test_loader
 from detectron2.evaluation import COCOEvaluator, inference_on_dataset
-from detectron2.evaluation import coco_evaluation
+from detectron2.evaluation import coco_evaluation  # its COCOeval_opt slot and a private function: see internals.py
 from torch import nn
 
-from .checkpoint import load_weights
+from .atomic import write_atomically
+from .checkpoint import load_trained_model, load_weights  # noqa: F401 - load_weights: the name tests import from here
 from .errors import MaskinitError
-from .model import build_model
 
 logger = logging.getLogger(__name__)
 
@@ -139,17 +139,6 @@ def max_backend_difference(
 
 
 # ---------------------------------------------------------------------------------------------
-# Weights
-
-
-def load_trained_model(cfg: CfgNode, weights: str | Path) -> nn.Module:
-    """`build_model(cfg)` with `weights` loaded, in eval mode."""
-    model = load_weights(build_model(cfg), weights)
-    model.eval()
-    return model
-
-
-# ---------------------------------------------------------------------------------------------
 # Evaluation
 
 
@@ -160,9 +149,12 @@ def evaluate_model(
     output_dir: str | Path | None = None,
     backend: str | None = None,
 ) -> dict:
-    """COCO box and mask AP of an in-memory model on a registered dataset (Detectron2's result dict)."""
+    """COCO box and mask AP of an in-memory model on a registered dataset (Detectron2's result dict);
+    images of every kind are read by `maskinit.data.mapper.ImageMapper`."""
+    from .data.mapper import ImageMapper
+
     evaluator = build_evaluator(cfg, dataset_name, output_dir, backend)
-    loader = build_detection_test_loader(cfg, dataset_name)
+    loader = build_detection_test_loader(cfg, dataset_name, mapper=ImageMapper(cfg, is_train=False))
     results = inference_on_dataset(model, loader, evaluator)
     return {task: dict(metrics) for task, metrics in results.items()}
 
@@ -179,8 +171,7 @@ def json_safe(value):
 def write_results_json(results: dict, path: str | Path) -> Path:
     path = Path(path)
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(json_safe(results), indent=2) + "\n")
+        write_atomically(path, json.dumps(json_safe(results), indent=2) + "\n")
     except OSError as error:
         raise MaskinitError(f"cannot write {path}: {error.strerror}") from None
     return path

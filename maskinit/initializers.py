@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import inspect
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import torch
 from detectron2.utils.registry import Registry
@@ -50,7 +50,7 @@ def register_initializer(name: str):
     """Decorator: `@register_initializer("my_init") def my_init(weight, **params): ...`."""
 
     def decorator(fn):
-        INITIALIZER_REGISTRY._do_register(name, fn)
+        INITIALIZER_REGISTRY._do_register(name, fn)  # fvcore's private method: see internals.py
         return fn
 
     return decorator
@@ -233,7 +233,3 @@ def set_prior_bias(model: nn.Module, prior_prob: float, labels: dict) -> None:
         # softmax over K foreground classes + background (last): P(background) = 1 - p.
         cls_score.bias[-1] = math.log((1 - prior_prob) * num_foreground / prior_prob)
         labels["roi_heads.box_predictor.cls_score.bias"] = f"prior P(fg)={prior_prob}"
-
-
-def report_as_dicts(report: list[ParamInit]) -> list[dict]:
-    return [asdict(line) for line in report]

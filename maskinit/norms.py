@@ -49,7 +49,7 @@ def register_norm(name: str):
     """Decorator: `@register_norm("MyNorm") class MyNorm(NormVariant): ...`."""
 
     def decorator(cls):
-        NORM_REGISTRY._do_register(name, cls)
+        NORM_REGISTRY._do_register(name, cls)  # fvcore's private method: see internals.py
         cls.registered_name = name
         return cls
 

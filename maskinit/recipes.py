@@ -1,9 +1,11 @@
-"""Published from-scratch recipes, one `--recipe NAME` away.
+"""The named configs shipped under `configs/`: presets (`--preset NAME`) and published from-scratch
+recipes (`--recipe NAME`). `config.build_config` merges them; nothing here builds a config.
 
-Each recipe is a YAML under `configs/recipes/`, a transcription of a published config into
-Detectron2 YAML keys plus `cfg.MASKINIT`, with its source and published COCO val2017 AP in the
-header. A recipe replaces the preset stage of `build_config`; it is merged on Detectron2's default
-base (`COCO-InstanceSegmentation/mask_rcnn_R_50_FPN_3x.yaml`, i.e. `Base-RCNN-FPN.yaml`).
+A preset is a YAML under `configs/` (`_BASE_` inheritance over `Base-Scratch.yaml`). Each recipe is
+a YAML under `configs/recipes/`, a transcription of a published config into Detectron2 YAML keys
+plus `cfg.MASKINIT`, with its source and published COCO val2017 AP in the header. A recipe replaces
+the preset stage of `build_config`; it is merged on Detectron2's default base
+(`COCO-InstanceSegmentation/mask_rcnn_R_50_FPN_3x.yaml`, i.e. `Base-RCNN-FPN.yaml`).
 """
 
 from __future__ import annotations
@@ -11,9 +13,20 @@ from __future__ import annotations
 from pathlib import Path
 from typing import NamedTuple
 
-from .config import CONFIGS_DIR
 from .errors import MaskinitError
 
+
+def _configs_dir() -> Path:
+    """configs/ of the checkout (editable install), else the copy a wheel ships as maskinit.configs."""
+    checkout = Path(__file__).resolve().parent.parent / "configs"
+    if checkout.is_dir():
+        return checkout
+    from importlib.resources import files
+
+    return Path(str(files("maskinit.configs")))
+
+
+CONFIGS_DIR = _configs_dir()
 RECIPES_DIR = CONFIGS_DIR / "recipes"
 
 _D2 = "detectron2 configs/"
@@ -71,3 +84,15 @@ def recipe_file(name: str) -> Path:
     if name not in RECIPES:
         raise MaskinitError(f"unknown recipe {name!r} (known: {', '.join(list_recipes())})")
     return RECIPES_DIR / RECIPES[name].file
+
+
+def list_presets() -> list[str]:
+    return sorted(p.stem for p in CONFIGS_DIR.glob("*.yaml") if not p.stem.startswith("Base"))
+
+
+def preset_file(name: str) -> Path:
+    """The YAML of a preset; an unknown name is a MaskinitError listing the known ones."""
+    path = CONFIGS_DIR / f"{name}.yaml"
+    if not path.is_file() or name.startswith("Base"):
+        raise MaskinitError(f"unknown preset {name!r} (known: {', '.join(list_presets())})")
+    return path

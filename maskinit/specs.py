@@ -35,10 +35,3 @@ def parse_spec(spec: str, what: str = "spec") -> tuple[str, dict]:
         except yaml.YAMLError:
             params[key.strip()] = value.strip()
     return name, params
-
-
-def format_spec(name: str, params: dict) -> str:
-    """The inverse of `parse_spec`."""
-    if not params:
-        return name
-    return name + ":" + ",".join(f"{key}={value}" for key, value in params.items())

@@ -30,11 +30,12 @@ from detectron2.utils.logger import setup_logger
 
 from .atomic import write_atomically
 from .checkpoint import AuditedCheckpointer, checkpoint_iteration, last_checkpoint, weights_fingerprint, write_failure
-from .config import ADAPTIVE_OPTIMIZERS, check_config, dump_yaml, one_line
+from .config import ADAPTIVE_OPTIMIZERS, check_config, dump_yaml
 from .devices import set_device
-from .errors import Interrupted, MaskinitError, signal_name
+from .errors import Interrupted, MaskinitError, one_line, signal_name
 from .evaluation import json_safe
 from .hooks import LossWatch, ProgressHook, ReduceLROnPlateau, StopOnSignal, TrainingInterrupted, evaluation_running
+from .data.analysis import fit_rows, fit_to_data
 from .machine import check_memory, estimate_memory
 from .model import build_model
 
@@ -166,15 +167,22 @@ class Trainer(DefaultTrainer):
 
     @classmethod
     def build_train_loader(cls, cfg):
-        """Detectron2's train loader; with `MASKINIT.AUGMENT.NAME lsj`, on the large-scale-jitter mapper."""
+        """Detectron2's train loader on maskinit's mapper, which reads every image kind (gray, 16-bit,
+        N-channel); with `MASKINIT.AUGMENT.NAME lsj`, its augmentations are the large-scale jitter."""
         from detectron2.data import build_detection_train_loader
 
         from .augment import build_train_mapper
 
-        mapper = build_train_mapper(cfg)
-        if mapper is None:
-            return super().build_train_loader(cfg)
-        return build_detection_train_loader(cfg, mapper=mapper)
+        return build_detection_train_loader(cfg, mapper=build_train_mapper(cfg))
+
+    @classmethod
+    def build_test_loader(cls, cfg, dataset_name):
+        """Detectron2's test loader (for the evaluations during and after training) on maskinit's mapper."""
+        from detectron2.data import build_detection_test_loader
+
+        from .data.mapper import ImageMapper
+
+        return build_detection_test_loader(cfg, dataset_name, mapper=ImageMapper(cfg, is_train=False))
 
     @classmethod
     def test(cls, cfg, model, evaluators=None):
@@ -375,7 +383,8 @@ def write_json(path: Path, data) -> None:
 
 
 DIVERGED = re.compile(r"Loss became infinite or NaN at iteration=(\d+)")
-BAD_TERM = re.compile(r"'(\w+)': (nan|inf|-inf)")
+# numpy 2 prints the loss dict's values as np.float64(nan)
+BAD_TERM = re.compile(r"'(\w+)': (?:np\.float(?:32|64)\()?(nan|inf|-inf)")
 BAD_WEIGHTS = re.compile(r"weights became non-finite at iteration (\d+): (\d+ of \d+)")
 
 
@@ -393,8 +402,9 @@ def divergence_message(error: FloatingPointError, output_dir: str, iteration: in
     return {"iteration": iteration, "terms": terms, "checkpoint": last_checkpoint(output_dir)}
 
 
-def worker(cfg: CfgNode, options: TrainOptions) -> None:
-    """One training process (rank): set up logging and seeds, train, evaluate, record the summary."""
+def worker(cfg: CfgNode, options: TrainOptions, fitted: list = ()) -> None:
+    """One training process (rank): set up logging and seeds, train, evaluate, record the summary.
+    `fitted`: the config keys fitted to the data, as (key, preset value, fitted value, reason) rows."""
     from detectron2.utils.env import seed_all_rng
 
     from .data.sources import register_from_options
@@ -415,6 +425,8 @@ def worker(cfg: CfgNode, options: TrainOptions) -> None:
                 handler.addFilter(no_console_traceback)
     estimate = estimate_memory(cfg, comm.get_local_size())
     (logger.warning if estimate.tight else logger.info)("memory: %s", estimate.describe())
+    for key, old, new, reason in fitted:
+        logger.info("fitted to the data: %s = %s (was %s): %s", key, new, old, reason)
     register_from_options(options.data, cfg)
     for note in options.data_notes:
         logger.warning("data: %s", note)
@@ -492,6 +504,7 @@ def worker(cfg: CfgNode, options: TrainOptions) -> None:
                 "world_size": comm.get_world_size(),
                 "data_dropped": options.data_notes,
                 "warnings": trainer.loss_watch.warnings(),
+                "fitted_to_data": [{"key": k, "preset": o, "fitted": n, "from": r} for k, o, n, r in fitted],
                 "output_dir": cfg.OUTPUT_DIR,
             }
             results = getattr(trainer, "_last_eval_results", None)
@@ -557,7 +570,7 @@ def torchrun_env() -> bool:
     return "LOCAL_RANK" in os.environ and "WORLD_SIZE" in os.environ and int(os.environ["WORLD_SIZE"]) > 1
 
 
-def run_under_torchrun(cfg: CfgNode, options: TrainOptions) -> None:
+def run_under_torchrun(cfg: CfgNode, options: TrainOptions, fitted: list = ()) -> None:
     """torchrun started the processes: join its process group and run this rank."""
     import torch.distributed as dist
 
@@ -568,7 +581,7 @@ def run_under_torchrun(cfg: CfgNode, options: TrainOptions) -> None:
     dist.init_process_group(backend="nccl" if cuda else "gloo", init_method="env://")
     comm.create_local_process_group(int(os.environ.get("LOCAL_WORLD_SIZE", 1)))
     comm.synchronize()
-    worker(cfg, options)
+    worker(cfg, options, fitted)
 
 
 def train(cfg: CfgNode, options: TrainOptions | None = None, explicit_keys: set[str] = frozenset()) -> dict:
@@ -603,6 +616,12 @@ def _train(cfg: CfgNode, options: TrainOptions, explicit_keys) -> dict:
     cfg = apply_run_options(cfg, options, explicit_keys)
     options.data_notes = validate_data(options.data, options.skip_bad)
     stated_classes = cfg.MODEL.ROI_HEADS.NUM_CLASSES
+    fitted = []
+    if not options.resume:  # a resumed run keeps the config it was fitted with
+        preset_cfg = cfg
+        cfg, fits = fit_to_data(cfg, options.data, keep=explicit_keys)
+        fitted = fit_rows(preset_cfg, fits)
+        check_config(cfg)
     cfg = resolve_data(cfg, options.data)
     if "MODEL.ROI_HEADS.NUM_CLASSES" in explicit_keys and stated_classes != cfg.MODEL.ROI_HEADS.NUM_CLASSES:
         raise MaskinitError(
@@ -623,14 +642,14 @@ def _train(cfg: CfgNode, options: TrainOptions, explicit_keys) -> dict:
             (out / SUMMARY_FILE).unlink(missing_ok=True)
             write_atomically(config_path, dump_yaml(cfg))
         cfg.freeze()
-        launch_workers(cfg, options, out)
+        launch_workers(cfg, options, out, fitted)
     return outcome(read_summary(out), options, out)
 
 
-def launch_workers(cfg: CfgNode, options: TrainOptions, out: Path) -> None:
+def launch_workers(cfg: CfgNode, options: TrainOptions, out: Path, fitted: list = ()) -> None:
     """Run `worker` in this process, under torchrun, or in `--num-gpus` x `--num-machines` processes."""
     if torchrun_env():
-        run_under_torchrun(cfg, options)
+        run_under_torchrun(cfg, options, fitted)
         return
     world = options.num_gpus * options.num_machines
     dist_url = options.dist_url
@@ -639,7 +658,7 @@ def launch_workers(cfg: CfgNode, options: TrainOptions, out: Path) -> None:
     # with several processes, the children handle SIGINT/SIGTERM; the parent waits for them
     restore = install_signal_handlers(signal.SIG_IGN) if world > 1 else (lambda: None)
     try:
-        launch(worker, options.num_gpus, options.num_machines, options.machine_rank, dist_url, args=(cfg, options))
+        launch(worker, options.num_gpus, options.num_machines, options.machine_rank, dist_url, args=(cfg, options, list(fitted)))
     except MaskinitError:
         raise
     except Exception as error:  # a child process failed: its status file says why when it can

@@ -16,23 +16,23 @@ import cv2
 import numpy as np
 import torch
 from detectron2.config import CfgNode
-from detectron2.data import DatasetCatalog, DatasetMapper, Metadata, MetadataCatalog, build_detection_test_loader
-from detectron2.data import transforms as T
-from detectron2.data.detection_utils import read_image
+from detectron2.data import DatasetCatalog, Metadata, MetadataCatalog, build_detection_test_loader
 from detectron2.evaluation import inference_context
-from detectron2.evaluation.coco_evaluation import instances_to_coco_json
+from detectron2.evaluation.coco_evaluation import instances_to_coco_json  # contiguous class ids: see internals.py
 from detectron2.structures import Instances
 from detectron2.utils.colormap import colormap
 from detectron2.utils.visualizer import ColorMode, Visualizer
 from pycocotools import mask as mask_util
 from torch import nn
 
-from .config import one_line
-from .errors import MaskinitError
+from .atomic import write_atomically
+from .data.images import read_image
+from .data.mapper import ImageMapper, display_rgb
+from .errors import MaskinitError, one_line
 
 logger = logging.getLogger(__name__)
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".npy")
 PREDICTIONS_FILE = "predictions.json"
 VIS_LONG_SIDE = 384  # small images are drawn upscaled so that labels stay legible
 HEADER_HEIGHT = 22
@@ -91,17 +91,19 @@ def save_comparisons(
     score_threshold: float = COMPARISON_SCORE_THRESHOLD,
 ) -> list[Path]:
     """Write `count` side-by-side PNGs (ground truth | predictions with score >= threshold) for the
-    first images of a registered dataset; returns their paths."""
+    first images of a registered dataset; returns their paths. Images of every kind are read as the
+    evaluation reads them and drawn from their 8-bit RGB view (`maskinit.data.mapper.display_rgb`:
+    gray as gray, 16-bit stretched over its percentiles, N channels from the first three)."""
     out_dir = _make_dir(out_dir)
     records = DatasetCatalog.get(dataset_name)[:count]
     metadata = _class_metadata(MetadataCatalog.get(dataset_name).get("thing_classes") or [])
-    loader = build_detection_test_loader(records, mapper=DatasetMapper(cfg, is_train=False))
+    loader = build_detection_test_loader(records, mapper=ImageMapper(cfg, is_train=False))
     written = []
     with inference_context(model), torch.no_grad():
         for record, inputs in zip(records, loader):
             instances = model(inputs)[0]["instances"].to("cpu")
             instances = instances[instances.scores >= score_threshold]
-            image = read_image(record["file_name"], format="RGB")
+            image = display_rgb(read_image(record["file_name"]))
             truth = _visualizer(image, metadata).draw_dataset_dict(record).get_image()
             predicted = draw_predictions(image, instances, metadata)
             gap = np.full((truth.shape[0] + HEADER_HEIGHT, 4, 3), 255, np.uint8)
@@ -149,14 +151,14 @@ def _categories(cfg: CfgNode) -> tuple[list[str], list[int]]:
     return [f"class_{i + 1}" for i in range(num_classes)], list(range(1, num_classes + 1))
 
 
-def _predict_image(model: nn.Module, cfg: CfgNode, resize: T.Augmentation, image_rgb: np.ndarray) -> Instances:
-    """One image through the model, pre-processed as Detectron2's `DefaultPredictor` does."""
-    image = image_rgb[:, :, ::-1] if cfg.INPUT.FORMAT == "BGR" else image_rgb
+def _predict_image(model: nn.Module, mapper: ImageMapper, image: np.ndarray, path: Path) -> Instances:
+    """One image (a `read_image` array) through the model, pre-processed by the test mapper the
+    evaluation uses (the test-time resize of Detectron2's `DefaultPredictor`)."""
     height, width = image.shape[:2]
-    resized = resize.get_transform(image).apply_image(image)
-    tensor = torch.as_tensor(np.ascontiguousarray(resized.transpose(2, 0, 1)).astype("float32"))
+    record = {"file_name": str(path), "height": height, "width": width}
+    inputs = mapper.map_image(record, mapper.model_image(image, path))
     with torch.no_grad():
-        return model([{"image": tensor, "height": height, "width": width}])[0]["instances"].to("cpu")
+        return model([inputs])[0]["instances"].to("cpu")
 
 
 def predict(
@@ -169,9 +171,13 @@ def predict(
     """Predict on an image or a folder of images; write `<name>.png` drawings and
     `predictions.json` (COCO: images, categories, and results with RLE masks) into `output_dir`.
 
+    Every image kind `maskinit.data.images.read_image` reads (gray, 16-bit, N-channel TIFF or .npy)
+    goes to the model as the evaluation gives it; the drawings show its 8-bit RGB view
+    (`maskinit.data.mapper.display_rgb`: gray as gray, 16-bit and float stretched over their 0.5-99.5th
+    percentiles, N > 3 channels as a false-colour picture of the first three, read as B, G, R).
     Image ids are 1..N in sorted file order. Returns the JSON's path.
     """
-    from .evaluation import load_trained_model
+    from .checkpoint import load_trained_model
 
     paths = _image_paths(input_path)
     cfg = cfg.clone()
@@ -180,19 +186,19 @@ def predict(
     model = load_trained_model(cfg, weights)
     names, dataset_ids = _categories(cfg)
     metadata = _class_metadata(names)
-    resize = T.ResizeShortestEdge([cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MIN_SIZE_TEST], cfg.INPUT.MAX_SIZE_TEST)
+    mapper = ImageMapper(cfg, is_train=False)
     output_dir = _make_dir(output_dir)
 
     images, annotations, skipped, used_names = [], [], [], set()
     for path in paths:
         try:
-            image = read_image(str(path), format="RGB")
-        except Exception as error:  # PIL raises OSError, SyntaxError, ValueError... for bad files
+            image = read_image(path)
+        except Exception as error:  # read_image names the file in a MaskinitError; OpenCV may raise its own cv2.error
             logger.warning("skipping %s: not a readable image (%s)", path, one_line(error))
             skipped.append({"file_name": str(path), "error": one_line(error)})
             continue
         image_id = len(images) + 1
-        instances = _predict_image(model, cfg, resize, image)
+        instances = _predict_image(model, mapper, image, path)
         for result in instances_to_coco_json(instances, image_id):
             result["category_id"] = dataset_ids[result["category_id"]]
             if "segmentation" in result:
@@ -202,7 +208,7 @@ def predict(
         images.append({"id": image_id, "file_name": path.name, "height": image.shape[0], "width": image.shape[1]})
         stem = path.stem if path.stem not in used_names else f"{path.stem}_{image_id}"
         used_names.add(stem)
-        _write_png(output_dir / f"{stem}.png", draw_predictions(image, instances, metadata))
+        _write_png(output_dir / f"{stem}.png", draw_predictions(display_rgb(image), instances, metadata))
     if not images:
         raise MaskinitError(f"no readable image in {input_path}: {skipped[0]['file_name']}: {skipped[0]['error']}")
 
@@ -213,5 +219,5 @@ def predict(
         "skipped": skipped,
     }
     json_path = output_dir / PREDICTIONS_FILE
-    json_path.write_text(json.dumps(coco))
+    write_atomically(json_path, json.dumps(coco))
     return json_path

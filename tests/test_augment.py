@@ -35,12 +35,16 @@ def coco(tmp_path_factory):
     return files, load_coco_json(str(files.json_file), str(files.image_root))
 
 
-def test_default_has_no_mapper_and_lists_detectron2_augmentations():
+def test_default_mapper_has_detectron2s_augmentations():
+    from maskinit.data.mapper import ImageMapper
+
     cfg = load_config(preset="tiny")
     assert cfg.MASKINIT.AUGMENT.NAME == "default"
-    assert build_train_mapper(cfg) is None
     kinds = [type(aug) for aug in build_train_augmentations(cfg)]
     assert kinds == [T.ResizeShortestEdge, T.RandomFlip]
+    mapper = build_train_mapper(cfg)  # maskinit's reader, Detectron2's augmentations from INPUT.*
+    assert isinstance(mapper, ImageMapper) and not mapper.recompute_boxes and mapper.channels == 3
+    assert [type(aug) for aug in mapper.augmentations.augs] == kinds
 
 
 def test_lsj_augmentations_are_detectron2s():

@@ -1,14 +1,16 @@
-"""The CLI shell: help, version, doctor, export-config and its refusals."""
+"""The CLI shell: help, version, doctor, export-config and its refusals, one option vocabulary."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 
+import pytest
 import yaml
 from typer.testing import CliRunner
 
-from maskinit import __version__
+from maskinit import __version__, load_config
 from maskinit.cli import app
 
 runner = CliRunner()
@@ -127,3 +129,93 @@ def test_doctor_exits_1_with_the_fix_when_something_needed_is_broken(monkeypatch
     result = invoke("doctor")
     assert result.exit_code == 1
     assert "torchvision" in result.stderr and "fix: make setup" in result.stderr
+
+
+# ------------------------------------------------------------------------------ one vocabulary
+# An output folder is --output-dir, a JSON report --json-out, a command's one dataset its JSON argument;
+# the old names stay as hidden aliases.
+
+
+@pytest.fixture(scope="module")
+def small_set(tmp_path_factory):
+    from maskinit.data.synthetic import generate_coco_dataset
+
+    return generate_coco_dataset(tmp_path_factory.mktemp("vocabulary"), 2, seed=4)
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory):
+    """config.yaml and an untrained model_final.pth of the tiny preset."""
+    from conftest import save_untrained_checkpoint
+
+    from maskinit.config import export_config
+
+    folder = tmp_path_factory.mktemp("run")
+    export_config(folder / "config.yaml", preset="tiny", overrides=["MODEL.ROI_HEADS.SCORE_THRESH_TEST", "0.0"])
+    save_untrained_checkpoint(load_config(folder / "config.yaml"), folder)
+    return folder
+
+
+def error_line(result) -> str:
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert result.exit_code == 2 and len(lines) == 1, (result.exit_code, result.output)
+    return lines[0]
+
+
+def shown_options(*command) -> str:
+    result = invoke(*command, "--help")
+    assert result.exit_code == 0, result.output
+    return result.output
+
+
+@pytest.mark.parametrize("command", ["check-data", "analyze-data"])
+def test_dataset_json_is_the_argument_and_json_a_hidden_alias(command, small_set, tmp_path):
+    reports = {}
+    for form in ("argument", "option"):
+        where = [str(small_set.json_file)] if form == "argument" else ["--json", str(small_set.json_file)]
+        out = tmp_path / f"{form}.json"
+        result = invoke(command, *where, "--images", str(small_set.image_root), "--json-out", str(out))
+        assert result.exit_code == 0, result.output
+        reports[form] = json.loads(out.read_text())
+    assert reports["argument"] == reports["option"]
+    assert "--json " not in shown_options(command) and "JSON" in shown_options(command)
+    assert "argument" in error_line(invoke(command, "--images", str(small_set.image_root)))
+    other = tmp_path / "other.json"
+    both = invoke(command, str(small_set.json_file), "--json", str(other), "--images", str(small_set.image_root))
+    assert "old name" in error_line(both)
+
+
+def test_predict_writes_to_output_dir_and_output_is_a_hidden_alias(trained_run, small_set, tmp_path):
+    image = sorted(small_set.image_root.iterdir())[0]
+    run = ["predict", "--config", str(trained_run / "config.yaml"), "--weights", str(trained_run / "model_final.pth"),
+           "--input", str(image), "--device", "cpu"]
+    written = {}
+    for flag in ("--output-dir", "--output"):
+        out = tmp_path / flag.strip("-")
+        result = invoke(*run, flag, str(out))
+        assert result.exit_code == 0, result.output
+        written[flag] = json.loads((out / "predictions.json").read_text())
+    assert written["--output-dir"] == written["--output"]
+    help_text = shown_options("predict")
+    assert "--output-dir" in help_text and "--output " not in help_text
+    assert "--output-dir is required" in error_line(invoke(*run))
+    assert "old name" in error_line(invoke(*run, "--output-dir", str(tmp_path / "a"), "--output", str(tmp_path / "b")))
+
+
+def test_inspect_init_writes_json_out_and_json_is_a_hidden_alias(tmp_path):
+    out = tmp_path / "init.json"
+    result = invoke("inspect-init", "--preset", "tiny", "--json-out", str(out))
+    assert result.exit_code in (0, 1), result.output
+    assert json.loads(out.read_text())["verdict"]
+    help_text = shown_options("inspect-init")
+    assert "--json-out" in help_text and "--json " not in help_text
+    assert "old name" in error_line(invoke("inspect-init", "--preset", "tiny", "--json-out", str(out), "--json", str(tmp_path / "x.json")))
+
+
+def test_every_command_names_outputs_one_way():
+    """No visible option of any command uses an old name: --output only on export-config (its YAML file)."""
+    for command in ("export-config", "train", "eval", "predict", "inspect-init", "check-data", "analyze-data"):
+        text = shown_options(command)
+        assert "--json " not in text, command
+        if command != "export-config":
+            assert "--output " not in text, command

@@ -89,3 +89,34 @@ def test_bare_train_picks_the_cpu_scale_here_and_says_why(tmp_path, monkeypatch)
     cfg = load_config(out / "config.yaml")
     assert cfg.MASKINIT.PRESET == "tiny" and cfg.MODEL.RESNETS.DEPTH == 18 and cfg.MODEL.DEVICE == "cpu"
     assert "memory: estimated peak" in (out / "log.txt").read_text()  # the estimate, logged by the run
+
+
+def test_train_fits_the_config_to_the_users_data_and_records_it(tmp_path, coco):
+    from maskinit.data.analysis import analyze_coco
+
+    out = tmp_path / "fitted"
+    stated_std = ["MODEL.PIXEL_STD", "[50.0, 50.0, 50.0]"]
+    summary = train(load_config(preset="tiny", overrides=stated_std),
+                    TrainOptions(output_dir=str(out), data=DataOptions(**vars(coco)), max_iter=1, progress=False),
+                    explicit_keys={"MODEL.PIXEL_STD"})
+    fitted = {row["key"]: row for row in summary["fitted_to_data"]}
+    measured = analyze_coco(coco.train_json, coco.train_images)
+    assert "MODEL.PIXEL_MEAN" in fitted and "MODEL.PIXEL_STD" not in fitted  # the override wins
+    cfg = load_config(out / "config.yaml")
+    assert list(cfg.MODEL.PIXEL_MEAN) == pytest.approx(list(measured.pixel_mean), rel=1e-4)
+    assert list(cfg.MODEL.PIXEL_STD) == [50.0, 50.0, 50.0]
+    assert "fitted to the data: MODEL.PIXEL_MEAN" in (out / "log.txt").read_text()
+    assert all(row["from"] for row in summary["fitted_to_data"])
+
+
+def test_no_fit_when_turned_off_or_resuming(tmp_path, coco):
+    out = tmp_path / "plain"
+    options = dict(data=DataOptions(**vars(coco)), progress=False, checkpoint_period=1)
+    summary = train(load_config(preset="tiny", overrides=["MASKINIT.FIT_TO_DATA", "False"]),
+                    TrainOptions(output_dir=str(out), max_iter=1, **options))
+    assert summary["fitted_to_data"] == []
+    assert list(load_config(out / "config.yaml").MODEL.PIXEL_MEAN) == list(load_config(preset="tiny").MODEL.PIXEL_MEAN)
+    fitted = tmp_path / "fitted"
+    train(load_config(preset="tiny"), TrainOptions(output_dir=str(fitted), max_iter=1, **options))
+    resumed = train(load_config(fitted / "config.yaml"), TrainOptions(output_dir=str(fitted), max_iter=2, resume=True, **options))
+    assert resumed["fitted_to_data"] == []

@@ -587,6 +587,22 @@ def apply_fits(cfg, fits: Iterable[Fit], keep: Iterable[str] = frozenset()):
     return result, applied
 
 
+def fit_to_data(cfg, data, keep: Iterable[str] = frozenset()):
+    """(`cfg` fitted to the run's training data, the fits applied), as `train` does before training.
+
+    Only for the user's own COCO training data (`data.train_json`), and only while
+    `MASKINIT.FIT_TO_DATA` is on: the embedded default set and datasets registered by name keep the
+    preset as it is. Keys in `keep` (the user's explicit `KEY VALUE` overrides) are never changed.
+    """
+    if not cfg.MASKINIT.FIT_TO_DATA or not getattr(data, "train_json", None) or getattr(data, "dataset", None):
+        return cfg, []
+    if not getattr(data, "train_images", None):
+        raise MaskinitError("--train-json needs --train-images")
+    keep = frozenset(keep)
+    analysis = analyze_coco(data.train_json, data.train_images)
+    return apply_fits(cfg, fit_config(cfg, analysis, keep=keep), keep=keep)
+
+
 # ---------------------------------------------------------------------------------------------
 # Output
 

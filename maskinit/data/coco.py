@@ -12,7 +12,6 @@ import difflib
 import hashlib
 import json
 import logging
-import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +20,7 @@ from detectron2.config import CfgNode
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data.datasets import register_coco_instances
 
+from ..atomic import write_atomically
 from ..errors import MaskinitError
 
 logger = logging.getLogger(__name__)
@@ -105,7 +105,7 @@ def inspect_coco(json_file: str | Path) -> CocoSummary:
                 )
         if not annotation.get("iscrowd", 0) and _is_rle(annotation["segmentation"]):
             any_rle = True
-    # Exactly as detectron2's load_coco_json: classes ordered by id, ids mapped in sorted order.
+    # Exactly as detectron2's load_coco_json: classes ordered by id, ids mapped in sorted order (internals.py).
     category_ids = sorted(categories)
     return CocoSummary(
         num_classes=len(category_ids),
@@ -196,11 +196,8 @@ def _write_as_trained(json_file: Path, classes: Mapping[str, int]) -> Path:
     text = json.dumps(translated)
     path = _translation_path(json_file, text)
     if not path.is_file():
-        partial = path.with_name(f"{path.name}.{os.getpid()}.partial")
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            partial.write_text(text)
-            os.replace(partial, path)
+            write_atomically(path, text)
         except OSError as error:
             raise MaskinitError(
                 f"cannot write {path} (the model's categories for {json_file}): {error.strerror}"

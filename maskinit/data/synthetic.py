@@ -25,6 +25,7 @@ import cv2
 import numpy as np
 from pycocotools import mask as mask_util
 
+from ..atomic import write_atomically
 from ..errors import MaskinitError
 
 CLASS_NAMES = ("circle", "square", "triangle", "star", "cross")
@@ -282,7 +283,7 @@ def generate_coco_dataset(
         "categories": [{"id": i + 1, "name": name, "supercategory": "shape"} for i, name in enumerate(CLASS_NAMES)],
     }
     json_file = out_dir / ANNOTATIONS_FILE
-    json_file.write_text(json.dumps(coco))
+    write_atomically(json_file, json.dumps(coco))
     return CocoFiles(json_file, image_dir)
 
 
@@ -369,7 +370,7 @@ def ensure_synthetic_dataset(
             train_dir, val_dir = staging / "train", staging / "val"
             generate_coco_dataset(train_dir, num_train, seed, image_size=image_size)
             generate_coco_dataset(val_dir, num_val, seed, image_size=image_size, first_image_id=num_train + 1)
-            (staging / MANIFEST_FILE).write_text(json.dumps(_file_digests(staging), indent=0))
+            write_atomically(staging / MANIFEST_FILE, json.dumps(_file_digests(staging), indent=0))
             try:
                 staging.rename(folder)
             except OSError:

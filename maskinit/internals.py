@@ -1,0 +1,165 @@
+"""Every place maskinit relies on Detectron2 or fvcore internals, in one list.
+
+Internals here means: a private name (a leading `_`), a module global patched at run time, a public
+function whose body maskinit re-states with changes, a message or a logger name it matches, or a
+behaviour that is not part of the documented API (an ordering, a default, an id mapping).
+
+Checked against **Detectron2 0.7.2** and **fvcore 0.1.5.post20221221** (with iopath 0.1.9 and torch
+2.13.0). `tests/test_internals.py` has one test per entry, named `test_<entry>`: it checks that the
+upstream thing still has the shape relied on (a signature, the re-stated source lines, an
+attribute, a behaviour), so that an upgrade that moves one of them fails there, by name, instead of
+deep in a training run. When upgrading, run that file first, then update the versions above.
+
+Entries (`where` is the maskinit code that relies on it):
+
+- `fast_cocoeval_slot`: evaluation (`_install_faster_coco_eval`, `_detectron2_has_fast_eval`,
+  `_cocoeval_class`). The module global `detectron2.evaluation.coco_evaluation.COCOeval_opt`: it
+  holds pycocotools' `COCOeval` when Detectron2's `_C` is missing, and `COCOEvaluator` reads it at
+  evaluation time (`COCOeval_opt if self._use_fast_impl else COCOeval`). maskinit puts
+  faster-coco-eval's class into that empty slot.
+- `evaluate_predictions_on_coco`: evaluation.coco_summary_stats. The private
+  `coco_evaluation._evaluate_predictions_on_coco(coco_gt, coco_results, iou_type, cocoeval_fn=...)`,
+  which returns the evaluated COCOeval (its `.stats`).
+- `coco_evaluator_arguments`: evaluation.build_evaluator. `COCOEvaluator(dataset_name, tasks=,
+  distributed=, output_dir=, use_fast_impl=)` and its private `_use_fast_impl` (read by the tests).
+- `trainer_init`: train.Trainer.__init__ re-states `DefaultTrainer.__init__` step by step, with DDP
+  without device_ids on CPU, AMP in bf16 and the audited checkpointer; it also relies on
+  `AMPTrainer(grad_scaler=, precision=)` and `create_ddp_model(model, **ddp_kwargs)`.
+- `last_eval_results`: train.worker reads `trainer._last_eval_results`, which the closure in
+  `DefaultTrainer.build_hooks` sets after every evaluation.
+- `build_hooks_order`: train.Trainer.build_hooks inserts ReduceLROnPlateau at index -1 on the main
+  process: after `EvalHook` (a fresh AP is in the storage), before `PeriodicWriter`, which
+  `DefaultTrainer.build_hooks` appends last.
+- `eval_after_train`: train.worker (an interrupt during the final evaluation keeps `model_final.pth`)
+  relies on `EvalHook.after_train` evaluating once more when `trainer.iter + 1 >= max_iter`, after
+  fvcore's `PeriodicCheckpointer` saved `model_final` at the last iteration.
+- `train_loop_exception_log`: train.no_console_traceback and hooks.TrainingInterrupted. Detectron2's
+  `TrainerBase.train` catches `Exception` only (so a `BaseException` passes through untouched) and
+  logs it with `logger.exception("Exception during training:")` on the logger
+  `detectron2.engine.train_loop`, whose records reach the `detectron2` logger's handlers.
+- `divergence_message`: train.DIVERGED and train.BAD_TERM parse the `FloatingPointError` of
+  `SimpleTrainer.write_metrics`: "Loss became infinite or NaN at iteration=N!" and the loss dict's repr.
+- `adamw_optimizer`: train.Trainer.build_optimizer re-states `detectron2.solver.build_optimizer` for
+  Adam/AdamW: `get_default_optimizer_params(model, base_lr=, weight_decay_norm=, bias_lr_factor=,
+  weight_decay_bias=)` and `maybe_add_gradient_clipping(cfg, optimizer type)`.
+- `checkpointer_save`: checkpoint.AuditedCheckpointer.save and tag_last_checkpoint re-state fvcore's
+  `Checkpointer.save` (the saved dict, `<name>.pth`, `last_checkpoint`), written atomically; fvcore's
+  `PeriodicCheckpointer` passes `iteration=` to it.
+- `checkpointer_load_file`: checkpoint.AuditedCheckpointer._load_file records each file: fvcore's
+  `Checkpointer.load` reads every file through the private `_load_file(filename)` (a dict with
+  "model"), and `DefaultTrainer.resume_or_load` loads only through the checkpointer.
+- `checkpointer_load_model`: checkpoint._CheckingCheckpointer._load_model keeps what the private
+  `_load_model(checkpoint)` returns: fvcore's `_IncompatibleKeys` (missing_keys, unexpected_keys,
+  incorrect_shapes), which Detectron2 only logs.
+- `registry_do_register`: initializers.register_initializer and norms.register_norm register under
+  a chosen name with fvcore's private `Registry._do_register(name, obj)` (a repeated name is an
+  AssertionError); the CLI iterates a registry as (name, object) pairs.
+- `fixed_size_crop`: augment.FixedSizeCrop overrides the private `T.FixedSizeCrop._get_crop(image)`,
+  which returns a `CropTransform` (x0, y0, w, h, orig_w, orig_h), and `_get_pad(image)`, which returns
+  a `PadTransform` (x0, y0, x1, y1, orig_w, orig_h, pad_value, seg_pad_value); augment.ClippingCropTransform
+  replaces fvcore's `CropTransform.apply_polygons`, which needs shapely, and augment.ChannelPadTransform
+  re-states `PadTransform.apply_image` (`np.pad` of ((y0, y1), (x0, x1)) with a constant).
+- `lsj_pad_defaults`: augment.build_train_augmentations states Detectron2's `FixedSizeCrop` defaults
+  (pad_value 128.0, seg_pad_value 255) as the LSJ configs use them.
+- `default_augmentation`: augment.build_train_augmentations re-states `DatasetMapper.from_config`:
+  `build_augmentation(cfg, is_train)` with `RandomCrop` inserted first when `INPUT.CROP.ENABLED`.
+- `dataset_mapper`: augment.build_train_mapper (`DatasetMapper(cfg, is_train=True, augmentations=,
+  recompute_boxes=True)`), diagnostics.coco_batch (explicit keyword arguments) and
+  visualize.save_comparisons (`DatasetMapper(cfg, is_train=False)`).
+- `dataset_mapper_call`: data.mapper.ImageMapper.map_image re-states `DatasetMapper.__call__` with
+  maskinit's image reader (size check, augmentation, tensor, proposals, annotations) and calls its
+  private `_transform_annotations(dataset_dict, transforms, image_shape)`; it reads the mapper's
+  `augmentations`, `image_format`, `proposal_topk` and `is_train` attributes.
+- `register_coco_instances_metadata`: data.coco.register_coco_dataset sets `thing_classes` and
+  `thing_dataset_id_to_contiguous_id` when registering; `load_coco_json` sets them again when the
+  data is first read, and `Metadata` refuses a different value (AssertionError), so both must agree.
+- `load_coco_json_id_mapping`: data.coco.inspect_coco (and data.analysis) re-state
+  `load_coco_json`'s class order: classes by category id, ids mapped to 0..N-1 in sorted order.
+- `load_coco_json_annotation_rules`: data.validate re-states what `load_coco_json` refuses or drops:
+  `ignore` other than 0 (an assertion), polygons of odd length or fewer than 6 coordinates.
+- `check_image_size`: data.validate (sizes as integral floats pass) re-states
+  `detection_utils.check_image_size`, which compares (width, height) with `==`.
+- `exif_orientation`: data.images.read_image and data.validate turn images as Detectron2's
+  `read_image` does with the private `detection_utils._apply_exif_orientation` (5-8 transpose).
+- `resize_shortest_edge`: data.analysis.resize_factors re-states
+  `ResizeShortestEdge.get_output_shape`: scale min(short / shorter side, max / longer side).
+- `auto_scale_workers`: config.apply_ims_per_batch calls `DefaultTrainer.auto_scale_workers` with the
+  old batch as `REFERENCE_WORLD_SIZE`, relying on its arithmetic (batch and LR times the scale;
+  MAX_ITER, WARMUP_ITERS, STEPS, EVAL_PERIOD, CHECKPOINT_PERIOD divided by it).
+- `lr_scheduler_base_lrs`: hooks.ReduceLROnPlateau scales `trainer.scheduler.base_lrs`; Detectron2's
+  `build_lr_scheduler` returns an `LRMultiplier` whose LR is base LR times its multiplier and whose
+  `state_dict` keeps `base_lrs` (so resume restores a reduction); train.Trainer.build_lr_scheduler
+  names `WarmupCosineLR`, and empties `SOLVER.STEPS` for a constant LR.
+- `hook_state_dict`: hooks.ReduceLROnPlateau.state_dict is saved with the checkpoint because
+  `TrainerBase.state_dict` collects each hook's non-empty `state_dict()` under
+  `type(hook).__qualname__`, and `load_state_dict` gives it back.
+- `conv2d_norm`: norms.add_rpn_norm sets `.norm` on the RPN head's Detectron2 `Conv2d`, whose
+  forward applies `self.norm` when it is not None.
+- `get_norm_names`: each norms variant's `detectron2_name` (GN, SyncBN, BN, naiveSyncBN) is a name
+  `detectron2.layers.get_norm` builds.
+- `model_module_names`: initializers (COMPONENT_PREFIXES, HEAD_PRIOR_STDS, residual_last_norms),
+  norms.add_rpn_norm and diagnostics._stage_modules name GeneralizedRCNN's submodules:
+  `backbone.bottom_up.{stem,res2..res5}`, `backbone.fpn_{lateral,output}N`, `backbone.top_block`,
+  the private `backbone._out_features`, `proposal_generator.rpn_head.{conv,objectness_logits,
+  anchor_deltas}`, `roi_heads.{box_head,box_predictor.{cls_score,bbox_pred},mask_head.predictor}`,
+  and the last conv of `BasicBlock` (conv2) and `BottleneckBlock` (conv3).
+- `instances_to_coco_json_ids`: visualize.predict maps `category_id` itself: `instances_to_coco_json`
+  returns contiguous class indices (COCOEvaluator maps them to dataset ids afterwards).
+- `visualizer_jittering`: visualize.draw_predictions passes `jittering=False` to
+  `Visualizer.draw_instance_predictions`.
+- `trainer_test_signature`: train.Trainer.test overrides the classmethod `DefaultTrainer.test(cfg,
+  model, evaluators=None)` to mark evaluations.
+- `compiled_ops_module`: doctor.check_detectron2 imports `detectron2._C` to tell whether the compiled
+  ops are there; Detectron2's fast COCOeval imports it from there too.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+DETECTRON2_VERSION = "0.7.2"
+FVCORE_VERSION = "0.1.5.post20221221"
+
+
+class Reach(NamedTuple):
+    where: str  # the maskinit code that relies on it
+    upstream: str  # the Detectron2 / fvcore name it relies on
+
+
+REACHES: dict[str, Reach] = {
+    "fast_cocoeval_slot": Reach("evaluation._install_faster_coco_eval", "detectron2.evaluation.coco_evaluation.COCOeval_opt"),
+    "evaluate_predictions_on_coco": Reach("evaluation.coco_summary_stats", "detectron2.evaluation.coco_evaluation._evaluate_predictions_on_coco"),
+    "coco_evaluator_arguments": Reach("evaluation.build_evaluator", "detectron2.evaluation.COCOEvaluator"),
+    "trainer_init": Reach("train.Trainer.__init__", "detectron2.engine.DefaultTrainer.__init__"),
+    "last_eval_results": Reach("train.worker", "detectron2.engine.DefaultTrainer._last_eval_results"),
+    "build_hooks_order": Reach("train.Trainer.build_hooks", "detectron2.engine.DefaultTrainer.build_hooks"),
+    "eval_after_train": Reach("train.worker", "detectron2.engine.hooks.EvalHook.after_train"),
+    "train_loop_exception_log": Reach("train.no_console_traceback", "detectron2.engine.train_loop.TrainerBase.train"),
+    "divergence_message": Reach("train.divergence_message", "detectron2.engine.SimpleTrainer.write_metrics"),
+    "adamw_optimizer": Reach("train.Trainer.build_optimizer", "detectron2.solver.build_optimizer"),
+    "checkpointer_save": Reach("checkpoint.AuditedCheckpointer.save", "fvcore.common.checkpoint.Checkpointer.save"),
+    "checkpointer_load_file": Reach("checkpoint.AuditedCheckpointer._load_file", "fvcore.common.checkpoint.Checkpointer._load_file"),
+    "checkpointer_load_model": Reach("checkpoint._CheckingCheckpointer._load_model", "fvcore.common.checkpoint.Checkpointer._load_model"),
+    "registry_do_register": Reach("initializers.register_initializer, norms.register_norm", "fvcore.common.registry.Registry._do_register"),
+    "fixed_size_crop": Reach("augment.FixedSizeCrop, augment.ChannelPadTransform", "detectron2.data.transforms.FixedSizeCrop._get_crop/_get_pad"),
+    "lsj_pad_defaults": Reach("augment.build_train_augmentations", "detectron2.data.transforms.FixedSizeCrop.__init__"),
+    "default_augmentation": Reach("augment.build_train_augmentations", "detectron2.data.DatasetMapper.from_config"),
+    "dataset_mapper": Reach("augment.build_train_mapper, diagnostics.coco_batch, visualize.save_comparisons", "detectron2.data.DatasetMapper.__init__"),
+    "dataset_mapper_call": Reach("data.mapper.ImageMapper.map_image", "detectron2.data.DatasetMapper.__call__"),
+    "register_coco_instances_metadata": Reach("data.coco.register_coco_dataset", "detectron2.data.datasets.register_coco_instances"),
+    "load_coco_json_id_mapping": Reach("data.coco.inspect_coco", "detectron2.data.datasets.load_coco_json"),
+    "load_coco_json_annotation_rules": Reach("data.validate", "detectron2.data.datasets.load_coco_json"),
+    "check_image_size": Reach("data.validate", "detectron2.data.detection_utils.check_image_size"),
+    "exif_orientation": Reach("data.images.read_image, data.validate", "detectron2.data.detection_utils._apply_exif_orientation"),
+    "resize_shortest_edge": Reach("data.analysis.resize_factors", "detectron2.data.transforms.ResizeShortestEdge.get_output_shape"),
+    "auto_scale_workers": Reach("config.apply_ims_per_batch", "detectron2.engine.DefaultTrainer.auto_scale_workers"),
+    "lr_scheduler_base_lrs": Reach("hooks.ReduceLROnPlateau, train.Trainer.build_lr_scheduler", "detectron2.solver.lr_scheduler.LRMultiplier"),
+    "hook_state_dict": Reach("hooks.ReduceLROnPlateau.state_dict", "detectron2.engine.train_loop.TrainerBase.state_dict"),
+    "conv2d_norm": Reach("norms.add_rpn_norm", "detectron2.layers.Conv2d.forward"),
+    "get_norm_names": Reach("norms (detectron2_name of each variant)", "detectron2.layers.get_norm"),
+    "model_module_names": Reach("initializers, norms.add_rpn_norm, diagnostics._stage_modules", "detectron2.modeling.GeneralizedRCNN"),
+    "instances_to_coco_json_ids": Reach("visualize.predict", "detectron2.evaluation.coco_evaluation.instances_to_coco_json"),
+    "visualizer_jittering": Reach("visualize.draw_predictions", "detectron2.utils.visualizer.Visualizer.draw_instance_predictions"),
+    "trainer_test_signature": Reach("train.Trainer.test", "detectron2.engine.DefaultTrainer.test"),
+    "compiled_ops_module": Reach("doctor.check_detectron2", "detectron2._C"),
+}

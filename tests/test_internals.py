@@ -1,0 +1,614 @@
+"""Each reach into Detectron2 or fvcore internals listed in `maskinit/internals.py` still holds.
+
+One test per entry of `internals.REACHES`, named `test_<entry>`: it checks the upstream shape that
+maskinit relies on (a signature, the re-stated source lines, an attribute, a behaviour), so that an
+upgrade that moves it fails here, by name.
+"""
+
+from __future__ import annotations
+
+import ast
+import inspect
+import json
+import logging
+import textwrap
+
+import numpy as np
+import pytest
+import torch
+
+from maskinit import internals
+from maskinit.config import load_config
+
+
+def body_lines(function) -> list[str]:
+    """The statements of a function's body as `ast.unparse` writes them (no docstring, no comments)."""
+    tree = ast.parse(textwrap.dedent(inspect.getsource(function)))
+    body = tree.body[0].body
+    if body and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant):
+        body = body[1:]
+    return [ast.unparse(statement) for statement in body]
+
+
+def source(function) -> str:
+    return ast.unparse(ast.parse(textwrap.dedent(inspect.getsource(function))))
+
+
+def parameters(function) -> list[str]:
+    return list(inspect.signature(function).parameters)
+
+
+@pytest.fixture(scope="module")
+def tiny_cfg():
+    return load_config(preset="tiny")
+
+
+def test_every_reach_has_its_test_and_names_its_versions():
+    tests = {name[len("test_"):] for name, value in globals().items() if name.startswith("test_") and callable(value)}
+    assert set(internals.REACHES) <= tests, set(internals.REACHES) - tests
+    text = internals.__doc__
+    for name, reach in internals.REACHES.items():
+        assert f"`{name}`" in text, f"{name} is not described in the docstring"
+        assert reach.where and reach.upstream
+    assert f"Detectron2 {internals.DETECTRON2_VERSION}" in text and f"fvcore {internals.FVCORE_VERSION}" in text
+
+
+# ---------------------------------------------------------------------------------------------
+# Evaluation
+
+
+def test_fast_cocoeval_slot():
+    from detectron2.evaluation import COCOEvaluator, coco_evaluation
+
+    assert hasattr(coco_evaluation, "COCOeval_opt") and hasattr(coco_evaluation, "COCOeval")
+    module_source = inspect.getsource(coco_evaluation)
+    assert "COCOeval_opt = COCOeval" in module_source  # the fallback when _C is missing
+    # read at evaluation time from the module global, so that filling the slot takes effect
+    assert "cocoeval_fn=COCOeval_opt if self._use_fast_impl else COCOeval" in source(COCOEvaluator._eval_predictions)
+
+
+def test_evaluate_predictions_on_coco():
+    from detectron2.evaluation import coco_evaluation
+
+    function = coco_evaluation._evaluate_predictions_on_coco
+    assert parameters(function)[:3] == ["coco_gt", "coco_results", "iou_type"]
+    assert "cocoeval_fn" in parameters(function)
+    assert "coco_eval = cocoeval_fn(coco_gt, coco_dt, iou_type)" in source(function)
+    assert "return coco_eval" in source(function)
+
+
+def test_coco_evaluator_arguments():
+    from detectron2.evaluation import COCOEvaluator
+
+    names = parameters(COCOEvaluator.__init__)
+    assert names[:2] == ["self", "dataset_name"]
+    assert {"tasks", "distributed", "output_dir", "use_fast_impl"} <= set(names)
+    assert "self._use_fast_impl = use_fast_impl" in source(COCOEvaluator.__init__)
+
+
+# ---------------------------------------------------------------------------------------------
+# Trainer
+
+
+def test_trainer_init():
+    from detectron2.engine import AMPTrainer, DefaultTrainer, create_ddp_model
+
+    # maskinit.train.Trainer.__init__ re-states these steps (the logger set-up aside)
+    assert body_lines(DefaultTrainer.__init__) == [
+        "super().__init__()",
+        "logger = logging.getLogger('detectron2')",
+        "if not logger.isEnabledFor(logging.INFO):\n    setup_logger()",
+        "cfg = DefaultTrainer.auto_scale_workers(cfg, comm.get_world_size())",
+        "model = self.build_model(cfg)",
+        "optimizer = self.build_optimizer(cfg, model)",
+        "data_loader = self.build_train_loader(cfg)",
+        "model = create_ddp_model(model, broadcast_buffers=False)",
+        "self._trainer = (AMPTrainer if cfg.SOLVER.AMP.ENABLED else SimpleTrainer)(model, data_loader, optimizer)",
+        "self.scheduler = self.build_lr_scheduler(cfg, optimizer)",
+        "self.checkpointer = DetectionCheckpointer(model, cfg.OUTPUT_DIR, trainer=weakref.proxy(self))",
+        "self.start_iter = 0",
+        "self.max_iter = cfg.SOLVER.MAX_ITER",
+        "self.cfg = cfg",
+        "self.register_hooks(self.build_hooks())",
+    ]
+    assert {"grad_scaler", "precision"} <= set(parameters(AMPTrainer.__init__))
+    assert inspect.signature(create_ddp_model).parameters["kwargs"].kind is inspect.Parameter.VAR_KEYWORD
+
+
+def test_last_eval_results():
+    from detectron2.engine import DefaultTrainer
+
+    assert "self._last_eval_results = self.test(self.cfg, self.model)" in source(DefaultTrainer.build_hooks)
+
+
+def test_build_hooks_order():
+    from detectron2.engine import DefaultTrainer
+
+    lines = source(DefaultTrainer.build_hooks).splitlines()
+    appends = [line.strip() for line in lines if ".append(" in line]
+    assert appends[-2].startswith("ret.append(hooks.EvalHook(")
+    assert appends[-1].startswith("ret.append(hooks.PeriodicWriter(")  # last: Trainer inserts at -1 before it
+    writer = next(i for i, line in enumerate(lines) if "hooks.PeriodicWriter(" in line)
+    assert lines[writer - 1].strip() == "if comm.is_main_process():"  # so the insert is at -1 on the main process only
+    assert lines[-1].strip() == "return ret"
+
+
+def test_eval_after_train():
+    from detectron2.engine import hooks
+    from fvcore.common.checkpoint import PeriodicCheckpointer
+
+    after_train = source(hooks.EvalHook.after_train)
+    assert "self.trainer.iter + 1 >= self.trainer.max_iter" in after_train and "self._do_eval()" in after_train
+    assert "self.step(self.trainer.iter)" in source(hooks.PeriodicCheckpointer.after_step)
+    step = source(PeriodicCheckpointer.step)
+    assert "if iteration >= self.max_iter - 1:" in step
+    assert "self.checkpointer.save(f'{self.file_prefix}_final', **additional_state)" in step
+
+
+def test_train_loop_exception_log():
+    from detectron2.engine import HookBase, TrainerBase
+    from detectron2.engine import train_loop
+
+    from maskinit.train import no_console_traceback
+
+    assert train_loop.__name__ == "detectron2.engine.train_loop"
+    records = []
+    handler = logging.Handler()
+    handler.emit = records.append
+    parent = logging.getLogger("detectron2")  # maskinit's filter sits on this logger's handlers
+    parent.addHandler(handler)
+    level = parent.level
+    parent.setLevel(logging.INFO)
+
+    class Fails(HookBase):
+        def __init__(self, error):
+            self.error = error
+
+        def before_train(self):
+            raise self.error
+
+    class Stop(BaseException):
+        pass
+
+    try:
+        trainer = TrainerBase()
+        trainer.register_hooks([Fails(RuntimeError("boom"))])
+        with pytest.raises(RuntimeError):
+            trainer.train(0, 1)
+        logged = [r for r in records if r.getMessage() == "Exception during training:"]
+        assert logged and logged[0].name == "detectron2.engine.train_loop" and logged[0].exc_info
+        assert not no_console_traceback(logged[0])
+        records.clear()
+        trainer = TrainerBase()
+        trainer.register_hooks([Fails(Stop())])
+        with pytest.raises(Stop):  # a BaseException (TrainingInterrupted) passes through unlogged
+            trainer.train(0, 1)
+        assert not [r for r in records if r.exc_info]
+    finally:
+        parent.removeHandler(handler)
+        parent.setLevel(level)
+
+
+def test_divergence_message(tmp_path):
+    from detectron2.engine import SimpleTrainer
+    from detectron2.utils.events import EventStorage
+
+    from maskinit.train import DIVERGED, divergence_message
+
+    losses = {"loss_cls": torch.tensor(float("nan")), "loss_box_reg": torch.tensor(0.5)}
+    with EventStorage(0), pytest.raises(FloatingPointError) as error:
+        SimpleTrainer.write_metrics(losses, 0.0, 7)
+    assert DIVERGED.search(str(error.value)).group(1) == "7"
+    found = divergence_message(error.value, str(tmp_path), iteration=0)
+    assert found["iteration"] == 7 and found["terms"] == ["loss_cls"], found
+
+
+def test_adamw_optimizer():
+    from detectron2.solver import build
+
+    lines = source(build.build_optimizer)
+    assert ("params = get_default_optimizer_params(model, base_lr=cfg.SOLVER.BASE_LR, weight_decay_norm="
+            "cfg.SOLVER.WEIGHT_DECAY_NORM, bias_lr_factor=cfg.SOLVER.BIAS_LR_FACTOR, weight_decay_bias="
+            "cfg.SOLVER.WEIGHT_DECAY_BIAS)") in lines
+    assert "maybe_add_gradient_clipping(cfg, torch.optim.SGD(**sgd_args))" in lines
+    clipping = source(build.maybe_add_gradient_clipping)  # takes an optimizer type as well as an instance
+    assert "isinstance(optimizer, torch.optim.Optimizer)" in clipping and "issubclass(optimizer, torch.optim.Optimizer)" in clipping
+
+
+def test_trainer_test_signature():
+    from detectron2.engine import DefaultTrainer
+
+    assert isinstance(inspect.getattr_static(DefaultTrainer, "test"), classmethod)
+    assert parameters(DefaultTrainer.test) == ["cfg", "model", "evaluators"]
+
+
+# ---------------------------------------------------------------------------------------------
+# Checkpoints
+
+
+def test_checkpointer_save():
+    from fvcore.common.checkpoint import Checkpointer, PeriodicCheckpointer
+
+    # maskinit.checkpoint.AuditedCheckpointer.save re-states these lines, writing atomically
+    assert body_lines(Checkpointer.save) == [
+        "if not self.save_dir or not self.save_to_disk:\n    return",
+        "data = {}",
+        "data['model'] = self.model.state_dict()",
+        "for key, obj in self.checkpointables.items():\n    data[key] = obj.state_dict()",
+        "data.update(kwargs)",
+        "basename = '{}.pth'.format(name)",
+        "save_file = os.path.join(self.save_dir, basename)",
+        "assert os.path.basename(save_file) == basename, basename",
+        "self.logger.info('Saving checkpoint to {}'.format(save_file))",
+        "with self.path_manager.open(save_file, 'wb') as f:\n    torch.save(data, cast(IO[bytes], f))",
+        "self.tag_last_checkpoint(basename)",
+    ]
+    assert "save_file = os.path.join(self.save_dir, 'last_checkpoint')" in source(Checkpointer.tag_last_checkpoint)
+    assert "additional_state = {'iteration': iteration}" in source(PeriodicCheckpointer.step)
+
+
+def test_checkpointer_load_file():
+    from detectron2.checkpoint import DetectionCheckpointer
+    from detectron2.engine import DefaultTrainer
+    from fvcore.common.checkpoint import Checkpointer
+
+    assert parameters(DetectionCheckpointer._load_file) == ["self", "filename"]
+    load = source(Checkpointer.load)
+    assert "checkpoint = self._load_file(path)" in load and "incompatible = self._load_model(checkpoint)" in load
+    assert "self.checkpointer.resume_or_load(self.cfg.MODEL.WEIGHTS, resume=resume)" in source(DefaultTrainer.resume_or_load)
+
+
+def test_checkpointer_load_model(tmp_path):
+    from detectron2.checkpoint import DetectionCheckpointer
+    from fvcore.common.checkpoint import _IncompatibleKeys
+
+    assert {"missing_keys", "unexpected_keys", "incorrect_shapes"} <= set(_IncompatibleKeys._fields)
+    saved = torch.nn.Sequential(torch.nn.Linear(2, 3))
+    torch.save({"model": {"0.weight": torch.zeros(4, 2), "extra": torch.zeros(1)}}, tmp_path / "m.pth")
+    seen = []
+
+    class Keeping(DetectionCheckpointer):
+        def _load_model(self, checkpoint):
+            seen.append(super()._load_model(checkpoint))
+            return seen[-1]
+
+    Keeping(saved).load(str(tmp_path / "m.pth"), checkpointables=[])
+    assert sorted(seen[0].missing_keys) == ["0.bias", "0.weight"] and seen[0].unexpected_keys == ["extra"]
+    assert [key for key, *_ in seen[0].incorrect_shapes] == ["0.weight"]
+
+
+# ---------------------------------------------------------------------------------------------
+# Registries, augmentation, mapper
+
+
+def test_registry_do_register():
+    from fvcore.common.registry import Registry
+
+    assert parameters(Registry._do_register) == ["self", "name", "obj"]
+    registry = Registry("maskinit_test")
+    registry._do_register("a name", len)
+    assert "a name" in registry and registry.get("a name") is len
+    assert list(registry) == [("a name", len)]
+    with pytest.raises(AssertionError):
+        registry._do_register("a name", max)
+
+
+def test_fixed_size_crop():
+    from detectron2.data import transforms as T
+    from fvcore.transforms.transform import CropTransform, PadTransform
+
+    crop = T.FixedSizeCrop((4, 6))._get_crop(np.zeros((10, 12, 3), np.uint8))
+    assert isinstance(crop, CropTransform)
+    assert (crop.w, crop.h, crop.orig_w, crop.orig_h) == (6, 4, 12, 10) and 0 <= crop.x0 <= 6 and 0 <= crop.y0 <= 6
+    pad = T.FixedSizeCrop((12, 14), pad_value=7.0, seg_pad_value=9)._get_pad(np.zeros((10, 12, 3), np.uint8))
+    assert isinstance(pad, PadTransform)
+    assert (pad.x0, pad.y0, pad.x1, pad.y1, pad.orig_w, pad.orig_h, pad.pad_value, pad.seg_pad_value) == (0, 0, 2, 2, 12, 10, 7.0, 9)
+    get_transform = source(T.FixedSizeCrop.get_transform)
+    assert "transforms = [self._get_crop(image)]" in get_transform and "transforms.append(self._get_pad(image))" in get_transform
+    assert "import shapely.geometry as geometry" in source(CropTransform.apply_polygons)
+    padded = PadTransform(1, 2, 3, 4, pad_value=5).apply_image(np.zeros((2, 2, 1)))  # re-stated per channel
+    assert padded.shape == (8, 6, 1) and padded[0, 0, 0] == 5 and padded[2, 1, 0] == 0
+
+
+def test_dataset_mapper_call():
+    from detectron2.data import DatasetMapper
+
+    # maskinit.data.mapper.ImageMapper.map_image re-states these lines with its own image reader
+    assert body_lines(DatasetMapper.__call__) == [
+        "dataset_dict = copy.deepcopy(dataset_dict)",
+        "image = utils.read_image(dataset_dict['file_name'], format=self.image_format)",
+        "utils.check_image_size(dataset_dict, image)",
+        "if 'sem_seg_file_name' in dataset_dict:\n    sem_seg_gt = utils.read_image(dataset_dict.pop('sem_seg_file_name'), 'L').squeeze(2)\nelse:\n    sem_seg_gt = None",
+        "aug_input = T.AugInput(image, sem_seg=sem_seg_gt)",
+        "transforms = self.augmentations(aug_input)",
+        "image, sem_seg_gt = (aug_input.image, aug_input.sem_seg)",
+        "image_shape = image.shape[:2]",
+        "dataset_dict['image'] = torch.as_tensor(np.ascontiguousarray(image.transpose(2, 0, 1)))",
+        "if sem_seg_gt is not None:\n    dataset_dict['sem_seg'] = torch.as_tensor(sem_seg_gt.astype('long'))",
+        "if self.proposal_topk is not None:\n    utils.transform_proposals(dataset_dict, image_shape, transforms, proposal_topk=self.proposal_topk)",
+        "if not self.is_train:\n    dataset_dict.pop('annotations', None)\n    dataset_dict.pop('sem_seg_file_name', None)\n    return dataset_dict",
+        "if 'annotations' in dataset_dict:\n    self._transform_annotations(dataset_dict, transforms, image_shape)",
+        "return dataset_dict",
+    ]
+    assert parameters(DatasetMapper._transform_annotations) == ["self", "dataset_dict", "transforms", "image_shape"]
+    init = source(DatasetMapper.__init__)
+    for attribute in ("self.is_train", "self.augmentations", "self.image_format", "self.proposal_topk"):
+        assert f"{attribute} = " in init, attribute
+
+
+def test_lsj_pad_defaults():
+    from detectron2.data import transforms as T
+
+    defaults = inspect.signature(T.FixedSizeCrop.__init__).parameters
+    assert defaults["pad_value"].default == 128.0 and defaults["seg_pad_value"].default == 255
+
+
+def test_default_augmentation(tiny_cfg):
+    from detectron2.data import DatasetMapper
+
+    from maskinit.augment import build_train_augmentations
+
+    cfg = tiny_cfg.clone()
+    cfg.defrost()
+    for crop in (False, True):
+        cfg.INPUT.CROP.ENABLED = crop
+        ours = build_train_augmentations(cfg)
+        theirs = DatasetMapper.from_config(cfg, is_train=True)["augmentations"]
+        assert [repr(a) for a in ours] == [repr(a) for a in theirs]
+
+
+def test_dataset_mapper():
+    from detectron2.data import DatasetMapper
+
+    names = set(parameters(DatasetMapper.__init__))
+    assert {"is_train", "augmentations", "image_format", "use_instance_mask", "instance_mask_format",
+            "recompute_boxes"} <= names
+    assert hasattr(DatasetMapper, "from_config")  # @configurable: a cfg plus keyword overrides
+
+
+# ---------------------------------------------------------------------------------------------
+# Datasets
+
+
+@pytest.fixture
+def coco_file(tmp_path):
+    """A COCO file whose category ids are neither contiguous nor listed in order."""
+    from PIL import Image
+
+    Image.new("RGB", (8, 6)).save(tmp_path / "a.png")
+    categories = [{"id": 90, "name": "zebra"}, {"id": 3, "name": "cat"}, {"id": 7, "name": "dog"}]
+    square = [[1, 1, 5, 1, 5, 4, 1, 4]]
+    coco = {
+        "images": [{"id": 1, "file_name": "a.png", "width": 8, "height": 6}],
+        "annotations": [
+            {"id": i + 1, "image_id": 1, "category_id": c["id"], "bbox": [1, 1, 4, 3], "area": 12, "iscrowd": 0,
+             "segmentation": square}
+            for i, c in enumerate(categories)
+        ],
+        "categories": categories,
+    }
+    path = tmp_path / "coco.json"
+    path.write_text(json.dumps(coco))
+    return path
+
+
+def test_load_coco_json_id_mapping(coco_file):
+    from detectron2.data import MetadataCatalog
+    from detectron2.data.datasets import load_coco_json
+
+    from maskinit.data.coco import inspect_coco
+
+    name = "maskinit_test_internals_ids"
+    try:
+        load_coco_json(str(coco_file), str(coco_file.parent), name)
+        metadata = MetadataCatalog.get(name)
+        summary = inspect_coco(coco_file)
+        assert list(summary.class_names) == metadata.thing_classes == ["cat", "dog", "zebra"]
+        assert summary.dataset_id_to_contiguous_id == metadata.thing_dataset_id_to_contiguous_id == {3: 0, 7: 1, 90: 2}
+    finally:
+        MetadataCatalog.remove(name)
+
+
+def test_register_coco_instances_metadata(coco_file):
+    from detectron2.data import DatasetCatalog, Metadata, MetadataCatalog
+    from detectron2.data.datasets import register_coco_instances
+
+    from maskinit.data.coco import register_coco_dataset
+
+    assert "MetadataCatalog.get(name).set(json_file=json_file, image_root=image_root, evaluator_type='coco', **metadata)" \
+        in source(register_coco_instances)
+    metadata = Metadata(name="maskinit_test_internals_metadata")
+    metadata.thing_classes = ["a"]
+    metadata.thing_classes = ["a"]  # the same value again is fine
+    with pytest.raises(AssertionError):
+        metadata.thing_classes = ["b"]  # a different one is refused
+    name = "maskinit_test_internals_registered"
+    try:
+        register_coco_dataset(name, coco_file, coco_file.parent)
+        records = DatasetCatalog.get(name)  # load_coco_json sets the metadata again: it must agree
+        assert [a["category_id"] for a in records[0]["annotations"]] == [2, 0, 1]
+        assert MetadataCatalog.get(name).evaluator_type == "coco"
+    finally:
+        DatasetCatalog.remove(name)
+        MetadataCatalog.remove(name)
+
+
+def test_load_coco_json_annotation_rules():
+    from detectron2.data.datasets import coco
+
+    text = source(coco.load_coco_json)
+    assert "segm = [poly for poly in segm if len(poly) % 2 == 0 and len(poly) >= 6]" in text
+    assert "assert anno.get('ignore', 0) == 0" in text
+
+
+def test_check_image_size():
+    from detectron2.data import detection_utils
+
+    image = np.zeros((3, 4, 3), np.uint8)
+    detection_utils.check_image_size({"width": 4.0, "height": 3.0}, image)  # integral floats compare equal
+    with pytest.raises(detection_utils.SizeMismatchError):
+        detection_utils.check_image_size({"width": 5, "height": 3, "file_name": "x"}, image)
+
+
+@pytest.mark.parametrize("orientation", [1, 2, 3, 4, 5, 6, 7, 8])
+def test_exif_orientation(tmp_path, orientation):
+    from detectron2.data import detection_utils
+    from PIL import Image
+
+    from maskinit.data.images import read_image
+
+    assert callable(detection_utils._apply_exif_orientation)
+    pixels = np.arange(4 * 6 * 3, dtype=np.uint8).reshape(4, 6, 3)
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    path = tmp_path / f"turned{orientation}.png"
+    Image.fromarray(pixels).save(path, exif=exif)
+    assert np.array_equal(read_image(path), detection_utils.read_image(str(path), format="BGR"))
+
+
+def test_resize_shortest_edge():
+    from types import SimpleNamespace
+
+    from detectron2.data import transforms as T
+
+    from maskinit.data.analysis import resize_factors
+
+    sizes = np.array([[480, 640], [1000, 200], [300, 300], [128, 4000]])
+    analysis = SimpleNamespace(image_sizes=sizes, num_images=len(sizes))
+    factors = resize_factors(analysis, 800, 1333)
+    for (height, width), factor in zip(sizes, factors):
+        expected = T.ResizeShortestEdge.get_output_shape(int(height), int(width), 800, 1333)
+        assert (int(height * factor + 0.5), int(width * factor + 0.5)) == expected
+
+
+# ---------------------------------------------------------------------------------------------
+# Config, schedules, hooks
+
+
+def test_auto_scale_workers(tiny_cfg):
+    from detectron2.engine import DefaultTrainer
+
+    cfg = tiny_cfg.clone()
+    cfg.defrost()
+    cfg.SOLVER.IMS_PER_BATCH, cfg.SOLVER.REFERENCE_WORLD_SIZE, cfg.SOLVER.BASE_LR = 16, 16, 0.02
+    cfg.SOLVER.MAX_ITER, cfg.SOLVER.WARMUP_ITERS, cfg.SOLVER.STEPS = 1000, 100, (600, 800)
+    cfg.TEST.EVAL_PERIOD, cfg.SOLVER.CHECKPOINT_PERIOD = 200, 500
+    scaled = DefaultTrainer.auto_scale_workers(cfg, 32)
+    assert scaled.SOLVER.IMS_PER_BATCH == 32 and scaled.SOLVER.BASE_LR == pytest.approx(0.04)
+    assert (scaled.SOLVER.MAX_ITER, scaled.SOLVER.WARMUP_ITERS, tuple(scaled.SOLVER.STEPS)) == (500, 50, (300, 400))
+    assert (scaled.TEST.EVAL_PERIOD, scaled.SOLVER.CHECKPOINT_PERIOD, scaled.SOLVER.REFERENCE_WORLD_SIZE) == (100, 250, 32)
+    assert cfg.SOLVER.IMS_PER_BATCH == 16  # a new config; the old one is untouched
+
+
+def test_lr_scheduler_base_lrs(tiny_cfg):
+    from detectron2.solver import build_lr_scheduler
+    from detectron2.solver.lr_scheduler import LRMultiplier
+
+    cfg = tiny_cfg.clone()
+    cfg.defrost()
+    cfg.SOLVER.BASE_LR, cfg.SOLVER.MAX_ITER, cfg.SOLVER.WARMUP_ITERS, cfg.SOLVER.STEPS = 0.1, 100, 0, ()
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1)
+    scheduler = build_lr_scheduler(cfg, optimizer)
+    assert isinstance(scheduler, LRMultiplier)
+    scheduler.base_lrs = [0.01]  # what ReduceLROnPlateau does
+    optimizer.step()
+    scheduler.step()
+    assert optimizer.param_groups[0]["lr"] == pytest.approx(0.01)  # constant after warmup, with STEPS empty
+    assert scheduler.state_dict()["base_lrs"] == [0.01]
+    cfg.SOLVER.LR_SCHEDULER_NAME = "WarmupCosineLR"  # the name train.Trainer.build_lr_scheduler sets
+    assert isinstance(build_lr_scheduler(cfg, optimizer), LRMultiplier)
+
+
+def test_hook_state_dict():
+    from detectron2.engine import HookBase, TrainerBase
+
+    class Stateful(HookBase):
+        def __init__(self):
+            self.state = {"best": 1.5}
+
+        def state_dict(self):
+            return self.state
+
+        def load_state_dict(self, state):
+            self.state = state
+
+    trainer = TrainerBase()
+    trainer.register_hooks([Stateful(), HookBase()])
+    saved = trainer.state_dict()
+    assert saved["hooks"] == {Stateful.__qualname__: {"best": 1.5}}
+    fresh = TrainerBase()
+    hook = Stateful()
+    hook.state = {}
+    fresh.register_hooks([hook])
+    fresh.load_state_dict(saved)
+    assert hook.state == {"best": 1.5}
+
+
+def test_conv2d_norm():
+    from detectron2.layers import Conv2d
+
+    conv = Conv2d(2, 2, 1)
+    x = torch.randn(1, 2, 3, 3)
+    plain = conv(x)
+    conv.norm = torch.nn.GroupNorm(1, 2)  # what norms.add_rpn_norm sets on the RPN head's convs
+    assert torch.allclose(conv(x), conv.norm(plain))
+
+
+def test_get_norm_names():
+    from detectron2.layers import get_norm
+
+    from maskinit.norms import NORM_REGISTRY
+
+    names = {cls.detectron2_name for _, cls in NORM_REGISTRY if cls.detectron2_name}
+    assert {"GN", "SyncBN", "BN", "naiveSyncBN"} <= names
+    for name in names:
+        assert isinstance(get_norm(name, 32), torch.nn.Module), name
+
+
+def test_model_module_names(tiny_cfg):
+    from detectron2.modeling import build_model
+    from detectron2.modeling.backbone.resnet import BasicBlock, BottleneckBlock
+
+    from maskinit.initializers import COMPONENT_PREFIXES, HEAD_PRIOR_STDS
+
+    model = build_model(tiny_cfg)
+    names = {name for name, _ in model.named_modules()}
+    for name in ("backbone.bottom_up.stem", "backbone.bottom_up.res2", "backbone.bottom_up.res5", "backbone.fpn_lateral2",
+                 "backbone.fpn_output5", "backbone.top_block", "proposal_generator.rpn_head.conv",
+                 "roi_heads.box_head", "roi_heads.box_predictor.cls_score", "roi_heads.mask_head.predictor"):
+        assert name in names, name
+    assert set(HEAD_PRIOR_STDS) <= names
+    for component, prefixes in COMPONENT_PREFIXES.items():
+        assert any(name.startswith(prefix) for prefix in prefixes for name in names), component
+    assert list(model.backbone._out_features) == ["p2", "p3", "p4", "p5", "p6"]
+    assert hasattr(BasicBlock(8, 8), "conv2") and hasattr(BottleneckBlock(8, 8, bottleneck_channels=4), "conv3")
+
+
+def test_instances_to_coco_json_ids():
+    from detectron2.evaluation.coco_evaluation import instances_to_coco_json
+    from detectron2.structures import Boxes, Instances
+
+    instances = Instances((4, 4))
+    instances.pred_boxes = Boxes(torch.tensor([[0.0, 0.0, 2.0, 2.0]]))
+    instances.scores = torch.tensor([0.9])
+    instances.pred_classes = torch.tensor([2])
+    assert [r["category_id"] for r in instances_to_coco_json(instances, 1)] == [2]  # contiguous, not mapped
+
+
+def test_visualizer_jittering():
+    from detectron2.utils.visualizer import Visualizer
+
+    assert "jittering" in parameters(Visualizer.draw_instance_predictions)
+
+
+def test_compiled_ops_module():
+    import importlib.util
+    from pathlib import Path
+
+    from maskinit.doctor import check_detectron2
+
+    for module in ("detectron2.evaluation.fast_eval_api", "detectron2.layers.deform_conv"):
+        assert "from detectron2 import _C" in Path(importlib.util.find_spec(module).origin).read_text(), module
+    compiled = importlib.util.find_spec("detectron2._C") is not None
+    ops = next(check for check in check_detectron2() if check.name == "detectron2 _C ops")
+    assert ops.detail.startswith("compiled ops present" if compiled else "absent")

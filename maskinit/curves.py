@@ -54,3 +54,19 @@ def plot_curves(output_dir: Path) -> Path | None:
     fig.savefig(out, dpi=80)
     plt.close(fig)
     return out
+
+
+def save_figure(figure, path, dpi: int = 80) -> Path:
+    """Write a matplotlib figure to `path` (its suffix names the format, PNG without one); one line on failure."""
+    from .errors import MaskinitError, one_line
+
+    path = Path(path)
+    if path.is_dir():
+        raise MaskinitError(f"cannot write plot {path}: it is a directory")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        # An explicit format: matplotlib would otherwise append ".png" to a name without a suffix.
+        figure.savefig(path, dpi=dpi, format=path.suffix[1:].lower() or "png")
+    except (OSError, ValueError) as error:
+        raise MaskinitError(f"cannot write plot {path}: {one_line(error)}") from None
+    return path

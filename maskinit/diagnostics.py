@@ -548,16 +548,9 @@ def plot(results: InitInspection | Sequence[InitInspection], path: str | Path) -
     bottom.set_xticks(range(len(names)), names, rotation=45)
     top.legend(fontsize="small")
     top.set_title(f"init diagnostics, norm {results[0].norm}")
-    path = Path(path)
-    if path.is_dir():
-        raise MaskinitError(f"cannot write plot {path}: it is a directory")
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        # An explicit format: matplotlib would otherwise append ".png" to a name without a suffix.
-        figure.savefig(path, dpi=100, format=path.suffix[1:].lower() or "png")
-    except (OSError, ValueError) as error:
-        raise MaskinitError(f"cannot write plot {path}: {one_line(error)}") from None
-    return path
+    from .curves import save_figure
+
+    return save_figure(figure, path, dpi=100)
 
 
 def write_json(results: InitInspection | Sequence[InitInspection], path: str | Path) -> Path:

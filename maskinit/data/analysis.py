@@ -708,13 +708,6 @@ def plot_analysis(path: str | Path, analysis: DataAnalysis, cfg=None, fits: Iter
     pixels.set(title=f"pixel values ({analysis.dtype}, {analysis.num_sampled} sampled images)", xlabel="value", ylabel="pixels (subsample)")
     pixels.legend(fontsize="small")
 
-    path = Path(path)
-    if path.is_dir():
-        raise MaskinitError(f"cannot write plot {path}: it is a directory")
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        # An explicit format: matplotlib would otherwise append ".png" to a name without a suffix.
-        figure.savefig(path, dpi=80, format=path.suffix[1:].lower() or "png")
-    except (OSError, ValueError) as error:
-        raise MaskinitError(f"cannot write plot {path}: {error}") from None
-    return path
+    from ..curves import save_figure
+
+    return save_figure(figure, path, dpi=80)

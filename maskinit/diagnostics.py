@@ -527,8 +527,6 @@ def plot(results: InitInspection | Sequence[InitInspection], path: str | Path) -
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    from .errors import one_line
-
     results = [results] if isinstance(results, InitInspection) else list(results)
     names = [row.name for row in results[0].stages]
     figure = Figure(figsize=(max(8, 0.7 * len(names)), 7), tight_layout=True)

@@ -55,3 +55,42 @@ def save_untrained_checkpoint(cfg, folder):
     torch.manual_seed(0)
     DetectionCheckpointer(build_model(cfg), save_dir=str(folder)).save("model_final")
     return folder / "model_final.pth"
+
+
+class ReplayDetector(torch.nn.Module):
+    """Stands in for a detector: returns fixed predictions for each input's image id."""
+
+    def __init__(self, predictions: dict):
+        super().__init__()
+        self.predictions = predictions
+
+    def forward(self, inputs):
+        return [{"instances": self.predictions[item["image_id"]]} for item in inputs]
+
+
+def replay_detector(json_file) -> ReplayDetector:
+    """A detector replaying `synthetic_predictions` of a COCO file, in its contiguous class ids."""
+    import json
+
+    import numpy as np
+    from detectron2.structures import Boxes, BoxMode, Instances
+    from pycocotools import mask as mask_util
+
+    from maskinit.data.synthetic import synthetic_predictions
+
+    coco = json.loads(json_file.read_text())
+    contiguous = {c["id"]: i for i, c in enumerate(sorted(coco["categories"], key=lambda c: c["id"]))}
+    results = synthetic_predictions(json_file, seed=4)
+    predictions = {}
+    for image in coco["images"]:
+        mine = [r for r in results if r["image_id"] == image["id"]]
+        instances = Instances((image["height"], image["width"]))
+        boxes = [BoxMode.convert(r["bbox"], BoxMode.XYWH_ABS, BoxMode.XYXY_ABS) for r in mine]
+        instances.pred_boxes = Boxes(torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4))
+        instances.scores = torch.tensor([r["score"] for r in mine], dtype=torch.float32)
+        instances.pred_classes = torch.tensor([contiguous[r["category_id"]] for r in mine], dtype=torch.int64)
+        masks = [mask_util.decode(r["segmentation"]).astype(bool) for r in mine]
+        empty = torch.zeros((0, image["height"], image["width"]), dtype=torch.bool)
+        instances.pred_masks = torch.from_numpy(np.stack(masks)) if masks else empty
+        predictions[image["id"]] = instances
+    return ReplayDetector(predictions)

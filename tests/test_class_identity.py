@@ -9,23 +9,19 @@ from collections import Counter
 
 import numpy as np
 import pytest
-import torch
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data.datasets import register_coco_instances
-from detectron2.structures import Boxes, BoxMode, Instances
-from pycocotools import mask as mask_util
-from torch import nn
 
 from maskinit import MaskinitError, load_config
 from maskinit.config import dump_yaml
 from maskinit.data import DatasetInfo, apply_dataset_to_cfg, generate_coco_dataset, register_coco_dataset
 from maskinit.data.coco import model_classes
 from maskinit.data.sources import VAL_NAME, resolve_data
-from maskinit.data.synthetic import CLASS_NAMES, synthetic_predictions
+from maskinit.data.synthetic import CLASS_NAMES
 from maskinit.evaluation import evaluate_run
 from maskinit.train import DataOptions
 from maskinit.visualize import _categories, predict
-from conftest import save_untrained_checkpoint
+from conftest import replay_detector, save_untrained_checkpoint
 
 # The generated sets have ids 1..5 for CLASS_NAMES; this permutation keeps every name, moves every id.
 PERMUTED = {1: 4, 2: 5, 3: 1, 4: 3, 5: 2}
@@ -68,35 +64,10 @@ def trained_cfg(info, folder):
     return load_config(path=path)
 
 
-class ReplayDetector(nn.Module):
-    """A 'model' that returns fixed predictions, in the training set's contiguous class ids."""
-
-    def __init__(self, json_file):
-        super().__init__()
-        coco = json.loads(json_file.read_text())
-        contiguous = {c["id"]: i for i, c in enumerate(sorted(coco["categories"], key=lambda c: c["id"]))}
-        results = synthetic_predictions(json_file, seed=4)
-        self.predictions = {}
-        for image in coco["images"]:
-            mine = [r for r in results if r["image_id"] == image["id"]]
-            instances = Instances((image["height"], image["width"]))
-            boxes = [BoxMode.convert(r["bbox"], BoxMode.XYWH_ABS, BoxMode.XYXY_ABS) for r in mine]
-            instances.pred_boxes = Boxes(torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4))
-            instances.scores = torch.tensor([r["score"] for r in mine], dtype=torch.float32)
-            instances.pred_classes = torch.tensor([contiguous[r["category_id"]] for r in mine], dtype=torch.int64)
-            masks = [torch.from_numpy(mask_util.decode(r["segmentation"]).astype(bool)) for r in mine]
-            empty = torch.zeros((0, image["height"], image["width"]), dtype=torch.bool)
-            instances.pred_masks = torch.stack(masks) if masks else empty
-            self.predictions[image["id"]] = instances
-
-    def forward(self, inputs):
-        return [{"instances": self.predictions[item["image_id"]]} for item in inputs]
-
-
 @pytest.fixture
 def replay(val_set, monkeypatch, tmp_path):
     """`maskinit eval` with the replayed predictions as the trained model: returns eval(cfg, val_json)."""
-    detector = ReplayDetector(val_set.json_file)
+    detector = replay_detector(val_set.json_file)  # fixed predictions, in the training set's class ids
     monkeypatch.setattr("maskinit.evaluation.load_trained_model", lambda cfg, weights: detector)
     weights = tmp_path / "model_final.pth"
     weights.write_bytes(b"replayed")

@@ -6,13 +6,9 @@ import importlib.util
 import json
 import math
 
-import numpy as np
 import pytest
 import torch
 from detectron2.evaluation import coco_evaluation
-from detectron2.structures import Boxes, BoxMode, Instances
-from pycocotools import mask as mask_util
-from torch import nn
 
 from maskinit import MaskinitError, load_config
 from maskinit.data import apply_dataset_to_cfg, generate_coco_dataset, register_coco_dataset
@@ -30,7 +26,7 @@ from maskinit.evaluation import (
     max_backend_difference,
 )
 from maskinit.model import build_model
-from conftest import save_untrained_checkpoint
+from conftest import replay_detector, save_untrained_checkpoint
 
 DATASET = "maskinit_test_eval"
 METRICS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
@@ -66,36 +62,6 @@ def test_faster_coco_eval_matches_pycocotools(dataset):
     reference = coco_summary_stats(files.json_file, results, "segm", PYCOCOTOOLS)
     assert 0.05 < reference[0] < 0.95  # a mix of hits and misses, so the comparison means something
     assert max_backend_difference(files.json_file, results) < 1e-4
-
-
-class ReplayDetector(nn.Module):
-    """Stands in for a detector: returns fixed predictions for each input's image id."""
-
-    def __init__(self, predictions: dict[int, Instances]):
-        super().__init__()
-        self.predictions = predictions
-
-    def forward(self, inputs):
-        return [{"instances": self.predictions[item["image_id"]]} for item in inputs]
-
-
-def replay_detector(json_file) -> ReplayDetector:
-    coco = json.loads(json_file.read_text())
-    contiguous = {c["id"]: i for i, c in enumerate(sorted(coco["categories"], key=lambda c: c["id"]))}
-    results = synthetic_predictions(json_file, seed=4)
-    predictions = {}
-    for image in coco["images"]:
-        mine = [r for r in results if r["image_id"] == image["id"]]
-        instances = Instances((image["height"], image["width"]))
-        boxes = [BoxMode.convert(r["bbox"], BoxMode.XYWH_ABS, BoxMode.XYXY_ABS) for r in mine]
-        instances.pred_boxes = Boxes(torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4))
-        instances.scores = torch.tensor([r["score"] for r in mine], dtype=torch.float32)
-        instances.pred_classes = torch.tensor([contiguous[r["category_id"]] for r in mine], dtype=torch.int64)
-        masks = [mask_util.decode(r["segmentation"]).astype(bool) for r in mine]
-        empty = torch.zeros((0, image["height"], image["width"]), dtype=torch.bool)
-        instances.pred_masks = torch.from_numpy(np.stack(masks)) if masks else empty
-        predictions[image["id"]] = instances
-    return ReplayDetector(predictions)
 
 
 def close(first: float, second: float) -> bool:

@@ -9,7 +9,9 @@ cropped masks (`recompute_boxes=True`), as the source does. The pad value 128 is
 `maskinit.data.mapper`) is padded with the data's mean per channel (`MODEL.PIXEL_MEAN`), 0 after
 normalization, as the model pads the images of a batch.
 
-Both augmentations run in `maskinit.data.mapper.ImageMapper`, which reads every image kind.
+Both augmentations run in `maskinit.data.mapper.ImageMapper`, which reads every image kind. With
+`MASKINIT.AUGMENT.COPY_PASTE.PROB` above 0, that mapper is wrapped by `maskinit.copy_paste`'s
+`CopyPasteMapper` (Simple Copy-Paste), which maps a second training image with it and pastes objects.
 
 fvcore's `CropTransform` clips polygon masks with shapely, which is not a maskinit dependency: the
 crop here uses shapely when it is installed and an exact rectangle clip in numpy otherwise.
@@ -17,10 +19,13 @@ crop here uses shapely when it is installed and an exact rectangle clip in numpy
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 from detectron2.config import CfgNode
 from detectron2.data import transforms as T
 
+from .copy_paste import check_copy_paste
 from .errors import MaskinitError
 
 AUGMENTATIONS = ("default", "lsj")
@@ -39,6 +44,7 @@ def check_augment(cfg: CfgNode) -> None:
             )
         if aug.LSJ_IMAGE_SIZE < 1:
             raise MaskinitError(f"MASKINIT.AUGMENT.LSJ_IMAGE_SIZE must be at least 1, got {aug.LSJ_IMAGE_SIZE}")
+    check_copy_paste(cfg)
 
 
 def clip_polygon(points: np.ndarray, x0: float, y0: float, x1: float, y1: float) -> np.ndarray:
@@ -77,13 +83,22 @@ class ClippingCropTransform(T.CropTransform):
     """fvcore's CropTransform, with polygons clipped in numpy when shapely is not installed."""
 
     def apply_polygons(self, polygons: list) -> list:
-        try:
-            import shapely.geometry  # noqa: F401
-        except ImportError:
+        if not has_shapely():
             x1, y1 = self.x0 + self.w, self.y0 + self.h
             clipped = (clip_polygon(p, self.x0, self.y0, x1, y1) for p in polygons)
             return [self.apply_coords(p) for p in clipped if len(p) >= 3 and polygon_area(p) > 0]
         return super().apply_polygons(polygons)
+
+
+@functools.lru_cache(maxsize=None)
+def has_shapely() -> bool:
+    """Whether shapely imports, asked once per process: a failed import is not cached by Python, and
+    searching for it again for every cropped annotation cost about a third of an LSJ image's mapping."""
+    try:
+        import shapely.geometry  # noqa: F401
+    except ImportError:
+        return False
+    return True
 
 
 class ChannelPadTransform(T.PadTransform):
@@ -154,12 +169,19 @@ def build_train_augmentations(cfg: CfgNode) -> list[T.Augmentation]:
 def build_train_mapper(cfg: CfgNode):
     """The training mapper (`maskinit.data.mapper.ImageMapper`, Detectron2's DatasetMapper reading every
     image kind): for `default`, built from `INPUT.*` as Detectron2 builds its own; for `lsj`, with the LSJ
-    augmentations and `recompute_boxes=True`."""
+    augmentations and `recompute_boxes=True`. With `MASKINIT.AUGMENT.COPY_PASTE.PROB` above 0 it is
+    wrapped by `maskinit.copy_paste.CopyPasteMapper`, whose source images are the records of
+    `DATASETS.TRAIN` (registered before this is called)."""
+    from .copy_paste import build_copy_paste_mapper
     from .data.mapper import ImageMapper
 
     check_augment(cfg)
     if cfg.MASKINIT.AUGMENT.NAME == "default":
-        return ImageMapper(cfg, is_train=True)
-    if not cfg.MODEL.MASK_ON:
+        mapper = ImageMapper(cfg, is_train=True)
+    elif not cfg.MODEL.MASK_ON:
         raise MaskinitError("MASKINIT.AUGMENT.NAME lsj recomputes boxes from the masks: it needs MODEL.MASK_ON")
-    return ImageMapper(cfg, is_train=True, augmentations=build_train_augmentations(cfg), recompute_boxes=True)
+    else:
+        mapper = ImageMapper(cfg, is_train=True, augmentations=build_train_augmentations(cfg), recompute_boxes=True)
+    if cfg.MASKINIT.AUGMENT.COPY_PASTE.PROB > 0:
+        return build_copy_paste_mapper(cfg, mapper)
+    return mapper

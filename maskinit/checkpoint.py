@@ -32,10 +32,15 @@ class AuditedCheckpointer(DetectionCheckpointer):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self.files_read: list[dict] = []
+        # When set (a weight average is kept, see ema.py): a function returning the state dict that
+        # `model_final.pth` holds as its `model`; the training weights go beside it as `raw_model`.
+        self.final_weights = None
 
     def _load_file(self, filename):
         loaded = super()._load_file(filename)
         self.files_read.append({"file": str(filename), "tensors": len(loaded.get("model", {}))})
+        if "raw_model" in loaded:  # training continues from the training weights, not their average
+            loaded["model"] = loaded.pop("raw_model")
         return loaded
 
     def save(self, name: str, **kwargs) -> None:
@@ -49,6 +54,15 @@ class AuditedCheckpointer(DetectionCheckpointer):
                 f"tensors (e.g. {bad[0]}); {name}.pth not written"
             )
         data = {"model": state}
+        if name == "model_final" and self.final_weights is not None:
+            final = self.final_weights()
+            bad = non_finite_tensors(final)
+            if bad:
+                raise FloatingPointError(
+                    f"weights became non-finite at iteration {kwargs.get('iteration', '?')}: {len(bad)} of {len(final)} "
+                    f"averaged tensors (e.g. {bad[0]}); {name}.pth not written"
+                )
+            data = {"model": final, "raw_model": state}
         data.update({key: obj.state_dict() for key, obj in self.checkpointables.items()})
         data.update(kwargs)
         basename = f"{name}.pth"
@@ -182,6 +196,6 @@ def load_trained_model(cfg, weights: str | Path) -> nn.Module:
     """`build_model(cfg)` with `weights` loaded (`load_weights`), in eval mode: what `eval` and `predict` run."""
     from .model import build_model
 
-    model = load_weights(build_model(cfg), weights)
+    model = load_weights(build_model(cfg, data_dependent=False), weights)  # no LSUV pass: the weights are replaced
     model.eval()
     return model

@@ -261,6 +261,25 @@ def print_ap_table(results: dict) -> None:
         console.print(table)
 
 
+def train_setup(overrides, config, preset, recipe, norm, init, schedule, plugin, train_json, train_images, val_json,
+                val_images, dataset, val_dataset, from_scratch=True, **run_options):
+    """What `train` and `tune` share: the config (the machine's default preset when none is named),
+    the run options and the keys the user set explicitly."""
+    from .config import load_config
+    from .run_options import DataOptions, TrainOptions
+
+    if not (config or preset or recipe):
+        from .machine import default_preset
+
+        preset, why = default_preset(run_options.get("device"))
+        err_console.print(f"[bold]{escape(why)}[/]", highlight=False, soft_wrap=True)
+    cfg = load_config(path=config, preset=preset, norm=norm, init=init, overrides=overrides or (), schedule=schedule,
+                      plugins=plugin or (), recipe=recipe)
+    run_options["output_dir"] = str(run_options["output_dir"])
+    options = TrainOptions(**run_options, data=DataOptions(train_json, train_images, val_json, val_images, dataset, val_dataset))
+    return cfg, options, set((overrides or [])[::2])
+
+
 @app.command(context_settings=OVERRIDES_CONTEXT)
 @handles_errors
 def train(
@@ -303,25 +322,10 @@ def train(
     skip_bad: bool = typer.Option(False, help="Drop bad annotations and images (counted in the log) instead of refusing the data."),
 ):
     """Train Mask R-CNN from scratch with Detectron2's trainer, then evaluate."""
-    from .config import load_config
-    from .train import DataOptions, TrainOptions, train as run_training
+    cfg, options, explicit_keys = train_setup(**locals())  # first: locals() are exactly the parameters
+    from .train import train as run_training
 
-    if not (config or preset or recipe):
-        from .machine import default_preset
-
-        preset, why = default_preset(device)
-        err_console.print(f"[bold]{escape(why)}[/]", highlight=False, soft_wrap=True)
-    cfg = load_config(path=config, preset=preset, norm=norm, init=init, overrides=overrides or (), schedule=schedule,
-                      plugins=plugin or (), recipe=recipe)
-    options = TrainOptions(
-        output_dir=str(output_dir), max_iter=max_iter, ims_per_batch=ims_per_batch, lr=lr, device=device,
-        num_gpus=num_gpus, num_machines=num_machines, machine_rank=machine_rank, dist_url=dist_url,
-        resume=resume, overwrite=overwrite, amp=amp, seed=seed, eval_period=eval_period,
-        checkpoint_period=checkpoint_period, optimizer=optimizer, lr_schedule=lr_schedule,
-        warmup_iters=warmup_iters, clip_grad=clip_grad, precise_bn=precise_bn, progress=progress, skip_bad=skip_bad,
-        data=DataOptions(train_json, train_images, val_json, val_images, dataset, val_dataset),
-    )
-    summary = run_training(cfg, options, explicit_keys=set((overrides or [])[::2]))
+    summary = run_training(cfg, options, explicit_keys=explicit_keys)
     fitted = [(row["key"], row["preset"], row["fitted"], row["from"]) for row in summary.get("fitted_to_data", ())]
     if fitted:
         print_key_rows("keys fitted to the training data (MASKINIT.FIT_TO_DATA False turns this off)", fitted,
@@ -339,6 +343,144 @@ def train(
         f"{summary['from_scratch']['pretrained_tensors_loaded']} pretrained tensors loaded"
     )
     console.print(f"outputs in {output_dir}/: config.yaml, model_final.pth, metrics.json, eval.json, curves.png, run_summary.json")
+
+
+def shares_options(source, exclude=()):
+    """Give a command the options of `source` (another command) that it does not declare itself, but
+    `exclude`: the shared ones arrive in its `**kwargs`, and are declared (help, defaults) once."""
+    import inspect
+
+    def decorate(command):
+        own = inspect.signature(command, eval_str=True)
+        mine = [p for p in own.parameters.values() if p.kind != p.VAR_KEYWORD]
+        shared = [p for name, p in inspect.signature(source, eval_str=True).parameters.items()
+                  if name not in own.parameters and name not in exclude]
+        command.__signature__ = own.replace(parameters=mine + shared)
+        return command
+
+    return decorate
+
+
+# the `train` options a tuning trial cannot take: a trial is one process, and each trial has its own folder
+TUNE_EXCLUDED = ("from_scratch", "num_gpus", "num_machines", "machine_rank", "dist_url", "overwrite")
+
+
+def _param_text(params: dict) -> str:
+    """A trial's parameters, short: lr_adamw 0.00161 -> lr 0.00161."""
+    shown = []
+    for name, value in params.items():
+        for prefix in ("lr_", "weight_decay_"):
+            if name.startswith(prefix) and name[len(prefix):] in ("sgd", "adam", "adamw"):
+                name = prefix[:-1]
+        name = {"weight_decay": "wd", "warmup_fraction": "warmup", "clip_grad": "clip"}.get(name, name)
+        shown.append(f"{name} {value:.3g}" if isinstance(value, float) else f"{name} {value}")
+    return ", ".join(shown)
+
+
+def print_trials_table(result) -> None:
+    table = Table(title=f"study {escape(result.study_name)}: {len(result.trials)} trials")
+    for column in ("trial", "state", "mask AP", "parameters", "time", "note"):
+        table.add_column(column, justify="right" if column in ("trial", "mask AP", "time") else "left",
+                         overflow="fold", no_wrap=column in ("trial", "state"))
+    styles = {"complete": "green", "pruned": "yellow", "diverged": "red", "failed": "red"}
+    best = result.best.number if result.best else None
+    for row in result.trials:
+        style = styles.get(row.state, "dim")
+        number = f"[bold]{row.number}*[/]" if row.number == best else str(row.number)
+        time_text = f"{row.seconds:.0f} s" if row.seconds is not None else "-"
+        table.add_row(number, f"[{style}]{row.state}[/]", ap_text(row.ap), escape(_param_text(row.params)), time_text,
+                      escape(row.note))
+    console.print(table)
+
+
+@app.command("tune", context_settings=OVERRIDES_CONTEXT)
+@handles_errors
+@shares_options(train, exclude=TUNE_EXCLUDED)
+def tune_command(
+    trials: Optional[int] = typer.Option(None, help="Finished trials (complete, pruned or failed) the study should have in all, all workers together."),
+    timeout: Optional[float] = typer.Option(None, help="Seconds after which no new trial starts (a running one finishes)."),
+    search: Optional[List[str]] = typer.Option(None, help="KEY=low:high[:log|:int] or KEY=a,b,c: a config key to search (replaces the default dimension writing KEY); repeatable."),
+    search_only: bool = typer.Option(False, help="Search only the --search keys, not the default space (LR, weight decay, warmup, optimizer, clipping)."),
+    pruner: str = typer.Option("median", help="median, hyperband or none: stop hopeless trials at an evaluation."),
+    eval_period: Optional[int] = typer.Option(None, help="Evaluate (and maybe prune) each trial every N iterations (default: a quarter of the run)."),
+    storage: Optional[str] = typer.Option(None, help="Database URL several `maskinit tune` processes share (postgresql://..., mysql://...; sqlite:///FILE on one machine). Default: study.db in --output-dir."),
+    study_name: Optional[str] = typer.Option(None, help="Study name in --storage (default: the output dir's name)."),
+    output_dir: Path = typer.Option(Path("output/tune"), help="The study's folder: trial-NNNN/ per trial, study.db, trials.json, best_config.yaml, plots/."),
+    resume: bool = typer.Option(False, help="Continue the study in --output-dir (finished trials are kept; killed ones run again)."),
+    workers: Optional[int] = typer.Option(None, help="Worker processes on this machine, one trial each, each on its own GPU (default: one per GPU with CUDA, else 1)."),
+    **train_options,
+):
+    """Search LR, weight decay, warmup, optimizer and clipping (and any --search KEY) with Optuna: each trial is a short maskinit training run."""
+    cfg, options, explicit_keys = train_setup(
+        **train_options, output_dir=output_dir, eval_period=eval_period, resume=False, overwrite=False,
+        num_gpus=1, num_machines=1, machine_rank=0, dist_url="auto",
+    )
+    from .tune import storage_url, study_name_for, study_report, tune
+
+    if workers is None:
+        workers = _gpu_count() if (options.device or "cuda").startswith("cuda") else 1
+    kwargs = dict(explicit_keys=explicit_keys, storage=storage, study_name=study_name, pruner=pruner,
+                  default_space=not search_only)
+    if workers > 1:
+        _run_workers(workers, output_dir, storage or storage_url(output_dir, None),
+                     study_name_for(output_dir, storage, study_name), resume, storage is None)
+        result = study_report(cfg, options, search or (), **kwargs)
+    else:
+        result = tune(cfg, options, search or (), trials, timeout, resume=resume, **kwargs)
+    for line in result.space:
+        err_console.print(f"searched: {escape(line)}", highlight=False, soft_wrap=True)
+    print_trials_table(result)
+    for note in result.notes:
+        err_console.print(f"[yellow]note:[/] {escape(note)}", highlight=False, soft_wrap=True)
+    if result.plots:
+        console.print(f"plots: {', '.join(str(path) for path in result.plots)}", highlight=False, soft_wrap=True)
+    console.print(f"study {result.study_name} in {result.storage}; trials in {output_dir}/trial-NNNN/, table in {output_dir}/trials.json",
+                  highlight=False, soft_wrap=True)
+    if result.best is None:
+        err_console.print("[bold red]no trial completed[/]: nothing to retrain", highlight=False)
+        raise typer.Exit(1)
+    console.print(f"best: trial {result.best.number}, mask AP {ap_text(result.best.ap)} ({escape(_param_text(result.best.params))})",
+                  highlight=False, soft_wrap=True)
+    console.print(f"best config: {result.best_config}\nretrain with: {result.retrain_command}", highlight=False, soft_wrap=True)
+
+
+def _gpu_count() -> int:
+    import torch
+
+    return torch.cuda.device_count() if torch.cuda.is_available() else 1
+
+
+def _run_workers(count: int, output_dir: Path, url: str, name: str, resume: bool, default_storage: bool):
+    """`count` copies of this `maskinit tune` command on one study, each with one GPU (CUDA_VISIBLE_DEVICES);
+    their output goes to worker-N.log in the output dir. Returns when all have ended."""
+    import subprocess
+
+    from .tune import STUDY_FILE
+
+    if "tune" not in sys.argv[1:]:
+        raise MaskinitError("--workers needs the `maskinit tune` command line (use the library's tune() per process otherwise)")
+    if default_storage and (output_dir / STUDY_FILE).is_file() and not resume:
+        raise MaskinitError(f"{output_dir} already holds a study ({STUDY_FILE}): pass --resume to continue it, or choose another --output-dir")
+    output_dir.mkdir(parents=True, exist_ok=True)
+    argv = [arg for arg in sys.argv[1:] if arg != "--resume"]
+    processes = []
+    for index in range(count):
+        env = {**os.environ, "CUDA_VISIBLE_DEVICES": str(index)}
+        log = open(output_dir / f"worker-{index}.log", "ab")
+        command = [sys.executable, "-m", "maskinit", *argv, "--workers", "1", "--storage", url, "--study-name", name]
+        processes.append((subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT), log))
+        err_console.print(f"worker {index} (GPU {index}): pid {processes[-1][0].pid}, log {output_dir}/worker-{index}.log")
+    try:
+        codes = [process.wait() for process, _ in processes]
+    finally:
+        for process, log in processes:
+            if process.poll() is None:
+                process.terminate()
+                process.wait()
+            log.close()
+    failed = [index for index, code in enumerate(codes) if code not in (0, 1)]
+    if failed:
+        raise MaskinitError(f"worker(s) {', '.join(map(str, failed))} failed: see {output_dir}/worker-N.log")
 
 
 def _number(value, digits: int = 3) -> str:
@@ -383,7 +525,7 @@ def inspect_init_command(
     batch = None
     if train_json is not None:
         from .data.analysis import fit_to_data
-        from .train import DataOptions
+        from .run_options import DataOptions
 
         # the model inspect-init builds is the one train would build on this data (channels, pixel statistics, sizes)
         cfg, _ = fit_to_data(cfg, DataOptions(str(train_json), str(train_images)), keep=set((overrides or [])[::2]))
@@ -439,13 +581,13 @@ def eval_command(
     from .data.sources import validate_data
     from .devices import with_device
     from .evaluation import evaluate_run
-    from .train import DataOptions
+    from .run_options import DataOptions
 
     cfg = with_device(load_config(path=config, plugins=plugin or ()), device, num_gpus)  # before any data work
-    data = DataOptions(val_json=val_json, val_images=val_images, dataset=dataset)
-    for line in validate_data(data, skip_bad):
+    checked = validate_data(DataOptions(val_json=val_json, val_images=val_images, dataset=dataset), skip_bad)
+    for line in checked.notes:
         err_console.print(line)
-    results = evaluate_run(cfg, weights, data, device=device, num_gpus=num_gpus, json_out=json_out, vis_dir=vis_dir, vis_count=vis_count)
+    results = evaluate_run(cfg, weights, checked.data, device=device, num_gpus=num_gpus, json_out=json_out, vis_dir=vis_dir, vis_count=vis_count)
     print_ap_table(results)
     if json_out:
         console.print(f"results in {json_out}")

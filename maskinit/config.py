@@ -127,6 +127,22 @@ def add_maskinit_config(cfg: CfgNode) -> CfgNode:
     _C.MASKINIT.AUGMENT.LSJ_MAX_SCALE = 2.0
     # LSJ: side of the square training image, randomly cropped or padded (image 128, segmentation 255) to it.
     _C.MASKINIT.AUGMENT.LSJ_IMAGE_SIZE = 1024
+    # Simple Copy-Paste (maskinit/copy_paste.py): objects of another training image pasted by their masks.
+    _C.MASKINIT.AUGMENT.COPY_PASTE = CfgNode()
+    # Probability that a training image gets objects pasted, in [0, 1]; 0 (the default) turns copy-paste off.
+    _C.MASKINIT.AUGMENT.COPY_PASTE.PROB = 0.0
+    # Most objects pasted onto one image (a random 1 to this many of the source image's objects).
+    _C.MASKINIT.AUGMENT.COPY_PASTE.MAX_INSTANCES = 20
+    # Pixels below which an instance that lost pixels (covered by pasted objects, or cropped) is dropped.
+    _C.MASKINIT.AUGMENT.COPY_PASTE.MIN_AREA = 16
+    # Exponential moving average of the weights (maskinit/ema.py), for evaluation and model_final.pth.
+    _C.MASKINIT.EMA = CfgNode()
+    # Keep the average (True) or not (False, the default).
+    _C.MASKINIT.EMA.ENABLED = False
+    # Decay d of w_ema = d * w_ema + (1 - d) * w per iteration, in (0, 1); the window is about 1 / (1 - d) iterations.
+    _C.MASKINIT.EMA.DECAY = 0.9998
+    # Warmup of the decay: d * (1 - exp(-iteration / WARMUP_ITERS)); 0 for none (mmdetection's ExpMomentumEMA: 2000).
+    _C.MASKINIT.EMA.WARMUP_ITERS = 2000
     # Training set's category names in model output (contiguous) order, set by train; empty: unknown.
     _C.MASKINIT.CLASS_NAMES = []
     # Training set's category ids (COCO category_id) in the same order as CLASS_NAMES; empty: unknown.
@@ -529,6 +545,7 @@ def check_config(cfg: CfgNode) -> None:
     """Every `MASKINIT.*` key and the Detectron2 keys a user is likely to get wrong, checked when the
     config is built: a one-line MaskinitError naming the first bad key and its value."""
     from .augment import check_augment
+    from .ema import check_ema
     from .initializers import build_initializer
     from .norms import build_norm_variant
 
@@ -574,6 +591,7 @@ def check_config(cfg: CfgNode) -> None:
     if not isinstance(cfg.MASKINIT.PLATEAU.METRIC, str) or not cfg.MASKINIT.PLATEAU.METRIC:
         raise MaskinitError(f"MASKINIT.PLATEAU.METRIC must name a metric (total_loss, segm/AP, ...), got {cfg.MASKINIT.PLATEAU.METRIC!r}")
     check_augment(cfg)
+    check_ema(cfg)
     build_norm_variant(cfg.MASKINIT.NORM)
     for key, spec in [("INIT", cfg.MASKINIT.INIT), *(("COMPONENT_INIT." + k, v) for k, v in cfg.MASKINIT.COMPONENT_INIT.items())]:
         if spec or key == "INIT":
@@ -636,6 +654,10 @@ def maskinit_only_settings(cfg: CfgNode) -> list[str]:
     dropped = [f"MASKINIT.{key}={cfg.MASKINIT[key]}" for key, value in neutral.items() if cfg.MASKINIT[key] != value]
     if cfg.MASKINIT.AUGMENT.NAME != "default":
         dropped.append(f"MASKINIT.AUGMENT.NAME={cfg.MASKINIT.AUGMENT.NAME}")
+    if cfg.MASKINIT.AUGMENT.COPY_PASTE.PROB > 0:
+        dropped.append(f"MASKINIT.AUGMENT.COPY_PASTE.PROB={cfg.MASKINIT.AUGMENT.COPY_PASTE.PROB}")
+    if cfg.MASKINIT.EMA.ENABLED:
+        dropped.append("MASKINIT.EMA.ENABLED=True")
     return dropped
 
 

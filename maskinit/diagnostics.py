@@ -82,6 +82,8 @@ class InitInspection:
     stage: str | None = None
     advice: str = ""
     thresholds: dict = field(default_factory=dict)
+    # A data-dependent init's pass (`maskinit.lsuv.LsuvResult.to_json()`: batch, passes, each layer), else None.
+    lsuv: dict | None = None
 
     @property
     def ok(self) -> bool:
@@ -106,6 +108,7 @@ class InitInspection:
                 "thresholds": self.thresholds,
                 "stages": [asdict(row) for row in self.stages],
                 "params": self.params,
+                **({"lsuv": self.lsuv} if self.lsuv is not None else {}),
             }
         )
 
@@ -347,7 +350,9 @@ def inspect_init(
 ) -> InitInspection:
     """Build the model on CPU, run the training losses once on `batch` (synthetic when None), judge.
 
-    `lr` defaults to `cfg.SOLVER.BASE_LR`; the same seed builds the same weights and batch.
+    `lr` defaults to `cfg.SOLVER.BASE_LR`; the same seed builds the same weights and batch. A
+    data-dependent init (lsuv) is fitted on that same batch (`build_model(cfg, lsuv_batch=batch)`), so
+    its per-layer output variances (`params[...]["lsuv"]`, `lsuv`) are those of the batch inspected.
     """
     from detectron2.utils.events import EventStorage
 
@@ -360,12 +365,12 @@ def inspect_init(
     lr = float(cfg.SOLVER.BASE_LR if lr is None else lr)
     if not lr > 0:
         raise MaskinitError(f"--lr must be positive, got {lr}")
+    if batch is None:  # first: a data-dependent init (lsuv) runs on the batch inspected
+        batch = synthetic_batch(cfg, num_images=num_images, image_size=image_size, seed=seed)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        model = build_model(cfg)
+        model = build_model(cfg, lsuv_batch=batch)
         model.train()
-        if batch is None:
-            batch = synthetic_batch(cfg, num_images=num_images, image_size=image_size, seed=seed)
         stages = _stage_modules(model)
         moments = {name: _Moments() for name in [*stages, "input"]}
         handles = _register(model, stages, moments)
@@ -396,9 +401,11 @@ def inspect_init(
         losses=losses,
         stages=rows,
         params=[
-            {"name": p.name, "shape": p.shape, "component": p.component, "init": p.init, "std": p.std}
+            {"name": p.name, "shape": p.shape, "component": p.component, "init": p.init, "std": p.std,
+             **({"lsuv": p.lsuv} if p.lsuv is not None else {})}
             for p in model.maskinit_init_report
         ],
+        lsuv=model.maskinit_lsuv.to_json() if getattr(model, "maskinit_lsuv", None) is not None else None,
         thresholds={
             "activation_warn": ACTIVATION_WARN,
             "activation_fail": ACTIVATION_FAIL,

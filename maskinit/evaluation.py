@@ -233,14 +233,13 @@ def _dataset_for_model(cfg: CfgNode, dataset_name: str) -> str:
 def _eval_dataset_name(data, cfg: CfgNode) -> str:
     """Register the evaluation data in this process: `--dataset`, `--val-json`, or the default val
     set, with its categories matched by name to the training classes stored in `cfg`."""
-    from .data.sources import VAL_NAME, register_from_options, use_embedded_default
+    from .data.sources import VAL_NAME, register_from_options, use_embedded_default, with_paths
 
     if data.dataset:
         return _dataset_for_model(cfg, data.dataset)
     if not data.val_json:
-        use_embedded_default(data)
-    data.train_json = data.train_images = None
-    register_from_options(data, cfg)
+        data = use_embedded_default(data)
+    register_from_options(with_paths(data, train_json=None, train_images=None), cfg)
     return VAL_NAME
 
 

@@ -136,6 +136,12 @@ def evaluation_running():
         EVALUATION.running = False
 
 
+class StopRequested(BaseException):
+    """Raised by a hook to end training early on purpose (a pruned tuning trial, say): the run
+    ends with status "stopped" and this reason. A `BaseException` for the same reason as
+    `TrainingInterrupted`: it is no error, and Detectron2's loop must not log it as one."""
+
+
 class TrainingInterrupted(BaseException):
     """Raised by `StopOnSignal` when a signal stops training, after it saved what it could.
 

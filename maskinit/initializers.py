@@ -23,6 +23,9 @@ INITIALIZER_REGISTRY.__doc__ = """
 Registry of weight initializers. An entry is called as `fn(weight: torch.Tensor, **params) -> None`
 and fills the weight of a convolution or linear layer in place; `params` come from a
 `NAME:key=value` spec. An entry whose `keeps_built` attribute is true leaves Detectron2's own init.
+An entry whose `data_dependent` attribute is true (`lsuv`) is called the same way to fill the weight
+with its base init; `maskinit.model.build_model(cfg, lsuv_batch=None)` then runs it on a batch
+(`maskinit.lsuv.run_lsuv(model, cfg, component_specs, batch)`), which rescales the weights it fills.
 """
 
 COMPONENTS = ("backbone", "fpn", "rpn", "box_head", "mask_head")
@@ -116,6 +119,64 @@ def trunc_normal(weight: torch.Tensor, std: float = 0.02, mean: float = 0.0) -> 
     nn.init.trunc_normal_(weight, mean=mean, std=std, a=mean - 2 * std, b=mean + 2 * std)
 
 
+LSUV_DEFAULTS = {"tol": 0.1, "iters": 10, "base": "orthogonal"}  # Mishkin & Matas 2016: Tol_var 0.1, T_max 10
+
+
+def lsuv_base(tol=LSUV_DEFAULTS["tol"], iters=LSUV_DEFAULTS["iters"], base=LSUV_DEFAULTS["base"]):
+    """`(fn, params, spec)` of LSUV's base init, after checking `tol` (in (0, 1)) and `iters` (1..1000).
+
+    A ValueError names the bad parameter (`build_initializer` turns it into one MaskinitError line).
+    The base is a spec of its own (`base=kaiming_normal:mode=fan_in`); inside lsuv's spec it can take
+    one parameter, since commas separate lsuv's own.
+    """
+    number = isinstance(tol, (int, float)) and not isinstance(tol, bool) and math.isfinite(tol)
+    if not number or not 0 < tol < 1:
+        raise ValueError(f"tol must be a number in (0, 1) (|output variance - 1| < tol), got {tol!r}")
+    if isinstance(iters, bool) or not isinstance(iters, int) or not 1 <= iters <= 1000:
+        raise ValueError(f"iters must be an integer from 1 to 1000 (rescalings per layer), got {iters!r}")
+    if not isinstance(base, str) or not base.strip():
+        raise ValueError(f"base must name an initializer spec (e.g. base=c2), got {base!r}")
+    try:
+        name, params = parse_spec(base, "initializer")
+    except MaskinitError as error:
+        raise ValueError(f"base: {error}") from None
+    if name not in INITIALIZER_REGISTRY:
+        known = ", ".join(sorted(name for name, _ in INITIALIZER_REGISTRY))
+        raise ValueError(f"base: unknown initializer {name!r} (known: {known})")
+    fn = INITIALIZER_REGISTRY.get(name)
+    if getattr(fn, "data_dependent", False):
+        raise ValueError(f"base must be a data-independent initializer, got {base!r}")
+    try:
+        inspect.signature(fn).bind(None, **params)
+    except TypeError as error:
+        raise ValueError(f"base: bad parameters for initializer {name}: {error}") from None
+    # No dry run here (it would draw from the RNG once per layer): `build_initializer`'s dry run of the
+    # lsuv spec runs the base on its test weight, which checks the base's values.
+    return fn, params, base.strip()
+
+
+@register_initializer("lsuv")
+def lsuv(weight: torch.Tensor, tol: float = LSUV_DEFAULTS["tol"], iters: int = LSUV_DEFAULTS["iters"],
+         base: str = LSUV_DEFAULTS["base"]) -> None:
+    """LSUV (Mishkin & Matas 2016): the base init, then per layer scaled to unit output variance on a batch.
+
+    Here: fills `weight` with the base init (`base`, default orthogonal). `build_model` then rescales
+    each layer, in forward order, until its output variance on a batch is within `tol` of 1 (at most
+    `iters` rescalings per layer): see `maskinit.lsuv`.
+    """
+    fn, params, _ = lsuv_base(tol, iters, base)
+    fn(weight, **params)
+
+
+lsuv.data_dependent = True
+
+
+def is_data_dependent(spec: str) -> bool:
+    """True for a spec whose initializer needs a forward pass on data (`lsuv`)."""
+    name, _ = parse_spec(spec, "initializer")
+    return name in INITIALIZER_REGISTRY and getattr(INITIALIZER_REGISTRY.get(name), "data_dependent", False)
+
+
 @dataclass
 class ParamInit:
     """One line of the init report: which parameter got which initializer, and its measured std."""
@@ -125,6 +186,8 @@ class ParamInit:
     component: str
     init: str
     std: float
+    # For a layer a data-dependent init measured (LSUV): scale, output variance before/after, status.
+    lsuv: dict | None = None
 
 
 def build_initializer(spec: str):
@@ -134,10 +197,11 @@ def build_initializer(spec: str):
         known = ", ".join(sorted(name for name, _ in INITIALIZER_REGISTRY))
         raise MaskinitError(f"unknown initializer {name!r} (known: {known})")
     fn = INITIALIZER_REGISTRY.get(name)
-    weight = torch.empty(4, 4, 3, 3)
+    weight = torch.zeros(4, 4, 3, 3)  # zeros: an init that keeps the weight (c2, lsuv:base=c2) leaves it finite
     try:
         inspect.signature(fn).bind(None, **params)
-        fn(weight, **params)  # a dry run catches bad values (mode=fan_sideways, gain=nan)
+        with torch.random.fork_rng(devices=[]):  # the dry run leaves the caller's random stream as it was
+            fn(weight, **params)  # a dry run catches bad values (mode=fan_sideways, gain=nan)
     except (TypeError, ValueError, ArithmeticError, RuntimeError) as error:
         raise MaskinitError(f"bad parameters for initializer {name}: {str(error).strip().splitlines()[0]}") from None
     if not getattr(fn, "keeps_built", False) and not torch.isfinite(weight).all():

@@ -22,24 +22,28 @@ Entries (`where` is the maskinit code that relies on it):
   which returns the evaluated COCOeval (its `.stats`).
 - `coco_evaluator_arguments`: evaluation.build_evaluator. `COCOEvaluator(dataset_name, tasks=,
   distributed=, output_dir=, use_fast_impl=)` and its private `_use_fast_impl` (read by the tests).
-- `trainer_init`: train.Trainer.__init__ re-states `DefaultTrainer.__init__` step by step, with DDP
+- `trainer_init`: trainer.Trainer.__init__ re-states `DefaultTrainer.__init__` step by step, with DDP
   without device_ids on CPU, AMP in bf16 and the audited checkpointer; it also relies on
   `AMPTrainer(grad_scaler=, precision=)` and `create_ddp_model(model, **ddp_kwargs)`.
-- `last_eval_results`: train.worker reads `trainer._last_eval_results`, which the closure in
-  `DefaultTrainer.build_hooks` sets after every evaluation.
-- `build_hooks_order`: train.Trainer.build_hooks inserts ReduceLROnPlateau at index -1 on the main
+- `last_eval_results`: worker.worker reads `trainer._last_eval_results`, which the closure in
+  `DefaultTrainer.build_hooks` sets after every evaluation; trainer.Trainer.hooks_with_ema re-states
+  that closure (evaluating on the weight average).
+- `eval_hook`: trainer.Trainer.hooks_with_ema replaces Detectron2's `EvalHook` by
+  `EvalHook(eval_period, eval_function)` (the same period, the closure above) and places the
+  `EMAHook` before the first `PeriodicCheckpointer` or `EvalHook` of `DefaultTrainer.build_hooks`.
+- `build_hooks_order`: trainer.Trainer.build_hooks inserts ReduceLROnPlateau at index -1 on the main
   process: after `EvalHook` (a fresh AP is in the storage), before `PeriodicWriter`, which
   `DefaultTrainer.build_hooks` appends last.
-- `eval_after_train`: train.worker (an interrupt during the final evaluation keeps `model_final.pth`)
+- `eval_after_train`: worker.worker (an interrupt during the final evaluation keeps `model_final.pth`)
   relies on `EvalHook.after_train` evaluating once more when `trainer.iter + 1 >= max_iter`, after
   fvcore's `PeriodicCheckpointer` saved `model_final` at the last iteration.
-- `train_loop_exception_log`: train.no_console_traceback and hooks.TrainingInterrupted. Detectron2's
+- `train_loop_exception_log`: worker.no_console_traceback and hooks.TrainingInterrupted. Detectron2's
   `TrainerBase.train` catches `Exception` only (so a `BaseException` passes through untouched) and
   logs it with `logger.exception("Exception during training:")` on the logger
   `detectron2.engine.train_loop`, whose records reach the `detectron2` logger's handlers.
-- `divergence_message`: train.DIVERGED and train.BAD_TERM parse the `FloatingPointError` of
+- `divergence_message`: worker.DIVERGED and worker.BAD_TERM parse the `FloatingPointError` of
   `SimpleTrainer.write_metrics`: "Loss became infinite or NaN at iteration=N!" and the loss dict's repr.
-- `adamw_optimizer`: train.Trainer.build_optimizer re-states `detectron2.solver.build_optimizer` for
+- `adamw_optimizer`: trainer.Trainer.build_optimizer re-states `detectron2.solver.build_optimizer` for
   Adam/AdamW: `get_default_optimizer_params(model, base_lr=, weight_decay_norm=, bias_lr_factor=,
   weight_decay_bias=)` and `maybe_add_gradient_clipping(cfg, optimizer type)`.
 - `checkpointer_save`: checkpoint.AuditedCheckpointer.save and tag_last_checkpoint re-state fvcore's
@@ -88,13 +92,15 @@ Entries (`where` is the maskinit code that relies on it):
   MAX_ITER, WARMUP_ITERS, STEPS, EVAL_PERIOD, CHECKPOINT_PERIOD divided by it).
 - `lr_scheduler_base_lrs`: hooks.ReduceLROnPlateau scales `trainer.scheduler.base_lrs`; Detectron2's
   `build_lr_scheduler` returns an `LRMultiplier` whose LR is base LR times its multiplier and whose
-  `state_dict` keeps `base_lrs` (so resume restores a reduction); train.Trainer.build_lr_scheduler
+  `state_dict` keeps `base_lrs` (so resume restores a reduction); trainer.Trainer.build_lr_scheduler
   names `WarmupCosineLR`, and empties `SOLVER.STEPS` for a constant LR.
-- `hook_state_dict`: hooks.ReduceLROnPlateau.state_dict is saved with the checkpoint because
+- `hook_state_dict`: hooks.ReduceLROnPlateau.state_dict and ema.EMAHook.state_dict are saved with the checkpoint because
   `TrainerBase.state_dict` collects each hook's non-empty `state_dict()` under
   `type(hook).__qualname__`, and `load_state_dict` gives it back.
 - `conv2d_norm`: norms.add_rpn_norm sets `.norm` on the RPN head's Detectron2 `Conv2d`, whose
-  forward applies `self.norm` when it is not None.
+  forward applies `self.norm` when it is not None; lsuv measures a layer's own output as the input
+  of that `.norm` (a pre-hook), or recomputes `F.conv2d` for a conv with an activation only: the
+  forward is conv, then `self.norm`, then `self.activation`.
 - `get_norm_names`: each norms variant's `detectron2_name` (GN, SyncBN, BN, naiveSyncBN) is a name
   `detectron2.layers.get_norm` builds.
 - `model_module_names`: initializers (COMPONENT_PREFIXES, HEAD_PRIOR_STDS, residual_last_norms),
@@ -107,7 +113,7 @@ Entries (`where` is the maskinit code that relies on it):
   returns contiguous class indices (COCOEvaluator maps them to dataset ids afterwards).
 - `visualizer_jittering`: visualize.draw_predictions passes `jittering=False` to
   `Visualizer.draw_instance_predictions`.
-- `trainer_test_signature`: train.Trainer.test overrides the classmethod `DefaultTrainer.test(cfg,
+- `trainer_test_signature`: trainer.Trainer.test overrides the classmethod `DefaultTrainer.test(cfg,
   model, evaluators=None)` to mark evaluations.
 - `compiled_ops_module`: doctor.check_detectron2 imports `detectron2._C` to tell whether the compiled
   ops are there; Detectron2's fast COCOeval imports it from there too.
@@ -130,13 +136,14 @@ REACHES: dict[str, Reach] = {
     "fast_cocoeval_slot": Reach("evaluation._install_faster_coco_eval", "detectron2.evaluation.coco_evaluation.COCOeval_opt"),
     "evaluate_predictions_on_coco": Reach("evaluation.coco_summary_stats", "detectron2.evaluation.coco_evaluation._evaluate_predictions_on_coco"),
     "coco_evaluator_arguments": Reach("evaluation.build_evaluator", "detectron2.evaluation.COCOEvaluator"),
-    "trainer_init": Reach("train.Trainer.__init__", "detectron2.engine.DefaultTrainer.__init__"),
-    "last_eval_results": Reach("train.worker", "detectron2.engine.DefaultTrainer._last_eval_results"),
-    "build_hooks_order": Reach("train.Trainer.build_hooks", "detectron2.engine.DefaultTrainer.build_hooks"),
-    "eval_after_train": Reach("train.worker", "detectron2.engine.hooks.EvalHook.after_train"),
-    "train_loop_exception_log": Reach("train.no_console_traceback", "detectron2.engine.train_loop.TrainerBase.train"),
-    "divergence_message": Reach("train.divergence_message", "detectron2.engine.SimpleTrainer.write_metrics"),
-    "adamw_optimizer": Reach("train.Trainer.build_optimizer", "detectron2.solver.build_optimizer"),
+    "trainer_init": Reach("trainer.Trainer.__init__", "detectron2.engine.DefaultTrainer.__init__"),
+    "last_eval_results": Reach("worker.worker, trainer.Trainer.hooks_with_ema", "detectron2.engine.DefaultTrainer._last_eval_results"),
+    "eval_hook": Reach("trainer.Trainer.hooks_with_ema", "detectron2.engine.hooks.EvalHook.__init__"),
+    "build_hooks_order": Reach("trainer.Trainer.build_hooks", "detectron2.engine.DefaultTrainer.build_hooks"),
+    "eval_after_train": Reach("worker.worker", "detectron2.engine.hooks.EvalHook.after_train"),
+    "train_loop_exception_log": Reach("worker.no_console_traceback", "detectron2.engine.train_loop.TrainerBase.train"),
+    "divergence_message": Reach("worker.divergence_message", "detectron2.engine.SimpleTrainer.write_metrics"),
+    "adamw_optimizer": Reach("trainer.Trainer.build_optimizer", "detectron2.solver.build_optimizer"),
     "checkpointer_save": Reach("checkpoint.AuditedCheckpointer.save", "fvcore.common.checkpoint.Checkpointer.save"),
     "checkpointer_load_file": Reach("checkpoint.AuditedCheckpointer._load_file", "fvcore.common.checkpoint.Checkpointer._load_file"),
     "checkpointer_load_model": Reach("checkpoint._CheckingCheckpointer._load_model", "fvcore.common.checkpoint.Checkpointer._load_model"),
@@ -153,13 +160,13 @@ REACHES: dict[str, Reach] = {
     "exif_orientation": Reach("data.images.read_image, data.validate", "detectron2.data.detection_utils._apply_exif_orientation"),
     "resize_shortest_edge": Reach("data.analysis.resize_factors", "detectron2.data.transforms.ResizeShortestEdge.get_output_shape"),
     "auto_scale_workers": Reach("config.apply_ims_per_batch", "detectron2.engine.DefaultTrainer.auto_scale_workers"),
-    "lr_scheduler_base_lrs": Reach("hooks.ReduceLROnPlateau, train.Trainer.build_lr_scheduler", "detectron2.solver.lr_scheduler.LRMultiplier"),
-    "hook_state_dict": Reach("hooks.ReduceLROnPlateau.state_dict", "detectron2.engine.train_loop.TrainerBase.state_dict"),
-    "conv2d_norm": Reach("norms.add_rpn_norm", "detectron2.layers.Conv2d.forward"),
+    "lr_scheduler_base_lrs": Reach("hooks.ReduceLROnPlateau, trainer.Trainer.build_lr_scheduler", "detectron2.solver.lr_scheduler.LRMultiplier"),
+    "hook_state_dict": Reach("hooks.ReduceLROnPlateau.state_dict, ema.EMAHook.state_dict", "detectron2.engine.train_loop.TrainerBase.state_dict"),
+    "conv2d_norm": Reach("norms.add_rpn_norm, lsuv (its hooks)", "detectron2.layers.Conv2d.forward"),
     "get_norm_names": Reach("norms (detectron2_name of each variant)", "detectron2.layers.get_norm"),
     "model_module_names": Reach("initializers, norms.add_rpn_norm, diagnostics._stage_modules", "detectron2.modeling.GeneralizedRCNN"),
     "instances_to_coco_json_ids": Reach("visualize.predict", "detectron2.evaluation.coco_evaluation.instances_to_coco_json"),
     "visualizer_jittering": Reach("visualize.draw_predictions", "detectron2.utils.visualizer.Visualizer.draw_instance_predictions"),
-    "trainer_test_signature": Reach("train.Trainer.test", "detectron2.engine.DefaultTrainer.test"),
+    "trainer_test_signature": Reach("trainer.Trainer.test", "detectron2.engine.DefaultTrainer.test"),
     "compiled_ops_module": Reach("doctor.check_detectron2", "detectron2._C"),
 }

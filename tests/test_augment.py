@@ -144,7 +144,7 @@ def test_clip_polygon_is_exact_for_the_window():
 
 
 def test_trainer_train_loader_uses_the_lsj_mapper(coco, tmp_path):
-    from maskinit.train import Trainer
+    from maskinit.trainer import Trainer
 
     files, _ = coco
     name = "maskinit_test_lsj_loader"

@@ -193,7 +193,7 @@ def test_registered_dataset_names_are_matched_by_name_too(val_set, replay, tmp_p
 def test_train_maps_a_val_set_with_other_ids_by_name(val_set, tmp_path):
     permuted = rewrite(val_set.json_file, tmp_path / "permuted.json", ids=PERMUTED)
     data = DataOptions(str(val_set.json_file), str(val_set.image_root), str(permuted), str(val_set.image_root))
-    cfg = resolve_data(load_config(preset="tiny"), data)
+    cfg, _ = resolve_data(load_config(preset="tiny"), data)
     assert cfg.DATASETS.TEST == (VAL_NAME,)
     assert list(cfg.MASKINIT.CLASS_NAMES) == list(CLASS_NAMES) and list(cfg.MASKINIT.CLASS_IDS) == [1, 2, 3, 4, 5]
     metadata = MetadataCatalog.get(VAL_NAME)
@@ -206,10 +206,21 @@ def test_train_maps_a_registered_val_dataset_by_name(val_set, tmp_path):
     register_coco_instances("maskinit_test_d2_train", {}, str(val_set.json_file), str(val_set.image_root))
     register_coco_instances("maskinit_test_d2_val", {}, str(permuted), str(val_set.image_root))
     data = DataOptions(dataset="maskinit_test_d2_train", val_dataset="maskinit_test_d2_val")
-    cfg = resolve_data(load_config(preset="tiny"), data)
+    cfg, _ = resolve_data(load_config(preset="tiny"), data)
     assert cfg.DATASETS.TEST == ("maskinit_test_d2_val_as_trained",)
     assert list(cfg.MASKINIT.CLASS_NAMES) == list(CLASS_NAMES)
     assert MetadataCatalog.get("maskinit_test_d2_val_as_trained").thing_classes == list(CLASS_NAMES)
+
+
+def test_resolve_data_returns_the_data_to_register_and_leaves_its_argument_alone(val_set):
+    given = DataOptions()  # no data: the embedded default set
+    cfg, data = resolve_data(load_config(preset="tiny"), given)
+    assert given == DataOptions()
+    assert data.train_json and data.val_json and data.train_images and data.val_images
+    assert cfg.DATASETS.TRAIN == ("maskinit_train",) and cfg.DATASETS.TEST == (VAL_NAME,)
+    explicit = DataOptions(str(val_set.json_file), str(val_set.image_root))
+    _, same = resolve_data(load_config(preset="tiny"), explicit)
+    assert same == explicit
 
 
 def test_train_refuses_val_names_missing_from_the_training_set(val_set, tmp_path):

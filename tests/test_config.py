@@ -205,6 +205,13 @@ def test_plain_export_names_the_maskinit_only_settings_it_drops(tmp_path):
     assert "# Dropped" not in stock  # a stock recipe has nothing maskinit-only
 
 
+def test_plain_export_names_the_weight_average_and_copy_paste(tmp_path):
+    text = export_config(tmp_path / "plain.yaml", plain=True, preset="tiny",
+                         overrides=["MASKINIT.EMA.ENABLED", "True", "MASKINIT.AUGMENT.COPY_PASTE.PROB", "0.5"])
+    dropped = next(line for line in text.splitlines() if line.startswith("# Dropped"))
+    assert "MASKINIT.EMA.ENABLED=True" in dropped and "MASKINIT.AUGMENT.COPY_PASTE.PROB=0.5" in dropped
+
+
 def test_plain_refuses_variants_stock_detectron2_cannot_build():
     with pytest.raises(MaskinitError, match="--plain"):
         export_config(plain=True, preset="tiny", norm="GNWS")
@@ -216,3 +223,13 @@ def test_explain_gives_a_reason_for_every_rule():
         assert key in rows and "preset" not in rows[key]
     assert rows["SOLVER.BASE_LR"] == "override"
     assert rows["MODEL.RESNETS.DEPTH"] == "preset tiny"
+
+
+def test_building_a_config_leaves_the_random_stream_alone():
+    import torch
+
+    torch.manual_seed(0)
+    expected = torch.rand(3)
+    torch.manual_seed(0)
+    load_config(preset="tiny", init="kaiming_normal")  # check_config dry-runs the initializer
+    assert torch.equal(torch.rand(3), expected)

@@ -15,7 +15,7 @@ from detectron2.utils.events import EventStorage
 
 from maskinit import load_config
 from maskinit.hooks import ProgressHook, ReduceLROnPlateau, StopOnSignal, TrainingInterrupted, evaluation_running
-from maskinit.train import Trainer
+from maskinit.trainer import Trainer
 
 
 @pytest.fixture(scope="module")

@@ -93,7 +93,7 @@ def test_coco_evaluator_arguments():
 def test_trainer_init():
     from detectron2.engine import AMPTrainer, DefaultTrainer, create_ddp_model
 
-    # maskinit.train.Trainer.__init__ re-states these steps (the logger set-up aside)
+    # maskinit.trainer.Trainer.__init__ re-states these steps (the logger set-up aside)
     assert body_lines(DefaultTrainer.__init__) == [
         "super().__init__()",
         "logger = logging.getLogger('detectron2')",
@@ -119,6 +119,15 @@ def test_last_eval_results():
     from detectron2.engine import DefaultTrainer
 
     assert "self._last_eval_results = self.test(self.cfg, self.model)" in source(DefaultTrainer.build_hooks)
+
+
+def test_eval_hook():
+    from detectron2.engine import DefaultTrainer, hooks
+
+    assert parameters(hooks.EvalHook.__init__)[:3] == ["self", "eval_period", "eval_function"]
+    lines = source(DefaultTrainer.build_hooks)
+    assert "hooks.EvalHook(cfg.TEST.EVAL_PERIOD, test_and_save_results)" in lines
+    assert lines.index("hooks.PeriodicCheckpointer(") < lines.index("hooks.EvalHook(")
 
 
 def test_build_hooks_order():
@@ -149,7 +158,7 @@ def test_train_loop_exception_log():
     from detectron2.engine import HookBase, TrainerBase
     from detectron2.engine import train_loop
 
-    from maskinit.train import no_console_traceback
+    from maskinit.worker import no_console_traceback
 
     assert train_loop.__name__ == "detectron2.engine.train_loop"
     records = []
@@ -193,7 +202,7 @@ def test_divergence_message(tmp_path):
     from detectron2.engine import SimpleTrainer
     from detectron2.utils.events import EventStorage
 
-    from maskinit.train import DIVERGED, divergence_message
+    from maskinit.worker import DIVERGED, divergence_message
 
     losses = {"loss_cls": torch.tensor(float("nan")), "loss_box_reg": torch.tensor(0.5)}
     with EventStorage(0), pytest.raises(FloatingPointError) as error:
@@ -552,6 +561,12 @@ def test_conv2d_norm():
     plain = conv(x)
     conv.norm = torch.nn.GroupNorm(1, 2)  # what norms.add_rpn_norm sets on the RPN head's convs
     assert torch.allclose(conv(x), conv.norm(plain))
+    # conv, then norm, then activation (lsuv reads the conv's output as the norm's input)
+    conv.activation = torch.nn.functional.relu
+    seen = []
+    conv.norm.register_forward_pre_hook(lambda module, inputs: seen.append(inputs[0]))
+    assert torch.allclose(conv(x), torch.relu(conv.norm(plain)))
+    assert torch.allclose(seen[0], torch.nn.functional.conv2d(x, conv.weight, conv.bias))
 
 
 def test_get_norm_names():

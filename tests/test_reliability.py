@@ -244,7 +244,7 @@ def test_a_run_stopped_before_its_first_checkpoint_does_not_block_the_dir(tmp_pa
 
 
 def test_two_trainings_into_one_dir_are_refused_by_a_lock(tmp_path, coco):
-    from maskinit.train import output_dir_lock
+    from maskinit.run_dir import output_dir_lock
 
     out = tmp_path / "locked"
     out.mkdir()

@@ -10,7 +10,8 @@ from typer.testing import CliRunner
 
 from maskinit import MaskinitError, load_config
 from maskinit.cli import app
-from maskinit.train import DataOptions, TrainOptions, train, warn_optimizer_mismatch
+from maskinit.run_options import warn_optimizer_mismatch
+from maskinit.train import DataOptions, TrainOptions, train
 
 # A short warmup so that these few iterations train at the real LR.
 FAST_EVAL = ["SOLVER.WARMUP_ITERS", "2"]

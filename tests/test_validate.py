@@ -541,10 +541,11 @@ def test_validate_data_registers_a_cleaned_copy_with_skip_bad(tmp_path, polygon_
         validate_data(options, skip_bad=False, clean_dir=tmp_path / "clean")
     assert options.train_json == str(path)
 
-    lines = validate_data(options, skip_bad=True, clean_dir=tmp_path / "clean")
-    assert options.train_json != str(path) and options.train_json.startswith(str(tmp_path / "clean"))
-    assert options.train_json in lines[-1]
-    register_coco_dataset("maskinit_test_validate", options.train_json, options.train_images)
+    cleaned, lines = validate_data(options, skip_bad=True, clean_dir=tmp_path / "clean")
+    assert options.train_json == str(path)  # the options given are left as they were
+    assert cleaned.train_json != str(path) and cleaned.train_json.startswith(str(tmp_path / "clean"))
+    assert cleaned.train_json in lines[-1]
+    register_coco_dataset("maskinit_test_validate", cleaned.train_json, cleaned.train_images)
     records = DatasetCatalog.get("maskinit_test_validate")
     expected = {}
     for annotation in data["annotations"]:
@@ -555,8 +556,7 @@ def test_validate_data_registers_a_cleaned_copy_with_skip_bad(tmp_path, polygon_
     assert bad_image not in {record["image_id"] for record in records}
     # The same data cleaned again lands on the same content-named copy.
     again = SimpleNamespace(train_json=str(path), train_images=str(images), val_json=None, val_images=None)
-    validate_data(again, skip_bad=True, clean_dir=tmp_path / "clean")
-    assert again.train_json == options.train_json
+    assert validate_data(again, skip_bad=True, clean_dir=tmp_path / "clean").data.train_json == cleaned.train_json
 
 
 def test_validate_data_checks_val_and_keeps_good_files(tmp_path, polygon_set):
@@ -567,8 +567,9 @@ def test_validate_data_checks_val_and_keeps_good_files(tmp_path, polygon_set):
     with pytest.raises(MaskinitError, match="val.json: 1 duplicate annotation id"):
         validate_data(options, skip_bad=True, clean_dir=tmp_path / "clean")
     options.val_json = None
-    assert validate_data(options, skip_bad=True, clean_dir=tmp_path / "clean") == []
-    assert options.train_json == str(polygon_set.json_file)
+    checked = validate_data(options, skip_bad=True, clean_dir=tmp_path / "clean")
+    assert checked.notes == []
+    assert checked.data.train_json == str(polygon_set.json_file)
     assert not (tmp_path / "clean").exists()
     options.train_images = None
     with pytest.raises(MaskinitError, match="--train-json needs --train-images"):

@@ -167,10 +167,11 @@ def test_validate_data_refuses_a_nan_polygon_and_skip_bad_drops_it(tmp_path, fil
     refusal = r"1 invalid polygon \(e\.g\. id \d+ \(image \d+\): a non-finite coordinate \(nan\)\)"
     with pytest.raises(MaskinitError, match=refusal):
         validate_data(options, skip_bad=False)
-    lines = validate_data(options, skip_bad=True, clean_dir=tmp_path / "clean")
+    cleaned, lines = validate_data(options, skip_bad=True, clean_dir=tmp_path / "clean")
     assert "leaves out 1 annotation and 0 images" in lines[0]
-    assert check_coco(options.train_json, files.image_root).ok
-    assert inspect_coco(options.train_json).num_annotations == len(load(files)["annotations"]) - 1
+    assert check_coco(cleaned.train_json, files.image_root).ok
+    assert inspect_coco(cleaned.train_json).num_annotations == len(load(files)["annotations"]) - 1
+    assert options.train_json == str(path)  # the options given are left as they were
 
 
 def test_skip_bad_refuses_to_keep_only_crowd_regions(files):

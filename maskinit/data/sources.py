@@ -1,13 +1,16 @@
 """Which data a run uses: COCO files, a dataset Detectron2 registers by name, or the embedded default.
 
-`resolve_data` runs once in the launching process (it may generate the default set and fills the
-config from the data); `register_from_options` repeats the registration in each training process,
-since Detectron2's catalogs live per process.
+`validate_data` and `resolve_data` run once in the launching process (the first may clean the data,
+the second may generate the default set and fills the config from the data); each returns the
+data options to use from then on, a new object. `register_from_options` repeats the registration
+in each training process, since Detectron2's catalogs live per process.
 """
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
+from typing import Any, NamedTuple
 
 from detectron2.config import CfgNode
 
@@ -25,13 +28,22 @@ TRAIN_NAME = "maskinit_train"
 VAL_NAME = "maskinit_val"
 
 
-def use_embedded_default(data) -> None:
-    """Point the options at the embedded synthetic set, generating it on first use."""
+def with_paths(data, **paths):
+    """A copy of the data options `data` (a `DataOptions` or any object with its attributes) with
+    `paths` set."""
+    changed = copy.copy(data)
+    for name, value in paths.items():
+        setattr(changed, name, value)
+    return changed
+
+
+def use_embedded_default(data):
+    """`data` pointed at the embedded synthetic set (a copy), generating the set on first use."""
     from .synthetic import ensure_synthetic_dataset
 
     dataset = ensure_synthetic_dataset()
-    data.train_json, data.train_images = str(dataset.train.json_file), str(dataset.train.image_root)
-    data.val_json, data.val_images = str(dataset.val.json_file), str(dataset.val.image_root)
+    return with_paths(data, train_json=str(dataset.train.json_file), train_images=str(dataset.train.image_root),
+                      val_json=str(dataset.val.json_file), val_images=str(dataset.val.image_root))
 
 
 def register_from_options(data, cfg: CfgNode | None = None) -> tuple:
@@ -60,28 +72,35 @@ def register_from_options(data, cfg: CfgNode | None = None) -> tuple:
     return train, val
 
 
-def resolve_data(cfg: CfgNode, data) -> CfgNode:
+def resolve_data(cfg: CfgNode, data) -> tuple[CfgNode, Any]:
     """Register the data and set DATASETS, NUM_CLASSES, MASK_FORMAT and the training classes
-    (MASKINIT.CLASS_NAMES/CLASS_IDS) from it, in a copy of `cfg`."""
+    (MASKINIT.CLASS_NAMES/CLASS_IDS) from it; returns a new config and the data options the training
+    processes register (the embedded default set's paths when `data` names no data)."""
     if data.dataset and (data.train_json or data.val_json):
         raise MaskinitError("--dataset and --train-json/--val-json are exclusive: choose one source")
     if not data.dataset and not data.train_json:
         if data.val_json:
             raise MaskinitError("--val-json without --train-json: give both, or neither for the embedded default")
-        use_embedded_default(data)
-        data.is_default = True
+        data = use_embedded_default(data)
     train, val = register_from_options(data, cfg)
-    return apply_dataset_to_cfg(cfg.clone(), train, val)
+    return apply_dataset_to_cfg(cfg.clone(), train, val), data
 
 
-def validate_data(data, skip_bad: bool, *, check_images: bool = True, clean_dir=None) -> list[str]:
-    """Check the run's COCO files (train and val) before they are registered; returns log lines.
+class ValidatedData(NamedTuple):
+    """What `validate_data` found: the data options to register from now on, and the log lines."""
+
+    data: Any
+    notes: list[str]
+
+
+def validate_data(data, skip_bad: bool, *, check_images: bool = True, clean_dir=None) -> ValidatedData:
+    """Check the run's COCO files (train and val) before they are registered.
 
     Fatal problems raise `MaskinitError`; fixable ones too, unless `skip_bad`: then the bad
     annotations and images are left out of a cleaned copy of the JSON (under `clean_dir`, default
-    `<maskinit cache>/clean/`) and `data.train_json` / `data.val_json` are pointed at it. Because the
-    options object travels to every training process, each one registers the cleaned copy, and the
-    COCO evaluator reads its ground truth from it too. Registered names (`--dataset`) and the
+    `<maskinit cache>/clean/`), and the returned data options point at it (`data` itself is not
+    changed). Passed to every training process, they make each one register the cleaned copy, and
+    the COCO evaluator read its ground truth from it too. Registered names (`--dataset`) and the
     embedded default set are not checked.
     """
     from .synthetic import default_cache_root
@@ -89,7 +108,7 @@ def validate_data(data, skip_bad: bool, *, check_images: bool = True, clean_dir=
 
     lines: list[str] = []
     if getattr(data, "dataset", None):
-        return lines  # a registered name: `resolve_data` refuses it together with COCO files
+        return ValidatedData(data, lines)  # a registered name: `resolve_data` refuses it together with COCO files
     for split in ("train", "val"):
         json_file, image_root = getattr(data, f"{split}_json", None), getattr(data, f"{split}_images", None)
         if not json_file:
@@ -101,6 +120,6 @@ def validate_data(data, skip_bad: bool, *, check_images: bool = True, clean_dir=
         if report.fixable:  # only reached with skip_bad: the policy raised otherwise
             folder = clean_dir if clean_dir is not None else default_cache_root() / "clean"
             cleaned = write_clean_copy(coco, report, folder, Path(json_file).stem)
-            setattr(data, f"{split}_json", str(cleaned))
+            data = with_paths(data, **{f"{split}_json": str(cleaned)})
             lines.append(f"{json_file}: registering the cleaned copy {cleaned}")
-    return lines
+    return ValidatedData(data, lines)

@@ -1,0 +1,134 @@
+"""A run's output directory: the files a run writes, what marks a directory as holding a run, the
+refusals before one is overwritten, the lock that keeps a second training out, and the
+leftovers of a killed run."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from detectron2.config import CfgNode
+
+from .atomic import write_atomically
+from .checkpoint import checkpoint_iteration, last_checkpoint
+from .errors import MaskinitError
+from .evaluation import json_safe
+
+if TYPE_CHECKING:
+    from .run_options import TrainOptions
+
+SUMMARY_FILE = "run_summary.json"
+EVAL_FILE = "eval.json"
+CONFIG_FILE = "config.yaml"
+# What makes an output dir hold a run that a new one must not overwrite: a checkpoint or an evaluation.
+# A run refused or stopped before its first checkpoint leaves only config.yaml and logs: not a run.
+RUN_MARKERS = ("last_checkpoint", "model_*.pth", EVAL_FILE)
+LOCK_FILE = ".maskinit.lock"
+
+
+def holds_run(out: Path) -> bool:
+    return out.is_dir() and any(any(out.glob(marker)) for marker in RUN_MARKERS)
+
+
+def prepare_output_dir(options: TrainOptions) -> Path:
+    """The output dir, created and writable; files stay untouched."""
+    out = Path(options.output_dir)
+    if out.exists() and not out.is_dir():
+        raise MaskinitError(f"output dir {out} exists and is not a directory")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / f".maskinit-write-test-{os.getpid()}"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as error:
+        raise MaskinitError(f"output dir {out} is not writable: {error.strerror}") from None
+    return out
+
+
+def check_output_dir(out: Path, options: TrainOptions, max_iter: int) -> None:
+    """A dir that holds a run is refused unless resuming or overwriting; `--resume` needs a checkpoint
+    to continue from, before `max_iter`."""
+    # under torchrun every rank gets here; rank 0 decides, before the others could see its files
+    first_rank = int(os.environ.get("RANK", 0)) == 0
+    if first_rank and holds_run(out) and not (options.resume or options.overwrite):
+        raise MaskinitError(f"output dir {out} already holds a run: pass --resume to continue it or --overwrite to replace it")
+    if options.resume:
+        checkpoint = last_checkpoint(out)
+        if checkpoint is None:
+            raise MaskinitError(f"--resume but {out} has no checkpoint to resume from (no last_checkpoint naming a file there)")
+        start = checkpoint_iteration(out / checkpoint) + 1
+        if start >= max_iter:
+            raise MaskinitError(
+                f"--resume: {checkpoint} in {out} is at iteration {start - 1}, and SOLVER.MAX_ITER is {max_iter}: "
+                f"nothing is left to train; pass --max-iter above {start} to train further (or evaluate it with maskinit eval)"
+            )
+
+
+def remove_stale_files(out: Path) -> None:
+    """Temporary files a killed run left (a half-written checkpoint), removed once the dir is locked."""
+    if int(os.environ.get("RANK", 0)) == 0:
+        for stale in [*out.glob(".*.tmp"), *out.glob(".maskinit-write-test-*")]:
+            stale.unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def output_dir_lock(out: Path):
+    """Hold `out/.maskinit.lock` for the run: a second training into the same dir is refused.
+
+    An advisory `flock`, released by the kernel when the process ends however it ends, so a killed
+    run never leaves the dir locked. Under torchrun only rank 0 takes it.
+    """
+    if int(os.environ.get("RANK", 0)) != 0:
+        yield
+        return
+    import fcntl
+
+    handle = open(out / LOCK_FILE, "a+")
+    try:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "another process"
+            raise MaskinitError(
+                f"output dir {out} is in use by another maskinit train ({holder}): wait for it to end or choose another --output-dir"
+            ) from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"pid {os.getpid()}")
+        handle.flush()
+        yield
+    finally:
+        handle.close()
+
+
+def write_json(path: Path, data) -> None:
+    write_atomically(path, json.dumps(json_safe(data), indent=2, default=str))
+
+
+def read_summary(out: Path) -> dict:
+    path = out / SUMMARY_FILE
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def check_resume_config(path: Path, cfg: CfgNode) -> None:
+    """A resumed run must build the same model it saved."""
+    from .config import load_config
+
+    saved = load_config(path)
+    keys = ("MODEL.RESNETS.DEPTH", "MODEL.ROI_HEADS.NUM_CLASSES", "MASKINIT.NORM", "MODEL.FPN.OUT_CHANNELS",
+            "MODEL.ROI_BOX_HEAD.NUM_CONV", "MODEL.ROI_BOX_HEAD.FC_DIM", "MODEL.ROI_MASK_HEAD.CONV_DIM",
+            "MASKINIT.CLASS_NAMES")
+    for key in keys:
+        old, new = saved, cfg
+        for part in key.split("."):
+            old, new = old[part], new[part]
+        if isinstance(old, (list, tuple)):
+            if not old:  # a run saved before the key existed
+                continue
+            old, new = list(old), list(new)
+        if old != new:
+            raise MaskinitError(f"--resume: {key} is {new} now but {old} in the saved run ({path}); use a new --output-dir")

@@ -1,0 +1,164 @@
+"""`Trainer`: Detectron2's `DefaultTrainer` with maskinit's model, optimizers, schedules, evaluator and
+hooks; only what differs is overridden (see `internals.py` for the steps re-stated from upstream)."""
+
+from __future__ import annotations
+
+import logging
+import os
+import weakref
+from collections.abc import Sequence
+
+import torch
+from detectron2.config import CfgNode
+from detectron2.engine import AMPTrainer, DefaultTrainer, SimpleTrainer, TrainerBase, create_ddp_model
+from detectron2.solver import build_lr_scheduler, get_default_optimizer_params
+from detectron2.solver.build import maybe_add_gradient_clipping
+from detectron2.utils import comm
+
+from .checkpoint import AuditedCheckpointer
+from .ema import build_ema_hook
+from .hooks import LossWatch, ProgressHook, ReduceLROnPlateau, StopOnSignal, evaluation_running
+from .model import build_model
+
+logger = logging.getLogger("maskinit")
+
+
+def amp_dtype(cfg: CfgNode) -> torch.dtype:
+    choice = cfg.MASKINIT.AMP_DTYPE
+    if choice == "auto":
+        bf16 = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+        return torch.bfloat16 if bf16 else torch.float16
+    return {"bfloat16": torch.bfloat16, "float16": torch.float16}[choice]
+
+
+class Trainer(DefaultTrainer):
+    """DefaultTrainer with maskinit's model, optimizers, schedules, evaluator and hooks."""
+
+    def __init__(self, cfg, progress_bar: bool | None = None, extra_hooks: Sequence = ()):
+        """DefaultTrainer.__init__'s steps, with three changes it has no hook for: DDP without
+        device_ids on CPU (gloo), AMP in bf16 where supported, and the audited checkpointer.
+        `progress_bar`: None shows it on a terminal only; `extra_hooks` run after maskinit's own."""
+        TrainerBase.__init__(self)
+        self.progress_bar = progress_bar
+        self.extra_hooks = list(extra_hooks)
+        cfg = DefaultTrainer.auto_scale_workers(cfg, comm.get_world_size())
+        model = self.build_model(cfg)
+        optimizer = self.build_optimizer(cfg, model)
+        data_loader = self.build_train_loader(cfg)
+        cuda = cfg.MODEL.DEVICE.startswith("cuda")
+        model = create_ddp_model(model, broadcast_buffers=False, device_ids=[comm.get_local_rank()] if cuda else None)
+        if cfg.SOLVER.AMP.ENABLED:
+            dtype = amp_dtype(cfg)  # bf16 needs no loss scaling
+            scaler = torch.amp.GradScaler("cuda", enabled=dtype == torch.float16)
+            self._trainer = AMPTrainer(model, data_loader, optimizer, grad_scaler=scaler, precision=dtype)
+        else:
+            self._trainer = SimpleTrainer(model, data_loader, optimizer)
+        self.scheduler = self.build_lr_scheduler(cfg, optimizer)
+        self.checkpointer = AuditedCheckpointer(model, cfg.OUTPUT_DIR, trainer=weakref.proxy(self))
+        self.start_iter = 0
+        self.max_iter = cfg.SOLVER.MAX_ITER
+        self.cfg = cfg
+        self.register_hooks(self.build_hooks())
+
+    @classmethod
+    def build_model(cls, cfg):
+        model = build_model(cfg)
+        if comm.is_main_process():
+            counts: dict[str, int] = {}
+            for line in model.maskinit_init_report:
+                counts[line.init] = counts.get(line.init, 0) + 1
+            logger.info("initialization: %s", ", ".join(f"{k}: {v} tensors" for k, v in sorted(counts.items())))
+        return model
+
+    @classmethod
+    def build_optimizer(cls, cfg, model):
+        name = cfg.MASKINIT.OPTIMIZER
+        if name == "sgd":
+            return super().build_optimizer(cfg, model)
+        params = get_default_optimizer_params(
+            model,
+            base_lr=cfg.SOLVER.BASE_LR,
+            weight_decay_norm=cfg.SOLVER.WEIGHT_DECAY_NORM,
+            bias_lr_factor=cfg.SOLVER.BIAS_LR_FACTOR,
+            weight_decay_bias=cfg.SOLVER.WEIGHT_DECAY_BIAS,
+        )
+        optimizer_type = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW}[name]
+        return maybe_add_gradient_clipping(cfg, optimizer_type)(params, lr=cfg.SOLVER.BASE_LR, weight_decay=cfg.SOLVER.WEIGHT_DECAY)
+
+    @classmethod
+    def build_lr_scheduler(cls, cfg, optimizer):
+        cfg = cfg.clone()
+        cfg.defrost()
+        if cfg.MASKINIT.LR_SCHEDULE == "cosine":
+            cfg.SOLVER.LR_SCHEDULER_NAME = "WarmupCosineLR"
+        elif cfg.MASKINIT.LR_SCHEDULE == "plateau":
+            cfg.SOLVER.STEPS = ()  # constant after warmup; ReduceLROnPlateau scales it
+        return build_lr_scheduler(cfg, optimizer)
+
+    @classmethod
+    def build_train_loader(cls, cfg):
+        """Detectron2's train loader on maskinit's mapper, which reads every image kind (gray, 16-bit,
+        N-channel); with `MASKINIT.AUGMENT.NAME lsj`, its augmentations are the large-scale jitter."""
+        from detectron2.data import build_detection_train_loader
+
+        from .augment import build_train_mapper
+
+        return build_detection_train_loader(cfg, mapper=build_train_mapper(cfg))
+
+    @classmethod
+    def build_test_loader(cls, cfg, dataset_name):
+        """Detectron2's test loader (for the evaluations during and after training) on maskinit's mapper."""
+        from detectron2.data import build_detection_test_loader
+
+        from .data.mapper import ImageMapper
+
+        return build_detection_test_loader(cfg, dataset_name, mapper=ImageMapper(cfg, is_train=False))
+
+    @classmethod
+    def test(cls, cfg, model, evaluators=None):
+        """Detectron2's evaluation, marked as such: a signal during it stops it at once."""
+        with evaluation_running():
+            return super().test(cfg, model, evaluators)
+
+    @classmethod
+    def build_evaluator(cls, cfg, dataset_name, output_folder=None):
+        from .evaluation import build_evaluator
+
+        return build_evaluator(cfg, dataset_name, output_folder or os.path.join(cfg.OUTPUT_DIR, "inference"))
+
+    def build_hooks(self):
+        hooks = super().build_hooks()
+        cfg = self.cfg
+        self.ema = build_ema_hook(cfg, self.model)
+        if self.ema is not None:
+            hooks = self.hooks_with_ema(hooks)
+        if cfg.MASKINIT.LR_SCHEDULE == "plateau":
+            plateau = cfg.MASKINIT.PLATEAU
+            period = cfg.TEST.EVAL_PERIOD if plateau.METRIC != "total_loss" and cfg.TEST.EVAL_PERIOD else plateau.PERIOD
+            # after the evaluation hook, so that a fresh AP is in the storage
+            hooks.insert(-1 if comm.is_main_process() else len(hooks), ReduceLROnPlateau(
+                plateau.METRIC, period, plateau.PATIENCE, plateau.FACTOR, plateau.MIN_LR))
+        hooks.append(ProgressHook(cfg.SOLVER.MAX_ITER, use_bar=self.progress_bar))
+        self.loss_watch = LossWatch()
+        hooks.append(self.loss_watch)
+        self.stop_on_signal = StopOnSignal()
+        hooks.append(self.stop_on_signal)
+        return hooks + self.extra_hooks
+
+    def hooks_with_ema(self, hooks: list) -> list:
+        """Detectron2's hooks with the weight average (`ema.EMAHook`) updated right after the LR step,
+        before the checkpointer and the evaluation see the iteration; evaluations run on the average,
+        and `model_final.pth` holds it."""
+        from detectron2.engine.hooks import EvalHook, PeriodicCheckpointer
+
+        def test_and_save_results():  # DefaultTrainer.build_hooks' closure, on the average (see internals.py)
+            with self.ema.applied():
+                self._last_eval_results = self.test(self.cfg, self.model)
+            return self._last_eval_results
+
+        at = next(i for i, hook in enumerate(hooks) if isinstance(hook, (PeriodicCheckpointer, EvalHook)))
+        hooks = [EvalHook(self.cfg.TEST.EVAL_PERIOD, test_and_save_results) if isinstance(hook, EvalHook) else hook
+                 for hook in hooks]
+        hooks.insert(at, self.ema)
+        self.checkpointer.final_weights = self.ema.average_state
+        return hooks

@@ -1,0 +1,237 @@
+"""The process entry of a training run: `launch_workers` starts `worker` in this process, under torchrun,
+or in `--num-gpus` x `--num-machines` processes; each `worker` (one rank) sets up logging and seeds,
+audits that nothing pretrained is loaded, trains, evaluates and records how the run ended in
+`run_summary.json`, whatever the ending (finished, diverged, interrupted, failed)."""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import signal
+import threading
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+from detectron2.config import CfgNode
+from detectron2.engine import launch
+from detectron2.utils import comm
+from detectron2.utils.logger import setup_logger
+
+from .checkpoint import last_checkpoint, weights_fingerprint, write_failure
+from .errors import MaskinitError, one_line, signal_name
+from .hooks import StopRequested, TrainingInterrupted
+from .machine import estimate_memory
+from .run_dir import EVAL_FILE, SUMMARY_FILE, read_summary, write_json
+from .run_options import TrainOptions
+from .trainer import Trainer
+
+logger = logging.getLogger("maskinit")
+
+
+DIVERGED = re.compile(r"Loss became infinite or NaN at iteration=(\d+)")
+# numpy 2 prints the loss dict's values as np.float64(nan)
+BAD_TERM = re.compile(r"'(\w+)': (?:np\.float(?:32|64)\()?(nan|inf|-inf)")
+BAD_WEIGHTS = re.compile(r"weights became non-finite at iteration (\d+): (\d+ of \d+)")
+
+
+def divergence_message(error: FloatingPointError, output_dir: str, iteration: int) -> dict:
+    """Where and in which loss terms training diverged, and which checkpoint is left."""
+    text = str(error)
+    match = DIVERGED.search(text)
+    iteration = int(match.group(1)) if match else iteration
+    terms = sorted({name for name, _ in BAD_TERM.findall(text) if name != "total_loss"})
+    weights = BAD_WEIGHTS.search(text)
+    if weights:  # the checkpointer refused to save a diverged model
+        iteration, terms = int(weights.group(1)), [f"weights ({weights.group(2)} tensors)"]
+    if not terms:  # raised elsewhere (e.g. Detectron2's box inference): quote its first line
+        terms = [f"values ({text.strip().splitlines()[0][:120]})"]
+    return {"iteration": iteration, "terms": terms, "checkpoint": last_checkpoint(output_dir)}
+
+
+def worker(cfg: CfgNode, options: TrainOptions, fitted: Sequence = (), data_notes: Sequence[str] = (),
+           hooks: Sequence = ()) -> None:
+    """One training process (rank): set up logging and seeds, train, evaluate, record the summary.
+    `fitted`: the config keys fitted to the data, as (key, preset value, fitted value, reason) rows;
+    `data_notes`: what the data check dropped or cleaned (logged, and kept in the summary);
+    `hooks`: extra Detectron2 hooks, after maskinit's own."""
+    from detectron2.utils.env import seed_all_rng
+
+    from .data.sources import register_from_options
+
+    rank = comm.get_rank()
+    quiet_third_party_notices()
+    setup_logger(cfg.OUTPUT_DIR, distributed_rank=rank, name="detectron2", abbrev_name="d2")
+    setup_logger(cfg.OUTPUT_DIR, distributed_rank=rank, name="maskinit")
+    if options.progress or (options.progress is None and os.isatty(1)):
+        # the progress bar replaces Detectron2's periodic console lines; the log file keeps them
+        for name in ("detectron2", "maskinit", "fvcore"):
+            for handler in logging.getLogger(name).handlers:
+                if isinstance(handler, logging.StreamHandler) and not isinstance(handler, logging.FileHandler):
+                    handler.setLevel(logging.WARNING)
+    for name in ("detectron2", "maskinit"):
+        for handler in logging.getLogger(name).handlers:
+            if not isinstance(handler, logging.FileHandler):
+                handler.addFilter(no_console_traceback)
+    estimate = estimate_memory(cfg, comm.get_local_size())
+    (logger.warning if estimate.tight else logger.info)("memory: %s", estimate.describe())
+    for key, old, new, reason in fitted:
+        logger.info("fitted to the data: %s = %s (was %s): %s", key, new, old, reason)
+    register_from_options(options.data, cfg)
+    for note in data_notes:
+        logger.warning("data: %s", note)
+    seed_all_rng(None if cfg.SEED < 0 else cfg.SEED + rank)
+    if cfg.MODEL.DEVICE.startswith("cuda"):
+        torch.backends.cudnn.benchmark = cfg.CUDNN_BENCHMARK
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+
+    summary_path = Path(cfg.OUTPUT_DIR) / SUMMARY_FILE
+    trainer = Trainer(cfg, progress_bar=options.progress, extra_hooks=hooks)
+    model = trainer.model.module if hasattr(trainer.model, "module") else trainer.model
+    before = weights_fingerprint(model)
+    trainer.resume_or_load(resume=options.resume)
+    after = weights_fingerprint(model)
+    resumed = options.resume and trainer.checkpointer.has_checkpoint()
+    own = Path(cfg.OUTPUT_DIR).resolve()
+    foreign = [f for f in trainer.checkpointer.files_read if Path(f["file"]).resolve().parent != own]
+    audit = {
+        "pretrained_tensors_loaded": sum(f["tensors"] for f in foreign),
+        "checkpoint_files_read": trainer.checkpointer.files_read,
+        "resumed_from_own_checkpoint": resumed,
+        "start_iter": trainer.start_iter,
+        "weights_unchanged_by_load": before == after,
+    }
+    if foreign or (not resumed and before != after):
+        raise MaskinitError(f"pretrained tensors were loaded from {foreign}: refusing to train")
+    if comm.is_main_process():
+        if resumed:
+            logger.info("from scratch: resumed own checkpoint at iteration %d; no pretrained tensor loaded", trainer.start_iter)
+        else:
+            logger.info("from scratch: no tensor loaded from any checkpoint (weights fingerprint unchanged)")
+    started = time.perf_counter()
+    status = {"status": "running"}
+    restore = install_signal_handlers(trainer.stop_on_signal.handle)
+    try:
+        trainer.train()
+        status = {"status": "finished"}
+    except FloatingPointError as error:
+        status = {"status": "diverged", **divergence_message(error, cfg.OUTPUT_DIR, trainer.iter)}
+    except TrainingInterrupted as stop:
+        checkpoint = stop.checkpoint
+        if stop.during == "evaluation":  # the iteration before it completed: keep it
+            final = Path(cfg.OUTPUT_DIR) / "model_final.pth"
+            finished = trainer.iter >= trainer.max_iter - 1 and final.is_file()
+            checkpoint = final.name if finished else trainer.stop_on_signal.save_here()
+        status = {"status": "interrupted", "signal": stop.signal_name, "iteration": stop.iteration,
+                  "checkpoint": checkpoint, "during": stop.during}
+    except StopRequested as stop:
+        status = {"status": "stopped", "reason": str(stop), "iteration": trainer.iter}
+    except KeyboardInterrupt as interrupt:  # a second signal: stopped mid-iteration, nothing new saved
+        status = {"status": "interrupted", "signal": signal_name(interrupt), "iteration": trainer.iter, "checkpoint": None,
+                  "during": "training", "previous_checkpoint": last_checkpoint(cfg.OUTPUT_DIR)}
+    except MaskinitError as error:
+        status = {"status": "failed", "error": str(error)}
+    except OSError as error:  # e.g. a full disk under Detectron2's metric writers
+        status = {"status": "failed", "error": f"training stopped at iteration {trainer.iter}: cannot write to "
+                  f"{cfg.OUTPUT_DIR} ({write_failure(error, Path(cfg.OUTPUT_DIR))})"}
+    except Exception as error:  # a bug, not the user's input: one line here, the traceback in log.txt
+        logger.error("training failed", exc_info=True)
+        status = {"status": "failed", "error": f"training failed at iteration {trainer.iter}: {type(error).__name__}: "
+                  f"{one_line(error)[:300]} (traceback in {Path(cfg.OUTPUT_DIR) / 'log.txt'})"}
+    finally:
+        restore()
+        if comm.is_main_process():
+            # Detectron2 leaves `iter` at max_iter after a finished run, at the failing one otherwise.
+            elapsed = time.perf_counter() - started
+            storage = getattr(trainer, "storage", None)
+            step_time = storage.history("time").global_avg() if storage and "time" in storage.histories() else None
+            summary = {
+                **status,
+                "iterations": trainer.iter,
+                "max_iter": cfg.SOLVER.MAX_ITER,
+                "seconds": round(elapsed, 2),
+                "seconds_per_iter": round(step_time, 4) if step_time else None,
+                "from_scratch": audit,
+                "world_size": comm.get_world_size(),
+                "data_dropped": list(data_notes),
+                "warnings": trainer.loss_watch.warnings(),
+                "fitted_to_data": [{"key": k, "preset": o, "fitted": n, "from": r} for k, o, n, r in fitted],
+                "output_dir": cfg.OUTPUT_DIR,
+            }
+            results = getattr(trainer, "_last_eval_results", None)
+            if status["status"] == "finished" and results:
+                write_json(Path(cfg.OUTPUT_DIR) / EVAL_FILE, results)
+                summary["eval"] = {task: {k: v for k, v in metrics.items() if "-" not in k} for task, metrics in results.items()}
+            write_json(summary_path, summary)
+    if comm.is_main_process() and status["status"] == "finished":
+        from .curves import plot_curves
+
+        plot_curves(Path(cfg.OUTPUT_DIR))
+    comm.synchronize()  # under torchrun every rank then reads the summary rank 0 wrote
+
+
+def no_console_traceback(record: logging.LogRecord) -> bool:
+    """Console filter: a record carrying a traceback (Detectron2's 'Exception during training:') is left
+    to the log file; maskinit itself says in one line why the run stopped."""
+    return record.exc_info is None
+
+
+def install_signal_handlers(handler):
+    """Route SIGINT and SIGTERM to `handler` (main thread only); returns a function restoring the old ones."""
+    if threading.current_thread() is not threading.main_thread():
+        return lambda: None
+    old = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+    return lambda: [signal.signal(sig, previous) for sig, previous in old.items()]
+
+
+def quiet_third_party_notices() -> None:
+    """torch.fx warns on every Detectron2 forward that checks `is_fx_tracing`; it is noise here."""
+    logging.getLogger("torch.fx._symbolic_trace").setLevel(logging.ERROR)
+
+
+def torchrun_env() -> bool:
+    return "LOCAL_RANK" in os.environ and "WORLD_SIZE" in os.environ and int(os.environ["WORLD_SIZE"]) > 1
+
+
+def run_under_torchrun(cfg: CfgNode, options: TrainOptions, fitted: Sequence = (), data_notes: Sequence[str] = ()) -> None:
+    """torchrun started the processes: join its process group and run this rank."""
+    import torch.distributed as dist
+
+    local_rank = int(os.environ["LOCAL_RANK"])
+    cuda = cfg.MODEL.DEVICE.startswith("cuda")
+    if cuda:
+        torch.cuda.set_device(local_rank)
+    dist.init_process_group(backend="nccl" if cuda else "gloo", init_method="env://")
+    comm.create_local_process_group(int(os.environ.get("LOCAL_WORLD_SIZE", 1)))
+    comm.synchronize()
+    worker(cfg, options, fitted, data_notes)
+
+
+def launch_workers(cfg: CfgNode, options: TrainOptions, out: Path, fitted: Sequence = (), data_notes: Sequence[str] = (),
+                   hooks: Sequence = ()) -> None:
+    """Run `worker` in this process, under torchrun, or in `--num-gpus` x `--num-machines` processes.
+    Extra `hooks` need the one process: they cannot be sent to others."""
+    world = options.num_gpus * options.num_machines
+    if hooks and (world > 1 or torchrun_env()):
+        raise MaskinitError("extra training hooks run in one process only: use --num-gpus 1 without torchrun")
+    if torchrun_env():
+        run_under_torchrun(cfg, options, fitted, data_notes)
+        return
+    dist_url = options.dist_url
+    if world > 1 and dist_url == "auto" and options.num_machines > 1:
+        raise MaskinitError("--dist-url tcp://HOST:PORT is required with several machines")
+    # with several processes, the children handle SIGINT/SIGTERM; the parent waits for them
+    restore = install_signal_handlers(signal.SIG_IGN) if world > 1 else (lambda: None)
+    try:
+        launch(worker, options.num_gpus, options.num_machines, options.machine_rank, dist_url, args=(cfg, options, list(fitted), list(data_notes), list(hooks)))
+    except MaskinitError:
+        raise
+    except Exception as error:  # a child process failed: its status file says why when it can
+        summary = read_summary(out)
+        if summary.get("status") in (None, "running", "finished"):
+            raise MaskinitError(f"training failed: {type(error).__name__}: {str(error).strip().splitlines()[-1][:300]}") from error
+    finally:
+        restore()

@@ -1,0 +1,229 @@
+"""`maskinit tune`: search specs and their refusals, the default search space, a tiny study (table, best
+config, plots), a pruned and a diverged trial, a killed study resumed, two worker processes on one SQLite
+study, and the best config retrained by `maskinit train --config`. Trials are 4 iterations of the tiny
+preset on the generated COCO set, evaluated every 2."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import optuna
+import pytest
+from typer.testing import CliRunner
+
+from maskinit.cli import app
+from maskinit.config import load_config
+from maskinit.errors import MaskinitError
+from maskinit.run_options import TrainOptions
+from maskinit.tune import (
+    HOST,
+    PID,
+    STUDY_FILE,
+    build_space,
+    open_storage,
+    parse_search,
+    storage_url,
+    tune,
+)
+
+runner = CliRunner()
+TINY = ("--preset", "tiny", "--device", "cpu", "--max-iter", "4", "--eval-period", "2", "--ims-per-batch", "2", "--seed", "0")
+
+
+@pytest.fixture(scope="module")
+def tiny_cfg():
+    return load_config(preset="tiny")
+
+
+def data_args(coco) -> list[str]:
+    return ["--train-json", coco.train_json, "--train-images", coco.train_images,
+            "--val-json", coco.val_json, "--val-images", coco.val_images]
+
+
+def tiny_options(coco, out: Path, **changes) -> TrainOptions:
+    return TrainOptions(output_dir=str(out), max_iter=4, eval_period=2, ims_per_batch=2, device="cpu", seed=0,
+                        data=coco, **changes)
+
+
+# ------------------------------------------------------------------------------------------ specs and space
+
+
+def test_search_specs_parse_ranges_and_choices(tiny_cfg):
+    lr = parse_search("SOLVER.BASE_LR=1e-4:1e-2:log", tiny_cfg)
+    assert (lr.key, lr.low, lr.high, lr.log, lr.integer) == ("SOLVER.BASE_LR", 1e-4, 1e-2, True, False)
+    warmup = parse_search("SOLVER.WARMUP_ITERS=0:100", tiny_cfg)  # an int key: integers without :int
+    assert warmup.integer and not warmup.log
+    assert parse_search("SOLVER.BASE_LR=1:8:log:int", tiny_cfg).integer
+    assert parse_search("MASKINIT.OPTIMIZER=sgd,adamw", tiny_cfg).choices == ("sgd", "adamw")
+    assert parse_search("SOLVER.WEIGHT_DECAY=0,1e-4", tiny_cfg).choices == (0.0, 1e-4)  # floats, as the key
+    assert parse_search("SOLVER.CLIP_GRADIENTS.ENABLED=True,False", tiny_cfg).choices == (True, False)
+
+
+@pytest.mark.parametrize("spec, message", [
+    ("SOLVER.NO_SUCH_KEY=1:2", "unknown config key SOLVER.NO_SUCH_KEY"),
+    ("SOLVER=1:2", "a section of the config"),
+    ("SOLVER.BASE_LR", "expected KEY=low:high"),
+    ("SOLVER.BASE_LR=", "expected KEY=low:high"),
+    ("SOLVER.BASE_LR=0.1:0.01", "need finite low < high"),
+    ("SOLVER.BASE_LR=0:0.1:log", "a log range needs low > 0"),
+    ("SOLVER.BASE_LR=a:b", "low and high must be numbers"),
+    ("SOLVER.BASE_LR=1e-3:1e-2:cube", "optionally :log and/or :int"),
+    ("SOLVER.WARMUP_ITERS=0.5:10", "takes integers"),
+    ("MASKINIT.OPTIMIZER=1:2", "not a number"),
+    ("SOLVER.BASE_LR=fast,slow", "is not a float"),
+    ("SOLVER.BASE_LR=0.1,0.1", "given twice"),
+])
+def test_bad_search_specs_are_refused_in_one_line(tiny_cfg, spec, message):
+    with pytest.raises(MaskinitError, match=message) as error:
+        parse_search(spec, tiny_cfg)
+    assert "\n" not in str(error.value)
+
+
+def test_default_space_is_conditional_on_the_optimizer_and_fixed_by_options(tiny_cfg):
+    options = TrainOptions(max_iter=40)
+    space = build_space(tiny_cfg, options)
+    assert space.defaults == ("optimizer", "lr", "weight_decay", "warmup", "clip_grad")
+    # the preset's optimizer (AdamW at 1e-3) gets its LR x/÷ 10; SGD its own range, 10-100x higher
+    assert space.lr_range["adamw"] == pytest.approx((1e-4, 1e-2))
+    assert space.lr_range["sgd"][0] >= 1e-3 and space.wd_range["sgd"][1] <= 1e-3 < space.wd_range["adamw"][1]
+    study = optuna.create_study(direction="maximize", sampler=optuna.samplers.RandomSampler(seed=0))
+    for _ in range(8):
+        trial = study.ask()
+        values = space.suggest(trial)
+        low, high = space.lr_range[values["MASKINIT.OPTIMIZER"]]
+        assert low <= values["SOLVER.BASE_LR"] <= high
+        assert 0 <= values["SOLVER.WARMUP_ITERS"] <= 12  # at most 0.3 of 40 iterations
+        study.tell(trial, 0.0)
+    fixed = build_space(tiny_cfg, replace(options, optimizer="sgd", lr=0.02), ["SOLVER.WARMUP_ITERS=0:10"],
+                        explicit_keys={"SOLVER.WEIGHT_DECAY"})
+    assert fixed.defaults == ("clip_grad",) and [d.key for d in fixed.dimensions] == ["SOLVER.WARMUP_ITERS"]
+    with pytest.raises(MaskinitError, match="nothing to search"):
+        build_space(tiny_cfg, options, defaults=False)
+    with pytest.raises(MaskinitError, match="given twice"):
+        build_space(tiny_cfg, options, ["SOLVER.BASE_LR=0.1,0.2", "SOLVER.BASE_LR=1e-3:1e-2"])
+
+
+def test_help_lists_tune_without_importing_optuna_or_torch():
+    code = ("import sys; from typer.testing import CliRunner; from maskinit.cli import app; "
+            "out = CliRunner().invoke(app, ['--help']).output; assert 'tune' in out, out; "
+            "print(sorted(m for m in ('optuna', 'torch') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]"
+
+
+# ------------------------------------------------------------------------------------------ a study
+
+
+@pytest.fixture(scope="module")
+def study(coco, tiny_cfg, tmp_path_factory):
+    """A 3-trial study of the default space, run in this process."""
+    out = tmp_path_factory.mktemp("tune") / "study"
+    options = tiny_options(coco, out)
+    return tiny_cfg, options, tune(tiny_cfg, options, trials=3, pruner="none")
+
+
+def test_a_study_runs_its_trials_and_writes_the_best_config_and_plots(study):
+    cfg, options, result = study
+    out = Path(options.output_dir)
+    assert [row.number for row in result.trials] == [0, 1, 2] and result.ran_here == [0, 1, 2]
+    assert all(row.state == "complete" and row.ap is not None and row.seconds > 0 for row in result.trials)
+    for row in result.trials:  # an ordinary training run each, in its own folder
+        assert Path(row.output_dir) == out / f"trial-{row.number:04d}"
+        assert json.loads((Path(row.output_dir) / "run_summary.json").read_text())["status"] == "finished"
+        assert {"optimizer", "warmup_fraction", "clip_grad"} <= set(row.params)
+    assert (out / STUDY_FILE).is_file() and len(json.loads((out / "trials.json").read_text())) == 3
+    assert result.best is not None and result.best_config == out / "best_config.yaml"
+    best = load_config(result.best_config)
+    assert best.TEST.EVAL_PERIOD == cfg.TEST.EVAL_PERIOD  # the pruning period is not kept
+    trial_cfg = load_config(Path(result.best.output_dir) / "config.yaml")
+    assert (best.SOLVER.BASE_LR, best.MASKINIT.OPTIMIZER) == (trial_cfg.SOLVER.BASE_LR, trial_cfg.MASKINIT.OPTIMIZER)
+    assert "maskinit train --config" in result.retrain_command
+    assert {path.name for path in result.plots} == {"optimization_history.png", "param_importances.png", "ap_vs_lr.png"}
+    assert all(path.read_bytes()[:4] == b"\x89PNG" for path in result.plots)
+
+
+def test_the_best_config_retrains_with_maskinit_train(study, coco, tmp_path):
+    _, _, result = study
+    command = ["train", "--config", str(result.best_config), "--max-iter", "2", "--output-dir", str(tmp_path / "best"),
+               *data_args(coco)]
+    outcome = runner.invoke(app, command)
+    assert outcome.exit_code == 0, outcome.output
+    assert json.loads((tmp_path / "best" / "run_summary.json").read_text())["status"] == "finished"
+
+
+@pytest.mark.filterwarnings("ignore:Heartbeat of storage")  # the test's own ask(), standing in for a killed worker
+def test_a_killed_study_resumes_without_rerunning_finished_trials(study):
+    cfg, options, _ = study
+    out = Path(options.output_dir)
+    with pytest.raises(MaskinitError, match="already holds a study.*--resume"):
+        tune(cfg, options, trials=4)
+    # a trial left running by a process that was killed (SIGKILL: no chance to record anything)
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    optuna_study = optuna.load_study(study_name="maskinit", storage=open_storage(storage_url(out, None)))
+    trial = optuna_study.ask()
+    build_space(cfg, options).suggest(trial)
+    trial.set_user_attr(HOST, __import__("socket").gethostname())
+    trial.set_user_attr(PID, dead.pid)
+    finished = {n: (out / f"trial-{n:04d}" / "run_summary.json").stat().st_mtime_ns for n in (0, 1, 2)}
+
+    result = tune(cfg, options, trials=4, resume=True, pruner="none")
+    states = {row.number: row for row in result.trials}
+    assert states[3].state == "killed"
+    assert result.ran_here == [4] and states[4].state == "complete" and "retry of trial 3" in states[4].note
+    assert states[4].params == trial.params  # the killed trial's parameters, run again
+    assert {n: (out / f"trial-{n:04d}" / "run_summary.json").stat().st_mtime_ns for n in (0, 1, 2)} == finished
+    assert any("gone" in note for note in result.notes)
+    params = [json.dumps(row.params, sort_keys=True) for row in result.trials if row.number != 4]
+    assert len(set(params)) == len(params)  # no trial drew another's values
+    # the study has its 4 counted trials: resuming again runs nothing
+    assert tune(cfg, options, trials=4, resume=True, pruner="none").ran_here == []
+
+
+def test_a_hopeless_trial_is_pruned_at_an_evaluation(coco, tiny_cfg, tmp_path):
+    # a real pruner: any trial whose mask AP is below 50 at an evaluation is pruned (4 iterations reach ~0)
+    options = tiny_options(coco, tmp_path / "pruned")
+    result = tune(tiny_cfg, options, trials=1, pruner=optuna.pruners.ThresholdPruner(lower=50.0))
+    [row] = result.trials
+    assert row.state == "pruned" and "pruned at iteration 2" in row.note
+    summary = json.loads((tmp_path / "pruned" / "trial-0000" / "run_summary.json").read_text())
+    assert summary["status"] == "stopped" and summary["iterations"] <= 2
+    assert result.best is None and any("no trial completed" in note for note in result.notes)
+
+
+def test_a_diverged_trial_is_recorded_failed_and_the_study_goes_on(coco, tmp_path):
+    out = tmp_path / "diverged"
+    command = ["tune", *TINY, "--trials", "1", "--optimizer", "adamw", "--search", "SOLVER.BASE_LR=1000.0",
+               "--search-only", "--output-dir", str(out), *data_args(coco)]
+    outcome = runner.invoke(app, command)
+    assert outcome.exit_code == 1, outcome.output  # no trial completed: nothing to retrain
+    assert "diverged" in outcome.output and "no trial completed" in outcome.output
+    [row] = json.loads((out / "trials.json").read_text())
+    assert row["state"] == "diverged" and "training diverged" in row["note"]
+
+
+def test_two_worker_processes_share_one_sqlite_study(coco, tmp_path):
+    out = tmp_path / "shared"
+    url = f"sqlite:///{tmp_path / 'shared.db'}"
+    command = [sys.executable, "-m", "maskinit", "tune", *TINY, "--trials", "3", "--pruner", "none", "--workers", "1",
+               "--storage", url, "--study-name", "shared", "--output-dir", str(out), *data_args(coco)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    workers = [subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for _ in range(2)]
+    outputs = [worker.communicate(timeout=600)[0] for worker in workers]
+    assert [worker.returncode for worker in workers] == [0, 0], outputs[0][-2000:] + outputs[1][-2000:]
+    trials = optuna.load_study(study_name="shared", storage=open_storage(url)).get_trials()
+    assert 3 <= len(trials) <= 4  # the last trial may start in both workers at once
+    assert all(t.state == optuna.trial.TrialState.COMPLETE for t in trials)
+    assert {t.user_attrs[PID] for t in trials} == {worker.pid for worker in workers}  # both contributed
+    folders = [t.user_attrs["output_dir"] for t in trials]
+    assert len(set(folders)) == len(folders)
+    for trial in trials:  # each folder holds its own trial's run, trained once
+        folder = Path(trial.user_attrs["output_dir"])
+        assert folder.name == f"trial-{trial.number:04d}"
+        assert (folder / "log.txt").read_text().count("Starting training from iteration 0") == 1

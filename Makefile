@@ -26,8 +26,10 @@ test: setup
 demo: setup
 	$(VENV)/bin/maskinit train --from-scratch --preset tiny --device cpu --seed 0 --output-dir output/demo --overwrite
 
+# BENCH_ARGS: e.g. --real-data DIR, --no-real, --extended (benchmarks/run_all.py).
+BENCH_ARGS ?=
 bench: setup
-	$(PY) benchmarks/run_all.py
+	$(PY) benchmarks/run_all.py $(BENCH_ARGS)
 
 # Re-resolve requirements.in into the lock (needs uv on PATH or a set-up .venv).
 lock:

@@ -1,4 +1,5 @@
-"""Shared settings of the benchmarks: the data, the tiny scale, the iteration budget, result files."""
+"""Shared settings of the benchmarks: the data (the synthetic sets or any COCO set by path), the tiny
+scale, the iteration budget, result files."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -24,6 +26,11 @@ EVAL_PERIOD = 100
 # A held-out set of the same kind: the same generator, a seed no run ever trains on.
 HELDOUT_SEED = 20261123
 
+# The real-photo sets of issue 13, each a folder {train.json, train/, val.json, val/}: by default
+# ../shared/data/ beside the project (never copied into it); MASKINIT_BENCH_DATA points elsewhere.
+REAL_SETS = ("rice_leaf", "coco128")
+REAL_DATA_ENV = "MASKINIT_BENCH_DATA"
+
 # The tiny preset's model scale (configs/tiny.yaml), applied to stock Detectron2 configs.
 TINY_SCALE = [
     "MODEL.RESNETS.DEPTH", "18", "MODEL.RESNETS.RES2_OUT_CHANNELS", "64", "MODEL.FPN.OUT_CHANNELS", "64",
@@ -36,7 +43,94 @@ TINY_SCALE = [
     "INPUT.MIN_SIZE_TEST", "128", "INPUT.MAX_SIZE_TEST", "128",
     "MODEL.DEVICE", "cpu", "DATALOADER.NUM_WORKERS", "0",
 ]
-BUDGET = ["SOLVER.MAX_ITER", str(ITERS), "SOLVER.WARMUP_ITERS", str(WARMUP), "SOLVER.STEPS", f"({STEP},)"]
+# Stock Detectron2 at the R50-FPN scale of the zoo config (depth 50, 256 channels, its RPN and RoI
+# sizes), batch 4 on one device: only the batch, the device and the loader are set.
+R50_SCALE = ["SOLVER.IMS_PER_BATCH", "4", "MODEL.DEVICE", "cpu", "DATALOADER.NUM_WORKERS", "0"]
+
+
+def budget(iters: int = ITERS) -> list[str]:
+    """Detectron2 keys of the budget scaled to `iters`: warmup and the LR step keep their share (80 of
+    400, step at 320), as `maskinit train --max-iter` rescales the preset's schedule."""
+    warmup, step = round(WARMUP * iters / ITERS), round(STEP * iters / ITERS)
+    return ["SOLVER.MAX_ITER", str(iters), "SOLVER.WARMUP_ITERS", str(warmup), "SOLVER.STEPS", f"({max(step, 1)},)"]
+
+
+BUDGET = budget(ITERS)
+
+
+def eval_period(iters: int = ITERS) -> int:
+    """Evaluations for the AP-against-iterations curves: every 100 iterations up to the 400 budget, 8
+    points on longer runs (every 200 at 1,600)."""
+    return EVAL_PERIOD if iters <= ITERS else max(EVAL_PERIOD, iters // 8)
+
+
+@dataclass(frozen=True)
+class CocoSet:
+    """A COCO instance-segmentation set: training and validation JSON files and image folders."""
+
+    name: str
+    train_json: Path
+    train_images: Path
+    val_json: Path
+    val_images: Path
+    synthetic: bool = False
+
+    def args(self) -> list[str]:
+        """The four data options, as `maskinit train` and stock_detectron2.py take them."""
+        return ["--train-json", str(self.train_json), "--train-images", str(self.train_images),
+                "--val-json", str(self.val_json), "--val-images", str(self.val_images)]
+
+    def categories(self, split: str = "train") -> list[dict]:
+        data = json.loads(Path(self.train_json if split == "train" else self.val_json).read_text())
+        return sorted(data["categories"], key=lambda category: int(category["id"]))
+
+    def describe(self) -> dict:
+        """Counts a reader needs to judge the set: images, instances, classes listed and present."""
+        info = {}
+        for split, path in (("train", self.train_json), ("val", self.val_json)):
+            data = json.loads(Path(path).read_text())
+            ids = sorted(int(c["id"]) for c in data["categories"])
+            present = {int(a["category_id"]) for a in data["annotations"]}
+            info[split] = {"images": len(data["images"]), "instances": len(data["annotations"]),
+                           "classes_listed": len(ids), "classes_present": len(present),
+                           "category_ids_contiguous_from_1": ids == list(range(1, len(ids) + 1))}
+        return info
+
+
+def coco_set(name: str, folder: Path | str) -> CocoSet:
+    """The set in `folder`: train.json, train/, val.json, val/ (the layout of ../shared/data/*)."""
+    folder = Path(folder).expanduser().resolve()
+    dataset = CocoSet(name, folder / "train.json", folder / "train", folder / "val.json", folder / "val")
+    missing = [str(p) for p in (dataset.train_json, dataset.val_json) if not p.is_file()]
+    missing += [str(p) for p in (dataset.train_images, dataset.val_images) if not p.is_dir()]
+    if missing:
+        raise SystemExit(f"{name}: not a COCO set folder (missing {', '.join(missing)}); "
+                         "expected train.json, train/, val.json, val/")
+    return dataset
+
+
+def parse_data(spec: str) -> CocoSet:
+    """`NAME=PATH` or `PATH` (the name is then the folder's): a set folder, as coco_set."""
+    name, _, path = spec.rpartition("=")
+    path = Path(path)
+    return coco_set(name or path.resolve().name, path)
+
+
+def real_data_dir() -> Path:
+    return Path(os.environ.get(REAL_DATA_ENV) or ROOT.parent / "shared" / "data")
+
+
+def real_sets(folder: Path | None = None, names=REAL_SETS) -> list[CocoSet]:
+    """The real sets found under `folder` (default real_data_dir()); an absent one is skipped with a printed line."""
+    folder = Path(folder) if folder else real_data_dir()
+    found = []
+    for name in names:
+        if (folder / name / "train.json").is_file():
+            found.append(coco_set(name, folder / name))
+        else:
+            print(f"real set {name} skipped: {folder / name}/train.json not found "
+                  f"(point {REAL_DATA_ENV} or --real-data at the folder holding {', '.join(names)})", flush=True)
+    return found
 
 
 def datasets(heldout: bool = False):
@@ -48,16 +142,63 @@ def datasets(heldout: bool = False):
     return dataset.train, dataset.val
 
 
+def synthetic_set(heldout: bool = False) -> CocoSet:
+    """The embedded synthetic set ("default") or its held-out twin ("heldout"), as a CocoSet."""
+    train, val = datasets(heldout)
+    return CocoSet("heldout" if heldout else "default", Path(train.json_file), Path(train.image_root),
+                   Path(val.json_file), Path(val.image_root), synthetic=True)
+
+
+def fitted_input(dataset: CocoSet, preset: str, cache: Path) -> list[str]:
+    """The INPUT.* sizes `maskinit train --preset PRESET` fits to the set (from `maskinit analyze-data`,
+    cached in `cache`), as KEY VALUE options for a stock Detectron2 config: the comparator then sees
+    the images at the size maskinit's default trains and tests on."""
+    cached = read_json(cache)
+    if not cached:
+        out = cache.with_suffix(".analysis.json")
+        code = run([*MASKINIT, "analyze-data", str(dataset.train_json), "--images", str(dataset.train_images),
+                    "--preset", preset, "--json-out", str(out)], cache.with_suffix(".log"))
+        analysis = read_json(out)
+        if code or not analysis:
+            raise SystemExit(f"maskinit analyze-data failed on {dataset.name} (see {cache.with_suffix('.log')})")
+        cached = {fit["key"]: fit["value"] for fit in analysis["fits"] if fit["key"].startswith("INPUT.")}
+        write_json(cache, cached)
+    options = []
+    for key, value in cached.items():
+        if key.endswith("MIN_SIZE_TRAIN"):
+            value = "(" + ", ".join(str(v) for v in value) + ",)"
+        options += [key, str(value)]
+    return options
+
+
+def input_sizes(config_yaml: Path) -> str | None:
+    """"train MIN/MAX, test MIN/MAX" of a run's config.yaml, for the tables."""
+    if not config_yaml.is_file():
+        return None
+    import yaml
+
+    cfg = (yaml.safe_load(config_yaml.read_text()) or {}).get("INPUT", {})
+    train = cfg.get("MIN_SIZE_TRAIN")
+    train = "-".join(str(v) for v in train) if isinstance(train, (list, tuple)) else train
+    return f"{train}/{cfg.get('MAX_SIZE_TRAIN')}, test {cfg.get('MIN_SIZE_TEST')}/{cfg.get('MAX_SIZE_TEST')}"
+
+
 def single_thread_env() -> dict:
     """Two runs side by side on two cores: one thread each (no oversubscription)."""
     env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONWARNINGS="ignore")
     return env
 
 
-def run(command: list[str], log: Path) -> int:
+def run(command: list[str], log: Path, timeout: float | None = None) -> int:
+    """Run `command` (one thread), its output in `log`; past `timeout` seconds it is killed (exit 124)."""
     log.parent.mkdir(parents=True, exist_ok=True)
     with log.open("w") as handle:
-        return subprocess.run(command, stdout=handle, stderr=subprocess.STDOUT, env=single_thread_env()).returncode
+        try:
+            return subprocess.run(command, stdout=handle, stderr=subprocess.STDOUT, env=single_thread_env(),
+                                  timeout=timeout).returncode
+        except subprocess.TimeoutExpired:
+            handle.write(f"\nkilled after {timeout} s\n")
+            return 124
 
 
 def read_json(path: Path):

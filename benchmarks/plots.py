@@ -1,11 +1,12 @@
-"""PNG plots of the recipe benchmark, from results/recipes-*.json: mask AP per run (mean and seeds,
-with the comparator's best and the 1.15x goal marked) and mask AP against iterations.
+"""PNG plots of the recipe benchmark, from results/recipes-*.json and r50-*.json: mask AP per run (mean
+and seeds, with the comparator's best and the goal marked) and mask AP against iterations.
 
-Usage: python benchmarks/plots.py   (one recipes-SPLIT.png per recipes-SPLIT.json)
+Usage: python benchmarks/plots.py [--results-dir DIR]   (one PNG beside each JSON)
 """
 
 from __future__ import annotations
 
+import argparse
 import statistics
 import sys
 from collections import defaultdict
@@ -14,7 +15,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import RESULTS, read_json  # noqa: E402
 
-GOAL = 1.15
+# The goal of older result files, which do not record theirs (issue 5's).
+DEFAULT_GOAL = 1.15
 
 
 def mean_curve(runs: list[dict]) -> tuple[list[int], list[float]]:
@@ -35,6 +37,7 @@ def plot(result_file: Path) -> Path:
 
     data = read_json(result_file)
     table, runs = data["table"], data.get("runs", [])
+    goal = data.get("goal", DEFAULT_GOAL)
     names = sorted(table, key=lambda name: table[name]["mask_ap_mean"])
     fig, (bars, curves) = plt.subplots(1, 2, figsize=(15, max(4.5, 0.28 * len(names))))
     colours = ["tab:grey" if name.startswith("d2-") else "tab:blue" for name in names]
@@ -45,14 +48,18 @@ def plot(result_file: Path) -> Path:
     if data.get("comparator_best"):
         best, best_name = data["comparator_best"]
         bars.axvline(best, color="tab:red", linestyle="--", label=f"{best_name}: {best:.1f}")
-        bars.axvline(best * GOAL, color="tab:green", linestyle="--", label=f"goal {GOAL}x: {best * GOAL:.1f}")
+        bars.axvline(best * goal, color="tab:green", linestyle="--", label=f"goal {goal}x: {best * goal:.1f}")
         bars.legend(loc="lower right", fontsize=8)
-    bars.set(xlabel="mask AP (bar: mean over seeds, dots: seeds)", title=f"{result_file.stem} ({data.get('device', 'cpu')})")
+    title = f"{result_file.stem} ({data.get('device', 'cpu')}"
+    title += f", {data['iters']} iterations)" if data.get("iters") else ")"
+    bars.set(xlabel="mask AP (bar: mean over seeds, dots: seeds)", title=title)
     bars.tick_params(axis="y", labelsize=7)
     by_name = defaultdict(list)
     for run in runs:
         by_name[run["name"]].append(run)
-    shown = [name for name in by_name if name.startswith("d2-scratch-gn@") or name == "maskinit-default"]
+    # the comparison's curves: the scratch-GN LRs and the default; an ablation's: every run
+    shown = [name for name in by_name
+             if data.get("ablation") or name.startswith("d2-scratch-gn@") or name == "maskinit-default"]
     for name in shown:
         iterations, masks = mean_curve(by_name[name])
         if iterations:
@@ -68,8 +75,11 @@ def plot(result_file: Path) -> Path:
 
 
 def main() -> None:
-    for result_file in sorted(RESULTS.glob("recipes-*.json")):
-        if read_json(result_file).get("table"):
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--results-dir", type=Path, default=RESULTS)
+    args = parser.parse_args()
+    for result_file in sorted([*args.results_dir.glob("recipes-*.json"), *args.results_dir.glob("r50-*.json")]):
+        if (read_json(result_file) or {}).get("table"):
             print(plot(result_file))
 
 

@@ -1,23 +1,39 @@
 """Recipe benchmark: stock Detectron2 (naive, scratch GN over an LR sweep, scratch SyncBN) against
-maskinit's default and its variants, at the tiny scale, 400 iterations, 3 seeds, on the embedded
-set and on a held-out set of the same kind. Runs are cached under benchmarks/runs/ (delete a run's
-folder to redo it); two run side by side, one thread each (on a GPU, --jobs 14 share it).
+maskinit's default and its variants, at the tiny scale, 400 iterations at batch 4, 3 seeds, on the
+embedded synthetic set, a held-out set of the same kind, or any COCO set given by path. Runs are
+cached per set under benchmarks/runs/SET/ (delete a run's folder to redo it; a run whose command
+changed is redone); two run side by side, one thread each (on a GPU, --jobs 14 share it).
 
-Usage: python benchmarks/recipes.py [--only NAME ... | --all] [--seeds 0 1 2] [--heldout] [--jobs 2]
-                                   [--device cuda] [--runs-dir DIR] [--tag=-gpu] [--report-only]
-Writes benchmarks/results/recipes-{default,heldout}{TAG}.json and .md (plots.py draws the PNGs).
+Usage: python benchmarks/recipes.py [--heldout | --data NAME=PATH ... | --train-json J --train-images D
+                                     --val-json J --val-images D --name NAME]
+                                    [--only NAME ... | --all | --ablation] [--seeds 0 1 2] [--iters 400]
+                                    [--lrs 0.01 0.02 0.04 0.08 | --lrs best] [--comparator-input fitted|tiny]
+                                    [--jobs 2] [--device cuda] [--runs-dir DIR] [--results-dir DIR]
+                                    [--tag=-gpu] [--report-only]
+PATH holds train.json, train/, val.json, val/ (as ../shared/data/rice_leaf). maskinit runs
+`maskinit train --preset tiny` with nothing but the data and the seed (it fits pixel statistics,
+input size and anchors to the data itself); the comparator is Detectron2's scratch-GN recipe at the
+tiny model scale, at its best LR of the sweep (mean mask AP over seeds), and by default at the input
+size maskinit fits to the set (--comparator-input tiny: the tiny preset's 128 pixels).
+--iters 1600: 4x the budget, warmup and LR step scaled the same for both.
+--ablation: the default and the default minus one part at a time (ABLATIONS).
+Writes RESULTS/recipes-SET[-Nit][-ablation]{TAG}.json and .md (plots.py draws the PNGs).
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import statistics
 import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import BUDGET, EVAL_PERIOD, ITERS, MASKINIT, PYTHON, RESULTS, RUNS, SEEDS, datasets, read_json, run, write_json  # noqa: E402
+from common import (  # noqa: E402
+    ITERS, MASKINIT, PYTHON, REAL_SETS, RESULTS, RUNS, SEEDS, CocoSet, budget, eval_period, fitted_input, input_sizes,
+    parse_data, read_json, run, synthetic_set, write_json,
+)
 
 # name -> arguments of stock_detectron2.py. Stock runs go through Detectron2's DefaultTrainer only.
 STOCK = {
@@ -29,6 +45,7 @@ STOCK = {
     "d2-scratch-syncbn": ["scratch-syncbn", "--lr", "0.02"],
 }
 COMPARATOR = [name for name in STOCK if name.startswith("d2-scratch-gn@")]
+SWEEP = [name.split("@")[1] for name in COMPARATOR]
 
 # maskinit runs: `maskinit train --preset tiny` plus these options (the budget is the preset's).
 # The variants were swept against the previous default, an SGD recipe (SGD_BASE restates it on top
@@ -92,44 +109,89 @@ MASKINIT_RUNS = {
 
 # The README's table: the stock recipes and maskinit's default (the variants were swept on a GPU, --all).
 MAIN = [*STOCK, "maskinit-default"]
+# Issue 13's comparison on other sets: the scratch-GN LR sweep and the default.
+COMPARE = [*COMPARATOR, "maskinit-default"]
+
+# --ablation: maskinit's default minus one part of its recipe at a time (configs/Base-Scratch.yaml,
+# configs/tiny.yaml). Each is an explicit KEY VALUE override, which the data fit never changes.
+D2_ANCHORS = ["MODEL.ANCHOR_GENERATOR.SIZES", "[[32],[64],[128],[256],[512]]",
+              "MODEL.ANCHOR_GENERATOR.ASPECT_RATIOS", "[[0.5,1.0,2.0]]"]
+ABLATIONS = {
+    # classifiers start at Detectron2's 0.5 foreground probability, not the focal prior 0.01
+    "maskinit-no-focal-prior": ["MASKINIT.PRIOR_PROB", "0.0"],
+    # no GN in the RPN head's conv (stock Detectron2's RPN head)
+    "maskinit-no-rpn-gn": ["MASKINIT.RPN_NORM", "False"],
+    # one box regressor and one mask per class
+    "maskinit-no-cls-agnostic": ["MODEL.ROI_BOX_HEAD.CLS_AGNOSTIC_BBOX_REG", "False", "MODEL.ROI_MASK_HEAD.CLS_AGNOSTIC_MASK", "False"],
+    # Detectron2's anchors (sizes 32-512, ratios 0.5/1/2) in place of the ones fitted to the data's
+    # boxes; everything else (pixel statistics, input size) still fitted
+    "maskinit-no-anchors": D2_ANCHORS,
+    # no per-parameter gradient-norm clipping
+    "maskinit-no-clip": ["SOLVER.CLIP_GRADIENTS.ENABLED", "False"],
+    # Detectron2's weight decay 1e-4 in place of AdamW's 0.05
+    "maskinit-no-wd": ["SOLVER.WEIGHT_DECAY", "0.0001"],
+    # the whole data fit off (MASKINIT.FIT_TO_DATA False): the preset's pixel statistics, 128-pixel
+    # input, anchors 16-256 and detection counts. Changes the input size, so also the s/iter.
+    "maskinit-no-fit-to-data": ["MASKINIT.FIT_TO_DATA", "False"],
+}
+MASKINIT_RUNS.update({name: list(options) for name, options in ABLATIONS.items()})
+ABLATION = ["maskinit-default", *ABLATIONS]
+
+# Issue 15's ingredients, each added alone to the default (all off in it until measured).
+INGREDIENTS = {
+    # weight EMA with a window of ~50 iterations (an eighth of the 400-iteration run), warmed up over 40
+    "maskinit-ema": ["MASKINIT.EMA.ENABLED", "True", "MASKINIT.EMA.DECAY", "0.98", "MASKINIT.EMA.WARMUP_ITERS", "40"],
+    # Simple Copy-Paste on half of the training images, Detectron2's default resize (no LSJ)
+    "maskinit-copy-paste": ["MASKINIT.AUGMENT.COPY_PASTE.PROB", "0.5"],
+    # LSUV (orthogonal, then each layer's output variance set to 1 on the first training batch)
+    "maskinit-lsuv": ["--init", "lsuv"],
+}
+MASKINIT_RUNS.update({name: list(options) for name, options in INGREDIENTS.items()})
+
+# Goal of issue 13: mask AP of the default over the comparator's, at most this s/iter ratio.
+GOAL_SYNTHETIC, GOAL_REAL, SPEED_LIMIT = 1.5, 1.3, 1.25
 
 
-def run_dir(runs: Path, name: str, seed: int, heldout: bool) -> Path:
-    return runs / ("heldout" if heldout else "default") / name / f"seed{seed}"
+def set_folder(dataset: CocoSet, iters: int) -> str:
+    """The runs of one set and budget; the 400-iteration runs of the synthetic sets keep their old folders."""
+    return dataset.name if iters == ITERS else f"{dataset.name}-{iters}it"
 
 
-def ap_curve(metrics: Path) -> list[list[float]]:
+def ap_curve(metrics: Path, iters: int = ITERS) -> list[list[float]]:
     """[iteration, box AP, mask AP] at each evaluation, from Detectron2's metrics.json."""
     if not metrics.is_file():
         return []
     from maskinit.curves import read_metrics
 
-    return [[min(row["iteration"] + 1, ITERS), round(row["bbox/AP"], 3), round(row.get("segm/AP", 0.0), 3)]
+    return [[min(row["iteration"] + 1, iters), ap(row["bbox/AP"]), ap(row.get("segm/AP"))]
             for row in read_metrics(metrics) if "bbox/AP" in row and "iteration" in row]
 
 
-def run_one(name: str, seed: int, heldout: bool, runs: Path = RUNS, device: str = "cpu", eval_period: int = EVAL_PERIOD) -> dict:
-    folder = run_dir(runs, name, seed, heldout)
-    result_file = folder / "result.json"
+def ap(value) -> float:
+    """An AP rounded; Detectron2's NaN (no detections at all) and a missing value count as 0."""
+    return round(value, 3) if isinstance(value, (int, float)) and math.isfinite(value) else 0.0
+
+
+def cached_result(result_file: Path, command: list[str]) -> dict | None:
+    """A finished run's result, unless it ran another command (older results record none: kept)."""
     cached = read_json(result_file)
+    if cached and cached.get("command", command) == command:
+        return cached
+    return None
+
+
+def execute(name: str, kind: str, command: list[str], folder: Path, timeout: float | None = None, **meta) -> dict:
+    """Run a stock (stock_detectron2.py) or maskinit (`maskinit train`) command into folder/out, unless
+    cached; result.json: status, s/iter, final box and mask AP, AP curve, input sizes."""
+    result_file = folder / "result.json"
+    cached = cached_result(result_file, command)
     if cached:
         return cached
     out = folder / "out"
-    if name in STOCK:
-        command = [PYTHON, str(Path(__file__).with_name("stock_detectron2.py")), STOCK[name][0], str(out), *STOCK[name][1:],
-                   "--seed", str(seed), "--eval-period", str(eval_period), "MODEL.DEVICE", device]
-        if heldout:
-            command.append("--heldout")
-        code = run(command, folder / "log.txt")
+    code = run(command, folder / "log.txt", timeout=timeout)
+    if kind == "stock":
         result = read_json(out / "result.json") or {"status": f"exit {code}", "box_ap": 0.0, "mask_ap": 0.0}
     else:
-        train, val = datasets(heldout)
-        command = [*MASKINIT, "train", "--preset", "tiny", "--output-dir", str(out), "--overwrite", "--no-progress",
-                   "--seed", str(seed), "--max-iter", str(ITERS), "--device", device, "--eval-period", str(eval_period),
-                   "--train-json", str(train.json_file), "--train-images", str(train.image_root),
-                   "--val-json", str(val.json_file), "--val-images", str(val.image_root),
-                   *MASKINIT_RUNS[name]]
-        code = run(command, folder / "log.txt")
         summary = read_json(out / "run_summary.json") or {}
         evaluation = summary.get("eval", {})
         result = {
@@ -138,9 +200,58 @@ def run_one(name: str, seed: int, heldout: bool, runs: Path = RUNS, device: str 
             "box_ap": (evaluation.get("bbox", {}).get("AP") or 0.0),
             "mask_ap": (evaluation.get("segm", {}).get("AP") or 0.0),
         }
-    result.update(name=name, seed=seed, heldout=heldout, device=device, curve=ap_curve(out / "metrics.json"))
+    result["box_ap"], result["mask_ap"] = ap(result.get("box_ap")), ap(result.get("mask_ap"))
+    if code and result.get("status") == "finished":
+        result["status"] = f"exit {code}"
+    if result.get("status") != "finished":
+        result["error"] = last_error(folder / "log.txt")
+    result.update(name=name, **meta, input=input_sizes(out / "config.yaml"),
+                  curve=ap_curve(out / "metrics.json", meta.get("iters", ITERS)), command=command)
     write_json(result_file, result)
     return result
+
+
+def last_error(log: Path) -> str | None:
+    """The last line of a failed run's log that looks like an error (for the tables and the report)."""
+    if not log.is_file():
+        return None
+    lines = [line.strip() for line in log.read_text(errors="replace").splitlines() if line.strip()]
+    errors = [line for line in lines if "Error" in line or "error:" in line or line.startswith("killed")]
+    return (errors or lines or [None])[-1]
+
+
+class Context:
+    """What every run of one invocation shares: the set, the budget, the device, the comparator's input."""
+
+    def __init__(self, dataset: CocoSet, args):
+        self.dataset, self.iters, self.device = dataset, args.iters, args.device
+        self.eval_period = args.eval_period or eval_period(args.iters)
+        self.runs = args.runs_dir / set_folder(dataset, args.iters)
+        self.timeout = args.run_timeout
+        self.stock_input: list[str] = []
+        self.stock_suffix = ""
+        if args.comparator_input == "tiny":
+            self.stock_suffix = "" if dataset.synthetic else "-128px"
+        elif not dataset.synthetic:  # the synthetic sets are 128-pixel images: the fit keeps 128
+            self.stock_input = fitted_input(dataset, "tiny", args.runs_dir / dataset.name / "fitted-input-tiny.json")
+
+    def stock_name(self, name: str) -> str:
+        return name + self.stock_suffix
+
+    def run_one(self, name: str, seed: int) -> dict:
+        folder = self.runs / self.stock_name(name) / f"seed{seed}" if name in STOCK else self.runs / name / f"seed{seed}"
+        out = folder / "out"
+        meta = dict(seed=seed, dataset=self.dataset.name, heldout=self.dataset.name == "heldout", device=self.device,
+                    iters=self.iters)
+        if name in STOCK:
+            command = [PYTHON, str(Path(__file__).with_name("stock_detectron2.py")), STOCK[name][0], str(out), *STOCK[name][1:],
+                       "--seed", str(seed), "--eval-period", str(self.eval_period), "--iters", str(self.iters),
+                       *self.dataset.args(), "MODEL.DEVICE", self.device, *self.stock_input]
+            return execute(self.stock_name(name), "stock", command, folder, self.timeout, **meta)
+        command = [*MASKINIT, "train", "--preset", "tiny", "--output-dir", str(out), "--overwrite", "--no-progress",
+                   "--seed", str(seed), "--max-iter", str(self.iters), "--device", self.device,
+                   "--eval-period", str(self.eval_period), *self.dataset.args(), *MASKINIT_RUNS[name]]
+        return execute(name, "maskinit", command, folder, self.timeout, **meta)
 
 
 def summarize(results: list[dict]) -> dict:
@@ -156,46 +267,166 @@ def summarize(results: list[dict]) -> dict:
             "mask_ap_mean": round(statistics.mean(r["mask_ap"] for r in rows), 2),
             "seconds_per_iter": round(statistics.median(speeds), 3) if speeds else None,
             "status": sorted({r["status"] for r in rows}),
+            "input": sorted({r["input"] for r in rows if r.get("input")}),
         }
     return table
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--only", nargs="*", help="run names (default: the README's table, MAIN)")
-    parser.add_argument("--all", action="store_true", help="every run defined here (hours on 2 CPU cores)")
-    parser.add_argument("--seeds", nargs="*", type=int, default=list(SEEDS))
-    parser.add_argument("--heldout", action="store_true", help="the held-out set instead of the embedded one")
-    parser.add_argument("--jobs", type=int, default=2, help="runs side by side (one thread each)")
-    parser.add_argument("--device", default="cpu", help="cpu or cuda (all runs share the device)")
-    parser.add_argument("--runs-dir", type=Path, default=RUNS, help="cache of finished runs")
-    parser.add_argument("--tag", default="", help="suffix of the result files (e.g. --tag=-gpu)")
-    parser.add_argument("--report-only", action="store_true", help="summarize the cached runs, start none")
-    args = parser.parse_args()
-    names = [*STOCK, *MASKINIT_RUNS] if args.all else (args.only or MAIN)
+def comparison(table: dict, goal: float) -> dict | None:
+    """The comparator (scratch GN at its best LR by mean mask AP) against maskinit's default: ratios."""
+    ranked = [(row["mask_ap_mean"], name) for name, row in table.items() if name.startswith("d2-scratch-gn@")]
+    if not ranked or "maskinit-default" not in table:
+        return None
+    best = max(ranked)[1]
+    ours, theirs = table["maskinit-default"], table[best]
+
+    def ratio(a, b):
+        return round(a / b, 3) if a is not None and b else None
+
+    out = {
+        "comparator": best, "goal_mask_ratio": goal, "speed_limit": SPEED_LIMIT,
+        "mask_ap": [ours["mask_ap_mean"], theirs["mask_ap_mean"]], "box_ap": [ours["box_ap_mean"], theirs["box_ap_mean"]],
+        "seconds_per_iter": [ours["seconds_per_iter"], theirs["seconds_per_iter"]],
+        "mask_ratio": ratio(ours["mask_ap_mean"], theirs["mask_ap_mean"]),
+        "box_ratio": ratio(ours["box_ap_mean"], theirs["box_ap_mean"]),
+        "speed_ratio": ratio(ours["seconds_per_iter"], theirs["seconds_per_iter"]),
+    }
+    out["goal_met"] = bool(out["mask_ratio"] and out["mask_ratio"] >= goal and out["speed_ratio"] and out["speed_ratio"] <= SPEED_LIMIT)
+    return out
+
+
+def report(dataset: CocoSet, args, results: list[dict], names: list[str], stem: str) -> None:
+    table = summarize(results)
+    goal = GOAL_SYNTHETIC if dataset.synthetic else GOAL_REAL
+    compared = comparison(table, goal)
+    ranked = [(row["mask_ap_mean"], name) for name, row in table.items() if name.startswith("d2-scratch-gn@")]
+    write_json(args.results_dir / f"{stem}.json", {
+        "dataset": dataset.name, "data": {k: str(v) for k, v in vars(dataset).items()}, "set": dataset.describe(),
+        "budget": budget(args.iters), "iters": args.iters, "eval_period": args.eval_period or eval_period(args.iters),
+        "device": args.device, "comparator_input": args.comparator_input, "ablation": args.ablation, "goal": goal,
+        "table": table, "comparator_best": max(ranked) if ranked else None, "comparison": compared, "runs": results,
+    })
+    info = dataset.describe()["train"]
+    lines = [f"{dataset.name}: {info['images']} training images, {info['instances']} instances, "
+             f"{info['classes_listed']} classes listed ({info['classes_present']} present); {args.iters} iterations at batch 4, "
+             f"seeds {' '.join(map(str, args.seeds))}, {args.device}", ""]
+    default = table.get("maskinit-default")
+    if args.ablation and default:
+        lines += ["| run | box AP (mean) | mask AP (mean) | mask AP - default | mask AP per seed | s/iter | input |",
+                  "|---|---|---|---|---|---|---|"]
+        for name, row in table.items():
+            delta = round(row["mask_ap_mean"] - default["mask_ap_mean"], 2)
+            lines.append(f"| {name} | {row['box_ap_mean']} | {row['mask_ap_mean']} | {delta:+} | {row['mask_ap']} | "
+                         f"{row['seconds_per_iter']} | {'; '.join(row['input'])} |")
+    else:
+        lines += ["| run | box AP (mean) | mask AP (mean) | mask AP per seed | s/iter | input |", "|---|---|---|---|---|---|"]
+        for name, row in table.items():
+            lines.append(f"| {name} | {row['box_ap_mean']} | {row['mask_ap_mean']} | {row['mask_ap']} | "
+                         f"{row['seconds_per_iter']} | {'; '.join(row['input'])} |")
+    if compared:
+        lines += ["", f"Comparator: {compared['comparator']} (best mean mask AP of the scratch-GN LRs run).", "",
+                  "| | maskinit default | comparator | ratio | goal |", "|---|---|---|---|---|",
+                  f"| mask AP | {compared['mask_ap'][0]} | {compared['mask_ap'][1]} | {compared['mask_ratio']}x | >= {goal}x |",
+                  f"| box AP | {compared['box_ap'][0]} | {compared['box_ap'][1]} | {compared['box_ratio']}x | |",
+                  f"| s/iter | {compared['seconds_per_iter'][0]} | {compared['seconds_per_iter'][1]} | {compared['speed_ratio']}x "
+                  f"| <= {SPEED_LIMIT}x |", "", f"Goal met: {'yes' if compared['goal_met'] else 'no'}."]
+    failed = [r for r in results if r.get("status") != "finished"]
+    if failed:
+        lines += ["", "Runs that did not finish:"] + [f"- {r['name']} seed {r['seed']}: {r['status']} ({r.get('error')})" for r in failed]
+    (args.results_dir / f"{stem}.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines), flush=True)
+
+
+def chosen_lrs(args, dataset: CocoSet) -> list[str]:
+    """--lrs, or `best`: the best LR of this set's 400-iteration sweep (its results file)."""
+    if args.lrs != ["best"]:
+        return args.lrs
+    sweep = read_json(args.results_dir / f"recipes-{dataset.name}{args.tag}.json") or {}
+    best = sweep.get("comparison") or {}
+    if not best.get("comparator") and sweep.get("comparator_best"):  # result files before issue 13
+        best = {"comparator": sweep["comparator_best"][1]}
+    if not best.get("comparator"):
+        raise SystemExit(f"--lrs best: no comparator in {args.results_dir / f'recipes-{dataset.name}{args.tag}.json'}: "
+                         "run the 400-iteration sweep on this set first")
+    return [best["comparator"].split("@")[1].split("-")[0]]
+
+
+def select(args, dataset: CocoSet, parser) -> list[str]:
+    if args.all:
+        names = [*STOCK, *MASKINIT_RUNS]
+    elif args.ablation:
+        names = list(ABLATION)
+    elif args.only:
+        names = list(args.only)
+    else:
+        names = MAIN if dataset.name == "default" and args.iters == ITERS else COMPARE
+        lrs = chosen_lrs(args, dataset)
+        unknown = [lr for lr in lrs if f"d2-scratch-gn@{lr}" not in STOCK]
+        if unknown:
+            parser.error(f"--lrs: no run for {unknown} (STOCK has {SWEEP})")
+        names = [n for n in names if not n.startswith("d2-scratch-gn@") or n.split("@")[1] in lrs]
     unknown = [name for name in names if name not in STOCK and name not in MASKINIT_RUNS]
     if unknown:
         parser.error(f"unknown run(s): {', '.join(unknown)}")
-    jobs = [(name, seed) for seed in args.seeds for name in names]  # every name's first seed first
-    if args.report_only:
-        found = [read_json(run_dir(args.runs_dir, name, seed, args.heldout) / "result.json") for name, seed in jobs]
-        results = [result for result in found if result]
-    else:
-        datasets(args.heldout)  # generate the data once, before runs start side by side
-        with ThreadPoolExecutor(args.jobs) as pool:
-            results = list(pool.map(lambda job: run_one(*job, args.heldout, args.runs_dir, args.device), jobs))
-    table = summarize(results)
-    ranked = [(table[n]["mask_ap_mean"], n) for n in COMPARATOR if n in table]
-    split = ("heldout" if args.heldout else "default") + args.tag
-    write_json(RESULTS / f"recipes-{split}.json", {
-        "budget": BUDGET, "device": args.device, "table": table, "comparator_best": max(ranked) if ranked else None,
-        "runs": results,
-    })
-    lines = ["| run | box AP (mean) | mask AP (mean) | mask AP per seed | s/iter |", "|---|---|---|---|---|"]
-    for name, row in table.items():
-        lines.append(f"| {name} | {row['box_ap_mean']} | {row['mask_ap_mean']} | {row['mask_ap']} | {row['seconds_per_iter']} |")
-    (RESULTS / f"recipes-{split}.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    return names
+
+
+def data_sets(args, parser) -> list[CocoSet]:
+    explicit = [args.train_json, args.train_images, args.val_json, args.val_images]
+    if any(explicit):
+        if not all(explicit) or not args.name:
+            parser.error("--train-json, --train-images, --val-json, --val-images and --name go together")
+        return [CocoSet(args.name, *(Path(p).resolve() for p in explicit))]
+    if args.data:
+        return [parse_data(spec) for spec in args.data]
+    return [synthetic_set(args.heldout)]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--only", nargs="*", help="run names (default: the comparison, COMPARE; MAIN on the embedded set)")
+    parser.add_argument("--all", action="store_true", help="every run defined here (hours on 2 CPU cores)")
+    parser.add_argument("--ablation", action="store_true", help="the default minus one part at a time (ABLATIONS)")
+    parser.add_argument("--seeds", nargs="*", type=int, default=list(SEEDS))
+    parser.add_argument("--heldout", action="store_true", help="the synthetic held-out set instead of the embedded one")
+    parser.add_argument("--data", action="append", metavar="NAME=PATH",
+                        help=f"a COCO set folder (train.json, train/, val.json, val/), repeatable; e.g. "
+                             f"{REAL_SETS[0]}=../shared/data/{REAL_SETS[0]}")
+    parser.add_argument("--train-json")
+    parser.add_argument("--train-images")
+    parser.add_argument("--val-json")
+    parser.add_argument("--val-images")
+    parser.add_argument("--name", help="the set's name with the four explicit paths (results-SET, runs/SET)")
+    parser.add_argument("--iters", type=int, default=ITERS, help="budget (400; 1600 is 4x), schedule scaled for both")
+    parser.add_argument("--eval-period", type=int, default=0, help="0: every 100 iterations, 8 points past 400")
+    parser.add_argument("--lrs", nargs="*", default=SWEEP, help="the comparator's LR sweep; `best`: the 400-iteration sweep's best")
+    parser.add_argument("--comparator-input", choices=("fitted", "tiny"), default="fitted",
+                        help="stock Detectron2 at the input size maskinit fits to the set, or at the tiny preset's 128 px")
+    parser.add_argument("--jobs", type=int, default=2, help="runs side by side (one thread each)")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda (all runs share the device)")
+    parser.add_argument("--runs-dir", type=Path, default=RUNS, help="cache of finished runs")
+    parser.add_argument("--results-dir", type=Path, default=RESULTS)
+    parser.add_argument("--run-timeout", type=float, default=None, help="seconds after which a run is killed")
+    parser.add_argument("--tag", default="", help="suffix of the result files (e.g. --tag=-gpu)")
+    parser.add_argument("--report-only", action="store_true", help="summarize the cached runs, start none")
+    args = parser.parse_args()
+    args.runs_dir, args.results_dir = args.runs_dir.resolve(), args.results_dir.resolve()
+    for dataset in data_sets(args, parser):
+        names = select(args, dataset, parser)
+        context = Context(dataset, args)
+        jobs = [(name, seed) for seed in args.seeds for name in names]  # every name's first seed first
+        if args.report_only:
+            found = [read_json((context.runs / (context.stock_name(n) if n in STOCK else n) / f"seed{s}") / "result.json")
+                     for n, s in jobs]
+            results = [result for result in found if result]
+        else:
+            with ThreadPoolExecutor(args.jobs) as pool:
+                results = list(pool.map(lambda job: context.run_one(*job), jobs))
+        if not results:
+            print(f"{dataset.name}: no finished runs", flush=True)
+            continue
+        suffix = (f"-{args.iters}it" if args.iters != ITERS else "") + ("-ablation" if args.ablation else "")
+        report(dataset, args, results, names, f"recipes-{dataset.name}{suffix}{args.tag}")
 
 
 if __name__ == "__main__":

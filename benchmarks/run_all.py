@@ -1,18 +1,29 @@
 """`make bench`: every benchmark; JSON results and PNG plots in benchmarks/results/.
 
 Runs are cached under benchmarks/runs/, so an interrupted `make bench` resumes where it stopped.
-Order: evaluation speed (minutes), overhead (minutes), the recipe table on the embedded and the
-held-out set (about 3 hours on 2 CPU cores), then, where a CUDA GPU is present, the variant sweep
-and the full-scale throughput, and the plots.
+Order: evaluation speed (minutes), overhead (minutes), the recipe comparison (issue 13, item 1) on
+the embedded and the held-out synthetic set and on the real sets rice_leaf and coco128 (from
+../shared/data beside the project, or --real-data DIR / $MASKINIT_BENCH_DATA; a set not found is
+skipped with a printed line), then, where a CUDA GPU is present, the variant sweep and the
+full-scale throughput, and the plots. --extended adds issue 13's items 2-4 on CPU: the 4x budget
+(1,600 iterations, one seed, the comparator at its best LR of the 400-iteration sweep) on the
+embedded set and rice_leaf, the ablation of the recipe on both, and the R50-FPN comparison at 320
+pixels on rice_leaf. Estimated CPU hours are in the README.
+
+Usage: python benchmarks/run_all.py [--real-data DIR] [--no-real] [--extended]   (make bench BENCH_ARGS=...)
 """
 
 from __future__ import annotations
 
+import argparse
+import os
 import subprocess
 import sys
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+from common import REAL_DATA_ENV, real_sets  # noqa: E402
 
 
 def cuda_available() -> bool:
@@ -22,6 +33,12 @@ def cuda_available() -> bool:
 
 
 def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--real-data", type=Path, default=None,
+                        help=f"folder holding rice_leaf/ and coco128/ (default ${REAL_DATA_ENV} or ../shared/data)")
+    parser.add_argument("--no-real", action="store_true", help="the synthetic sets only")
+    parser.add_argument("--extended", action="store_true", help="also issue 13's items 2-4 (4x budget, ablation, R50)")
+    args = parser.parse_args()
     steps = [
         ("eval_speed.py", []),
         ("overhead.py", []),
@@ -29,17 +46,29 @@ def main() -> None:
         ("recipes.py", []),
         ("recipes.py", ["--heldout"]),
     ]
+    real = [] if args.no_real else real_sets(args.real_data)
+    if args.no_real:
+        print("--no-real: the real sets are skipped", flush=True)
+    data = {dataset.name: f"{dataset.name}={dataset.train_json.parent}" for dataset in real}
+    steps += [("recipes.py", ["--data", spec]) for spec in data.values()]
+    if args.extended:
+        steps += [("recipes.py", ["--iters", "1600", "--seeds", "0", "--lrs", "best"]),
+                  ("recipes.py", ["--ablation"])]
+        if "rice_leaf" in data:
+            steps += [("recipes.py", ["--data", data["rice_leaf"], "--iters", "1600", "--seeds", "0", "--lrs", "best"]),
+                      ("recipes.py", ["--data", data["rice_leaf"], "--ablation"]),
+                      ("r50.py", ["--data", data["rice_leaf"]])]
     if cuda_available():
         steps += [
             ("recipes.py", ["--all", "--device", "cuda", "--jobs", "14", "--runs-dir", str(HERE / "runs" / "gpu"), "--tag=-gpu"]),
             ("gpu_throughput.py", ["--iters", "200"]),
         ]
     else:
-        print("no CUDA GPU: the variant sweep and gpu_throughput.py are skipped (see benchmarks/gpu.md)", flush=True)
+        print("no CUDA GPU: the variant sweep, gpu_throughput.py and gpu_r50.sh are skipped (see benchmarks/gpu.md)", flush=True)
     steps.append(("plots.py", []))
-    for script, args in steps:
-        print(f"== {script} {' '.join(args)}", flush=True)
-        subprocess.run([sys.executable, str(HERE / script), *args], check=True)
+    for script, script_args in steps:
+        print(f"== {script} {' '.join(script_args)}", flush=True)
+        subprocess.run([sys.executable, str(HERE / script), *script_args], check=True, env=dict(os.environ))
 
 
 if __name__ == "__main__":

@@ -1,9 +1,15 @@
 """Stock Detectron2, run by its own DefaultTrainer (no maskinit code in the model or the loop).
 
-Usage: stock_detectron2.py RECIPE OUTPUT_DIR --lr LR --seed S [--heldout] [--eval-period N] [KEY VALUE ...]
+Usage: stock_detectron2.py RECIPE OUTPUT_DIR --lr LR --seed S [--heldout | --train-json J --train-images D
+       --val-json J --val-images D] [--iters N] [--scale tiny|r50] [--eval-period N] [KEY VALUE ...]
 RECIPE: naive (mask_rcnn_R_50_FPN_3x with only MODEL.WEIGHTS ""), scratch-gn
 (Misc/scratch_mask_rcnn_R_50_FPN_3x_gn), scratch-syncbn (Misc/scratch_mask_rcnn_R_50_FPN_9x_syncbn),
-each transcribed to the tiny scale and the benchmark's budget. Writes OUTPUT_DIR/result.json.
+each transcribed to the scale (tiny: the tiny preset's ResNet-18 FPN at 128 pixels; r50: the zoo
+config's R50-FPN at batch 4) and the benchmark's budget (N iterations, warmup and LR step scaled
+from 80 and 320 of 400). Data: the embedded synthetic set (or --heldout), or any COCO set by path;
+MODEL.ROI_HEADS.NUM_CLASSES is the number of categories the training JSON lists (Detectron2 maps
+their ids, whatever they are, to 0..N-1 in sorted order). Trailing KEY VALUE pairs are applied last
+(e.g. INPUT.* sizes). Writes OUTPUT_DIR/result.json.
 """
 
 from __future__ import annotations
@@ -15,13 +21,34 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import BUDGET, TINY_SCALE, datasets  # noqa: E402
+from common import ITERS, R50_SCALE, TINY_SCALE, CocoSet, budget, synthetic_set  # noqa: E402
 
 ZOO = {
     "naive": "COCO-InstanceSegmentation/mask_rcnn_R_50_FPN_3x.yaml",
     "scratch-gn": "Misc/scratch_mask_rcnn_R_50_FPN_3x_gn.yaml",
     "scratch-syncbn": "Misc/scratch_mask_rcnn_R_50_FPN_9x_syncbn.yaml",
 }
+SCALES = {"tiny": TINY_SCALE, "r50": R50_SCALE}
+
+
+def data_set(args) -> CocoSet:
+    given = [args.train_json, args.train_images, args.val_json, args.val_images]
+    if any(given):
+        if not all(given):
+            raise SystemExit("--train-json, --train-images, --val-json and --val-images go together")
+        return CocoSet("user", *(Path(p) for p in given))
+    return synthetic_set(args.heldout)
+
+
+def check_categories(dataset: CocoSet) -> int:
+    """The number of classes; the validation JSON must list the same categories (ids and names), as
+    Detectron2's COCOEvaluator maps its ids with the training set's mapping."""
+    train, val = dataset.categories("train"), dataset.categories("val")
+    key = [(int(c["id"]), c["name"]) for c in train]
+    if key != [(int(c["id"]), c["name"]) for c in val]:
+        raise SystemExit(f"{dataset.val_json} lists other categories than {dataset.train_json}: "
+                         "stock Detectron2 would evaluate against the wrong classes")
+    return len(train)
 
 
 def main() -> None:
@@ -31,8 +58,16 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=0.02)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--heldout", action="store_true")
+    parser.add_argument("--train-json")
+    parser.add_argument("--train-images")
+    parser.add_argument("--val-json")
+    parser.add_argument("--val-images")
+    parser.add_argument("--iters", type=int, default=ITERS, help="budget: warmup and the LR step scale with it")
+    parser.add_argument("--scale", choices=sorted(SCALES), default="tiny")
     parser.add_argument("--eval-period", type=int, default=0)
     args, args.opts = parser.parse_known_args()
+    if any(opt.startswith("--") for opt in args.opts[::2]):
+        parser.error(f"unknown option(s): {[opt for opt in args.opts[::2] if opt.startswith('--')]}")
 
     from detectron2 import model_zoo
     from detectron2.config import get_cfg
@@ -41,13 +76,14 @@ def main() -> None:
     from detectron2.evaluation import COCOEvaluator
     from detectron2.utils.logger import setup_logger
 
-    train, val = datasets(args.heldout)
-    register_coco_instances("bench_train", {}, str(train.json_file), str(train.image_root))
-    register_coco_instances("bench_val", {}, str(val.json_file), str(val.image_root))
+    dataset = data_set(args)
+    num_classes = check_categories(dataset)
+    register_coco_instances("bench_train", {}, str(dataset.train_json), str(dataset.train_images))
+    register_coco_instances("bench_val", {}, str(dataset.val_json), str(dataset.val_images))
     cfg = get_cfg()
     cfg.merge_from_file(model_zoo.get_config_file(ZOO[args.recipe]))
-    cfg.merge_from_list(TINY_SCALE + BUDGET + [
-        "MODEL.WEIGHTS", "", "MODEL.ROI_HEADS.NUM_CLASSES", "5", "SOLVER.BASE_LR", str(args.lr),
+    cfg.merge_from_list(SCALES[args.scale] + budget(args.iters) + [
+        "MODEL.WEIGHTS", "", "MODEL.ROI_HEADS.NUM_CLASSES", str(num_classes), "SOLVER.BASE_LR", str(args.lr),
         "SEED", str(args.seed), "TEST.EVAL_PERIOD", str(args.eval_period), "SOLVER.CHECKPOINT_PERIOD", "100000",
         "DATASETS.TRAIN", "('bench_train',)", "DATASETS.TEST", "('bench_val',)", "OUTPUT_DIR", args.output_dir,
     ] + args.opts)
@@ -73,6 +109,7 @@ def main() -> None:
     out = {
         "runner": "detectron2 DefaultTrainer",
         "recipe": args.recipe, "lr": args.lr, "seed": args.seed, "heldout": args.heldout, "status": status,
+        "scale": args.scale, "iters": args.iters, "num_classes": num_classes, "train_json": str(dataset.train_json),
         "seconds_per_iter": history.global_avg() if history else None,
         "seconds": time.perf_counter() - started,
         "box_ap": results.get("bbox", {}).get("AP", 0.0) if results else 0.0,

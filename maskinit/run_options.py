@@ -15,6 +15,10 @@ from .errors import MaskinitError
 
 logger = logging.getLogger("maskinit")
 
+# The keys `--ims-per-batch` scales (`config.apply_ims_per_batch`): one given as `KEY VALUE` is kept.
+SCALED_WITH_BATCH = frozenset({"SOLVER.BASE_LR", "SOLVER.MAX_ITER", "SOLVER.STEPS", "SOLVER.WARMUP_ITERS",
+                               "SOLVER.CHECKPOINT_PERIOD", "TEST.EVAL_PERIOD"})
+
 
 @dataclass
 class DataOptions:
@@ -26,6 +30,16 @@ class DataOptions:
     val_images: str | None = None
     dataset: str | None = None
     val_dataset: str | None = None
+
+    def as_flags(self) -> list[str]:
+        """These options on a `maskinit train` command line (the commands maskinit prints)."""
+        flags = []
+        for flag, value in (("--train-json", self.train_json), ("--train-images", self.train_images),
+                            ("--val-json", self.val_json), ("--val-images", self.val_images),
+                            ("--dataset", self.dataset), ("--val-dataset", self.val_dataset)):
+            if value:
+                flags += [flag, str(value)]
+        return flags
 
 
 @dataclass
@@ -77,14 +91,18 @@ def rescale_to_max_iter(cfg: CfgNode, max_iter: int, keep_steps: bool, keep_warm
 
 def apply_run_options(cfg: CfgNode, options: TrainOptions, explicit_keys: set[str] = frozenset()) -> CfgNode:
     """Write the run options into the config, so that `config.yaml` says exactly what ran."""
-    from .config import apply_ims_per_batch
+    from .config import apply_ims_per_batch, config_value
 
     cfg = cfg.clone()
     cfg.defrost()
     cfg.OUTPUT_DIR = str(options.output_dir)
     set_device(cfg, options.device, options.num_gpus)
     if options.ims_per_batch is not None:
+        given = {key: config_value(cfg, key) for key in SCALED_WITH_BATCH & set(explicit_keys)}
         apply_ims_per_batch(cfg, options.ims_per_batch)
+        for key, value in given.items():  # a value the user set is kept as set
+            *path, last = key.split(".")
+            config_value(cfg, ".".join(path))[last] = value
     if options.lr is not None:
         if not 0 < options.lr < 10:
             raise MaskinitError(f"--lr must be in (0, 10), got {options.lr}")

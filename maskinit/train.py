@@ -150,13 +150,8 @@ def resume_command(options: TrainOptions) -> str:
     """The exact command that continues this run (`options` as the user gave them: no data options
     for the embedded default set)."""
     out = options.output_dir
-    parts = ["maskinit", "train", "--config", f"{out}/{CONFIG_FILE}", "--output-dir", str(out), "--resume"]
-    data = options.data
-    for flag, value in (("--train-json", data.train_json), ("--train-images", data.train_images),
-                        ("--val-json", data.val_json), ("--val-images", data.val_images),
-                        ("--dataset", data.dataset), ("--val-dataset", data.val_dataset)):
-        if value:
-            parts += [flag, str(value)]
+    parts = ["maskinit", "train", "--config", f"{out}/{CONFIG_FILE}", "--output-dir", str(out), "--resume",
+             *options.data.as_flags()]
     if options.num_gpus > 1 or options.num_machines > 1:
         parts += ["--num-gpus", str(options.num_gpus), "--num-machines", str(options.num_machines),
                   "--machine-rank", str(options.machine_rank), "--dist-url", options.dist_url]

@@ -747,13 +747,8 @@ def write_best_config(best, out: Path, base_cfg: CfgNode) -> Path:
 def retrain_command(config: Path, options: TrainOptions) -> str:
     import shlex
 
-    parts = ["maskinit", "train", "--config", str(config), "--output-dir", str(Path(options.output_dir) / "best")]
-    data = options.data
-    for flag, value in (("--train-json", data.train_json), ("--train-images", data.train_images),
-                        ("--val-json", data.val_json), ("--val-images", data.val_images),
-                        ("--dataset", data.dataset), ("--val-dataset", data.val_dataset)):
-        if value:
-            parts += [flag, str(value)]
+    parts = ["maskinit", "train", "--config", str(config), "--output-dir", str(Path(options.output_dir) / "best"),
+             *options.data.as_flags()]
     return " ".join(shlex.quote(part) for part in parts)
 
 

@@ -50,6 +50,14 @@ def coco(tmp_path_factory):
     return DataOptions(str(train_set.json_file), str(train_set.image_root), str(val_set.json_file), str(val_set.image_root))
 
 
+def train_options(out, data, max_iter=6, checkpoint_period=3, **kwargs):
+    """`TrainOptions` of a short, seeded, quiet run into `out` on the data options `data`."""
+    from maskinit.train import DataOptions, TrainOptions
+
+    return TrainOptions(output_dir=str(out), data=DataOptions(**vars(data)), seed=0, progress=False,
+                        max_iter=max_iter, checkpoint_period=checkpoint_period, **kwargs)
+
+
 def save_untrained_checkpoint(cfg, folder):
     """`folder/model_final.pth` holding a freshly built (seeded) model."""
     torch.manual_seed(0)

@@ -233,3 +233,14 @@ def test_building_a_config_leaves_the_random_stream_alone():
     torch.manual_seed(0)
     load_config(preset="tiny", init="kaiming_normal")  # check_config dry-runs the initializer
     assert torch.equal(torch.rand(3), expected)
+
+
+def test_ims_per_batch_keeps_the_keys_the_user_set():
+    from maskinit.run_options import TrainOptions, apply_run_options
+
+    cfg = load_config(preset="r50-fpn", overrides=["SOLVER.STEPS", "(3,)"])
+    run = apply_run_options(cfg, TrainOptions(output_dir="out", device="cpu", ims_per_batch=4, max_iter=4),
+                            explicit_keys={"SOLVER.STEPS"})
+    assert tuple(run.SOLVER.STEPS) == (3,) and run.SOLVER.MAX_ITER == 4 and run.SOLVER.IMS_PER_BATCH == 4
+    unset = apply_run_options(load_config(preset="r50-fpn"), TrainOptions(output_dir="out", device="cpu", ims_per_batch=4))
+    assert unset.SOLVER.MAX_ITER > cfg.SOLVER.MAX_ITER and tuple(unset.SOLVER.STEPS) != tuple(cfg.SOLVER.STEPS)

@@ -12,8 +12,10 @@ from torch import nn
 from maskinit import MaskinitError, load_config
 from maskinit.ema import EMAHook, ema_decay
 from maskinit.run_options import rescale_to_max_iter
-from maskinit.train import DataOptions, TrainOptions, train
+from maskinit.train import DataOptions, train
 from maskinit.trainer import Trainer
+
+from conftest import train_options
 
 EMA_ON = ["MASKINIT.EMA.ENABLED", "True", "MASKINIT.EMA.DECAY", "0.5", "MASKINIT.EMA.WARMUP_ITERS", "0",
           "SOLVER.WARMUP_ITERS", "2"]
@@ -73,10 +75,8 @@ def test_a_shorter_run_shortens_the_window_and_its_warmup():
     assert cfg.MASKINIT.EMA.WARMUP_ITERS == 25
 
 
-def run_options(out, data, **kwargs):
-    kwargs.setdefault("max_iter", 4)
-    kwargs.setdefault("checkpoint_period", 2)
-    return TrainOptions(output_dir=str(out), data=DataOptions(**vars(data)), seed=0, progress=False, **kwargs)
+def run_options(out, data, max_iter=4, checkpoint_period=2, **kwargs):
+    return train_options(out, data, max_iter=max_iter, checkpoint_period=checkpoint_period, **kwargs)
 
 
 @pytest.fixture(scope="module")

@@ -96,8 +96,8 @@ def test_several_instances_per_image_with_varied_sizes(polygon_set):
 def test_masks_are_visible_parts_disjoint_and_occluding(rle_set):
     coco, _ = rle_set
     touching_pairs = 0
-    for annotations in by_image(coco).values():
-        masks = [decode(a["segmentation"]) for a in annotations]
+    for image_annotations in by_image(coco).values():
+        masks = [decode(a["segmentation"]) for a in image_annotations]
         for i, first in enumerate(masks):
             for second in masks[i + 1:]:
                 assert not (first & second).any(), "visible masks must not overlap"

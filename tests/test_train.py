@@ -11,16 +11,15 @@ from typer.testing import CliRunner
 from maskinit import MaskinitError, load_config
 from maskinit.cli import app
 from maskinit.run_options import warn_optimizer_mismatch
-from maskinit.train import DataOptions, TrainOptions, train
+from maskinit.train import TrainOptions, train
+
+from conftest import train_options
 
 # A short warmup so that these few iterations train at the real LR.
 FAST_EVAL = ["SOLVER.WARMUP_ITERS", "2"]
 
 
-def options(out, data, **kwargs):
-    kwargs.setdefault("max_iter", 6)
-    kwargs.setdefault("checkpoint_period", 3)
-    return TrainOptions(output_dir=str(out), data=DataOptions(**vars(data)), seed=0, progress=False, **kwargs)
+options = train_options
 
 
 @pytest.fixture(scope="module")

@@ -220,7 +220,9 @@ def test_interrupt_during_the_final_evaluation_stops_it(tmp_path, coco):
 def test_sigterm_before_training_exits_cleanly_and_leaves_the_dir_usable(tmp_path, coco):
     out = tmp_path / "early"
     process = start_training(out, coco, "--max-iter", "2")
-    time.sleep(1.0)  # importing torch and building the config: long before the first iteration
+    # The output dir is made after the config and the data checks, seconds before the first iteration (the
+    # model and the loader are built after it); a fixed sleep raced the CLI's start on a loaded machine.
+    assert wait_for(lambda: out.is_dir(), timeout=300), process.communicate()
     process.send_signal(signal.SIGTERM)
     stdout, stderr = process.communicate(timeout=60)
     assert process.returncode == 2, stderr

@@ -415,15 +415,19 @@ def tune_command(
         **train_options, output_dir=output_dir, eval_period=eval_period, resume=False, overwrite=False,
         num_gpus=1, num_machines=1, machine_rank=0, dist_url="auto",
     )
-    from .tune import storage_url, study_name_for, study_report, tune
+    from .tune import run_workers, storage_url, study_name_for, study_report, tune
 
     if workers is None:
-        workers = _gpu_count() if (options.device or "cuda").startswith("cuda") else 1
+        workers = max(1, _gpu_count()) if (options.device or "cuda").startswith("cuda") else 1
     kwargs = dict(explicit_keys=explicit_keys, storage=storage, study_name=study_name, pruner=pruner,
                   default_space=not search_only)
-    if workers > 1:
-        _run_workers(workers, output_dir, storage or storage_url(output_dir, None),
-                     study_name_for(output_dir, storage, study_name), resume, storage is None)
+    if workers != 1:  # run_workers refuses fewer than 1
+        def started(index, pid, place, log):
+            err_console.print(f"worker {index} ({place}): pid {pid}, log {log}", highlight=False, soft_wrap=True)
+
+        run_workers(workers, sys.argv[1:], output_dir, storage or storage_url(output_dir, None),
+                    study_name_for(output_dir, storage, study_name), resume=resume, default_storage=storage is None,
+                    device=options.device, gpus=_gpu_count(), on_start=started)
         result = study_report(cfg, options, search or (), **kwargs)
     else:
         result = tune(cfg, options, search or (), trials, timeout, resume=resume, **kwargs)
@@ -447,40 +451,7 @@ def tune_command(
 def _gpu_count() -> int:
     import torch
 
-    return torch.cuda.device_count() if torch.cuda.is_available() else 1
-
-
-def _run_workers(count: int, output_dir: Path, url: str, name: str, resume: bool, default_storage: bool):
-    """`count` copies of this `maskinit tune` command on one study, each with one GPU (CUDA_VISIBLE_DEVICES);
-    their output goes to worker-N.log in the output dir. Returns when all have ended."""
-    import subprocess
-
-    from .tune import STUDY_FILE
-
-    if "tune" not in sys.argv[1:]:
-        raise MaskinitError("--workers needs the `maskinit tune` command line (use the library's tune() per process otherwise)")
-    if default_storage and (output_dir / STUDY_FILE).is_file() and not resume:
-        raise MaskinitError(f"{output_dir} already holds a study ({STUDY_FILE}): pass --resume to continue it, or choose another --output-dir")
-    output_dir.mkdir(parents=True, exist_ok=True)
-    argv = [arg for arg in sys.argv[1:] if arg != "--resume"]
-    processes = []
-    for index in range(count):
-        env = {**os.environ, "CUDA_VISIBLE_DEVICES": str(index)}
-        log = open(output_dir / f"worker-{index}.log", "ab")
-        command = [sys.executable, "-m", "maskinit", *argv, "--workers", "1", "--storage", url, "--study-name", name]
-        processes.append((subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT), log))
-        err_console.print(f"worker {index} (GPU {index}): pid {processes[-1][0].pid}, log {output_dir}/worker-{index}.log")
-    try:
-        codes = [process.wait() for process, _ in processes]
-    finally:
-        for process, log in processes:
-            if process.poll() is None:
-                process.terminate()
-                process.wait()
-            log.close()
-    failed = [index for index, code in enumerate(codes) if code not in (0, 1)]
-    if failed:
-        raise MaskinitError(f"worker(s) {', '.join(map(str, failed))} failed: see {output_dir}/worker-N.log")
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
 
 
 def _number(value, digits: int = 3) -> str:

@@ -9,6 +9,9 @@ process; `benchmarks/results/memory.json`):
 
 where pixels are those of the largest input the resize rule can give (shorter side at the largest
 `INPUT.MIN_SIZE_TRAIN`, longer side at `INPUT.MAX_SIZE_TRAIN`; the square under LSJ), padded to 32.
+Two terms are counted, not measured: the weight EMA's copy (`MASKINIT.EMA`, 4 bytes per parameter) and
+Copy-Paste's bitmasks (`MASKINIT.AUGMENT.COPY_PASTE`, one byte per pixel for each pasted and each
+target instance, bounded by twice MAX_INSTANCES per image).
 Measured: ResNet-18/FPN-64 (the `tiny` preset) and ResNet-50/FPN-256 (`r50-fpn`), within 4 % of
 every measured point. Other depths and widths are scaled (stated, not measured). On CUDA the same
 activation terms are compared with the GPU's free memory, plus 0.5 GiB for the CUDA context (not
@@ -31,6 +34,9 @@ BASE_BYTES = {18: 0.99 * GiB, 34: 1.15 * GiB, 50: 1.83 * GiB, 101: 2.4 * GiB, 15
 PER_PIXEL = {18: 752.0, 34: 900.0, 50: 1211.0, 101: 1700.0, 152: 2200.0}
 # Bytes per sampled ROI per box-head channel (box and mask heads; measured 3311 on R50-FPN: 512 ROIs x 256).
 PER_ROI_CHANNEL = 3311.0
+# Parameters of the Mask R-CNN FPN model by ResNet depth (counted: 12.6 M for the tiny preset's R18-FPN64,
+# 45.4 M for r50-fpn; 34, 101 and 152 by the backbones' difference): the weight EMA keeps one fp32 copy.
+PARAMS = {18: 12.6e6, 34: 22.7e6, 50: 45.4e6, 101: 64.4e6, 152: 80.0e6}
 # The CUDA context and cuDNN workspaces on a GPU, in place of the CPU process baseline's libraries.
 CUDA_CONTEXT = 0.5 * GiB
 # A run is refused above the memory available; warned about above this share of it.
@@ -104,7 +110,26 @@ def per_image_bytes(cfg) -> float:
     scale = 0.5 * widen + 0.5 * cfg.MODEL.FPN.OUT_CHANNELS / measured_fpn
     pixels = _nearest(PER_PIXEL, resnets.DEPTH) * scale * height * width
     rois = PER_ROI_CHANNEL * cfg.MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE * max(cfg.MODEL.ROI_BOX_HEAD.CONV_DIM, 64)
-    return pixels + rois
+    return pixels + rois + copy_paste_bytes(cfg)
+
+
+def copy_paste_bytes(cfg) -> float:
+    """Copy-Paste's bitmasks of one training image (0 when off): a byte per pixel for each pasted
+    instance and each target instance, bounded by twice MASKINIT.AUGMENT.COPY_PASTE.MAX_INSTANCES."""
+    paste = cfg.MASKINIT.AUGMENT.COPY_PASTE
+    if paste.PROB <= 0:
+        return 0.0
+    height, width = largest_input(cfg)
+    return 2.0 * paste.MAX_INSTANCES * height * width
+
+
+def ema_bytes(cfg) -> float:
+    """The weight EMA's fp32 copy of the model (0 when off)."""
+    if not cfg.MASKINIT.EMA.ENABLED:
+        return 0.0
+    resnets = cfg.MODEL.RESNETS
+    widen = resnets.NUM_GROUPS * resnets.WIDTH_PER_GROUP / 64
+    return 4.0 * _nearest(PARAMS, resnets.DEPTH) * widen
 
 
 def available_memory(device: str) -> float | None:
@@ -133,7 +158,7 @@ def estimate_memory(cfg, processes_here: int = 1) -> MemoryEstimate:
     images = max(1, cfg.SOLVER.IMS_PER_BATCH // world)
     cuda = cfg.MODEL.DEVICE.startswith("cuda")
     image = per_image_bytes(cfg)
-    base = CUDA_CONTEXT if cuda else _nearest(BASE_BYTES, cfg.MODEL.RESNETS.DEPTH)
+    base = (CUDA_CONTEXT if cuda else _nearest(BASE_BYTES, cfg.MODEL.RESNETS.DEPTH)) + ema_bytes(cfg)
     available = available_memory(cfg.MODEL.DEVICE)
     if available is not None and not cuda:
         available /= world  # processes on one machine share its RAM; each GPU has its own memory

@@ -34,15 +34,16 @@ def amp_dtype(cfg: CfgNode) -> torch.dtype:
 class Trainer(DefaultTrainer):
     """DefaultTrainer with maskinit's model, optimizers, schedules, evaluator and hooks."""
 
-    def __init__(self, cfg, progress_bar: bool | None = None, extra_hooks: Sequence = ()):
+    def __init__(self, cfg, progress_bar: bool | None = None, extra_hooks: Sequence = (), resuming: bool = False):
         """DefaultTrainer.__init__'s steps, with three changes it has no hook for: DDP without
         device_ids on CPU (gloo), AMP in bf16 where supported, and the audited checkpointer.
-        `progress_bar`: None shows it on a terminal only; `extra_hooks` run after maskinit's own."""
+        `progress_bar`: None shows it on a terminal only; `extra_hooks` run after maskinit's own;
+        `resuming`: a checkpoint replaces the weights at once, so no data-dependent init pass (LSUV)."""
         TrainerBase.__init__(self)
         self.progress_bar = progress_bar
         self.extra_hooks = list(extra_hooks)
         cfg = DefaultTrainer.auto_scale_workers(cfg, comm.get_world_size())
-        model = self.build_model(cfg)
+        model = self.build_model(cfg, data_dependent=not resuming)
         optimizer = self.build_optimizer(cfg, model)
         data_loader = self.build_train_loader(cfg)
         cuda = cfg.MODEL.DEVICE.startswith("cuda")
@@ -61,8 +62,8 @@ class Trainer(DefaultTrainer):
         self.register_hooks(self.build_hooks())
 
     @classmethod
-    def build_model(cls, cfg):
-        model = build_model(cfg)
+    def build_model(cls, cfg, data_dependent: bool = True):
+        model = build_model(cfg, data_dependent=data_dependent)
         if comm.is_main_process():
             counts: dict[str, int] = {}
             for line in model.maskinit_init_report:

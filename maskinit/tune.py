@@ -677,6 +677,82 @@ def study_name_for(output_dir: Path, storage: str | None, study_name: str | None
     return study_name or ("maskinit" if storage is None else Path(output_dir).resolve().name)
 
 
+def worker_env(index: int, count: int, device: str | None, environ: dict, gpus: int = 0) -> dict:
+    """Worker `index` of `count`'s environment. On CUDA: one GPU, CUDA_VISIBLE_DEVICES = index modulo the
+    GPUs (more workers than GPUs share them in turn). On CPU: an equal share of this machine's cores as
+    OMP/MKL threads, unless the user set OMP_NUM_THREADS (then theirs, in every worker)."""
+    env = dict(environ)
+    if (device or "cuda").startswith("cuda") and gpus:
+        env["CUDA_VISIBLE_DEVICES"] = str(index % gpus)
+    elif "OMP_NUM_THREADS" not in environ:
+        threads = str(max(1, (os.cpu_count() or 1) // count))
+        env.update(OMP_NUM_THREADS=threads, MKL_NUM_THREADS=threads)
+    return env
+
+
+def worker_place(env: dict) -> str:
+    """Where a worker runs, in words: its GPU or its CPU threads."""
+    if "CUDA_VISIBLE_DEVICES" in env:
+        return f"GPU {env['CUDA_VISIBLE_DEVICES']}"
+    return f"CPU, {env.get('OMP_NUM_THREADS', 'all')} thread(s)"
+
+
+def run_workers(count: int, argv: Sequence[str], output_dir: Path, url: str, name: str, *, resume: bool,
+                default_storage: bool, device: str | None, gpus: int = 0, on_start=None) -> None:
+    """`count` copies of the `maskinit tune` command line `argv` (sys.argv[1:]) working on one study
+    (`url`, `name`), each placed by `worker_env`, its output in worker-N.log in the output dir.
+    `on_start(index, pid, place, log)` is called as each starts. Returns when all have ended; a worker
+    that failed (exit other than 0, or 1: no trial of its own completed) is a MaskinitError."""
+    import subprocess
+    import sys
+
+    if count < 1:
+        raise MaskinitError(f"--workers {count}: needs at least 1")
+    if "tune" not in argv:
+        raise MaskinitError("--workers needs the `maskinit tune` command line (use the library's tune() per process otherwise)")
+    if default_storage and (Path(output_dir) / STUDY_FILE).is_file() and not resume:
+        raise MaskinitError(f"{output_dir} already holds a study ({STUDY_FILE}): pass --resume to continue it, "
+                            "or choose another --output-dir")
+    Path(output_dir).mkdir(parents=True, exist_ok=True)
+    # --resume, --workers, --storage and --study-name are the launcher's; each worker gets its own values
+    argv = _without_options(argv, flags=("--resume",), valued=("--workers", "--storage", "--study-name"))
+    processes = []
+    try:
+        for index in range(count):
+            env = worker_env(index, count, device, os.environ, gpus)
+            log_path = Path(output_dir) / f"worker-{index}.log"
+            log = open(log_path, "ab")
+            command = [sys.executable, "-m", "maskinit", *argv, "--workers", "1", "--storage", url, "--study-name", name]
+            processes.append((subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT), log))
+            if on_start:
+                on_start(index, processes[-1][0].pid, worker_place(env), log_path)
+        codes = [process.wait() for process, _ in processes]
+    finally:  # interrupted: the workers stop too (their running trials are queued again on --resume)
+        for process, log in processes:
+            if process.poll() is None:
+                process.terminate()
+                process.wait()
+            log.close()
+    failed = [index for index, code in enumerate(codes) if code not in (0, 1)]
+    if failed:
+        raise MaskinitError(f"worker(s) {', '.join(map(str, failed))} failed: see {output_dir}/worker-N.log")
+
+
+def _without_options(argv: Sequence[str], flags: Sequence[str], valued: Sequence[str]) -> list[str]:
+    """argv without the given flags and valued options (`--opt value` and `--opt=value`)."""
+    kept, skip = [], False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg in flags or any(arg.startswith(option + "=") for option in valued):
+            continue
+        elif arg in valued:
+            skip = True
+        else:
+            kept.append(arg)
+    return kept
+
+
 def study_report(cfg: CfgNode, options: TrainOptions, search: Sequence[str] = (), *, explicit_keys=frozenset(),
                  storage: str | None = None, study_name: str | None = None, default_space: bool = True,
                  **_tune_options) -> TuneResult:

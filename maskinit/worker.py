@@ -89,7 +89,9 @@ def worker(cfg: CfgNode, options: TrainOptions, fitted: Sequence = (), data_note
         torch.backends.cudnn.allow_tf32 = True
 
     summary_path = Path(cfg.OUTPUT_DIR) / SUMMARY_FILE
-    trainer = Trainer(cfg, progress_bar=options.progress, extra_hooks=hooks)
+    # a resumed run's weights come from its checkpoint (Detectron2's has_checkpoint: last_checkpoint in the folder)
+    resuming = bool(options.resume) and (Path(cfg.OUTPUT_DIR) / "last_checkpoint").is_file()
+    trainer = Trainer(cfg, progress_bar=options.progress, extra_hooks=hooks, resuming=resuming)
     model = trainer.model.module if hasattr(trainer.model, "module") else trainer.model
     before = weights_fingerprint(model)
     trainer.resume_or_load(resume=options.resume)

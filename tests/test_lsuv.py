@@ -356,3 +356,22 @@ def test_short_training_run_with_lsuv_on_the_training_batch(coco, tmp_path):
     log = (out / "log.txt").read_text()
     assert "LSUV on 4 images (training set" in log
     assert "lsuv(orthogonal):" in log  # the trainer's count of initializers
+
+
+def test_a_resumed_run_skips_the_lsuv_pass(coco, tmp_path):
+    """The checkpoint replaces every weight at once on --resume: no LSUV pass (it would be wasted work)."""
+    from dataclasses import replace
+
+    from maskinit.train import DataOptions, TrainOptions, train
+
+    out = tmp_path / "out"
+    options = TrainOptions(output_dir=str(out), data=DataOptions(**vars(coco)), seed=0, progress=False,
+                           max_iter=2, checkpoint_period=2)
+    cfg = load_config(preset="tiny", init="lsuv", overrides=["SOLVER.WARMUP_ITERS", "1"])
+    assert train(cfg, options)["status"] == "finished"
+    assert (out / "log.txt").read_text().count("LSUV on ") == 1
+    resumed = train(cfg, replace(options, resume=True, max_iter=4))
+    assert resumed["status"] == "finished" and resumed["from_scratch"]["start_iter"] == 2
+    log = (out / "log.txt").read_text()
+    assert log.count("Starting training from iteration 2") == 1
+    assert log.count("LSUV on ") == 1  # the first run's only

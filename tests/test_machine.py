@@ -40,6 +40,23 @@ def test_estimate_grows_with_batch_and_input_and_is_shared_between_processes(mon
     assert two.images_per_process == 4 and two.available_bytes == 8.0 * GiB
 
 
+def test_ema_and_copy_paste_are_counted(monkeypatch):
+    """The weight EMA adds a fp32 copy of the parameters to the baseline; Copy-Paste adds its bitmasks
+    (a byte per pixel, up to twice MAX_INSTANCES instances) to each image."""
+    monkeypatch.setattr(machine, "available_memory", lambda device: 16.0 * GiB)
+    plain = estimate_memory(sized("r50-fpn", 512, 4))
+    ema = estimate_memory(load_config(preset="r50-fpn", overrides=[
+        "INPUT.MIN_SIZE_TRAIN", "(512,)", "INPUT.MAX_SIZE_TRAIN", "512", "SOLVER.IMS_PER_BATCH", "4", "MODEL.DEVICE", "cpu",
+        "MASKINIT.EMA.ENABLED", "True"]))
+    assert ema.peak_bytes - plain.peak_bytes == pytest.approx(4 * 45.4e6)  # r50-fpn: 45.4 M parameters
+    assert ema.per_image_bytes == plain.per_image_bytes
+    pasted = estimate_memory(load_config(preset="r50-fpn", overrides=[
+        "INPUT.MIN_SIZE_TRAIN", "(512,)", "INPUT.MAX_SIZE_TRAIN", "512", "SOLVER.IMS_PER_BATCH", "4", "MODEL.DEVICE", "cpu",
+        "MASKINIT.AUGMENT.COPY_PASTE.PROB", "0.5", "MASKINIT.AUGMENT.COPY_PASTE.MAX_INSTANCES", "30"]))
+    assert pasted.per_image_bytes - plain.per_image_bytes == pytest.approx(2 * 30 * 512 * 512)
+    assert pasted.peak_bytes - plain.peak_bytes == pytest.approx(4 * 2 * 30 * 512 * 512)
+
+
 def test_the_full_scale_preset_on_this_cpu_is_refused_with_what_to_change(monkeypatch):
     monkeypatch.setattr(machine, "available_memory", lambda device: 22.0 * GiB)
     cfg = load_config(preset="r50-fpn", overrides=["MODEL.DEVICE", "cpu"])

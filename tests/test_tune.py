@@ -227,3 +227,59 @@ def test_two_worker_processes_share_one_sqlite_study(coco, tmp_path):
         folder = Path(trial.user_attrs["output_dir"])
         assert folder.name == f"trial-{trial.number:04d}"
         assert (folder / "log.txt").read_text().count("Starting training from iteration 0") == 1
+
+
+# ------------------------------------------------------------------------------------------ --workers N
+
+
+def test_worker_env_places_workers_on_gpus_in_turn_or_shares_the_cpu_cores():
+    from maskinit.tune import worker_env, worker_place
+
+    on_gpus = [worker_env(i, 3, "cuda", {"PATH": "/bin"}, gpus=2) for i in range(3)]
+    assert [env["CUDA_VISIBLE_DEVICES"] for env in on_gpus] == ["0", "1", "0"]
+    assert all(env["PATH"] == "/bin" and "OMP_NUM_THREADS" not in env for env in on_gpus)
+    assert worker_place(on_gpus[1]) == "GPU 1"
+    cpu = worker_env(0, 2, "cpu", {}, gpus=2)  # --device cpu: no GPU even where there are some
+    assert "CUDA_VISIBLE_DEVICES" not in cpu
+    assert cpu["OMP_NUM_THREADS"] == cpu["MKL_NUM_THREADS"] == str(max(1, (os.cpu_count() or 1) // 2))
+    assert worker_place(cpu) == f"CPU, {cpu['OMP_NUM_THREADS']} thread(s)"
+    assert worker_env(1, 64, None, {}, gpus=0)["OMP_NUM_THREADS"] == "1"  # auto device, no GPU: CPU, at least 1
+    assert worker_env(0, 2, "cpu", {"OMP_NUM_THREADS": "3"})["OMP_NUM_THREADS"] == "3"  # the user's setting wins
+
+
+def test_worker_command_line_drops_the_launchers_own_options():
+    from maskinit.tune import _without_options
+
+    argv = ["tune", "--resume", "--workers", "4", "--storage=sqlite:///x.db", "--study-name", "s", "--lr", "0.1"]
+    assert _without_options(argv, flags=("--resume",), valued=("--workers", "--storage", "--study-name")) == [
+        "tune", "--lr", "0.1"]
+
+
+def test_workers_refusals_are_one_line(coco, tmp_path):
+    outcome = runner.invoke(app, ["tune", *TINY, "--trials", "1", "--workers", "0", "--output-dir", str(tmp_path / "w0"),
+                                  *data_args(coco)])
+    assert outcome.exit_code == 2 and "--workers 0: needs at least 1" in outcome.output
+    assert "Traceback" not in outcome.output
+
+
+def test_workers_launches_processes_that_share_one_study(coco, tmp_path):
+    """`--workers 2` on CPU: two worker processes (an equal share of the cores each, or the user's
+    OMP_NUM_THREADS) run the study's trials; the launcher then reports the whole study."""
+    out = tmp_path / "launched"
+    command = [sys.executable, "-m", "maskinit", "tune", *TINY, "--trials", "3", "--pruner", "none", "--workers", "2",
+               "--output-dir", str(out), *data_args(coco)]
+    outcome = subprocess.run(command, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=600)
+    text = outcome.stdout + outcome.stderr
+    assert outcome.returncode == 0, text[-3000:]
+    assert "worker 0 (CPU, 1 thread(s))" in text and "worker 1 (CPU, 1 thread(s))" in text
+    assert (out / "worker-0.log").is_file() and (out / "worker-1.log").is_file()
+    trials = optuna.load_study(study_name="maskinit", storage=open_storage(storage_url(out, None))).get_trials()
+    assert 3 <= len(trials) <= 4 and all(t.state == optuna.trial.TrialState.COMPLETE for t in trials)
+    assert len({t.user_attrs[PID] for t in trials}) == 2  # both workers ran trials
+    assert (out / "best_config.yaml").is_file() and "best: trial" in text
+    rows = json.loads((out / "trials.json").read_text())
+    assert len(rows) == len(trials)
+    # the same command again without --resume: refused, the study kept
+    again = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    assert again.returncode == 2 and "already holds a study" in again.stdout + again.stderr
+    assert len(optuna.load_study(study_name="maskinit", storage=open_storage(storage_url(out, None))).get_trials()) == len(trials)

@@ -212,7 +212,7 @@ def test_objects_tiny_even_at_native_size_keep_the_native_size(tmp_path, tiny):
     assert (values["INPUT.MIN_SIZE_TEST"], values["INPUT.MAX_SIZE_TEST"]) == (600, 800)
     assert "not shrunk" in next(f.reason for f in fits if f.key == "INPUT.MIN_SIZE_TEST")
     anchors = flat(values["MODEL.ANCHOR_GENERATOR.SIZES"])
-    assert anchors[0] == MIN_ANCHOR_SIZE and anchors[0] <= 5 <= anchors[1]  # no anchor finer than P2's stride
+    assert anchors == [5, 10, 20, 40, 80]  # the 5-pixel objects' anchor at P2, x2 per level as the FPN strides
 
 
 def test_large_objects_get_large_anchors_spanning_the_boxes(tmp_path, tiny):
@@ -223,16 +223,31 @@ def test_large_objects_get_large_anchors_spanning_the_boxes(tmp_path, tiny):
     assert values["INPUT.MIN_SIZE_TEST"] == 128  # within the preset's cap: the objects stay large
     anchors = flat(values["MODEL.ANCHOR_GENERATOR.SIZES"])
     sides = scaled_box_sides(analysis, 128, 128)
-    assert anchors[0] <= np.percentile(sides, 2) and anchors[-1] >= np.percentile(sides, 98)
+    assert anchors[0] == round(np.percentile(sides, 2)) and anchors[-1] >= np.percentile(sides, 98)
     assert anchors[0] > 2 * flat(tiny.MODEL.ANCHOR_GENERATOR.SIZES)[0]
-    assert all(b / a >= 1.35 for a, b in zip(anchors, anchors[1:]))  # levels stay apart (x sqrt(2), rounded)
+    assert all(abs(b / a - 2) < 0.05 for a, b in zip(anchors, anchors[1:]))  # x2 per level, as the FPN strides
+
+
+def test_anchors_double_per_level_from_the_small_objects_and_reach_the_large_ones(tmp_path, tiny):
+    """Anchor sizes double per FPN level like its strides; the smallest is the small objects' (p2), moved
+    up only when the boxes span more than the levels do (the largest anchor at least half the p98 box),
+    and never below P2's stride."""
+    from maskinit.data.analysis import _anchor_sizes
+
+    sizes, reason = _anchor_sizes(np.array([17.0] * 10 + [30.0] * 80 + [58.0] * 10), 5)
+    assert sizes == [17, 34, 68, 136, 272] and "x2 per level" in reason and "moved up" not in reason
+    sizes, reason = _anchor_sizes(np.array([5.0] * 10 + [100.0] * 80 + [640.0] * 10), 5)  # a 128x span
+    assert sizes == [20, 40, 80, 160, 320] and "half the p98 box" in reason
+    sizes, reason = _anchor_sizes(np.array([1.0] * 50 + [3.0] * 50), 4)
+    assert sizes == [MIN_ANCHOR_SIZE, 8, 16, 32] and "P2's stride" in reason
 
 
 def test_tall_objects_get_tall_aspect_ratios(tmp_path, tiny):
     tall = [grid_boxes(30, 30, 60, ratio=2.5 + 0.05 * i) for i in range(3)]
     json_file, image_dir = write_coco(tmp_path / "tall", [(400, 700)] * 3, tall)
     ratios = fitted(fit_config(tiny, analyze_coco(json_file, image_dir)))["MODEL.ANCHOR_GENERATOR.ASPECT_RATIOS"][0]
-    assert len(ratios) == 3 and min(ratios) > 1.5 and 2.5 <= ratios[1] <= 2.7
+    assert len(ratios) == 3 and min(ratios) > 1.2 and 2.5 <= ratios[1] <= 2.7  # all tall, x2 apart at least
+    assert ratios[2] / ratios[1] >= 1.9 and ratios[1] / ratios[0] >= 1.9  # (2 significant digits)
     # with a few square objects among them (2 in 32: fewer than the 10th percentile sees), a square anchor stays
     mixed = [boxes + grid_boxes(2, 30, 60, ratio=1.0) for boxes in tall]
     json_file, image_dir = write_coco(tmp_path / "mixed", [(400, 700)] * 3, mixed)

@@ -17,6 +17,7 @@ tiny model scale, at its best LR of the sweep (mean mask AP over seeds), and by 
 size maskinit fits to the set (--comparator-input tiny: the tiny preset's 128 pixels).
 --iters 1600: 4x the budget, warmup and LR step scaled the same for both.
 --ablation: the default and the default minus one part at a time (ABLATIONS).
+--only maskinit-preset-pixels maskinit-preset-anchors: the data fit split into its parts (FIT_PARTS).
 Writes RESULTS/recipes-SET[-Nit][-ablation]{TAG}.json and .md (plots.py draws the PNGs).
 """
 
@@ -136,6 +137,16 @@ ABLATIONS = {
 }
 MASKINIT_RUNS.update({name: list(options) for name, options in ABLATIONS.items()})
 ABLATION = ["maskinit-default", *ABLATIONS]
+
+# The data fit split into its parts (--only these): the default with one fitted part replaced by the
+# tiny preset's value, everything else still fitted.
+FIT_PARTS = {
+    # the preset's pixel statistics (ImageNet's BGR mean and std) in place of the data's
+    "maskinit-preset-pixels": ["MODEL.PIXEL_MEAN", "[103.53, 116.28, 123.675]", "MODEL.PIXEL_STD", "[57.375, 57.12, 58.395]"],
+    # the preset's anchors (16-256, ratios 0.5/1/2) in place of the ones fitted to the data's boxes
+    "maskinit-preset-anchors": [*ANCHORS, "MODEL.ANCHOR_GENERATOR.ASPECT_RATIOS", "[[0.5,1.0,2.0]]"],
+}
+MASKINIT_RUNS.update({name: list(options) for name, options in FIT_PARTS.items()})
 
 # Issue 15's ingredients, each added alone to the default (all off in it until measured).
 INGREDIENTS = {

@@ -189,10 +189,11 @@ def single_thread_env() -> dict:
     return env
 
 
-def run(command: list[str], log: Path, timeout: float | None = None) -> int:
-    """Run `command` (one thread), its output in `log`; past `timeout` seconds it is killed (exit 124)."""
+def run(command: list[str], log: Path, timeout: float | None = None, append: bool = False) -> int:
+    """Run `command` (one thread), its output in `log` (added to it with `append`); past `timeout`
+    seconds it is killed (exit 124)."""
     log.parent.mkdir(parents=True, exist_ok=True)
-    with log.open("w") as handle:
+    with log.open("a" if append else "w") as handle:
         try:
             return subprocess.run(command, stdout=handle, stderr=subprocess.STDOUT, env=single_thread_env(),
                                   timeout=timeout).returncode

@@ -3,6 +3,10 @@ scratch-GN R50-FPN recipe (Misc/scratch_mask_rcnn_R_50_FPN_3x_gn) on a COCO set,
 (iterations and batch; warmup and the LR step at 80 and 320 of 400, scaled with --iters) and at the
 same reduced input size for both.
 
+Stopping and continuing (a CPU run takes longer than one sitting): both runs save a checkpoint every
+--checkpoint-period iterations (maskinit also on SIGTERM/Ctrl-C); stop them with SIGTERM to the two
+training processes, and the same command later continues each from its last checkpoint (recipes.execute).
+
 CPU (the default): longest side 320, training shorter side jittered over 256-320 (--size 320
 --train-sizes 256 288 320), batch 4, 400 iterations, one run at a time.
 GPU (benchmarks/gpu_r50.sh): --device cuda --size 800 --train-sizes 512 576 640 704 768 800, many
@@ -17,7 +21,7 @@ scratch-gn --scale r50 at each LR of --lrs.
 
 Usage: python benchmarks/r50.py [--data NAME=PATH ...] [--seeds 0] [--lrs 0.02] [--iters 400] [--batch 4]
                                 [--size 320] [--train-sizes 256 288 320] [--maskinit-lr LR] [--device cpu]
-                                [--jobs 1] [--workers 0] [--roi-batch N] [--run-timeout S] [--runs-dir DIR] [--results-dir DIR]
+                                [--jobs 1] [--workers 0] [--roi-batch N] [--checkpoint-period N] [--run-timeout S] [--runs-dir DIR] [--results-dir DIR]
                                 [--report-only]
 Default data: rice_leaf under ../shared/data (or $MASKINIT_BENCH_DATA). Writes RESULTS/r50-SET-SIZEpx[-Nit].json/.md.
 """
@@ -32,7 +36,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import ITERS, MASKINIT, PYTHON, RESULTS, ROOT, RUNS, budget, eval_period, parse_data, read_json, real_sets  # noqa: E402
-from recipes import GOAL_REAL, comparison, execute, summarize  # noqa: E402
+from recipes import GOAL_REAL, comparison, execute, maskinit_resume, summarize  # noqa: E402
 
 
 def input_options(size: int, train_sizes: list[int]) -> list[str]:
@@ -64,20 +68,22 @@ def run_one(args, dataset, runs: Path, name: str, seed: int) -> dict:
     if args.roi_batch:  # the same RoI batch for both (the zoo's 512 per image dominates the CPU time)
         loader += ["MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE", str(args.roi_batch)]
     meta = dict(seed=seed, dataset=dataset.name, device=args.device, iters=args.iters, batch=args.batch, size=args.size)
+    saves = ["--checkpoint-period", str(args.checkpoint_period)] if args.checkpoint_period else []
     if name.startswith("d2-"):
         lr = name.split("@")[1]
         command = [PYTHON, str(Path(__file__).with_name("stock_detectron2.py")), "scratch-gn", str(out), "--scale", "r50",
-                   "--lr", lr, "--seed", str(seed), "--iters", str(args.iters), "--eval-period", str(period), *dataset.args(),
-                   "SOLVER.IMS_PER_BATCH", str(args.batch), "MODEL.DEVICE", args.device, *loader, *sizes]
-        return execute(name, "stock", command, folder, args.run_timeout, **meta)
+                   "--lr", lr, "--seed", str(seed), "--iters", str(args.iters), "--eval-period", str(period), *saves,
+                   *dataset.args(), "SOLVER.IMS_PER_BATCH", str(args.batch), "MODEL.DEVICE", args.device, *loader, *sizes]
+        return execute(name, "stock", command, folder, args.run_timeout, resume=[*command, "--resume"], **meta)
     warmup, step = schedule(args.iters)
     # The batch as a KEY VALUE pair and the preset's LR scaled to it here: `--ims-per-batch` would also
     # rescale the explicit SOLVER.STEPS (x4 from 16 to 4 images), past the end of the run.
     command = [*MASKINIT, "train", "--preset", "r50-fpn", "--output-dir", str(out), "--overwrite", "--no-progress",
                "--seed", str(seed), "--max-iter", str(args.iters), "--lr", str(args.maskinit_lr or preset_lr(args.batch)),
-               "--warmup-iters", str(warmup), "--device", args.device, "--eval-period", str(period), *dataset.args(),
-               "SOLVER.IMS_PER_BATCH", str(args.batch), "SOLVER.STEPS", f"({step},)", *loader, *sizes]
-    return execute(name, "maskinit", command, folder, args.run_timeout, **meta)
+               "--warmup-iters", str(warmup), "--device", args.device, "--eval-period", str(period), *saves,
+               *dataset.args(), "SOLVER.IMS_PER_BATCH", str(args.batch), "SOLVER.STEPS", f"({step},)", *loader, *sizes]
+    return execute(name, "maskinit", command, folder, args.run_timeout,
+                   resume=maskinit_resume(out, dataset, args.device, period), **meta)
 
 
 def report(args, dataset, results: list[dict], stem: str) -> None:
@@ -119,6 +125,8 @@ def main() -> None:
     parser.add_argument("--train-sizes", nargs="*", type=int, default=[256, 288, 320], help="training shorter sides")
     parser.add_argument("--eval-period", type=int, default=0)
     parser.add_argument("--roi-batch", type=int, default=0, help="MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE for both (0: the zoo's 512)")
+    parser.add_argument("--checkpoint-period", type=int, default=50,
+                        help="both runs save every N iterations (0: at the end only); a stopped run continues from there")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--jobs", type=int, default=1, help="runs side by side")
     parser.add_argument("--workers", type=int, default=0, help="DATALOADER.NUM_WORKERS of each run")

@@ -191,17 +191,27 @@ def cached_result(result_file: Path, command: list[str]) -> dict | None:
     return None
 
 
-def execute(name: str, kind: str, command: list[str], folder: Path, timeout: float | None = None, **meta) -> dict:
+def execute(name: str, kind: str, command: list[str], folder: Path, timeout: float | None = None,
+            resume: list[str] | None = None, **meta) -> dict:
     """Run a stock (stock_detectron2.py) or maskinit (`maskinit train`) command into folder/out, unless
-    cached; result.json: status, s/iter, final box and mask AP, AP curve, input sizes."""
-    result_file = folder / "result.json"
+    cached; result.json: status, s/iter, final box and mask AP, AP curve, input sizes.
+
+    A run stopped by a signal (SIGTERM or Ctrl-C: the end of a session) writes no result.json; with
+    `resume` (the command that continues a run from out/last_checkpoint), the next call continues it
+    from its last checkpoint if it was started by this same command, and starts it afresh otherwise."""
+    result_file, started = folder / "result.json", folder / "started.json"
     cached = cached_result(result_file, command)
     if cached:
         return cached
     out = folder / "out"
-    code = run(command, folder / "log.txt", timeout=timeout)
+    resuming = bool(resume) and (out / "last_checkpoint").is_file() and (read_json(started) or {}).get("command") == command
+    if not resuming:
+        write_json(started, {"command": command})
+    code = run(resume if resuming else command, folder / "log.txt", timeout=timeout, append=resuming)
     if kind == "stock":
         result = read_json(out / "result.json") or {"status": f"exit {code}", "box_ap": 0.0, "mask_ap": 0.0}
+        if code < 0 or code in (130, 143):  # killed by a signal: Detectron2's loop saves nothing then
+            result = {"status": "interrupted", "box_ap": 0.0, "mask_ap": 0.0}
     else:
         summary = read_json(out / "run_summary.json") or {}
         evaluation = summary.get("eval", {})
@@ -218,8 +228,18 @@ def execute(name: str, kind: str, command: list[str], folder: Path, timeout: flo
         result["error"] = last_error(folder / "log.txt")
     result.update(name=name, **meta, input=input_sizes(out / "config.yaml"),
                   curve=ap_curve(out / "metrics.json", meta.get("iters", ITERS)), command=command)
-    write_json(result_file, result)
+    if resuming:
+        result["resumed"] = True
+    if result["status"] != "interrupted":
+        write_json(result_file, result)
     return result
+
+
+def maskinit_resume(out: Path, dataset: CocoSet, device: str, period: int) -> list[str]:
+    """`maskinit train --resume` of the run in `out`, from the config it saved (the command that
+    `maskinit train` itself prints when it is interrupted)."""
+    return [*MASKINIT, "train", "--config", str(out / "config.yaml"), "--output-dir", str(out), "--resume", "--no-progress",
+            "--device", device, "--eval-period", str(period), *dataset.args()]
 
 
 def last_error(log: Path) -> str | None:
@@ -258,11 +278,12 @@ class Context:
             command = [PYTHON, str(Path(__file__).with_name("stock_detectron2.py")), STOCK[name][0], str(out), *STOCK[name][1:],
                        "--seed", str(seed), "--eval-period", str(self.eval_period), "--iters", str(self.iters),
                        *self.dataset.args(), "MODEL.DEVICE", self.device, *self.stock_input]
-            return execute(self.stock_name(name), "stock", command, folder, self.timeout, **meta)
+            return execute(self.stock_name(name), "stock", command, folder, self.timeout, resume=[*command, "--resume"], **meta)
         command = [*MASKINIT, "train", "--preset", "tiny", "--output-dir", str(out), "--overwrite", "--no-progress",
                    "--seed", str(seed), "--max-iter", str(self.iters), "--device", self.device,
                    "--eval-period", str(self.eval_period), *self.dataset.args(), *MASKINIT_RUNS[name]]
-        return execute(name, "maskinit", command, folder, self.timeout, **meta)
+        return execute(name, "maskinit", command, folder, self.timeout,
+                       resume=maskinit_resume(out, self.dataset, self.device, self.eval_period), **meta)
 
 
 def summarize(results: list[dict]) -> dict:

@@ -1,7 +1,8 @@
 """Stock Detectron2, run by its own DefaultTrainer (no maskinit code in the model or the loop).
 
 Usage: stock_detectron2.py RECIPE OUTPUT_DIR --lr LR --seed S [--heldout | --train-json J --train-images D
-       --val-json J --val-images D] [--iters N] [--scale tiny|r50] [--eval-period N] [KEY VALUE ...]
+       --val-json J --val-images D] [--iters N] [--scale tiny|r50] [--eval-period N]
+       [--checkpoint-period N] [--resume] [KEY VALUE ...]
 RECIPE: naive (mask_rcnn_R_50_FPN_3x with only MODEL.WEIGHTS ""), scratch-gn
 (Misc/scratch_mask_rcnn_R_50_FPN_3x_gn), scratch-syncbn (Misc/scratch_mask_rcnn_R_50_FPN_9x_syncbn),
 each transcribed to the scale (tiny: the tiny preset's ResNet-18 FPN at 128 pixels; r50: the zoo
@@ -9,7 +10,9 @@ config's R50-FPN at batch 4) and the benchmark's budget (N iterations, warmup an
 from 80 and 320 of 400). Data: the embedded synthetic set (or --heldout), or any COCO set by path;
 MODEL.ROI_HEADS.NUM_CLASSES is the number of categories the training JSON lists (Detectron2 maps
 their ids, whatever they are, to 0..N-1 in sorted order). Trailing KEY VALUE pairs are applied last
-(e.g. INPUT.* sizes). Writes OUTPUT_DIR/result.json.
+(e.g. INPUT.* sizes). Writes OUTPUT_DIR/result.json. --checkpoint-period N and --resume (Detectron2's own
+resume_or_load) let a long run (R50 on CPU) be stopped and continued; its s/iter is then that of the
+last part.
 """
 
 from __future__ import annotations
@@ -65,6 +68,8 @@ def main() -> None:
     parser.add_argument("--iters", type=int, default=ITERS, help="budget: warmup and the LR step scale with it")
     parser.add_argument("--scale", choices=sorted(SCALES), default="tiny")
     parser.add_argument("--eval-period", type=int, default=0)
+    parser.add_argument("--checkpoint-period", type=int, default=0, help="save every N iterations (0: only at the end)")
+    parser.add_argument("--resume", action="store_true", help="continue from OUTPUT_DIR's last checkpoint (Detectron2's resume)")
     args, args.opts = parser.parse_known_args()
     if any(opt.startswith("--") for opt in args.opts[::2]):
         parser.error(f"unknown option(s): {[opt for opt in args.opts[::2] if opt.startswith('--')]}")
@@ -84,7 +89,7 @@ def main() -> None:
     cfg.merge_from_file(model_zoo.get_config_file(ZOO[args.recipe]))
     cfg.merge_from_list(SCALES[args.scale] + budget(args.iters) + [
         "MODEL.WEIGHTS", "", "MODEL.ROI_HEADS.NUM_CLASSES", str(num_classes), "SOLVER.BASE_LR", str(args.lr),
-        "SEED", str(args.seed), "TEST.EVAL_PERIOD", str(args.eval_period), "SOLVER.CHECKPOINT_PERIOD", "100000",
+        "SEED", str(args.seed), "TEST.EVAL_PERIOD", str(args.eval_period), "SOLVER.CHECKPOINT_PERIOD", str(args.checkpoint_period or 100000),
         "DATASETS.TRAIN", "('bench_train',)", "DATASETS.TEST", "('bench_val',)", "OUTPUT_DIR", args.output_dir,
     ] + args.opts)
     Path(args.output_dir).mkdir(parents=True, exist_ok=True)
@@ -97,7 +102,7 @@ def main() -> None:
             return COCOEvaluator(dataset_name, output_dir=output_folder, use_fast_impl=False)
 
     trainer = Trainer(cfg)
-    trainer.resume_or_load(resume=False)
+    trainer.resume_or_load(resume=args.resume)
     started = time.perf_counter()
     status = "finished"
     try:

@@ -1,0 +1,77 @@
+"""The benchmark harness (benchmarks/recipes.py `execute`): a run stopped by a signal leaves no cached
+result and continues from its checkpoint on the next call; a finished one is cached. The R50 runs on
+CPU take longer than one sitting and depend on this. The commands here are small scripts standing in
+for a training run, so the harness logic is tested without training."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
+from recipes import execute  # noqa: E402
+
+# A stand-in for stock_detectron2.py: without --resume it saves a "checkpoint" and is killed by SIGTERM
+# (as at the end of a session); with --resume it finishes and writes its result.
+STAND_IN = """
+import json, os, signal, sys
+from pathlib import Path
+out = Path(sys.argv[1]); out.mkdir(parents=True, exist_ok=True)
+if "--resume" in sys.argv:
+    print("continued from", (out / "last_checkpoint").read_text(), flush=True)
+    (out / "result.json").write_text(json.dumps({"status": "finished", "box_ap": 1.5, "mask_ap": 2.5, "seconds_per_iter": 0.1}))
+else:
+    (out / "last_checkpoint").write_text("model_0000009.pth")
+    print("started", sys.argv[2], flush=True)
+    os.kill(os.getpid(), signal.SIGTERM)
+"""
+
+
+@pytest.fixture()
+def stand_in(tmp_path):
+    script = tmp_path / "stand_in.py"
+    script.write_text(STAND_IN)
+    folder = tmp_path / "run" / "seed0"
+
+    def command(tag: str) -> list[str]:
+        return [sys.executable, str(script), str(folder / "out"), tag]
+
+    return folder, command
+
+
+def test_a_stopped_run_is_not_cached_and_continues_from_its_checkpoint(stand_in):
+    folder, command = stand_in
+    first = execute("stand-in", "stock", command("a"), folder, resume=[*command("a"), "--resume"], iters=10)
+    assert first["status"] == "interrupted" and first["mask_ap"] == 0.0
+    assert not (folder / "result.json").exists()
+
+    second = execute("stand-in", "stock", command("a"), folder, resume=[*command("a"), "--resume"], iters=10)
+    assert second["status"] == "finished" and second["resumed"] is True
+    assert (second["box_ap"], second["mask_ap"]) == (1.5, 2.5)
+    log = (folder / "log.txt").read_text()
+    assert "started a" in log and "continued from model_0000009.pth" in log  # the log of both parts kept
+    assert second["command"] == command("a")  # cached under the run's own command, not the resume one
+
+    (folder / "out" / "result.json").unlink()  # a third call must not run anything: the result is cached
+    assert execute("stand-in", "stock", command("a"), folder, resume=[*command("a"), "--resume"], iters=10) == second
+
+
+def test_a_checkpoint_of_another_command_is_not_continued(stand_in):
+    folder, command = stand_in
+    execute("stand-in", "stock", command("a"), folder, resume=[*command("a"), "--resume"], iters=10)
+    assert (folder / "out" / "last_checkpoint").is_file()
+    # the options changed: the old checkpoint belongs to another run, which starts afresh (and is stopped again)
+    again = execute("stand-in", "stock", command("b"), folder, resume=[*command("b"), "--resume"], iters=10)
+    assert again["status"] == "interrupted" and "resumed" not in again
+    assert "started b" in (folder / "log.txt").read_text()
+    assert "continued" not in (folder / "log.txt").read_text()
+
+
+def test_without_a_resume_command_a_stopped_run_starts_again(stand_in):
+    folder, command = stand_in
+    execute("stand-in", "stock", command("a"), folder, iters=10)
+    again = execute("stand-in", "stock", command("a"), folder, iters=10)
+    assert again["status"] == "interrupted" and "resumed" not in again
+    assert not (folder / "result.json").exists()

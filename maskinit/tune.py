@@ -325,21 +325,32 @@ def storage_url(output_dir: Path, storage: str | None) -> str:
     return storage or f"sqlite:///{(Path(output_dir) / STUDY_FILE).resolve()}"
 
 
-def open_storage(url: str):
+# Errors of two processes creating a new database's tables at once (Optuna issue #1092: SQLite,
+# PostgreSQL, MySQL words): the loser finds the tables made and opens the storage again.
+SCHEMA_RACE = ("already exists", "duplicate key", "UNIQUE constraint failed", "Duplicate entry")
+
+
+def open_storage(url: str, attempts: int = 5):
     """Optuna's RDB storage with a heartbeat: a trial whose process stopped beating for the grace
-    period is failed and queued again by the next worker (any machine). SQLite waits for its lock."""
+    period is failed and queued again by the next worker (any machine). SQLite waits for its lock.
+    Workers started together on a new database race to create its tables: the loser tries again."""
+    import time
     import warnings
 
     import optuna
 
     kwargs = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {}
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        try:
-            return optuna.storages.RDBStorage(url, engine_kwargs=kwargs, heartbeat_interval=30, grace_period=180,
-                                              heartbeat_stale_trial_callback=retry_trial)
-        except Exception as error:  # a bad URL, an unreachable server, a missing driver
-            raise MaskinitError(f"cannot open the study storage {url}: {one_line(error)}") from None
+    for attempt in range(attempts):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            try:
+                return optuna.storages.RDBStorage(url, engine_kwargs=kwargs, heartbeat_interval=30, grace_period=180,
+                                                  heartbeat_stale_trial_callback=retry_trial)
+            except Exception as error:  # a bad URL, an unreachable server, a missing driver
+                if attempt + 1 < attempts and any(words in str(error) for words in SCHEMA_RACE):
+                    time.sleep(0.2 * (attempt + 1))
+                    continue
+                raise MaskinitError(f"cannot open the study storage {url}: {one_line(error)}") from None
 
 
 def retry_trial(study, trial) -> None:
@@ -449,6 +460,16 @@ class TrialFailed(Exception):
 
 class StudyInterrupted(MaskinitError):
     """A signal stopped the trial running: the study stops, the trial is queued again for --resume."""
+
+
+def trial_interruption(summary: dict, number: int, error: str) -> str:
+    """Where a signal stopped a trial, from its run summary: the trial's own checkpoint and `maskinit
+    train --resume` command (in `error`) do not apply, as `maskinit tune --resume` runs it again."""
+    name = summary.get("signal")
+    if not name:
+        return f"{error.split(':')[0]} in trial {number}"
+    where = "during an evaluation" if summary.get("during") == "evaluation" else f"at iteration {summary.get('iteration')}"
+    return f"interrupted by {name} {where} of trial {number}"
 
 
 def _make_pruner(pruner, space: SearchSpace, period: int, trials: int | None):
@@ -614,7 +635,7 @@ def tune(
                 raise optuna.TrialPruned(hook.pruned) from None
             if summary.get("status") == "interrupted" or str(error).startswith("interrupted by"):
                 trial.set_user_attr("interrupted", True)
-                raise StudyInterrupted(str(error)) from None
+                raise StudyInterrupted(trial_interruption(summary, trial.number, str(error))) from None
             diverged = hook.diverged or summary.get("status") == "diverged"
             trial.set_user_attr(FAILURE, "diverged" if diverged else "failed")
             trial.set_user_attr(ERROR, str(error)[:500])
@@ -654,8 +675,9 @@ def tune(
                 retry_trial(study, study._storage.get_trial(trial._trial_id))
             if not isinstance(error, StudyInterrupted):
                 raise
-            raise StudyInterrupted(f"{error}; the study stopped at trial {trial.number if trial else '?'}, "
-                                   f"which runs again with --resume") from None
+            again = f" (trial {trial.number} runs again from its start)" if trial is not None else ""
+            raise StudyInterrupted(f"{error}; the study is kept in {url}: run the same maskinit tune command with "
+                                   f"--resume to continue it{again}") from None
         trial = current.get("trial")
         if trial is None:
             continue
@@ -714,6 +736,7 @@ def run_workers(count: int, argv: Sequence[str], output_dir: Path, url: str, nam
         raise MaskinitError(f"{output_dir} already holds a study ({STUDY_FILE}): pass --resume to continue it, "
                             "or choose another --output-dir")
     Path(output_dir).mkdir(parents=True, exist_ok=True)
+    open_storage(url)  # the database's tables made once, before the workers start (Optuna's advice in #1092)
     # --resume, --workers, --storage and --study-name are the launcher's; each worker gets its own values
     argv = _without_options(argv, flags=("--resume",), valued=("--workers", "--storage", "--study-name"))
     processes = []

@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -283,3 +285,60 @@ def test_workers_launches_processes_that_share_one_study(coco, tmp_path):
     again = subprocess.run(command, capture_output=True, text=True, timeout=120)
     assert again.returncode == 2 and "already holds a study" in again.stdout + again.stderr
     assert len(optuna.load_study(study_name="maskinit", storage=open_storage(storage_url(out, None))).get_trials()) == len(trials)
+
+
+def test_ctrl_c_stops_the_study_in_one_line_and_resume_runs_the_trial_again(coco, tmp_path):
+    out = tmp_path / "stopped"
+    command = [sys.executable, "-m", "maskinit", "tune", "--trials", "1", "--output-dir", str(out), "--no-progress",
+               *data_args(coco), *TINY[:-6], "--max-iter", "40", "--eval-period", "20", "--ims-per-batch", "2", "--seed", "0"]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    log = out / "trial-0000" / "log.txt"
+    deadline = time.monotonic() + 120
+    while not (log.is_file() and "Starting training from iteration" in log.read_text()) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    time.sleep(1)
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 2, stderr
+    lines = [line for line in stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and "Traceback" not in stderr, stderr
+    # the trial's own `maskinit train --resume` is not offered: the study's resume runs the trial again
+    assert "interrupted by SIGINT" in lines[0] and "of trial 0" in lines[0], lines[0]
+    assert "maskinit tune" in lines[0] and "--resume" in lines[0] and "maskinit train" not in lines[0]
+    assert str(out / STUDY_FILE) in lines[0]
+    stopped, queued = optuna.load_study(study_name="maskinit", storage=open_storage(storage_url(out, None))).get_trials()
+    assert stopped.state == optuna.trial.TrialState.FAIL and stopped.user_attrs.get("interrupted") is True
+    assert queued.state == optuna.trial.TrialState.WAITING and queued.params == stopped.params  # queued for --resume
+
+    # the same options with --resume: the interrupted trial's parameters run again
+    resumed = tune(load_config(preset="tiny"), replace(tiny_options(coco, out), max_iter=40, eval_period=20), trials=1, resume=True)
+    states = {row.number: row for row in resumed.trials}
+    assert states[0].state == "interrupted" and states[1].state == "complete" and "retry of trial 0" in states[1].note
+    assert states[1].params == states[0].params
+
+
+def test_workers_racing_to_create_a_new_database_both_open_it(tmp_path, monkeypatch):
+    """Two workers started together on a new database both create its tables (Optuna issue #1092); the
+    one that loses the race gets "table ... already exists" and must open the storage again, not fail."""
+    real = optuna.storages.RDBStorage
+    calls = []
+
+    def racing(url, **kwargs):
+        calls.append(url)
+        if len(calls) == 1:  # the other worker created the tables between the check and the CREATE
+            raise RuntimeError("(sqlite3.OperationalError) table study_directions already exists")
+        return real(url, **kwargs)
+
+    monkeypatch.setattr(optuna.storages, "RDBStorage", racing)
+    url = f"sqlite:///{tmp_path / 'raced.db'}"
+    assert isinstance(open_storage(url), real) and len(calls) == 2
+    calls.clear()
+
+    def broken(url, **kwargs):
+        calls.append(url)
+        raise RuntimeError("(psycopg2.OperationalError) could not connect to server")
+
+    monkeypatch.setattr(optuna.storages, "RDBStorage", broken)
+    with pytest.raises(MaskinitError, match="cannot open the study storage .*could not connect"):
+        open_storage("postgresql://nowhere/db")
+    assert len(calls) == 1  # any other error: one line at once, no retries

@@ -36,7 +36,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import ITERS, MASKINIT, PYTHON, RESULTS, ROOT, RUNS, budget, eval_period, parse_data, read_json, real_sets  # noqa: E402
-from recipes import GOAL_REAL, comparison, execute, maskinit_resume, summarize  # noqa: E402
+from recipes import GOAL_REAL, comparison, execute, maskinit_resume, stopped_left_out, summarize  # noqa: E402
 
 
 def input_options(size: int, train_sizes: list[int]) -> list[str]:
@@ -147,7 +147,7 @@ def main() -> None:
             results = [r for r in (read_json(runs / n / f"seed{s}" / "result.json") for n, s in jobs) if r]
         else:
             with ThreadPoolExecutor(args.jobs) as pool:
-                results = list(pool.map(lambda job: run_one(args, dataset, runs, *job), jobs))
+                results = stopped_left_out(list(pool.map(lambda job: run_one(args, dataset, runs, *job), jobs)))
         if results:
             report(args, dataset, results, tag)
 

@@ -235,6 +235,14 @@ def execute(name: str, kind: str, command: list[str], folder: Path, timeout: flo
     return result
 
 
+def stopped_left_out(results: list[dict]) -> list[dict]:
+    """The results without the runs a signal stopped (no result yet: the same command continues them)."""
+    stopped = [r for r in results if r.get("status") == "interrupted"]
+    for r in stopped:
+        print(f"{r['name']} seed {r['seed']}: stopped; the same command continues it from its last checkpoint", flush=True)
+    return [r for r in results if r.get("status") != "interrupted"]
+
+
 def maskinit_resume(out: Path, dataset: CocoSet, device: str, period: int) -> list[str]:
     """`maskinit train --resume` of the run in `out`, from the config it saved (the command that
     `maskinit train` itself prints when it is interrupted)."""
@@ -453,7 +461,7 @@ def main() -> None:
             results = [result for result in found if result]
         else:
             with ThreadPoolExecutor(args.jobs) as pool:
-                results = list(pool.map(lambda job: context.run_one(*job), jobs))
+                results = stopped_left_out(list(pool.map(lambda job: context.run_one(*job), jobs)))
         if not results:
             print(f"{dataset.name}: no finished runs", flush=True)
             continue

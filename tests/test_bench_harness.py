@@ -75,3 +75,13 @@ def test_without_a_resume_command_a_stopped_run_starts_again(stand_in):
     again = execute("stand-in", "stock", command("a"), folder, iters=10)
     assert again["status"] == "interrupted" and "resumed" not in again
     assert not (folder / "result.json").exists()
+
+
+def test_the_reports_leave_stopped_runs_out(stand_in, capsys):
+    from recipes import stopped_left_out
+
+    folder, command = stand_in
+    stopped = execute("stand-in", "stock", command("a"), folder, resume=[*command("a"), "--resume"], seed=0, iters=10)
+    finished = {"name": "other", "seed": 0, "status": "finished", "mask_ap": 1.0}
+    assert stopped_left_out([stopped, finished]) == [finished]  # no table row of zeros for a run not over
+    assert "stand-in seed 0: stopped; the same command continues it" in capsys.readouterr().out

@@ -6,10 +6,11 @@
 #
 # Usage: OUT=/some/dir bash benchmarks/gpu_r50.sh
 #   env: DATA (folder of rice_leaf/, coco128/; default $MASKINIT_BENCH_DATA or ../shared/data),
-#        SETS ("rice_leaf coco128"), SEEDS ("0"), LRS ("0.02 0.04"), ITERS (400), BATCH (4),
+#        SETS ("rice_leaf coco128"), SEEDS ("0"), LRS ("0.02 0.04"), ARMS (maskinit runs: "preset adamw@2e-4
+#        sgd@0.02", see r50.py --maskinit-arms), ITERS (400), BATCH (4),
 #        LIMIT (400 s per run), WORKERS (2 loader processes per run), PY (.venv/bin/python)
 # Writes $OUT/r50-SET-800px.{json,md,png}, $OUT/runs/ (each run's log, config, metrics), $OUT/SET.log,
-# $OUT/nvidia-smi.csv. Runs side by side: |SETS| x |SEEDS| x (|LRS| + 1), 6 by default.
+# $OUT/nvidia-smi.csv. Runs side by side: |SETS| x |SEEDS| x (|LRS| + |ARMS|), 10 by default.
 set -u
 cd "$(dirname "$0")/.."
 OUT=${OUT:-benchmarks/results/gpu-r50}
@@ -17,6 +18,7 @@ DATA=${DATA:-${MASKINIT_BENCH_DATA:-../shared/data}}
 SETS=${SETS:-"rice_leaf coco128"}
 SEEDS=${SEEDS:-"0"}
 LRS=${LRS:-"0.02 0.04"}
+ARMS=${ARMS:-"preset adamw@2e-4 sgd@0.02"}
 ITERS=${ITERS:-400}
 BATCH=${BATCH:-4}
 LIMIT=${LIMIT:-400}
@@ -37,7 +39,7 @@ for set in $SETS; do
     fi
     # shellcheck disable=SC2086
     "$PY" benchmarks/r50.py --data "$set=$DATA/$set" --device cuda --size 800 --train-sizes 512 576 640 704 768 800 \
-        --iters "$ITERS" --batch "$BATCH" --seeds $SEEDS --lrs $LRS --jobs 64 --workers "$WORKERS" \
+        --iters "$ITERS" --batch "$BATCH" --seeds $SEEDS --lrs $LRS --maskinit-arms $ARMS --jobs 64 --workers "$WORKERS" \
         --run-timeout "$LIMIT" --runs-dir "$OUT/runs" --results-dir "$OUT" > "$OUT/$set.log" 2>&1 &
     pids+=($!)
     echo "$set: pid $!"

@@ -19,8 +19,14 @@ GN, RPN GN, focal prior, clipping, class-agnostic heads) and everything else it 
 (pixel statistics, anchors at that input size). Stock Detectron2 runs stock_detectron2.py
 scratch-gn --scale r50 at each LR of --lrs.
 
+--maskinit-arms OPT@LR ... adds runs of the same preset with another optimizer and LR (`maskinit-sgd@0.02`:
+`--optimizer sgd --lr 0.02` and SGD's weight decay 1e-4, the zoo's; `maskinit-adamw@2e-4`), so that the preset's
+optimizer and LR rest on more than one point each; `preset` (the default) is the preset as it stands
+(`maskinit-default`).
+
 Usage: python benchmarks/r50.py [--data NAME=PATH ...] [--seeds 0] [--lrs 0.02] [--iters 400] [--batch 4]
-                                [--size 320] [--train-sizes 256 288 320] [--maskinit-lr LR] [--device cpu]
+                                [--size 320] [--train-sizes 256 288 320] [--maskinit-lr LR]
+                                [--maskinit-arms preset sgd@0.02 adamw@2e-4 ...] [--device cpu]
                                 [--jobs 1] [--workers 0] [--roi-batch N] [--checkpoint-period N] [--run-timeout S] [--runs-dir DIR] [--results-dir DIR]
                                 [--report-only]
 Default data: rice_leaf under ../shared/data (or $MASKINIT_BENCH_DATA). Writes RESULTS/r50-SET-SIZEpx[-Nit].json/.md.
@@ -59,6 +65,32 @@ def preset_lr(batch: int) -> float:
     return float(f"{solver['BASE_LR'] * math.sqrt(batch / solver['IMS_PER_BATCH']):.6g}")
 
 
+SGD_WEIGHT_DECAY = "0.0001"  # the zoo's scratch-GN weight decay; the preset's 0.05 is AdamW's decoupled one
+
+
+def arm_name(spec: str) -> str:
+    """`preset` -> maskinit-default; `sgd@0.02` -> maskinit-sgd@0.02 (optimizer and LR checked here, before any run)."""
+    if spec == "preset":
+        return "maskinit-default"
+    optimizer, _, lr = spec.partition("@")
+    if optimizer not in ("sgd", "adam", "adamw") or not lr:
+        raise SystemExit(f"--maskinit-arms: {spec!r} is not preset or OPT@LR with OPT sgd, adam or adamw")
+    try:
+        float(lr)
+    except ValueError:
+        raise SystemExit(f"--maskinit-arms: {spec!r}: the LR {lr!r} is not a number") from None
+    return f"maskinit-{optimizer}@{lr}"
+
+
+def arm_options(name: str, preset_lr: str) -> tuple[str, list[str]]:
+    """Run `name`'s LR and the other `maskinit train` options that make it differ from the preset (none for
+    maskinit-default, which runs at `preset_lr`)."""
+    if name == "maskinit-default":
+        return preset_lr, []
+    optimizer, lr = name.removeprefix("maskinit-").split("@")
+    return lr, ["--optimizer", optimizer] + (["SOLVER.WEIGHT_DECAY", SGD_WEIGHT_DECAY] if optimizer == "sgd" else [])
+
+
 def run_one(args, dataset, runs: Path, name: str, seed: int) -> dict:
     folder = runs / name / f"seed{seed}"
     out = folder / "out"
@@ -76,10 +108,11 @@ def run_one(args, dataset, runs: Path, name: str, seed: int) -> dict:
                    *dataset.args(), "SOLVER.IMS_PER_BATCH", str(args.batch), "MODEL.DEVICE", args.device, *loader, *sizes]
         return execute(name, "stock", command, folder, args.run_timeout, resume=[*command, "--resume"], **meta)
     warmup, step = schedule(args.iters)
+    lr, options = arm_options(name, str(args.maskinit_lr or preset_lr(args.batch)))
     # The batch as a KEY VALUE pair and the preset's LR scaled to it here: `--ims-per-batch` would also
     # rescale the explicit SOLVER.STEPS (x4 from 16 to 4 images), past the end of the run.
     command = [*MASKINIT, "train", "--preset", "r50-fpn", "--output-dir", str(out), "--overwrite", "--no-progress",
-               "--seed", str(seed), "--max-iter", str(args.iters), "--lr", str(args.maskinit_lr or preset_lr(args.batch)),
+               "--seed", str(seed), "--max-iter", str(args.iters), "--lr", lr, *options,
                "--warmup-iters", str(warmup), "--device", args.device, "--eval-period", str(period), *saves,
                *dataset.args(), "SOLVER.IMS_PER_BATCH", str(args.batch), "SOLVER.STEPS", f"({step},)", *loader, *sizes]
     return execute(name, "maskinit", command, folder, args.run_timeout,
@@ -107,6 +140,10 @@ def report(args, dataset, results: list[dict], stem: str) -> None:
     if compared:
         lines += ["", f"maskinit r50-fpn / {compared['comparator']}: mask AP {compared['mask_ratio']}x, box AP "
                       f"{compared['box_ratio']}x, s/iter {compared['speed_ratio']}x"]
+        best = table[compared["comparator"]]
+        for name, row in table.items():
+            if name.startswith("maskinit-") and name != "maskinit-default" and row["mask_ap_mean"] is not None and best["mask_ap_mean"]:
+                lines.append(f"{name} / {compared['comparator']}: mask AP {row['mask_ap_mean'] / best['mask_ap_mean']:.3f}x")
     failed = [r for r in results if r.get("status") != "finished"]
     lines += [f"- {r['name']} seed {r['seed']}: {r['status']} ({r.get('error')})" for r in failed]
     (args.results_dir / f"{stem}.md").write_text("\n".join(lines) + "\n")
@@ -119,6 +156,8 @@ def main() -> None:
     parser.add_argument("--seeds", nargs="*", type=int, default=[0])
     parser.add_argument("--lrs", nargs="*", default=["0.02"], help="stock scratch-GN LRs at this batch")
     parser.add_argument("--maskinit-lr", type=float, help="maskinit's LR (default: the preset's, scaled to the batch)")
+    parser.add_argument("--maskinit-arms", nargs="*", default=["preset"], metavar="OPT@LR",
+                        help="maskinit runs: preset (the preset as it stands) and/or OPT@LR (sgd@0.02, adamw@2e-4)")
     parser.add_argument("--iters", type=int, default=ITERS)
     parser.add_argument("--batch", type=int, default=4)
     parser.add_argument("--size", type=int, default=320, help="longest input side (train and test)")
@@ -137,7 +176,7 @@ def main() -> None:
     args = parser.parse_args()
     args.runs_dir, args.results_dir = args.runs_dir.resolve(), args.results_dir.resolve()
     sets = [parse_data(spec) for spec in args.data] if args.data else real_sets(names=("rice_leaf",))
-    names = [f"d2-scratch-gn@{lr}" for lr in args.lrs] + ["maskinit-default"]
+    names = [f"d2-scratch-gn@{lr}" for lr in args.lrs] + list(dict.fromkeys(arm_name(spec) for spec in args.maskinit_arms))
     for dataset in sets:
         tag = (f"r50-{dataset.name}-{args.size}px" + (f"-{args.iters}it" if args.iters != ITERS else "")
                + (f"-roi{args.roi_batch}" if args.roi_batch else ""))

@@ -85,3 +85,23 @@ def test_the_reports_leave_stopped_runs_out(stand_in, capsys):
     finished = {"name": "other", "seed": 0, "status": "finished", "mask_ap": 1.0}
     assert stopped_left_out([stopped, finished]) == [finished]  # no table row of zeros for a run not over
     assert "stand-in seed 0: stopped; the same command continues it" in capsys.readouterr().out
+
+
+def test_r50_arms_name_the_runs_and_give_maskinit_sgd_its_own_lr_and_weight_decay():
+    from r50 import arm_name, arm_options
+
+    from maskinit.config import load_config
+    from maskinit.run_options import TrainOptions, apply_run_options
+
+    assert arm_name("preset") == "maskinit-default" and arm_options("maskinit-default", "0.0001") == ("0.0001", [])
+    assert arm_name("sgd@0.02") == "maskinit-sgd@0.02" and arm_name("adamw@2e-4") == "maskinit-adamw@2e-4"
+    for bad in ("sgd", "lion@0.1", "sgd@fast"):
+        with pytest.raises(SystemExit, match="--maskinit-arms"):
+            arm_name(bad)
+    lr, options = arm_options("maskinit-sgd@0.02", "0.0001")
+    assert lr == "0.02" and options[:2] == ["--optimizer", "sgd"]
+    # The options as `maskinit train` applies them to the r50-fpn preset: SGD at 0.02 with the zoo's 1e-4 decay.
+    cfg = load_config(preset="r50-fpn", overrides=options[2:])
+    run = apply_run_options(cfg, TrainOptions(output_dir="out", device="cpu", lr=float(lr), optimizer=options[1], max_iter=4))
+    assert (run.MASKINIT.OPTIMIZER, run.SOLVER.BASE_LR, run.SOLVER.WEIGHT_DECAY) == ("sgd", 0.02, 1e-4)
+    assert arm_options("maskinit-adamw@2e-4", "0.0001") == ("2e-4", ["--optimizer", "adamw"])

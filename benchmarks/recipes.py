@@ -159,6 +159,20 @@ INGREDIENTS = {
 }
 MASKINIT_RUNS.update({name: list(options) for name, options in INGREDIENTS.items()})
 
+# Schedule probes for the 400-iteration budget (--only these): the default with its warmup (80 of 400),
+# LR schedule (one step at 320) or LR changed. Explicit keys, so --iters does not rescale them.
+SCHEDULE = {
+    # a quarter of the warmup: AdamW at full LR from iteration 20
+    "maskinit-warmup20": ["SOLVER.WARMUP_ITERS", "20"],
+    # cosine decay to zero over the run in place of the step at 320 (warmup 80 kept)
+    "maskinit-cosine": ["MASKINIT.LR_SCHEDULE", "cosine"],
+    # a short warmup with twice the LR
+    "maskinit-warmup20-lr2e-3": ["SOLVER.WARMUP_ITERS", "20", "SOLVER.BASE_LR", "0.002"],
+    # twice the RoIs per image for the box and mask heads (64 -> 128)
+    "maskinit-roi128": ["MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE", "128"],
+}
+MASKINIT_RUNS.update({name: list(options) for name, options in SCHEDULE.items()})
+
 # Goal of issue 13: mask AP of the default over the comparator's, at most this s/iter ratio.
 GOAL_SYNTHETIC, GOAL_REAL, SPEED_LIMIT = 1.5, 1.3, 1.25
 

@@ -105,3 +105,32 @@ def test_r50_arms_name_the_runs_and_give_maskinit_sgd_its_own_lr_and_weight_deca
     run = apply_run_options(cfg, TrainOptions(output_dir="out", device="cpu", lr=float(lr), optimizer=options[1], max_iter=4))
     assert (run.MASKINIT.OPTIMIZER, run.SOLVER.BASE_LR, run.SOLVER.WEIGHT_DECAY) == ("sgd", 0.02, 1e-4)
     assert arm_options("maskinit-adamw@2e-4", "0.0001") == ("2e-4", ["--optimizer", "adamw"])
+
+
+def test_recipe_variants_are_valid_tiny_configs_and_keep_their_explicit_schedule():
+    """Every KEY VALUE variant of the recipe benchmark builds a checked tiny config that holds its values;
+    the schedule probes' explicit warmup survives the rescale of a longer budget (--iters 1600)."""
+    import recipes
+
+    from maskinit.config import config_value, load_config
+    from maskinit.run_options import TrainOptions, apply_run_options
+
+    variants = {**recipes.ABLATIONS, **recipes.FIT_PARTS, **recipes.INGREDIENTS, **recipes.SCHEDULE}
+    checked = 0
+    for name, options in variants.items():
+        if options[0].startswith("--"):  # a CLI option (--init lsuv), not KEY VALUE pairs
+            continue
+        cfg = load_config(preset="tiny", overrides=options)
+        for key, value in zip(options[::2], options[1::2]):
+            held = config_value(cfg, key)
+            expected = type(held)(value) if isinstance(held, (int, float)) and not isinstance(held, bool) else None
+            if expected is not None:
+                assert held == expected, (name, key, held, value)
+        checked += 1
+    assert checked == len(variants) - 1
+    cfg = load_config(preset="tiny", overrides=recipes.SCHEDULE["maskinit-warmup20"])
+    run = apply_run_options(cfg, TrainOptions(output_dir="out", device="cpu", max_iter=1600), explicit_keys={"SOLVER.WARMUP_ITERS"})
+    assert run.SOLVER.WARMUP_ITERS == 20 and run.SOLVER.MAX_ITER == 1600 and run.SOLVER.STEPS == (1280,)
+    cosine = load_config(preset="tiny", overrides=recipes.SCHEDULE["maskinit-cosine"])
+    assert cosine.MASKINIT.LR_SCHEDULE == "cosine"
+    assert load_config(preset="tiny", overrides=recipes.SCHEDULE["maskinit-roi128"]).MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE == 128

@@ -152,6 +152,9 @@ MASKINIT_RUNS.update({name: list(options) for name, options in FIT_PARTS.items()
 INGREDIENTS = {
     # weight EMA with a window of ~50 iterations (an eighth of the 400-iteration run), warmed up over 40
     "maskinit-ema": ["MASKINIT.EMA.ENABLED", "True", "MASKINIT.EMA.DECAY", "0.98", "MASKINIT.EMA.WARMUP_ITERS", "40"],
+    # the preset's EMA as it stands: its window (an eighth of the run) and warmup rescale with --iters, so
+    # this is maskinit-ema at 400 iterations and a window of about 200 at 1,600
+    "maskinit-ema-scaled": ["MASKINIT.EMA.ENABLED", "True"],
     # Simple Copy-Paste on half of the training images, Detectron2's default resize (no LSJ)
     "maskinit-copy-paste": ["MASKINIT.AUGMENT.COPY_PASTE.PROB", "0.5"],
     # LSUV (orthogonal, then each layer's output variance set to 1 on the first training batch)

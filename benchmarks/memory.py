@@ -27,7 +27,8 @@ from maskinit import load_config
 from maskinit.train import DataOptions, TrainOptions, train
 preset, side, batch, data, out = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4], sys.argv[5]
 cfg = load_config(preset=preset, overrides=["INPUT.MIN_SIZE_TRAIN", f"({side},)", "INPUT.MAX_SIZE_TRAIN", str(side),
-      "INPUT.MIN_SIZE_TEST", str(side), "INPUT.MAX_SIZE_TEST", str(side), "MODEL.DEVICE", "cpu"])
+      "INPUT.MIN_SIZE_TEST", str(side), "INPUT.MAX_SIZE_TEST", str(side), "MODEL.DEVICE", "cpu",
+      "MASKINIT.AUGMENT.COPY_PASTE.PROB", "0.0"])  # the model and input only: Copy-Paste's bitmasks are counted
 train(cfg, TrainOptions(output_dir=out, max_iter=3, ims_per_batch=batch, progress=False, eval_period=0,
       data=DataOptions(data + "/train/annotations.json", data + "/train/images")))
 print(json.dumps({"maxrss_kib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}))

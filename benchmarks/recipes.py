@@ -2,7 +2,7 @@
 maskinit's default and its variants, at the tiny scale, 400 iterations at batch 4, 3 seeds, on the
 embedded synthetic set, a held-out set of the same kind, or any COCO set given by path. Runs are
 cached per set under benchmarks/runs/SET/ (delete a run's folder to redo it; a run whose command
-changed is redone); two run side by side, one thread each (on a GPU, --jobs 14 share it).
+changed is redone, and so is a maskinit run once the tiny preset's config changed); two run side by side, one thread each (on a GPU, --jobs 14 share it).
 
 Usage: python benchmarks/recipes.py [--heldout | --data NAME=PATH ... | --train-json J --train-images D
                                      --val-json J --val-images D --name NAME]
@@ -200,12 +200,23 @@ def ap(value) -> float:
     return round(value, 3) if isinstance(value, (int, float)) and math.isfinite(value) else 0.0
 
 
-def cached_result(result_file: Path, command: list[str]) -> dict | None:
-    """A finished run's result, unless it ran another command (older results record none: kept)."""
+def cached_result(result_file: Path, command: list[str], recipe: str | None = None) -> dict | None:
+    """A finished run's result, unless it ran another command (older results record none: kept) or,
+    for a maskinit run, another recipe: the same command trains something else once the preset changed."""
     cached = read_json(result_file)
-    if cached and cached.get("command", command) == command:
+    if cached and cached.get("command", command) == command and (recipe is None or cached.get("recipe") == recipe):
         return cached
     return None
+
+
+def recipe_digest(preset: str = "tiny") -> str:
+    """A short hash of the preset's whole config as maskinit builds it (its YAML chain and maskinit's
+    defaults, before any run option and the data fit): what `maskinit train --preset P` trains."""
+    import hashlib
+
+    from maskinit.config import load_config
+
+    return hashlib.sha256(load_config(preset=preset).dump().encode()).hexdigest()[:16]
 
 
 def execute(name: str, kind: str, command: list[str], folder: Path, timeout: float | None = None,
@@ -217,13 +228,15 @@ def execute(name: str, kind: str, command: list[str], folder: Path, timeout: flo
     `resume` (the command that continues a run from out/last_checkpoint), the next call continues it
     from its last checkpoint if it was started by this same command, and starts it afresh otherwise."""
     result_file, started = folder / "result.json", folder / "started.json"
-    cached = cached_result(result_file, command)
+    recipe = meta.get("recipe")
+    cached = cached_result(result_file, command, recipe)
     if cached:
         return cached
     out = folder / "out"
-    resuming = bool(resume) and (out / "last_checkpoint").is_file() and (read_json(started) or {}).get("command") == command
+    begun = read_json(started) or {}
+    resuming = bool(resume) and (out / "last_checkpoint").is_file() and begun.get("command") == command and begun.get("recipe") == recipe
     if not resuming:
-        write_json(started, {"command": command})
+        write_json(started, {"command": command, "recipe": recipe})
     code = run(resume if resuming else command, folder / "log.txt", timeout=timeout, append=resuming)
     if kind == "stock":
         result = read_json(out / "result.json") or {"status": f"exit {code}", "box_ap": 0.0, "mask_ap": 0.0}
@@ -284,6 +297,7 @@ class Context:
         self.eval_period = args.eval_period or eval_period(args.iters)
         self.runs = args.runs_dir / set_folder(dataset, args.iters)
         self.timeout = args.run_timeout
+        self.recipe = recipe_digest("tiny")  # a cached maskinit run of another tiny preset is redone
         self.stock_input: list[str] = []
         self.stock_suffix = ""
         if args.comparator_input == "tiny":
@@ -308,7 +322,7 @@ class Context:
                    "--seed", str(seed), "--max-iter", str(self.iters), "--device", self.device,
                    "--eval-period", str(self.eval_period), *self.dataset.args(), *MASKINIT_RUNS[name]]
         return execute(name, "maskinit", command, folder, self.timeout,
-                       resume=maskinit_resume(out, self.dataset, self.device, self.eval_period), **meta)
+                       resume=maskinit_resume(out, self.dataset, self.device, self.eval_period), recipe=self.recipe, **meta)
 
 
 def summarize(results: list[dict]) -> dict:

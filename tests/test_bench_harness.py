@@ -138,3 +138,29 @@ def test_recipe_variants_are_valid_tiny_configs_and_keep_their_explicit_schedule
     ema = load_config(preset="tiny", overrides=recipes.INGREDIENTS["maskinit-ema-scaled"])
     long = apply_run_options(ema, TrainOptions(output_dir="out", device="cpu", max_iter=1600), explicit_keys={"MASKINIT.EMA.ENABLED"})
     assert long.MASKINIT.EMA.ENABLED and long.MASKINIT.EMA.DECAY == 0.995 and long.MASKINIT.EMA.WARMUP_ITERS == 160
+
+
+def test_a_cached_maskinit_run_of_another_recipe_is_redone_and_not_continued(stand_in):
+    """The same `maskinit train --preset tiny` command trains another recipe once the preset changed: its
+    cached result and its checkpoint are not reused; the same recipe's are. (The stand-in writes a stock
+    run's result; `recipe` is what recipes.py passes for its maskinit runs, the logic is the same.)"""
+    folder, command = stand_in
+    execute("stand-in", "stock", command("a"), folder, resume=[*command("a"), "--resume"], iters=10, recipe="old")
+    done = execute("stand-in", "stock", command("a"), folder, resume=[*command("a"), "--resume"], iters=10, recipe="old")
+    assert done["resumed"] is True and done["recipe"] == "old" and (folder / "result.json").is_file()
+    # the preset changed: the finished result is stale, the run starts afresh (and is stopped again)
+    again = execute("stand-in", "stock", command("a"), folder, resume=[*command("a"), "--resume"], iters=10, recipe="new")
+    assert again["status"] != "finished" and "resumed" not in again
+    assert "started a" in (folder / "log.txt").read_text() and "continued" not in (folder / "log.txt").read_text()
+    # a checkpoint left under another recipe is not continued either; one of the same recipe is
+    stale = execute("stand-in", "stock", command("a"), folder, resume=[*command("a"), "--resume"], iters=10, recipe="newer")
+    assert "resumed" not in stale and "continued" not in (folder / "log.txt").read_text()
+    same = execute("stand-in", "stock", command("a"), folder, resume=[*command("a"), "--resume"], iters=10, recipe="newer")
+    assert same["resumed"] is True and same["recipe"] == "newer" and same["status"] == "finished"
+
+
+def test_the_recipe_digest_follows_the_preset_config():
+    from recipes import recipe_digest
+
+    assert recipe_digest("tiny") == recipe_digest("tiny") != recipe_digest("r50-fpn")
+    assert len(recipe_digest("tiny")) == 16

@@ -220,9 +220,12 @@ def test_mapper_pickles_and_runs_in_spawned_loader_workers(registered, records):
     np.random.seed(7)
     b = clone(records["polygon"][0])
     assert torch.equal(a["image"], b["image"]) and torch.equal(a["instances"].gt_masks.tensor, b["instances"].gt_masks.tensor)
-    # spawn, not fork: the worker gets the mapper by pickle
+    # spawn, not fork: the worker gets the mapper by pickle. Its numpy RNG is seeded (with its id, 0), as
+    # Detectron2's loader seeds each worker: unseeded, LSJ's 0.1x draws sometimes shrink every source
+    # object below MIN_AREA and the image is left unpasted, by chance.
     dataset = MapDataset(DatasetFromList(records["polygon"], copy=False), mapper)
-    loader = torch.utils.data.DataLoader(dataset, batch_size=None, num_workers=1, multiprocessing_context="spawn")
+    loader = torch.utils.data.DataLoader(dataset, batch_size=None, num_workers=1, multiprocessing_context="spawn",
+                                         worker_init_fn=np.random.seed)
     items = list(loader)
     assert len(items) == 3
     for item in items:

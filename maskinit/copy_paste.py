@@ -1,5 +1,6 @@
 """Simple Copy-Paste (Ghiasi et al. 2021, "Simple Copy-Paste is a Strong Data Augmentation Method for
-Instance Segmentation"), chosen by `cfg.MASKINIT.AUGMENT.COPY_PASTE` (off by default).
+Instance Segmentation"), chosen by `cfg.MASKINIT.AUGMENT.COPY_PASTE` (off in the base config, on in the
+`tiny` preset).
 
 With probability `PROB`, a training image (the target) gets objects cut by their masks out of another
 training image (the source):

@@ -23,8 +23,8 @@ from maskinit.data.synthetic import generate_coco_dataset
 
 
 def lsj_config(size=64, min_scale=0.1, max_scale=2.0, *extra):
-    return load_config(preset="tiny", overrides=[
-        "MASKINIT.AUGMENT.NAME", "lsj", "MASKINIT.AUGMENT.LSJ_IMAGE_SIZE", str(size),
+    return load_config(preset="tiny", overrides=[  # the mappers alone, Copy-Paste (tiny's default) off
+        "MASKINIT.AUGMENT.COPY_PASTE.PROB", "0.0", "MASKINIT.AUGMENT.NAME", "lsj", "MASKINIT.AUGMENT.LSJ_IMAGE_SIZE", str(size),
         "MASKINIT.AUGMENT.LSJ_MIN_SCALE", str(min_scale), "MASKINIT.AUGMENT.LSJ_MAX_SCALE", str(max_scale), *extra,
     ])
 
@@ -38,7 +38,7 @@ def coco(tmp_path_factory):
 def test_default_mapper_has_detectron2s_augmentations():
     from maskinit.data.mapper import ImageMapper
 
-    cfg = load_config(preset="tiny")
+    cfg = load_config(preset="tiny", overrides=["MASKINIT.AUGMENT.COPY_PASTE.PROB", "0.0"])  # the mapper alone
     assert cfg.MASKINIT.AUGMENT.NAME == "default"
     kinds = [type(aug) for aug in build_train_augmentations(cfg)]
     assert kinds == [T.ResizeShortestEdge, T.RandomFlip]

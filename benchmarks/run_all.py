@@ -8,7 +8,8 @@ skipped with a printed line), then, where a CUDA GPU is present, the variant swe
 full-scale throughput, and the plots. --extended adds issue 13's items 2-4 on CPU: the 4x budget
 (1,600 iterations, one seed, the comparator at its best LR of the 400-iteration sweep) on the
 embedded set and rice_leaf, the ablation of the recipe on both, and the R50-FPN comparison at 256
-pixels on rice_leaf (R50_CPU: two runs side by side, about 2.3 hours). Estimated CPU hours are in the README.
+pixels on rice_leaf (R50_CPU: two runs side by side, about 2.3 hours), and the tuning benchmark on rice_leaf
+(TUNE_CPU). Estimated CPU hours are in the README.
 
 Usage: python benchmarks/run_all.py [--real-data DIR] [--no-real] [--extended]   (make bench BENCH_ARGS=...)
 """
@@ -37,6 +38,10 @@ def cuda_available() -> bool:
 R50_CPU = ["--size", "256", "--train-sizes", "208", "232", "256", "--roi-batch", "128", "--jobs", "2",
            "--checkpoint-period", "25"]
 
+# maskinit tune against the default at an equal budget (issue 16): 1,200 iterations in all, trials of 200
+# (evaluated every 50, median pruning) until the final 400-iteration run no longer fits; one seed
+TUNE_CPU = ["--budget", "1200", "--trial-iters", "200", "--final-iters", "400", "--seeds", "0"]
+
 
 def main() -> None:
     parser = argparse.ArgumentParser()
@@ -63,7 +68,8 @@ def main() -> None:
         if "rice_leaf" in data:
             steps += [("recipes.py", ["--data", data["rice_leaf"], "--iters", "1600", "--seeds", "0", "--lrs", "best"]),
                       ("recipes.py", ["--data", data["rice_leaf"], "--ablation"]),
-                      ("r50.py", ["--data", data["rice_leaf"], *R50_CPU])]
+                      ("r50.py", ["--data", data["rice_leaf"], *R50_CPU]),
+                      ("tune.py", [data["rice_leaf"].split("=", 1)[1], *TUNE_CPU])]
     if cuda_available():
         steps += [
             ("recipes.py", ["--all", "--device", "cuda", "--jobs", "14", "--runs-dir", str(HERE / "runs" / "gpu"), "--tag=-gpu"]),

@@ -32,6 +32,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 MASKINIT = [sys.executable, "-m", "maskinit"]
+ARMS = ("tuned", "default_same_length", "default_same_budget")
 
 
 def data_args(folder: Path) -> list[str]:
@@ -53,15 +54,20 @@ def run(command: list[str], log: Path) -> int:
     return code
 
 
-def train_run(out: Path, args: list[str], log: Path) -> dict:
-    """A `maskinit train` run, reused when it finished before."""
+def finished_run(out: Path) -> dict:
+    """What a `maskinit train` run in `out` reached (status None when it has not run or not finished)."""
     summary = out / "run_summary.json"
-    if not (summary.is_file() and json.loads(summary.read_text()).get("status") == "finished"):
-        run([*MASKINIT, "train", *args, "--output-dir", str(out), "--overwrite"], log)
     result = json.loads(summary.read_text()) if summary.is_file() else {}
     segm, bbox = result.get("eval", {}).get("segm", {}), result.get("eval", {}).get("bbox", {})
     return {"status": result.get("status"), "iterations": result.get("iterations"), "mask_ap": segm.get("AP"),
             "box_ap": bbox.get("AP"), "seconds": result.get("seconds")}
+
+
+def train_run(out: Path, args: list[str], log: Path) -> dict:
+    """A `maskinit train` run, reused when it finished before."""
+    if finished_run(out)["status"] != "finished":
+        run([*MASKINIT, "train", *args, "--output-dir", str(out), "--overwrite"], log)
+    return finished_run(out)
 
 
 def trials_used(study: Path) -> tuple[int, list[dict]]:
@@ -89,6 +95,9 @@ def main() -> None:
     parser.add_argument("--runs", type=Path, default=ROOT / "benchmarks" / "runs" / "tune")
     parser.add_argument("--results", type=Path, default=ROOT / "benchmarks" / "results")
     parser.add_argument("--smoke", action="store_true", help="a few iterations everywhere: checks the script, measures nothing")
+    parser.add_argument("--arms", nargs="+", choices=ARMS, default=list(ARMS),
+                        help="arms to train now (two processes can split them: the study with `tuned`, the rest "
+                        "beside it); the report counts every arm whose runs are finished")
     args = parser.parse_args()
     if args.smoke:
         args.budget, args.final_iters, args.trial_iters, args.seeds = 16, 4, 4, [0]
@@ -103,8 +112,7 @@ def main() -> None:
     # tuned arm: one trial per `maskinit tune --resume` call, while the budget leaves room for one more and the final run
     study = runs / "study"
     print(f"tuning on {args.data} ({args.budget} iterations in all, trials of {trial_iters}, final runs of {args.final_iters})")
-    count = 0
-    while True:
+    while "tuned" in args.arms:
         used, rows = trials_used(study)
         count = len([row for row in rows if row["state"] in ("complete", "pruned", "diverged", "failed")])
         if used + trial_iters + args.final_iters > args.budget:
@@ -117,10 +125,13 @@ def main() -> None:
             raise SystemExit(f"maskinit tune failed: see {runs / 'tune.log'}")
         if trials_used(study)[0] == used:
             raise SystemExit(f"a trial trained nothing: see {runs / 'tune.log'}")
+    used, rows = trials_used(study)
+    count = len([row for row in rows if row["state"] in ("complete", "pruned", "diverged", "failed")])
     best_config = study / "best_config.yaml"
-    if not best_config.is_file():
+    complete = [row for row in rows if row["state"] == "complete"]
+    if "tuned" in args.arms and not (best_config.is_file() and complete):
         raise SystemExit(f"no trial completed within the budget: see {runs / 'tune.log'}")
-    best = max((row for row in rows if row["state"] == "complete"), key=lambda row: row["ap"])
+    best = max(complete, key=lambda row: row["ap"]) if complete else None
 
     arms = {
         "tuned": lambda seed: ["--config", str(best_config), "--device", args.device, "--no-progress", "--max-iter", str(args.final_iters)],
@@ -131,6 +142,9 @@ def main() -> None:
     for arm, options in arms.items():
         per_seed = {}
         for seed in args.seeds:
+            if arm not in args.arms:  # trained by another process: counted once it finished
+                per_seed[seed] = finished_run(runs / f"{arm}-seed{seed}")
+                continue
             print(f"{arm}, seed {seed}")
             per_seed[seed] = train_run(runs / f"{arm}-seed{seed}", [*options(seed), *data, "--seed", str(seed)],
                                        runs / f"{arm}.log")
@@ -139,8 +153,8 @@ def main() -> None:
     report = {
         "data": str(args.data), "preset": args.preset, "device": args.device, "ims_per_batch": args.ims_per_batch,
         "budget_iterations": args.budget, "final_iterations": args.final_iters, "trial_iterations": trial_iters,
-        "tuning": {"trials": count, "iterations_used": used, "best_trial": best["number"], "best_trial_ap": best["ap"],
-                   "best_params": best["params"], "trials_table": rows},
+        "tuning": {"trials": count, "iterations_used": used, "best_trial": best and best["number"],
+                   "best_trial_ap": best and best["ap"], "best_params": best and best["params"], "trials_table": rows},
         "arms": results,
         "smoke": args.smoke,
     }

@@ -402,6 +402,7 @@ def tune_command(
     search: Optional[List[str]] = typer.Option(None, help="KEY=low:high[:log|:int] or KEY=a,b,c: a config key to search (replaces the default dimension writing KEY); repeatable."),
     search_only: bool = typer.Option(False, help="Search only the --search keys, not the default space (LR, weight decay, warmup, optimizer, clipping)."),
     pruner: str = typer.Option("median", help="median, hyperband or none: stop hopeless trials at an evaluation."),
+    baseline: bool = typer.Option(True, help="A new study's first trial runs the config's own values (the preset and your options), so the best is never a config that measured worse than where you started."),
     eval_period: Optional[int] = typer.Option(None, help="Evaluate (and maybe prune) each trial every N iterations (default: a quarter of the run)."),
     storage: Optional[str] = typer.Option(None, help="Database URL several `maskinit tune` processes share (postgresql://..., mysql://...; sqlite:///FILE on one machine). Default: study.db in --output-dir."),
     study_name: Optional[str] = typer.Option(None, help="Study name in --storage (default: the output dir's name)."),
@@ -430,7 +431,7 @@ def tune_command(
                     device=options.device, gpus=_gpu_count(), on_start=started)
         result = study_report(cfg, options, search or (), **kwargs)
     else:
-        result = tune(cfg, options, search or (), trials, timeout, resume=resume, **kwargs)
+        result = tune(cfg, options, search or (), trials, timeout, resume=resume, baseline=baseline, **kwargs)
     for line in result.space:
         err_console.print(f"searched: {escape(line)}", highlight=False, soft_wrap=True)
     print_trials_table(result)

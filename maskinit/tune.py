@@ -65,6 +65,7 @@ DEFAULT_DIMENSIONS = {
 # trial user attributes: who runs it (to fail a killed process's trials at once) and how it ended
 HOST, PID = "maskinit_host", "maskinit_pid"
 FAILURE, ERROR = "failure", "error"
+BASELINE = "baseline"  # the trial that runs the config's own values (the study's first)
 PRUNERS = ("median", "hyperband", "none")
 DIVERGED_LOSS = 1e4  # a training loss above it has diverged (hooks.LossWatch's limit)
 CONSECUTIVE_FAILURES = 3  # non-divergence failures in a row stop the study: something is wrong with every trial
@@ -90,6 +91,14 @@ class SearchDimension:
         if self.integer:
             return trial.suggest_int(self.key, int(self.low), int(self.high), log=self.log)
         return trial.suggest_float(self.key, self.low, self.high, log=self.log)
+
+    def contains(self, value) -> bool:
+        """Whether `value` is one this dimension can suggest."""
+        if self.choices:
+            return any(type(value) is type(choice) and value == choice for choice in self.choices)
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            return False
+        return self.low <= value <= self.high and (not self.integer or float(value).is_integer())
 
     def describe(self) -> str:
         if self.choices:
@@ -212,6 +221,41 @@ class SearchSpace:
         for dimension in self.dimensions:
             values[dimension.key] = dimension.suggest(trial)
         return values
+
+    def baseline(self, cfg: CfgNode) -> dict[str, Any]:
+        """The config's own values as this space's Optuna parameters: the study's first trial, so that
+        a study starts from the preset and its best is never a worse config than the one it began with
+        (by the trial's measure). A value the space cannot hold (a clipping norm not among the choices,
+        a --search key's value outside its range) is left to the sampler."""
+        from .config import config_value
+
+        def within(value, bounds) -> bool:
+            return bounds[0] <= value <= bounds[1]
+
+        params: dict[str, Any] = {}
+        optimizer = self.optimizer
+        if "optimizer" in self.defaults:
+            optimizer = cfg.MASKINIT.OPTIMIZER
+            if optimizer not in OPTIMIZERS:
+                return {}  # another optimizer: its LR and weight decay have no parameter here
+            params["optimizer"] = optimizer
+        if "lr" in self.defaults and within(cfg.SOLVER.BASE_LR, self.lr_range[optimizer]):
+            params[f"lr_{optimizer}"] = float(cfg.SOLVER.BASE_LR)
+        if "weight_decay" in self.defaults and within(cfg.SOLVER.WEIGHT_DECAY, self.wd_range[optimizer]):
+            params[f"weight_decay_{optimizer}"] = float(cfg.SOLVER.WEIGHT_DECAY)
+        if "warmup" in self.defaults:
+            fraction = cfg.SOLVER.WARMUP_ITERS / self.max_iter
+            if within(fraction, WARMUP_FRACTION):
+                params["warmup_fraction"] = fraction
+        if "clip_grad" in self.defaults:
+            clip = float(cfg.SOLVER.CLIP_GRADIENTS.CLIP_VALUE) if cfg.SOLVER.CLIP_GRADIENTS.ENABLED else 0.0
+            if clip in CLIP_CHOICES and (clip == 0.0 or cfg.SOLVER.CLIP_GRADIENTS.CLIP_TYPE == "norm"):
+                params["clip_grad"] = clip
+        for dimension in self.dimensions:
+            value = config_value(cfg, dimension.key)
+            if dimension.contains(value):
+                params[dimension.key] = value
+        return params
 
     def signature(self) -> dict:
         """What a study searched (kept in the study: a resumed or joined study must search the same)."""
@@ -444,6 +488,8 @@ def trial_row(trial) -> TrialRow:
     if trial.state == TrialState.FAIL:
         state = attrs.get(FAILURE) or ("interrupted" if attrs.get("interrupted") else "killed")
     note = attrs.get(ERROR) or attrs.get("pruned") or ""
+    if attrs.get(BASELINE):
+        note = "the config's own values" + ("; " + note if note else "")
     if trial.system_attrs.get("failed_trial") is not None:
         note = (note + "; " if note else "") + f"retry of trial {trial.system_attrs['retry_history'][-1]}"
     ap = trial.value if trial.state == TrialState.COMPLETE else attrs.get("last_ap")
@@ -516,13 +562,15 @@ def tune(
     pruner="median",
     default_space: bool = True,
     seed: int | None = None,
+    baseline: bool = True,
 ) -> TuneResult:
     """Search the training hyperparameters: `trials` finished trials in the whole study (complete,
     pruned or failed by themselves) and/or until `timeout` seconds have passed (a trial running then
     finishes). `options` are the training run options of every trial (`options.output_dir` is the
     study's folder, `options.eval_period` the pruning period, default a quarter of the run);
     `storage`: a database URL several processes share (default: `study.db` in the output dir, which
-    needs `resume` to be continued); `pruner`: median, hyperband, none or an Optuna pruner.
+    needs `resume` to be continued); `pruner`: median, hyperband, none or an Optuna pruner;
+    `baseline`: a new study's first trial runs the config's own values (SearchSpace.baseline).
     """
     import warnings
 
@@ -552,7 +600,7 @@ def tune(
     if period >= max_iter and pruner != "none":
         logger.warning("eval period %d >= %d iterations: no trial can be pruned", period, max_iter)
     # what every trial shares, checked once before the study: the run options, the data
-    apply_run_options(cfg, replace(options, output_dir=str(out / "check")), explicit_keys)
+    applied = apply_run_options(cfg, replace(options, output_dir=str(out / "check")), explicit_keys)
     checked = validate_data(options.data, options.skip_bad)
     notes = list(checked.notes)
 
@@ -589,6 +637,10 @@ def tune(
         existing = len(study.get_trials(deepcopy=False))
         if existing:
             study.sampler = make_sampler(existing)
+        elif baseline:
+            point = space.baseline(applied)  # what a plain `train` with these options runs (LR scaled with the batch, ...)
+            if point:  # the config's own values first (a worker racing to it finds it queued and skips it)
+                study.enqueue_trial(point, user_attrs={BASELINE: True}, skip_if_exists=True)
     signature = {**space.signature(), "eval_period": period}
     known = study.user_attrs.get("maskinit_space")
     if known is None:

@@ -19,9 +19,9 @@ import pytest
 from typer.testing import CliRunner
 
 from maskinit.cli import app
-from maskinit.config import load_config
+from maskinit.config import config_value, load_config
 from maskinit.errors import MaskinitError
-from maskinit.run_options import TrainOptions
+from maskinit.run_options import TrainOptions, apply_run_options
 from maskinit.tune import (
     HOST,
     PID,
@@ -110,6 +110,33 @@ def test_default_space_is_conditional_on_the_optimizer_and_fixed_by_options(tiny
         build_space(tiny_cfg, options, ["SOLVER.BASE_LR=0.1,0.2", "SOLVER.BASE_LR=1e-3:1e-2"])
 
 
+def test_the_baseline_point_is_the_configs_own_values_where_the_space_holds_them(tiny_cfg):
+    options = TrainOptions(max_iter=400)
+    space = build_space(tiny_cfg, options)
+    point = space.baseline(tiny_cfg)
+    assert point == {"optimizer": "adamw", "lr_adamw": pytest.approx(tiny_cfg.SOLVER.BASE_LR),
+                     "weight_decay_adamw": pytest.approx(tiny_cfg.SOLVER.WEIGHT_DECAY),
+                     "warmup_fraction": pytest.approx(tiny_cfg.SOLVER.WARMUP_ITERS / 400),
+                     "clip_grad": tiny_cfg.SOLVER.CLIP_GRADIENTS.CLIP_VALUE}
+    # the point suggests exactly the config's values
+    study = optuna.create_study(direction="maximize")
+    study.enqueue_trial(point)
+    values = space.suggest(study.ask())
+    assert values["SOLVER.BASE_LR"] == pytest.approx(tiny_cfg.SOLVER.BASE_LR)
+    assert values["SOLVER.WARMUP_ITERS"] == tiny_cfg.SOLVER.WARMUP_ITERS
+    assert values["SOLVER.CLIP_GRADIENTS.ENABLED"] and values["MASKINIT.OPTIMIZER"] == tiny_cfg.MASKINIT.OPTIMIZER
+    # values the space cannot hold are left to the sampler: a clipping norm not among the choices, a
+    # --search key outside its range; one inside its choices is kept
+    odd = tiny_cfg.clone()
+    odd.defrost()
+    odd.SOLVER.CLIP_GRADIENTS.CLIP_VALUE = 3.0
+    odd.SOLVER.WARMUP_ITERS = 300
+    searched = build_space(odd, options, ["SOLVER.GAMMA=0.2:0.5", f"MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE=32,{odd.MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE}"])
+    point = searched.baseline(odd)
+    assert "clip_grad" not in point and "warmup_fraction" not in point and "SOLVER.GAMMA" not in point
+    assert point["MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE"] == odd.MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE
+
+
 def test_help_lists_tune_without_importing_optuna_or_torch():
     code = ("import sys; from typer.testing import CliRunner; from maskinit.cli import app; "
             "out = CliRunner().invoke(app, ['--help']).output; assert 'tune' in out, out; "
@@ -141,6 +168,13 @@ def test_a_study_runs_its_trials_and_writes_the_best_config_and_plots(study):
         assert {"optimizer", "warmup_fraction", "clip_grad"} <= set(row.params)
     assert (out / STUDY_FILE).is_file() and len(json.loads((out / "trials.json").read_text())) == 3
     assert result.best is not None and result.best_config == out / "best_config.yaml"
+    # trial 0 ran the preset's own values (with the study's run options); the sampler drew the others
+    assert "the config's own values" in result.trials[0].note and all("own values" not in row.note for row in result.trials[1:])
+    first = load_config(out / "trial-0000" / "config.yaml")
+    plain = apply_run_options(cfg, options)  # what `maskinit train` with the same options runs: batch 2, 4 iterations
+    keys = ("MASKINIT.OPTIMIZER", "SOLVER.BASE_LR", "SOLVER.WEIGHT_DECAY", "SOLVER.WARMUP_ITERS", "SOLVER.CLIP_GRADIENTS.CLIP_VALUE")
+    assert plain.SOLVER.BASE_LR != cfg.SOLVER.BASE_LR  # the LR scaled with the batch: the baseline follows it
+    assert {key: config_value(first, key) for key in keys} == pytest.approx({key: config_value(plain, key) for key in keys})
     best = load_config(result.best_config)
     assert best.TEST.EVAL_PERIOD == cfg.TEST.EVAL_PERIOD  # the pruning period is not kept
     trial_cfg = load_config(Path(result.best.output_dir) / "config.yaml")

@@ -244,6 +244,17 @@ def test_a_diverged_trial_is_recorded_failed_and_the_study_goes_on(coco, tmp_pat
     assert row["state"] == "diverged" and "training diverged" in row["note"]
 
 
+def test_no_baseline_leaves_the_first_trial_to_the_sampler(coco, tiny_cfg, tmp_path):
+    out = tmp_path / "sampled"
+    outcome = runner.invoke(app, ["tune", *TINY, "--trials", "1", "--pruner", "none", "--no-baseline",
+                                  "--output-dir", str(out), *data_args(coco)])
+    assert outcome.exit_code == 0, outcome.output
+    [row] = json.loads((out / "trials.json").read_text())
+    assert row["state"] == "complete" and "own values" not in row["note"]
+    baseline = build_space(tiny_cfg, tiny_options(coco, out)).baseline(apply_run_options(tiny_cfg, tiny_options(coco, out)))
+    assert row["params"] != pytest.approx(baseline)
+
+
 def test_two_worker_processes_share_one_sqlite_study(coco, tmp_path):
     out = tmp_path / "shared"
     url = f"sqlite:///{tmp_path / 'shared.db'}"

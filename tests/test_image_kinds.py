@@ -197,7 +197,7 @@ def colour_set(tmp_path_factory):
 @pytest.mark.parametrize("augment", ["default", "lsj"])
 def test_8bit_colour_maps_exactly_as_detectron2(colour_set, tmp_path, suffix, augment):
     """The 8-bit colour path is unchanged: the same tensors as Detectron2's own mapper and reader."""
-    cfg = load_config(preset="tiny", overrides=[NO_COPY_PASTE[0], NO_COPY_PASTE[1], "MASKINIT.AUGMENT.NAME", augment,
+    cfg = load_config(preset="tiny", overrides=[*NO_COPY_PASTE, "MASKINIT.AUGMENT.NAME", augment,
                                                 "MASKINIT.AUGMENT.LSJ_IMAGE_SIZE", "96"])
     ours = build_train_mapper(cfg)
     theirs = DatasetMapper(cfg, is_train=True, augmentations=ours.augmentations.augs, recompute_boxes=ours.recompute_boxes)

@@ -137,6 +137,22 @@ def test_the_baseline_point_is_the_configs_own_values_where_the_space_holds_them
     assert point["MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE"] == odd.MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE
 
 
+def test_the_median_pruner_waits_for_half_the_run(tiny_cfg):
+    from maskinit.tune import _make_pruner
+
+    space = build_space(tiny_cfg, TrainOptions(max_iter=200))
+    study = optuna.create_study(direction="maximize", pruner=_make_pruner("median", space, 50, trials=4))
+    done = study.ask()
+    for step, ap in ((50, 2.0), (100, 5.0), (150, 8.0)):
+        done.report(ap, step)
+    study.tell(done, 10.0)
+    slow = study.ask()  # a slow starter: far below the finished trial at iteration 50, and still at 100
+    slow.report(0.0, 50)
+    assert not slow.should_prune()  # the first evaluation says how fast a trial starts: no pruning yet
+    slow.report(0.5, 100)
+    assert slow.should_prune()
+
+
 def test_help_lists_tune_without_importing_optuna_or_torch():
     code = ("import sys; from typer.testing import CliRunner; from maskinit.cli import app; "
             "out = CliRunner().invoke(app, ['--help']).output; assert 'tune' in out, out; "

@@ -38,10 +38,16 @@ def plot_curves(output_dir: Path) -> Path | None:
         points = [(row["iteration"], row[key]) for row in rows if key in row and "iteration" in row]
         return zip(*points) if points else ((), ())
 
+    plotted = False
+    positive = False
     for key in losses:
+        _, values = series(key)
+        plotted |= bool(values)
+        positive |= any(isinstance(v, (int, float)) and v > 0 for v in values)
         axes[0].plot(*series(key), label=key, linewidth=2 if key == "total_loss" else 1)
-    axes[0].set(title="losses", xlabel="iteration", yscale="log")
-    axes[0].legend(fontsize=7)
+    axes[0].set(title="losses", xlabel="iteration", yscale="log" if positive else "linear")
+    if plotted:
+        axes[0].legend(fontsize=7)
     axes[1].plot(*series("lr"))
     axes[1].set(title="learning rate", xlabel="iteration")
     for key in aps:

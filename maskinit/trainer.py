@@ -3,6 +3,7 @@ hooks; only what differs is overridden (see `internals.py` for the steps re-stat
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import weakref
@@ -30,6 +31,23 @@ def amp_dtype(cfg: CfgNode) -> torch.dtype:
         return torch.bfloat16 if bf16 else torch.float16
     return {"bfloat16": torch.bfloat16, "float16": torch.float16}[choice]
 
+
+
+@contextlib.contextmanager
+def untouched_random_streams():
+    """Restores torch's (CPU and CUDA), NumPy's and Python's random states on exit."""
+    import random
+
+    import numpy as np
+
+    python_state, numpy_state = random.getstate(), np.random.get_state()
+    devices = list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
+    with torch.random.fork_rng(devices=devices):
+        try:
+            yield
+        finally:
+            random.setstate(python_state)
+            np.random.set_state(numpy_state)
 
 class Trainer(DefaultTrainer):
     """DefaultTrainer with maskinit's model, optimizers, schedules, evaluator and hooks."""
@@ -117,8 +135,10 @@ class Trainer(DefaultTrainer):
 
     @classmethod
     def test(cls, cfg, model, evaluators=None):
-        """Detectron2's evaluation, marked as such: a signal during it stops it at once."""
-        with evaluation_running():
+        """Detectron2's evaluation, marked as such: a signal during it stops it at once. It leaves the
+        random streams as it found them (each test loader draws a seed from torch's), so that a run with
+        periodic evaluations trains exactly as the same run without them."""
+        with evaluation_running(), untouched_random_streams():
             return super().test(cfg, model, evaluators)
 
     @classmethod

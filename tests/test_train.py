@@ -236,3 +236,19 @@ def test_default_recipe_raises_no_optimizer_warning(caplog):
         warn_optimizer_mismatch(load_config(preset="tiny"))
         warn_optimizer_mismatch(load_config(recipe="d2-scratch-gn-3x"))
     assert caplog.text == ""
+
+
+def test_periodic_evaluations_do_not_change_what_the_run_trains(coco, tmp_path):
+    # each evaluation builds a test loader, which draws its seed from torch's random stream; the training
+    # after it (RoI sampling, ...) must not see the difference
+    import torch
+
+    finals = []
+    for period in (2, 0):
+        out = tmp_path / f"eval-every-{period}"
+        summary = train(load_config(preset="tiny"), train_options(out, coco, max_iter=5, checkpoint_period=100, eval_period=period))
+        assert summary["status"] == "finished"
+        finals.append(torch.load(out / "model_final.pth", map_location="cpu", weights_only=True)["model"])
+    assert (Path(tmp_path / "eval-every-2" / "metrics.json").read_text().count("segm/AP")) >= 2  # evaluated on the way
+    assert finals[0].keys() == finals[1].keys()
+    assert [name for name in finals[0] if not torch.equal(finals[0][name], finals[1][name])] == []

@@ -125,29 +125,28 @@ def main() -> None:
             raise SystemExit(f"maskinit tune failed: see {runs / 'tune.log'}")
         if trials_used(study)[0] == used:
             raise SystemExit(f"a trial trained nothing: see {runs / 'tune.log'}")
-    used, rows = trials_used(study)
-    count = len([row for row in rows if row["state"] in ("complete", "pruned", "diverged", "failed")])
     best_config = study / "best_config.yaml"
-    complete = [row for row in rows if row["state"] == "complete"]
-    if "tuned" in args.arms and not (best_config.is_file() and complete):
+    if "tuned" in args.arms and not (best_config.is_file() and any(row["state"] == "complete" for row in trials_used(study)[1])):
         raise SystemExit(f"no trial completed within the budget: see {runs / 'tune.log'}")
-    best = max(complete, key=lambda row: row["ap"]) if complete else None
 
     arms = {
         "tuned": lambda seed: ["--config", str(best_config), "--device", args.device, "--no-progress", "--max-iter", str(args.final_iters)],
         "default_same_length": lambda seed: [*common, "--max-iter", str(args.final_iters)],
         "default_same_budget": lambda seed: [*common, "--max-iter", str(args.budget)],
     }
-    results = {}
     for arm, options in arms.items():
-        per_seed = {}
-        for seed in args.seeds:
-            if arm not in args.arms:  # trained by another process: counted once it finished
-                per_seed[seed] = finished_run(runs / f"{arm}-seed{seed}")
-                continue
-            print(f"{arm}, seed {seed}")
-            per_seed[seed] = train_run(runs / f"{arm}-seed{seed}", [*options(seed), *data, "--seed", str(seed)],
-                                       runs / f"{arm}.log")
+        if arm in args.arms:
+            for seed in args.seeds:
+                print(f"{arm}, seed {seed}")
+                train_run(runs / f"{arm}-seed{seed}", [*options(seed), *data, "--seed", str(seed)], runs / f"{arm}.log")
+    # the report, read when this process's arms are done: the study and the other process's arms as they are now
+    used, rows = trials_used(study)
+    count = len([row for row in rows if row["state"] in ("complete", "pruned", "diverged", "failed")])
+    complete = [row for row in rows if row["state"] == "complete"]
+    best = max(complete, key=lambda row: row["ap"]) if complete else None
+    results = {}
+    for arm in arms:
+        per_seed = {seed: finished_run(runs / f"{arm}-seed{seed}") for seed in args.seeds}
         results[arm] = {"mask_ap": mean(r["mask_ap"] for r in per_seed.values()),
                         "box_ap": mean(r["box_ap"] for r in per_seed.values()), "per_seed": per_seed}
     report = {

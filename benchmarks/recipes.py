@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import shutil
 import statistics
 import sys
 from concurrent.futures import ThreadPoolExecutor
@@ -32,7 +33,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import (  # noqa: E402
-    ITERS, MASKINIT, PYTHON, REAL_SETS, RESULTS, RUNS, SEEDS, CocoSet, budget, eval_period, fitted_input, input_sizes,
+    ITERS, MASKINIT, PYTHON, REAL_SETS, RESULTS, ROOT, RUNS, SEEDS, CocoSet, budget, eval_period, fitted_input, input_sizes,
     parse_data, read_json, run, synthetic_set, write_json,
 )
 
@@ -203,12 +204,73 @@ def ap(value) -> float:
     return round(value, 3) if isinstance(value, (int, float)) and math.isfinite(value) else 0.0
 
 
+DATA_OPTIONS = ("--train-json", "--train-images", "--val-json", "--val-images")
+
+
+def data_fingerprint(command: list[str]) -> dict | None:
+    """What the data options of `command` hold, independent of where: a hash of each JSON file's bytes and
+    of each image folder's file names and sizes (the same synthetic set generated into another cache dir
+    is the same data). None when a path is gone (an old result whose data cannot be checked)."""
+    import hashlib
+
+    found = {}
+    for option, value in zip(command, command[1:]):
+        if option not in DATA_OPTIONS:
+            continue
+        path, digest = Path(value), hashlib.sha256()
+        if path.is_file():
+            digest.update(path.read_bytes())
+        elif path.is_dir():
+            for file in sorted(p for p in path.rglob("*") if p.is_file()):
+                digest.update(f"{file.relative_to(path)}\0{file.stat().st_size}\n".encode())
+        else:
+            return None
+        found[option] = digest.hexdigest()[:16]
+    return found
+
+
+def comparable(command: list[str], folder: Path) -> list[str]:
+    """`command` with what may differ between two calls of the same run blanked: the data paths (compared
+    by data_fingerprint), the run's own folder and the project's root (a clone elsewhere)."""
+    blanked, skip = [], False
+    for arg in command:
+        if skip:
+            blanked.append("<data>")
+        else:
+            blanked.append(arg.replace(str(folder), "<run>").replace(str(ROOT), "<root>"))
+        skip = arg in DATA_OPTIONS
+    return blanked
+
+
+def why_not_cached(cached: dict, command: list[str], folder: Path, recipe: str | None = None) -> str | None:
+    """None when `cached` (a result.json, or started.json) is a run of `command`; else why not, in words.
+    Older results record no command (kept). For a maskinit run, the recipe digest must match too: the
+    same command trains something else once the preset changed."""
+    if recipe is not None and cached.get("recipe") != recipe:
+        return f"the tiny preset's config changed (recipe {cached.get('recipe')} -> {recipe})"
+    if "command" not in cached:
+        return None
+    old, new = comparable(cached["command"], folder), comparable(command, folder)
+    if old != new:
+        diff = next(((a, b) for a, b in zip(old, new) if a != b), (" ".join(old[len(new):]), " ".join(new[len(old):])))
+        return f"another command ({diff[0]!r} -> {diff[1]!r})"
+    stored = cached.get("data_fingerprint") or data_fingerprint(cached["command"])
+    if stored != data_fingerprint(command):
+        return "other data (the data options' files differ, or the cached run's data is gone)"
+    return None
+
+
 def cached_result(result_file: Path, command: list[str], recipe: str | None = None) -> dict | None:
-    """A finished run's result, unless it ran another command (older results record none: kept) or,
-    for a maskinit run, another recipe: the same command trains something else once the preset changed."""
+    """A finished run's result, if it ran this command on this data (and, for a maskinit run, this recipe);
+    a result that does not is reported on one line and redone."""
     cached = read_json(result_file)
-    if cached and cached.get("command", command) == command and (recipe is None or cached.get("recipe") == recipe):
+    if not cached:
+        return None
+    reason = why_not_cached(cached, command, result_file.parent, recipe)
+    if reason is None:
         return cached
+    print(f"{cached.get('name', result_file.parent.parent.name)} seed {cached.get('seed', '?')}: "
+          f"cached result not used, redone: {reason}", flush=True)
     return None
 
 
@@ -237,9 +299,12 @@ def execute(name: str, kind: str, command: list[str], folder: Path, timeout: flo
         return cached
     out = folder / "out"
     begun = read_json(started) or {}
-    resuming = bool(resume) and (out / "last_checkpoint").is_file() and begun.get("command") == command and begun.get("recipe") == recipe
+    resuming = (bool(resume) and (out / "last_checkpoint").is_file() and "command" in begun
+                and why_not_cached(begun, command, folder, recipe) is None)
     if not resuming:
-        write_json(started, {"command": command, "recipe": recipe})
+        if out.is_dir():  # a redone run starts from an empty folder: nothing of the old one (metrics.json) mixes in
+            shutil.rmtree(out)
+        write_json(started, {"command": command, "recipe": recipe, "data_fingerprint": data_fingerprint(command)})
     code = run(resume if resuming else command, folder / "log.txt", timeout=timeout, append=resuming)
     if kind == "stock":
         result = read_json(out / "result.json") or {"status": f"exit {code}", "box_ap": 0.0, "mask_ap": 0.0}
@@ -260,7 +325,8 @@ def execute(name: str, kind: str, command: list[str], folder: Path, timeout: flo
     if result.get("status") != "finished":
         result["error"] = last_error(folder / "log.txt")
     result.update(name=name, **meta, input=input_sizes(out / "config.yaml"),
-                  curve=ap_curve(out / "metrics.json", meta.get("iters", ITERS)), command=command)
+                  curve=ap_curve(out / "metrics.json", meta.get("iters", ITERS)), command=command,
+                  data_fingerprint=data_fingerprint(command))
     if resuming:
         result["resumed"] = True
     if result["status"] != "interrupted":

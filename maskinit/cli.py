@@ -308,7 +308,7 @@ def train(
     machine_rank: int = typer.Option(0, help="This machine's rank."),
     dist_url: str = typer.Option("auto", help="Rendezvous URL for several processes (tcp://HOST:PORT)."),
     resume: bool = typer.Option(False, help="Continue the run in --output-dir from its last checkpoint."),
-    overwrite: bool = typer.Option(False, help="Replace a run already in --output-dir."),
+    overwrite: bool = typer.Option(False, help="Replace a run already in --output-dir: its checkpoints, metrics, log and evaluation are removed (other files stay)."),
     amp: Optional[bool] = typer.Option(None, "--amp/--no-amp", help="Mixed precision (bf16 where supported, else fp16; off on CPU)."),
     seed: Optional[int] = typer.Option(None, help="Random seed (per process: seed + rank)."),
     eval_period: Optional[int] = typer.Option(None, help="Evaluate every N iterations (0: only at the end)."),

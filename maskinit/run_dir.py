@@ -27,6 +27,11 @@ CONFIG_FILE = "config.yaml"
 # A run refused or stopped before its first checkpoint leaves only config.yaml and logs: not a run.
 RUN_MARKERS = ("last_checkpoint", "model_*.pth", EVAL_FILE)
 LOCK_FILE = ".maskinit.lock"
+# What a run writes into its dir besides config.yaml: what `--overwrite` removes before the new run starts,
+# so that nothing of the replaced run mixes with the new one (Detectron2 appends to metrics.json and
+# log.txt, and a longer old run would leave later checkpoints that `last_checkpoint` no longer names).
+RUN_OUTPUTS = ("model_*.pth", "last_checkpoint", EVAL_FILE, SUMMARY_FILE, "metrics.json", "log.txt",
+               "events.out.tfevents.*", "curves.png", "inference")
 
 
 def holds_run(out: Path) -> bool:
@@ -72,6 +77,26 @@ def remove_stale_files(out: Path) -> None:
     if int(os.environ.get("RANK", 0)) == 0:
         for stale in [*out.glob(".*.tmp"), *out.glob(".maskinit-write-test-*")]:
             stale.unlink(missing_ok=True)
+
+
+def remove_replaced_run(out: Path) -> list[str]:
+    """`--overwrite`: the files of the run being replaced (`RUN_OUTPUTS`), removed once the dir is locked
+    and every check has passed; anything else in the dir is the user's and stays. Returns the names removed."""
+    import shutil
+
+    if int(os.environ.get("RANK", 0)) != 0:
+        return []
+    removed = []
+    for pattern in RUN_OUTPUTS:
+        for path in sorted(out.glob(pattern)):
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path)
+            elif path.name == "log.txt":  # emptied in place: Detectron2's cached log stream of an earlier
+                path.write_text("")  # run in this process keeps appending to the same file
+            else:
+                path.unlink(missing_ok=True)
+            removed.append(path.name)
+    return removed
 
 
 @contextlib.contextmanager

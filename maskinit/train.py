@@ -34,6 +34,7 @@ from .run_dir import (
     output_dir_lock,
     prepare_output_dir,
     read_summary,
+    remove_replaced_run,
     remove_stale_files,
 )
 from .run_options import DataOptions, TrainOptions, apply_run_options
@@ -96,6 +97,8 @@ def _train(cfg: CfgNode, options: TrainOptions, explicit_keys, hooks: Sequence =
     with output_dir_lock(out):
         check_output_dir(out, options, cfg.SOLVER.MAX_ITER)  # again: a run that held the lock may have ended
         remove_stale_files(out)
+        if options.overwrite:
+            remove_replaced_run(out)
         config_path = out / CONFIG_FILE
         if options.resume and config_path.is_file():
             check_resume_config(config_path, cfg)

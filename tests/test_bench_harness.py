@@ -164,3 +164,49 @@ def test_the_recipe_digest_follows_the_preset_config():
 
     assert recipe_digest("tiny") == recipe_digest("tiny") != recipe_digest("r50-fpn")
     assert len(recipe_digest("tiny")) == 16
+
+
+def _data(root: Path, annotation: str = "[]") -> list[str]:
+    """The four data options of a small stand-in set in `root`."""
+    for split in ("train", "val"):
+        (root / split).mkdir(parents=True, exist_ok=True)
+        (root / split / "a.png").write_bytes(b"pixels")
+        (root / f"{split}.json").write_text(annotation)
+    return ["--train-json", str(root / "train.json"), "--train-images", str(root / "train"),
+            "--val-json", str(root / "val.json"), "--val-images", str(root / "val")]
+
+
+def _finish(stand_in, data: list[str]) -> dict:
+    folder, command = stand_in
+    execute("stand-in", "stock", [*command("a"), *data], folder, resume=[*command("a"), *data, "--resume"], iters=10)
+    return execute("stand-in", "stock", [*command("a"), *data], folder, resume=[*command("a"), *data, "--resume"], iters=10)
+
+
+def test_a_cached_run_is_reused_for_the_same_data_in_another_folder(stand_in, tmp_path, capsys):
+    """The same synthetic set generated into another cache dir is the same data: the finished run is not redone."""
+    folder, command = stand_in
+    done = _finish(stand_in, _data(tmp_path / "cache-a"))
+    assert done["status"] == "finished" and done["data_fingerprint"]
+    moved = _data(tmp_path / "cache-b")
+    (folder / "out" / "result.json").unlink()  # were anything run, it could not finish: the stand-in needs --resume
+    assert execute("stand-in", "stock", [*command("a"), *moved], folder, resume=[*command("a"), *moved, "--resume"], iters=10) == done
+    assert "redone" not in capsys.readouterr().out
+    assert (folder / "log.txt").read_text().count("continued") == 1
+
+
+def test_a_cached_run_of_other_data_is_redone_from_an_empty_folder_and_says_why(stand_in, tmp_path, capsys):
+    folder, command = stand_in
+    _finish(stand_in, _data(tmp_path / "cache-a"))
+    (folder / "out" / "metrics.json").write_text('{"iteration": 9}\n')  # the old run's curve
+    other = _data(tmp_path / "cache-c", annotation='[{"id": 1}]')
+    again = execute("stand-in", "stock", [*command("a"), *other], folder, resume=[*command("a"), *other, "--resume"], iters=10)
+    assert again["status"] == "interrupted" and "resumed" not in again  # started afresh, not continued
+    assert "stand-in seed ?: cached result not used, redone: other data" in capsys.readouterr().out
+    assert not (folder / "out" / "metrics.json").exists()  # nothing of the old run mixes into the new one's curve
+
+
+def test_a_cached_run_of_another_command_says_which_argument_differs(stand_in, capsys):
+    folder, command = stand_in
+    _finish(stand_in, [])
+    execute("stand-in", "stock", command("b"), folder, resume=[*command("b"), "--resume"], iters=10)
+    assert "cached result not used, redone: another command ('a' -> 'b')" in capsys.readouterr().out

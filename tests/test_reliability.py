@@ -139,8 +139,19 @@ def test_overwrite_replaces_a_run_only_when_asked(tmp_path, coco):
     with pytest.raises(MaskinitError, match="already holds a run"):
         train(load_config(preset="tiny"), TrainOptions(output_dir=str(out), **options))
     assert (out / "model_final.pth").read_bytes() == final
+    (out / "notes.md").write_text("the user's own file")
+    stale = out / "model_0009999.pth"  # a checkpoint of a longer replaced run: last_checkpoint would not name it
+    stale.write_bytes(b"old")
+    old_metrics = len((out / "metrics.json").read_text().splitlines())
     summary = train(load_config(preset="tiny"), TrainOptions(output_dir=str(out), overwrite=True, **options))
     assert summary["status"] == "finished"
+    assert not stale.exists()
+    assert (out / "notes.md").read_text() == "the user's own file"
+    # the new run's metrics and curve start afresh rather than following the replaced run's
+    assert len((out / "metrics.json").read_text().splitlines()) == old_metrics
+    iterations = [json.loads(line)["iteration"] for line in (out / "metrics.json").read_text().splitlines()]
+    assert iterations == sorted(iterations)
+    assert (out / "log.txt").read_text().count("Starting training") == 1
 
 
 def test_bad_annotation_refused_before_training_unless_skip_bad(tmp_path, coco):

@@ -152,7 +152,10 @@ class ImageMapper(DatasetMapper):
         transforms = self.augmentations(aug_input)
         image = aug_input.image
         image_shape = image.shape[:2]
-        dataset_dict["image"] = torch.as_tensor(np.ascontiguousarray(image.transpose(2, 0, 1)))
+        chw = np.ascontiguousarray(image.transpose(2, 0, 1))
+        if not chw.flags.writeable:  # a read-only decoded image (gray8 PNG): torch warns on those
+            chw = chw.copy()
+        dataset_dict["image"] = torch.as_tensor(chw)
         if self.proposal_topk is not None:
             utils.transform_proposals(dataset_dict, image_shape, transforms, proposal_topk=self.proposal_topk)
         if not self.is_train:

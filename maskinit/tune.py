@@ -44,6 +44,7 @@ logger = logging.getLogger("maskinit")
 STUDY_FILE = "study.db"
 BEST_CONFIG = "best_config.yaml"
 TRIALS_FILE = "trials.json"
+SPLIT_DIR = "split"  # --val-fraction: the two parts of the training set the trials use
 PLOT_DIR = "plots"
 TRIAL_DIR = "trial-{:04d}"
 METRIC = "segm/AP"
@@ -550,6 +551,11 @@ def _drop_new_handlers(before: dict) -> None:
                 handler.close()
 
 
+def sampler_seed_for(seed: int | None, options: TrainOptions) -> int:
+    """The seed of the --val-fraction split: the study's seed, else the run's, else 0."""
+    return seed if seed is not None else (options.seed if options.seed is not None else 0)
+
+
 def tune(
     cfg: CfgNode,
     options: TrainOptions,
@@ -565,6 +571,7 @@ def tune(
     default_space: bool = True,
     seed: int | None = None,
     baseline: bool = True,
+    val_fraction: float | None = None,
 ) -> TuneResult:
     """Search the training hyperparameters: `trials` finished trials in the whole study (complete,
     pruned or failed by themselves) and/or until `timeout` seconds have passed (a trial running then
@@ -572,7 +579,9 @@ def tune(
     study's folder, `options.eval_period` the pruning period, default a quarter of the run);
     `storage`: a database URL several processes share (default: `study.db` in the output dir, which
     needs `resume` to be continued); `pruner`: median, hyperband, none or an Optuna pruner;
-    `baseline`: a new study's first trial runs the config's own values (SearchSpace.baseline).
+    `baseline`: a new study's first trial runs the config's own values (SearchSpace.baseline);
+    `val_fraction`: trials train on the rest of the training images and are scored on this share of
+    them (data/split.py), never on the validation set.
     """
     import warnings
 
@@ -618,6 +627,14 @@ def tune(
         out.mkdir(parents=True, exist_ok=True)
     except OSError as error:
         raise MaskinitError(f"output dir {out} is not writable: {error.strerror}") from None
+    if val_fraction is not None:  # the trials' data: a split of the training set, the same in every worker
+        from .data.sources import use_embedded_default
+        from .data.split import hold_back
+
+        training = checked.data if (checked.data.train_json or checked.data.dataset) else use_embedded_default(checked.data)
+        split = hold_back(training, val_fraction, sampler_seed_for(seed, options), out / SPLIT_DIR)
+        checked = checked._replace(data=split.data)
+        notes.append(split.note)
     rdb = open_storage(url)
     optuna.logging.set_verbosity(optuna.logging.ERROR)  # the CLI shows the trials; the reasons are in the table
     joining = storage is not None and name in {s.study_name for s in optuna.study.get_all_study_summaries(rdb)}
@@ -644,6 +661,8 @@ def tune(
             if point:  # the config's own values first (a worker racing to it finds it queued and skips it)
                 study.enqueue_trial(point, user_attrs={BASELINE: True}, skip_if_exists=True)
     signature = {**space.signature(), "eval_period": period}
+    if val_fraction is not None:  # (absent otherwise: the studies of earlier versions stay resumable)
+        signature["val_fraction"] = {"fraction": val_fraction, "seed": sampler_seed_for(seed, options)}
     known = study.user_attrs.get("maskinit_space")
     if known is None:
         study.set_user_attr("maskinit_space", signature)

@@ -115,7 +115,7 @@ def test_recipe_variants_are_valid_tiny_configs_and_keep_their_explicit_schedule
     from maskinit.config import config_value, load_config
     from maskinit.run_options import TrainOptions, apply_run_options
 
-    variants = {**recipes.ABLATIONS, **recipes.FIT_PARTS, **recipes.INGREDIENTS, **recipes.SCHEDULE}
+    variants = {**recipes.ABLATIONS, **recipes.FIT_PARTS, **recipes.INGREDIENTS, **recipes.SCHEDULE, **recipes.PROBES}
     checked = 0
     for name, options in variants.items():
         if options[0].startswith("--"):  # a CLI option (--init lsuv), not KEY VALUE pairs

@@ -403,3 +403,25 @@ def test_workers_racing_to_create_a_new_database_both_open_it(tmp_path, monkeypa
     with pytest.raises(MaskinitError, match="cannot open the study storage .*could not connect"):
         open_storage("postgresql://nowhere/db")
     assert len(calls) == 1  # any other error: one line at once, no retries
+
+
+def test_val_fraction_scores_the_trials_on_held_back_training_images(coco, tiny_cfg, tmp_path):
+    """--val-fraction: the trials train on part of the training images and are evaluated on the rest; the
+    validation set given is never read by the search, and the retrain command names the user's data."""
+    out = tmp_path / "held-back"
+    outcome = runner.invoke(app, ["tune", *TINY, "--trials", "1", "--pruner", "none", "--val-fraction", "0.25",
+                                  "--output-dir", str(out), *data_args(coco)])
+    assert outcome.exit_code == 0, outcome.output
+    assert "trials train on 6 of the 8 training images and are scored on the other 2" in " ".join(outcome.output.split())
+    [row] = json.loads((out / "trials.json").read_text())
+    assert row["state"] == "complete"
+    log = (out / "trial-0000" / "log.txt").read_text()
+    assert str(out / "split" / "held-back.json") in log and str(out / "split" / "train-part.json") in log
+    assert coco.val_json not in log
+    held = json.loads((out / "split" / "held-back.json").read_text())
+    assert len(held["images"]) == 2 and all(image["id"] < 100 for image in held["images"])  # training images
+    assert f"--val-json {coco.val_json}" in " ".join(outcome.output.split())  # retrain: the user's own data
+    # the split is part of what the study searched: resuming with another fraction is refused
+    again = runner.invoke(app, ["tune", *TINY, "--trials", "2", "--val-fraction", "0.5", "--resume",
+                                "--output-dir", str(out), *data_args(coco)])
+    assert again.exit_code == 2 and "val_fraction" in again.output

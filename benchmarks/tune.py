@@ -4,7 +4,9 @@ The data is any COCO set given by path, a folder {train.json, train/, val.json, 
 ../shared/data/rice_leaf or ../shared/data/coco128. The budget is counted in training iterations at
 one scale (the tiny preset by default, batch 4):
 
-- tuned: `maskinit tune` trials of --trial-iters iterations (evaluated every quarter, median pruning)
+- tuned: `maskinit tune` trials of --trial-iters iterations (evaluated every quarter, median pruning,
+  scored on --val-fraction of the training images held back from the trials' training, so the search
+  never sees the validation set the arms are compared on; 0: scored on it, as before session 11)
   while the iterations they trained (pruned trials count what they ran) leave room for the final run,
   then the best config retrained for --final-iters iterations (`maskinit train --config best_config.yaml`);
 - default, same length: the default recipe trained for --final-iters iterations (the tuning cost is
@@ -92,6 +94,8 @@ def main() -> None:
     parser.add_argument("--trial-iters", type=int, default=None, help="length of a tuning trial (default: --final-iters)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--pruner", default="median")
+    parser.add_argument("--val-fraction", type=float, default=0.2,
+                        help="share of the training images the trials are scored on (0: the validation set)")
     parser.add_argument("--runs", type=Path, default=ROOT / "benchmarks" / "runs" / "tune")
     parser.add_argument("--results", type=Path, default=ROOT / "benchmarks" / "results")
     parser.add_argument("--smoke", action="store_true", help="a few iterations everywhere: checks the script, measures nothing")
@@ -110,7 +114,8 @@ def main() -> None:
     eval_period = max(1, trial_iters // 4)
 
     # tuned arm: one trial per `maskinit tune --resume` call, while the budget leaves room for one more and the final run
-    study = runs / "study"
+    study = runs / ("study" if not args.val_fraction else f"study-val{args.val_fraction:g}")
+    held_back = ["--val-fraction", str(args.val_fraction)] if args.val_fraction else []
     print(f"tuning on {args.data} ({args.budget} iterations in all, trials of {trial_iters}, final runs of {args.final_iters})")
     while "tuned" in args.arms:
         used, rows = trials_used(study)
@@ -118,7 +123,7 @@ def main() -> None:
         if used + trial_iters + args.final_iters > args.budget:
             break
         tune = [*MASKINIT, "tune", *common, *data, "--max-iter", str(trial_iters), "--eval-period", str(eval_period),
-                "--pruner", args.pruner, "--trials", str(count + 1), "--seed", "0", "--output-dir", str(study)]
+                "--pruner", args.pruner, "--trials", str(count + 1), "--seed", "0", "--output-dir", str(study), *held_back]
         if (study / "study.db").is_file():
             tune.append("--resume")
         if run(tune, runs / "tune.log") not in (0, 1):
@@ -151,6 +156,7 @@ def main() -> None:
                         "box_ap": mean(r["box_ap"] for r in per_seed.values()), "per_seed": per_seed}
     report = {
         "data": str(args.data), "preset": args.preset, "device": args.device, "ims_per_batch": args.ims_per_batch,
+        "trials_scored_on": f"{args.val_fraction:g} of the training images, held back" if args.val_fraction else "the validation set",
         "budget_iterations": args.budget, "final_iterations": args.final_iters, "trial_iterations": trial_iters,
         "tuning": {"trials": count, "iterations_used": used, "best_trial": best and best["number"],
                    "best_trial_ap": best and best["ap"], "best_params": best and best["params"], "trials_table": rows},

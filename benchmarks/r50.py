@@ -28,7 +28,7 @@ Usage: python benchmarks/r50.py [--data NAME=PATH ...] [--seeds 0] [--lrs 0.02] 
                                 [--size 320] [--train-sizes 256 288 320] [--maskinit-lr LR]
                                 [--maskinit-arms preset sgd@0.02 adamw@2e-4 ...] [--device cpu]
                                 [--jobs 1] [--workers 0] [--roi-batch N] [--checkpoint-period N] [--run-timeout S] [--runs-dir DIR] [--results-dir DIR]
-                                [--report-only]
+                                [--report-only] [--tag=-lr2]
 Default data: rice_leaf under ../shared/data (or $MASKINIT_BENCH_DATA). Writes RESULTS/r50-SET-SIZEpx[-Nit].json/.md.
 """
 
@@ -173,6 +173,7 @@ def main() -> None:
     parser.add_argument("--runs-dir", type=Path, default=RUNS)
     parser.add_argument("--results-dir", type=Path, default=RESULTS)
     parser.add_argument("--report-only", action="store_true")
+    parser.add_argument("--tag", default="", help="suffix of the result files (the runs' folder is shared)")
     args = parser.parse_args()
     args.runs_dir, args.results_dir = args.runs_dir.resolve(), args.results_dir.resolve()
     sets = [parse_data(spec) for spec in args.data] if args.data else real_sets(names=("rice_leaf",))
@@ -188,7 +189,7 @@ def main() -> None:
             with ThreadPoolExecutor(args.jobs) as pool:
                 results = stopped_left_out(list(pool.map(lambda job: run_one(args, dataset, runs, *job), jobs)))
         if results:
-            report(args, dataset, results, tag)
+            report(args, dataset, results, tag + args.tag)
 
 
 if __name__ == "__main__":

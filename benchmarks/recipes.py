@@ -159,6 +159,8 @@ INGREDIENTS = {
     # the preset's EMA as it stands: its window (an eighth of the run) and warmup rescale with --iters, so
     # this is maskinit-ema at 400 iterations and a window of about 200 at 1,600
     "maskinit-ema-scaled": ["MASKINIT.EMA.ENABLED", "True"],
+    # the same, restarted from the weights at the LR step (the average that spans the step lost at 1,600)
+    "maskinit-ema-restart": ["MASKINIT.EMA.ENABLED", "True", "MASKINIT.EMA.RESTART_AT_STEPS", "True"],
     # Simple Copy-Paste on half of the training images, Detectron2's default resize (no LSJ)
     "maskinit-copy-paste": ["MASKINIT.AUGMENT.COPY_PASTE.PROB", "0.5"],
     # LSUV (orthogonal, then each layer's output variance set to 1 on the first training batch)

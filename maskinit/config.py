@@ -143,6 +143,9 @@ def add_maskinit_config(cfg: CfgNode) -> CfgNode:
     _C.MASKINIT.EMA.DECAY = 0.9998
     # Warmup of the decay: d * (1 - exp(-iteration / WARMUP_ITERS)); 0 for none (mmdetection's ExpMomentumEMA: 2000).
     _C.MASKINIT.EMA.WARMUP_ITERS = 2000
+    # Restart the average from the current weights at each LR step (SOLVER.STEPS), its decay warming up again,
+    # so that after a step it averages the weights of the new LR only (True) or not (False).
+    _C.MASKINIT.EMA.RESTART_AT_STEPS = False
     # Training set's category names in model output (contiguous) order, set by train; empty: unknown.
     _C.MASKINIT.CLASS_NAMES = []
     # Training set's category ids (COCO category_id) in the same order as CLASS_NAMES; empty: unknown.

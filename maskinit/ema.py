@@ -8,6 +8,10 @@ iterations is usually the better model (mmdetection's `EMAHook`, d2go's model EM
   up, `d = DECAY * (1 - exp(-updates / WARMUP_ITERS))` (YOLOv5's and mmdetection's
   `ExpMomentumEMA` form), so that the first, random weights are forgotten fast; buffers (BatchNorm
   statistics) are averaged the same way, integer buffers copied;
+- with `RESTART_AT_STEPS`, the average restarts from the current weights once each LR step
+  (`SOLVER.STEPS`) has taken effect, its decay warming up again: an average that spans the step
+  mixes the weights of the high LR into the better ones of the low LR (at 4x the budget the plain
+  average led by up to 4.7 mask AP before the step and ended 1.8 below the raw weights after it);
 - every checkpoint keeps the average (in the trainer's hook state), and `--resume` restores it;
 - every evaluation during and after training runs on the average (the raw weights are swapped back
   after it);
@@ -43,6 +47,8 @@ def check_ema(cfg) -> None:
         raise MaskinitError(f"MASKINIT.EMA.DECAY must be in (0, 1), got {ema.DECAY!r}")
     if isinstance(ema.WARMUP_ITERS, bool) or not isinstance(ema.WARMUP_ITERS, (int, float)) or not ema.WARMUP_ITERS >= 0:
         raise MaskinitError(f"MASKINIT.EMA.WARMUP_ITERS must be >= 0 (0: no warmup of the decay), got {ema.WARMUP_ITERS!r}")
+    if not isinstance(ema.RESTART_AT_STEPS, bool):
+        raise MaskinitError(f"MASKINIT.EMA.RESTART_AT_STEPS must be True or False, got {ema.RESTART_AT_STEPS!r}")
 
 
 def ema_decay(decay: float, warmup_iters: float, updates: int) -> float:
@@ -74,11 +80,13 @@ class EMAHook(HookBase):
     trainer's hook state (Detectron2's `TrainerBase.state_dict`), and `load_state_dict` restores it.
     """
 
-    def __init__(self, model: nn.Module, decay: float, warmup_iters: float):
+    def __init__(self, model: nn.Module, decay: float, warmup_iters: float, restart_after: tuple[int, ...] = ()):
         self.model = unwrapped(model)
         self.average = AveragedModel(self.model, avg_fn=partial(_average, decay, warmup_iters), use_buffers=True)
         self.average.update_parameters(self.model)  # the first "update" copies the weights
         self.restored = False
+        # iterations after whose step the average starts again from the weights (the LR steps' iterations)
+        self.restart_after = frozenset(restart_after)
 
     def before_train(self) -> None:
         if self.trainer.start_iter > 0 and not self.restored:
@@ -87,6 +95,8 @@ class EMAHook(HookBase):
             self.average.update_parameters(self.model)
 
     def after_step(self) -> None:
+        if self.restart_after and self.trainer.iter in self.restart_after:  # this step ran at the new LR: begin a new average with it
+            self.average.n_averaged.zero_()  # AveragedModel copies the weights on its first update
         self.average.update_parameters(self.model)
 
     def average_state(self) -> dict:
@@ -114,4 +124,7 @@ class EMAHook(HookBase):
 def build_ema_hook(cfg, model: nn.Module) -> EMAHook | None:
     """The EMA hook `cfg.MASKINIT.EMA` asks for, or None when it is off."""
     ema = cfg.MASKINIT.EMA
-    return EMAHook(model, float(ema.DECAY), float(ema.WARMUP_ITERS)) if ema.ENABLED else None
+    if not ema.ENABLED:
+        return None
+    steps = tuple(int(step) for step in cfg.SOLVER.STEPS) if ema.RESTART_AT_STEPS else ()
+    return EMAHook(model, float(ema.DECAY), float(ema.WARMUP_ITERS), restart_after=steps)

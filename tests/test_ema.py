@@ -47,6 +47,39 @@ def test_hook_averages_every_weight_with_the_warmed_up_decay():
     assert average["1.num_batches_tracked"] == model.state_dict()["1.num_batches_tracked"]
 
 
+def test_the_average_restarts_from_the_weights_after_an_lr_step():
+    """RESTART_AT_STEPS: after the step of an LR-step iteration the average is the weights themselves, and
+    then averages on with its decay warming up again; without it, the average spans the step."""
+    from types import SimpleNamespace
+
+    from maskinit.ema import build_ema_hook
+
+    cfg = load_config(preset="tiny", overrides=["MASKINIT.EMA.ENABLED", "True", "MASKINIT.EMA.DECAY", "0.9",
+                                                "MASKINIT.EMA.WARMUP_ITERS", "2", "MASKINIT.EMA.RESTART_AT_STEPS", "True",
+                                                "SOLVER.STEPS", "(3,)"])
+    torch.manual_seed(0)
+    model = nn.Linear(3, 2)
+    restarting = build_ema_hook(cfg, model)
+    cfg.defrost()
+    cfg.MASKINIT.EMA.RESTART_AT_STEPS = False
+    spanning = build_ema_hook(cfg, model)
+    assert restarting.restart_after == {3} and spanning.restart_after == frozenset()
+    for iteration in range(6):
+        with torch.no_grad():
+            model.weight.add_(1.0)
+        for hook in (restarting, spanning):
+            hook.trainer = SimpleNamespace(iter=iteration)
+            hook.after_step()
+        if iteration == 3:
+            torch.testing.assert_close(restarting.average_state()["weight"], model.weight.detach())
+            assert (spanning.average_state()["weight"] < model.weight.detach() - 1).all()  # still remembers the start
+    # two updates after the restart: the decay warmed up again from its start, d = 0.9 * (1 - exp(-k / 2))
+    at3 = model.weight.detach() - 2.0
+    d4, d5 = (0.9 * (1 - math.exp(-k / 2)) for k in (1, 2))
+    expected = (at3 * d4 + (at3 + 1) * (1 - d4)) * d5 + (at3 + 2) * (1 - d5)
+    torch.testing.assert_close(restarting.average_state()["weight"], expected)
+
+
 def test_applied_swaps_the_average_in_and_the_weights_back_even_on_error():
     model = nn.Linear(2, 2)
     hook = EMAHook(model, decay=0.5, warmup_iters=0)
@@ -61,7 +94,8 @@ def test_applied_swaps_the_average_in_and_the_weights_back_even_on_error():
     torch.testing.assert_close(model.weight, moved["weight"])
 
 
-@pytest.mark.parametrize("key, value", [("DECAY", "1.0"), ("DECAY", "0"), ("WARMUP_ITERS", "-1"), ("ENABLED", "2")])
+@pytest.mark.parametrize("key, value", [("DECAY", "1.0"), ("DECAY", "0"), ("WARMUP_ITERS", "-1"), ("ENABLED", "2"),
+                                        ("RESTART_AT_STEPS", "2")])
 def test_bad_values_are_refused_when_the_config_is_built(key, value):
     with pytest.raises(MaskinitError, match=f"MASKINIT.EMA.{key}"):
         load_config(preset="tiny", overrides=[f"MASKINIT.EMA.{key}", value])

@@ -404,7 +404,7 @@ def tune_command(
     pruner: str = typer.Option("median", help="median, hyperband or none: stop hopeless trials at an evaluation."),
     baseline: bool = typer.Option(True, help="A new study's first trial runs the config's own values (the preset and your options), so the best is never a config that measured worse than where you started."),
     eval_period: Optional[int] = typer.Option(None, help="Evaluate (and maybe prune) each trial every N iterations (default: a quarter of the run)."),
-    val_fraction: Optional[float] = typer.Option(None, help="Score the trials on this share of the training images, held back from their training (seeded split in OUTPUT_DIR/split/), so the search never selects on the validation set you report on; also tunes a set that has none."),
+    val_fraction: Optional[float] = typer.Option(None, help="Score the trials on this share of the training images, held back from their training (seeded split in OUTPUT_DIR/split/FRACTION-seedN/), so the search never selects on the validation set you report on; also tunes a set that has none."),
     storage: Optional[str] = typer.Option(None, help="Database URL several `maskinit tune` processes share (postgresql://..., mysql://...; sqlite:///FILE on one machine). Default: study.db in --output-dir."),
     study_name: Optional[str] = typer.Option(None, help="Study name in --storage (default: the output dir's name)."),
     output_dir: Path = typer.Option(Path("output/tune"), help="The study's folder: trial-NNNN/ per trial, study.db, trials.json, best_config.yaml, plots/."),

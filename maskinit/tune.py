@@ -627,12 +627,15 @@ def tune(
         out.mkdir(parents=True, exist_ok=True)
     except OSError as error:
         raise MaskinitError(f"output dir {out} is not writable: {error.strerror}") from None
-    if val_fraction is not None:  # the trials' data: a split of the training set, the same in every worker
+    if val_fraction is not None:  # the trials' data: a split of the training set, the same in every worker;
+        # checked before the study is created, in a folder of its own fraction and seed (a refused --resume
+        # with another split leaves the study's files as they were)
         from .data.sources import use_embedded_default
         from .data.split import hold_back
 
+        split_seed = sampler_seed_for(seed, options)
         training = checked.data if (checked.data.train_json or checked.data.dataset) else use_embedded_default(checked.data)
-        split = hold_back(training, val_fraction, sampler_seed_for(seed, options), out / SPLIT_DIR)
+        split = hold_back(training, val_fraction, split_seed, out / SPLIT_DIR / f"{val_fraction:g}-seed{split_seed}")
         checked = checked._replace(data=split.data)
         notes.append(split.note)
     rdb = open_storage(url)

@@ -46,7 +46,7 @@ def test_two_processes_split_the_arms_and_the_last_report_counts_them_all(tmp_pa
     assert "own values" in report["tuning"]["trials_table"][0]["note"]
     # the trials were scored on training images held back from them, never on the validation set
     assert report["trials_scored_on"] == "0.2 of the training images, held back"
-    held = json.loads((tmp_path / "runs" / "smallset-smoke" / "study-val0.2" / "split" / "held-back.json").read_text())
+    held = json.loads((tmp_path / "runs" / "smallset-smoke" / "study-val0.2" / "split" / "0.2-seed0" / "held-back.json").read_text())
     assert len(held["images"]) == 2 and all(image["id"] < 100 for image in held["images"])
     for arm, iterations in (("tuned", 4), ("default_same_length", 4), ("default_same_budget", 16)):
         run = report["arms"][arm]["per_seed"]["0"]

@@ -416,12 +416,18 @@ def test_val_fraction_scores_the_trials_on_held_back_training_images(coco, tiny_
     [row] = json.loads((out / "trials.json").read_text())
     assert row["state"] == "complete"
     log = (out / "trial-0000" / "log.txt").read_text()
-    assert str(out / "split" / "held-back.json") in log and str(out / "split" / "train-part.json") in log
+    assert str(out / "split" / "0.25-seed0" / "held-back.json") in log and str(out / "split" / "0.25-seed0" / "train-part.json") in log
     assert coco.val_json not in log
-    held = json.loads((out / "split" / "held-back.json").read_text())
+    held = json.loads((out / "split" / "0.25-seed0" / "held-back.json").read_text())
     assert len(held["images"]) == 2 and all(image["id"] < 100 for image in held["images"])  # training images
     assert f"--val-json {coco.val_json}" in " ".join(outcome.output.split())  # retrain: the user's own data
     # the split is part of what the study searched: resuming with another fraction is refused
     again = runner.invoke(app, ["tune", *TINY, "--trials", "2", "--val-fraction", "0.5", "--resume",
                                 "--output-dir", str(out), *data_args(coco)])
     assert again.exit_code == 2 and "val_fraction" in again.output
+    assert (out / "split" / "0.25-seed0" / "held-back.json").read_text() == json.dumps(held)  # the study's split untouched
+    # a fraction that cannot split is refused before any study exists
+    bad = runner.invoke(app, ["tune", *TINY, "--trials", "1", "--val-fraction", "1.5", "--output-dir", str(tmp_path / "bad"),
+                              *data_args(coco)])
+    assert bad.exit_code == 2 and "--val-fraction must be between 0 and 1" in bad.output
+    assert not (tmp_path / "bad" / "study.db").exists()

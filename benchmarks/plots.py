@@ -57,9 +57,10 @@ def plot(result_file: Path) -> Path:
     by_name = defaultdict(list)
     for run in runs:
         by_name[run["name"]].append(run)
-    # the comparison's curves: the scratch-GN LRs and the default; an ablation's: every run
+    # every run's curve when they are few (an ablation, a probe); of a long table (--all), the comparison's:
+    # the scratch-GN LRs and the default
     shown = [name for name in by_name
-             if data.get("ablation") or name.startswith("d2-scratch-gn@") or name == "maskinit-default"]
+             if data.get("ablation") or len(by_name) <= 8 or name.startswith("d2-scratch-gn@") or name == "maskinit-default"]
     for name in shown:
         iterations, masks = mean_curve(by_name[name])
         if iterations:

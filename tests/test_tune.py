@@ -431,3 +431,14 @@ def test_val_fraction_scores_the_trials_on_held_back_training_images(coco, tiny_
                               *data_args(coco)])
     assert bad.exit_code == 2 and "--val-fraction must be between 0 and 1" in bad.output
     assert not (tmp_path / "bad" / "study.db").exists()
+
+
+def test_val_fraction_tunes_a_set_without_a_validation_split(coco, tmp_path):
+    out = tmp_path / "no-val"
+    train_only = ["--train-json", coco.train_json, "--train-images", coco.train_images]
+    outcome = runner.invoke(app, ["tune", *TINY, "--trials", "1", "--pruner", "none", "--val-fraction", "0.25",
+                                  "--output-dir", str(out), *train_only])
+    assert outcome.exit_code == 0, outcome.output
+    [row] = json.loads((out / "trials.json").read_text())
+    assert row["state"] == "complete" and row["ap"] is not None  # scored on the 2 held-back training images
+    assert (out / "best_config.yaml").is_file() and "--val-json" not in " ".join(outcome.output.split())

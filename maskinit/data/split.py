@@ -81,7 +81,7 @@ def hold_back(data, fraction: float, seed: int, folder: Path) -> HeldBack:
         raise MaskinitError(f"--val-fraction: cannot write the split into {folder}: {error.strerror}") from None
     n_train, n_held = len(train_part["images"]), len(held_part["images"])
     note = (f"--val-fraction {fraction:g}: trials train on {n_train} of the {len(images)} training images and are "
-            f"scored on the other {n_held} (seed {seed}, {folder}); the validation set is not used by the search")
+            f"scored on the other {n_held} (seed {seed}, {folder}); a validation set given is not used by the search")
     split_data = with_paths(data, train_json=str(folder / TRAIN_PART), val_json=str(folder / HELD_BACK),
                             val_images=data.train_images)
     return HeldBack(split_data, n_train, n_held, note)

@@ -9,6 +9,8 @@ one scale (the tiny preset by default, batch 4):
   never sees the validation set the arms are compared on; 0: scored on it, as before session 11)
   while the iterations they trained (pruned trials count what they ran) leave room for the final run,
   then the best config retrained for --final-iters iterations (`maskinit train --config best_config.yaml`);
+- tuned, same budget: the best config trained for what the trials left of --budget (the schedule
+  rescaled): what a user who tunes first and then trains as long as the compute allows gets;
 - default, same length: the default recipe trained for --final-iters iterations (the tuning cost is
   what the tuned arm paid more);
 - default, same budget: the default recipe trained for the whole --budget in one run (the schedule
@@ -34,7 +36,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 MASKINIT = [sys.executable, "-m", "maskinit"]
-ARMS = ("tuned", "default_same_length", "default_same_budget")
+ARMS = ("tuned", "tuned_same_budget", "default_same_length", "default_same_budget")
+TUNED = ("tuned", "tuned_same_budget")
 
 
 def data_args(folder: Path) -> list[str]:
@@ -117,7 +120,7 @@ def main() -> None:
     study = runs / ("study" if not args.val_fraction else f"study-val{args.val_fraction:g}")
     held_back = ["--val-fraction", str(args.val_fraction)] if args.val_fraction else []
     print(f"tuning on {args.data} ({args.budget} iterations in all, trials of {trial_iters}, final runs of {args.final_iters})")
-    while "tuned" in args.arms:
+    while set(TUNED) & set(args.arms):
         used, rows = trials_used(study)
         count = len([row for row in rows if row["state"] in ("complete", "pruned", "diverged", "failed")])
         if used + trial_iters + args.final_iters > args.budget:
@@ -131,11 +134,13 @@ def main() -> None:
         if trials_used(study)[0] == used:
             raise SystemExit(f"a trial trained nothing: see {runs / 'tune.log'}")
     best_config = study / "best_config.yaml"
-    if "tuned" in args.arms and not (best_config.is_file() and any(row["state"] == "complete" for row in trials_used(study)[1])):
+    if set(TUNED) & set(args.arms) and not (best_config.is_file() and any(row["state"] == "complete" for row in trials_used(study)[1])):
         raise SystemExit(f"no trial completed within the budget: see {runs / 'tune.log'}")
 
+    rest = args.budget - trials_used(study)[0]
     arms = {
         "tuned": lambda seed: ["--config", str(best_config), "--device", args.device, "--no-progress", "--max-iter", str(args.final_iters)],
+        "tuned_same_budget": lambda seed: ["--config", str(best_config), "--device", args.device, "--no-progress", "--max-iter", str(rest)],
         "default_same_length": lambda seed: [*common, "--max-iter", str(args.final_iters)],
         "default_same_budget": lambda seed: [*common, "--max-iter", str(args.budget)],
     }
@@ -158,6 +163,7 @@ def main() -> None:
         "data": str(args.data), "preset": args.preset, "device": args.device, "ims_per_batch": args.ims_per_batch,
         "trials_scored_on": f"{args.val_fraction:g} of the training images, held back" if args.val_fraction else "the validation set",
         "budget_iterations": args.budget, "final_iterations": args.final_iters, "trial_iterations": trial_iters,
+        "tuned_same_budget_iterations": rest,
         "tuning": {"trials": count, "iterations_used": used, "best_trial": best and best["number"],
                    "best_trial_ap": best and best["ap"], "best_params": best and best["params"], "trials_table": rows},
         "arms": results,

@@ -37,7 +37,7 @@ def test_two_processes_split_the_arms_and_the_last_report_counts_them_all(tmp_pa
     folder = set_folder(tmp_path)
     report_file = tmp_path / "results" / "tune-smallset-smoke.json"
     # side by side, as on the 2-core machine: the study in one process, the default arms in the other
-    processes = [bench(folder, tmp_path, "tuned"), bench(folder, tmp_path, "default_same_length", "default_same_budget")]
+    processes = [bench(folder, tmp_path, "tuned", "tuned_same_budget"), bench(folder, tmp_path, "default_same_length", "default_same_budget")]
     outputs = [process.communicate(timeout=900)[0] for process in processes]
     assert [process.returncode for process in processes] == [0, 0], outputs[0][-3000:] + outputs[1][-3000:]
     report = json.loads(report_file.read_text())  # written by whichever ended last: it saw everything finished
@@ -51,11 +51,15 @@ def test_two_processes_split_the_arms_and_the_last_report_counts_them_all(tmp_pa
     for arm, iterations in (("tuned", 4), ("default_same_length", 4), ("default_same_budget", 16)):
         run = report["arms"][arm]["per_seed"]["0"]
         assert run["status"] == "finished" and run["iterations"] == iterations, (arm, run)
+    # the best config trained for what the trials left of the budget
+    assert report["tuned_same_budget_iterations"] == 16 - used
+    run = report["arms"]["tuned_same_budget"]["per_seed"]["0"]
+    assert run["status"] == "finished" and run["iterations"] == 16 - used, run
 
     # a third call trains nothing: every run is finished and reused
     summary = tmp_path / "runs" / "smallset-smoke" / "default_same_budget-seed0" / "run_summary.json"
     finished_at = summary.stat().st_mtime_ns
-    again = bench(folder, tmp_path, "tuned", "default_same_length", "default_same_budget")
+    again = bench(folder, tmp_path, "tuned", "tuned_same_budget", "default_same_length", "default_same_budget")
     output = again.communicate(timeout=900)[0]
     assert again.returncode == 0, output[-3000:]
     assert summary.stat().st_mtime_ns == finished_at and "exit 0" not in output  # no command ran

@@ -134,6 +134,9 @@ ABLATIONS = {
     "maskinit-no-wd": ["SOLVER.WEIGHT_DECAY", "0.0001"],
     # no Copy-Paste (on in the tiny preset since it was measured, 3 seeds on the embedded set and rice_leaf)
     "maskinit-no-copy-paste": ["MASKINIT.AUGMENT.COPY_PASTE.PROB", "0.0"],
+    # Detectron2's c2 init in place of LSUV (the tiny preset's init since session 12, 3 seeds on the
+    # embedded set and rice_leaf)
+    "maskinit-no-lsuv": ["MASKINIT.INIT", "c2"],
     # the whole data fit off (MASKINIT.FIT_TO_DATA False): the preset's pixel statistics, 128-pixel
     # input, anchors 16-256 and detection counts. Changes the input size, so also the s/iter.
     "maskinit-no-fit-to-data": ["MASKINIT.FIT_TO_DATA", "False"],
@@ -163,7 +166,8 @@ INGREDIENTS = {
     "maskinit-ema-restart": ["MASKINIT.EMA.ENABLED", "True", "MASKINIT.EMA.RESTART_AT_STEPS", "True"],
     # Simple Copy-Paste on half of the training images, Detectron2's default resize (no LSJ)
     "maskinit-copy-paste": ["MASKINIT.AUGMENT.COPY_PASTE.PROB", "0.5"],
-    # LSUV (orthogonal, then each layer's output variance set to 1 on the first training batch)
+    # LSUV (orthogonal, then each layer's output variance set to 1 on the first training batch); the
+    # tiny preset's init since session 12, so this now trains the default's config
     "maskinit-lsuv": ["--init", "lsuv"],
 }
 MASKINIT_RUNS.update({name: list(options) for name, options in INGREDIENTS.items()})

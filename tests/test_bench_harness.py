@@ -134,6 +134,9 @@ def test_recipe_variants_are_valid_tiny_configs_and_keep_their_explicit_schedule
     cosine = load_config(preset="tiny", overrides=recipes.SCHEDULE["maskinit-cosine"])
     assert cosine.MASKINIT.LR_SCHEDULE == "cosine"
     assert load_config(preset="tiny", overrides=recipes.SCHEDULE["maskinit-roi128"]).MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE == 128
+    # the LSUV ablation puts back c2 in place of the preset's LSUV
+    assert load_config(preset="tiny").MASKINIT.INIT == "lsuv"
+    assert load_config(preset="tiny", overrides=recipes.ABLATIONS["maskinit-no-lsuv"]).MASKINIT.INIT == "c2"
     # the scaled EMA ingredient: the preset's window of 50 iterations (decay 0.98) becomes 200 at 4x the budget
     ema = load_config(preset="tiny", overrides=recipes.INGREDIENTS["maskinit-ema-scaled"])
     long = apply_run_options(ema, TrainOptions(output_dir="out", device="cpu", max_iter=1600), explicit_keys={"MASKINIT.EMA.ENABLED"})

@@ -115,13 +115,13 @@ def test_small_init_without_norm_vanishes_from_the_backbone(vanishing):
 
 
 def test_common_initializers_with_gn_are_ok(default):
-    specs = ["c2", "kaiming_normal", "xavier_uniform", "orthogonal"]
+    specs = ["lsuv", "c2", "kaiming_normal", "xavier_uniform", "orthogonal"]
     results = compare(tiny(), ",".join(specs))
     assert [r.init for r in results] == specs
     assert [r.verdict for r in results] == ["ok"] * len(specs), [r.advice for r in results]
-    # Same seed, same batch: the first one is the default recipe (c2), measured again.
+    # Same seed, same batch: the first one is the tiny preset's own init (lsuv), measured again.
     assert results[0].to_json()["stages"] == default.to_json()["stages"]
-    c2 = {p["name"]: p["init"] for p in results[0].params}
+    c2 = {p["name"]: p["init"] for p in results[1].params}
     assert c2["backbone.bottom_up.res2.0.conv1.weight"] == "c2 (as built)"
 
 
@@ -158,7 +158,7 @@ def test_to_json_content(default):
     assert payload["params"] and all({"name", "shape", "init", "std"} <= set(p) for p in payload["params"])
     by_name = {p["name"]: p for p in payload["params"]}
     assert by_name["roi_heads.box_predictor.cls_score.weight"]["init"] == "prior normal(std=0.01)"
-    assert by_name["backbone.bottom_up.stem.conv1.weight"]["init"] == "c2 (as built)"
+    assert by_name["backbone.bottom_up.stem.conv1.weight"]["init"] == "lsuv(orthogonal)"
     json.dumps(payload, allow_nan=False)
 
 
@@ -329,7 +329,7 @@ def test_cli_default_recipe_ok_with_json_and_plot(tmp_path):
     assert result.exit_code == 0, result.output
     for name in STAGES:
         assert name in result.stdout
-    assert "ok (c2, norm GN)" in result.stdout
+    assert "ok (lsuv, norm GN)" in result.stdout
     payload = json.loads(out_json.read_text())
     assert payload["verdict"] == "ok" and payload["stage"] is None
     assert [row["name"] for row in payload["stages"]] == STAGES

@@ -198,6 +198,15 @@ def dataset_batch(cfg: CfgNode, num_images: int, seed: int = 0) -> list[dict] | 
                 ) from None
             if item is not None:
                 batch.append(item)
+    classes = int(cfg.MODEL.ROI_HEADS.NUM_CLASSES)
+    for item in batch:
+        instances = item.get("instances")
+        labels = instances.gt_classes if instances is not None and instances.has("gt_classes") else None
+        if labels is not None and len(labels) and int(labels.max()) >= classes:
+            raise MaskinitError(
+                f"LSUV batch: training set {names[0]} has class index {int(labels.max())}, but the config has "
+                f"MODEL.ROI_HEADS.NUM_CLASSES {classes}: build the model from the config the data was registered for"
+            )
     return batch or None
 
 

@@ -237,6 +237,13 @@ def test_registered_training_set_gives_the_batch(coco):
         apply_dataset_to_cfg(cfg, register_coco_dataset(name, coco.train_json, coco.train_images))
         first, source = lsuv_batch(cfg, seed=0)
         second, _ = lsuv_batch(cfg, seed=0)
+        # a config with fewer classes than the registered data: one line, not an IndexError in the loss
+        highest = max(int(item["instances"].gt_classes.max()) for item in first)
+        assert highest >= 1
+        fewer = cfg.clone()
+        fewer.MODEL.ROI_HEADS.NUM_CLASSES = highest
+        with pytest.raises(MaskinitError, match=f"class index {highest}, but the config has MODEL.ROI_HEADS.NUM_CLASSES {highest}"):
+            build_model(fewer)
     finally:
         for catalog in (DatasetCatalog, MetadataCatalog):
             if name in catalog.list():

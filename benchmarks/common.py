@@ -52,7 +52,8 @@ def budget(iters: int = ITERS) -> list[str]:
     """Detectron2 keys of the budget scaled to `iters`: warmup and the LR step keep their share (80 of
     400, step at 320), as `maskinit train --max-iter` rescales the preset's schedule."""
     warmup, step = round(WARMUP * iters / ITERS), round(STEP * iters / ITERS)
-    return ["SOLVER.MAX_ITER", str(iters), "SOLVER.WARMUP_ITERS", str(warmup), "SOLVER.STEPS", f"({max(step, 1)},)"]
+    step = max(1, min(step, iters - 1))  # fvcore wants the step before the last iteration
+    return ["SOLVER.MAX_ITER", str(iters), "SOLVER.WARMUP_ITERS", str(warmup), "SOLVER.STEPS", f"({step},)"]
 
 
 BUDGET = budget(ITERS)

@@ -2,7 +2,8 @@
 
 Runs are cached under benchmarks/runs/, so an interrupted `make bench` resumes where it stopped.
 Order: evaluation speed (minutes), overhead (minutes), the recipe comparison (issue 13, item 1) on
-the embedded and the held-out synthetic set and on the real sets rice_leaf and coco128 (from
+the embedded and the held-out synthetic set, on a synthetic set from another generator
+(plain_shapes.py), and on the real sets rice_leaf and coco128 (from
 ../shared/data beside the project, or --real-data DIR / $MASKINIT_BENCH_DATA; a set not found is
 skipped with a printed line), then, where a CUDA GPU is present, the variant sweep and the
 full-scale throughput, and the plots. --extended adds issue 13's items 2-4 on CPU: the 4x budget
@@ -25,6 +26,10 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 from common import REAL_DATA_ENV, real_sets  # noqa: E402
+
+
+# written by plain_shapes.py (the same bytes on every call), kept beside the run cache
+PLAIN_SHAPES = HERE / "runs" / "data" / "plain_shapes"
 
 
 def cuda_available() -> bool:
@@ -56,6 +61,9 @@ def main() -> None:
         ("speed.py", []),
         ("recipes.py", []),
         ("recipes.py", ["--heldout"]),
+        # a synthetic set from another generator (plain_shapes.py: Matterport's toy shapes, RLE masks)
+        ("plain_shapes.py", [str(PLAIN_SHAPES)]),
+        ("recipes.py", ["--data", f"plain_shapes={PLAIN_SHAPES}", "--synthetic"]),
     ]
     real = [] if args.no_real else real_sets(args.real_data)
     if args.no_real:

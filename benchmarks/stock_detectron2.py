@@ -9,7 +9,8 @@ each transcribed to the scale (tiny: the tiny preset's ResNet-18 FPN at 128 pixe
 config's R50-FPN at batch 4) and the benchmark's budget (N iterations, warmup and LR step scaled
 from 80 and 320 of 400). Data: the embedded synthetic set (or --heldout), or any COCO set by path;
 MODEL.ROI_HEADS.NUM_CLASSES is the number of categories the training JSON lists (Detectron2 maps
-their ids, whatever they are, to 0..N-1 in sorted order). Trailing KEY VALUE pairs are applied last
+their ids, whatever they are, to 0..N-1 in sorted order); INPUT.MASK_FORMAT is bitmask when the
+training masks include RLE. Trailing KEY VALUE pairs are applied last
 (e.g. INPUT.* sizes). Writes OUTPUT_DIR/result.json. --checkpoint-period N and --resume (Detectron2's own
 resume_or_load) let a long run (R50 on CPU) be stopped and continued; its s/iter is then that of the
 last part.
@@ -54,6 +55,17 @@ def check_categories(dataset: CocoSet) -> int:
     return len(train)
 
 
+def mask_format(dataset: CocoSet) -> list[str]:
+    """`INPUT.MASK_FORMAT bitmask` where the training masks include RLE: stock Detectron2 reads only
+    polygons by default and stops at the first RLE mask, so its users set this key (the one thing the
+    comparator is given beyond the zoo config, the scale and the budget; maskinit sets it itself)."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+    from maskinit.data.coco import inspect_coco
+
+    found = inspect_coco(dataset.train_json).mask_format
+    return ["INPUT.MASK_FORMAT", found] if found != "polygon" else []
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("recipe", choices=sorted(ZOO))
@@ -91,7 +103,7 @@ def main() -> None:
         "MODEL.WEIGHTS", "", "MODEL.ROI_HEADS.NUM_CLASSES", str(num_classes), "SOLVER.BASE_LR", str(args.lr),
         "SEED", str(args.seed), "TEST.EVAL_PERIOD", str(args.eval_period), "SOLVER.CHECKPOINT_PERIOD", str(args.checkpoint_period or 100000),
         "DATASETS.TRAIN", "('bench_train',)", "DATASETS.TEST", "('bench_val',)", "OUTPUT_DIR", args.output_dir,
-    ] + args.opts)
+    ] + mask_format(dataset) + args.opts)
     Path(args.output_dir).mkdir(parents=True, exist_ok=True)
     Path(args.output_dir, "config.yaml").write_text(cfg.dump())
     setup_logger(args.output_dir)

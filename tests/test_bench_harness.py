@@ -213,3 +213,22 @@ def test_a_cached_run_of_another_command_says_which_argument_differs(stand_in, c
     _finish(stand_in, [])
     execute("stand-in", "stock", command("b"), folder, resume=[*command("b"), "--resume"], iters=10)
     assert "cached result not used, redone: another command ('a' -> 'b')" in capsys.readouterr().out
+
+
+def test_the_comparison_names_an_lr_beyond_an_edge_optimum_and_the_error_ratio():
+    from recipes import STOCK, comparison
+
+    def row(mask):
+        return {"mask_ap_mean": mask, "box_ap_mean": mask, "seconds_per_iter": 1.0}
+
+    table = {"d2-scratch-gn@0.02": row(12.5), "d2-scratch-gn@0.04": row(17.6), "d2-scratch-gn@0.08": row(67.1),
+             "maskinit-default": row(84.7)}
+    compared = comparison(table, 1.5)
+    assert compared["comparator"] == "d2-scratch-gn@0.08" and compared["mask_ratio"] == round(84.7 / 67.1, 3)
+    assert compared["best_at_edge"] == "d2-scratch-gn@0.16" and compared["best_at_edge"] in STOCK
+    assert compared["error_ratio"] == round(32.9 / 15.3, 3) and not compared["goal_met"]
+    # an optimum inside the LRs run is not at an edge; the lowest LR winning points below the sweep
+    table["d2-scratch-gn@0.16"] = row(60.0)
+    assert "best_at_edge" not in comparison(table, 1.5)
+    low = {"d2-scratch-gn@0.01": row(9.0), "d2-scratch-gn@0.02": row(8.0), "maskinit-default": row(12.0)}
+    assert comparison(low, 1.3)["best_at_edge"] == "d2-scratch-gn@0.005"

@@ -69,9 +69,12 @@ def finished_run(out: Path) -> dict:
 
 
 def train_run(out: Path, args: list[str], log: Path) -> dict:
-    """A `maskinit train` run, reused when it finished before."""
-    if finished_run(out)["status"] != "finished":
-        run([*MASKINIT, "train", *args, "--output-dir", str(out), "--overwrite"], log)
+    """A `maskinit train` run, reused when it finished before, continued from its last checkpoint when
+    it was interrupted (SIGTERM or Ctrl-C: maskinit saves one), else started afresh."""
+    status = finished_run(out)["status"]
+    if status != "finished":
+        again = "--resume" if status == "interrupted" and (out / "last_checkpoint").is_file() else "--overwrite"
+        run([*MASKINIT, "train", *args, "--output-dir", str(out), again], log)
     return finished_run(out)
 
 

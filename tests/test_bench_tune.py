@@ -64,3 +64,22 @@ def test_two_processes_split_the_arms_and_the_last_report_counts_them_all(tmp_pa
     assert again.returncode == 0, output[-3000:]
     assert summary.stat().st_mtime_ns == finished_at and "exit 0" not in output  # no command ran
     assert json.loads(report_file.read_text())["arms"] == report["arms"]
+
+
+def test_an_interrupted_arm_continues_from_its_checkpoint_and_any_other_unfinished_one_starts_afresh(tmp_path, monkeypatch):
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import tune as bench
+
+    commands = []
+    monkeypatch.setattr(bench, "run", lambda command, log: commands.append(command) or 0)
+    out = tmp_path / "arm"
+    out.mkdir()
+    (out / "run_summary.json").write_text(json.dumps({"status": "interrupted", "iterations": 225}))
+    (out / "last_checkpoint").write_text("model_0000225.pth")
+    bench.train_run(out, ["--preset", "tiny"], tmp_path / "log")
+    assert commands[-1][-1] == "--resume" and "--overwrite" not in commands[-1]
+    (out / "last_checkpoint").unlink()  # interrupted before its first checkpoint: nothing to continue
+    bench.train_run(out, ["--preset", "tiny"], tmp_path / "log")
+    assert commands[-1][-1] == "--overwrite"
+    (out / "run_summary.json").write_text(json.dumps({"status": "finished", "eval": {"segm": {"AP": 9.5}}}))
+    assert bench.train_run(out, ["--preset", "tiny"], tmp_path / "log")["mask_ap"] == 9.5 and len(commands) == 2

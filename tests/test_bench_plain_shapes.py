@@ -76,3 +76,16 @@ def test_stock_detectron2_trains_and_evaluates_on_an_rle_set(tmp_path):
     result = json.loads((out / "result.json").read_text())
     assert result["status"] == "finished" and result["num_classes"] == 3
     assert "MASK_FORMAT: bitmask" in (out / "config.yaml").read_text()
+
+
+def test_synthetic_marks_sets_given_by_path_for_the_synthetic_goal(tmp_path):
+    import argparse
+
+    from recipes import GOAL_REAL, GOAL_SYNTHETIC, data_sets
+
+    folder = generate(tmp_path / "set", train=2, val=1)
+    for flag, goal in ((True, GOAL_SYNTHETIC), (False, GOAL_REAL)):
+        args = argparse.Namespace(train_json=None, train_images=None, val_json=None, val_images=None, name=None,
+                                  data=[f"shapes={folder}"], synthetic=flag, heldout=False)
+        (dataset,) = data_sets(args, argparse.ArgumentParser())
+        assert dataset.synthetic is flag and (GOAL_SYNTHETIC if dataset.synthetic else GOAL_REAL) == goal

@@ -64,8 +64,12 @@ def finished_run(out: Path) -> dict:
     summary = out / "run_summary.json"
     result = json.loads(summary.read_text()) if summary.is_file() else {}
     segm, bbox = result.get("eval", {}).get("segm", {}), result.get("eval", {}).get("bbox", {})
-    return {"status": result.get("status"), "iterations": result.get("iterations"), "mask_ap": segm.get("AP"),
-            "box_ap": bbox.get("AP"), "seconds": result.get("seconds")}
+    row = {"status": result.get("status"), "iterations": result.get("iterations"), "mask_ap": segm.get("AP"),
+           "box_ap": bbox.get("AP"), "seconds": result.get("seconds")}
+    resumed_at = (result.get("from_scratch") or {}).get("start_iter") or 0
+    if resumed_at:  # maskinit's summary times the last sitting only: say so rather than report it as the run's
+        row.update(seconds=None, seconds_last_sitting=result.get("seconds"), resumed_at=resumed_at)
+    return row
 
 
 def train_run(out: Path, args: list[str], log: Path) -> dict:

@@ -83,3 +83,7 @@ def test_an_interrupted_arm_continues_from_its_checkpoint_and_any_other_unfinish
     assert commands[-1][-1] == "--overwrite"
     (out / "run_summary.json").write_text(json.dumps({"status": "finished", "eval": {"segm": {"AP": 9.5}}}))
     assert bench.train_run(out, ["--preset", "tiny"], tmp_path / "log")["mask_ap"] == 9.5 and len(commands) == 2
+    (out / "run_summary.json").write_text(json.dumps({"status": "finished", "seconds": 300.0, "eval": {"segm": {"AP": 9.5}},
+                                                      "from_scratch": {"start_iter": 226}}))
+    row = bench.train_run(out, ["--preset", "tiny"], tmp_path / "log")  # resumed: its seconds are the last sitting's
+    assert (row["seconds"], row["seconds_last_sitting"], row["resumed_at"]) == (None, 300.0, 226) and len(commands) == 2

@@ -139,14 +139,18 @@ def read_summary(out: Path) -> dict:
     return json.loads(path.read_text()) if path.is_file() else {}
 
 
-def check_resume_config(path: Path, cfg: CfgNode) -> None:
+# What a resumed run must share with the run it continues: the model's shape, known from the config...
+RESUME_MODEL_KEYS = ("MODEL.RESNETS.DEPTH", "MASKINIT.NORM", "MODEL.FPN.OUT_CHANNELS", "MODEL.ROI_BOX_HEAD.NUM_CONV",
+                     "MODEL.ROI_BOX_HEAD.FC_DIM", "MODEL.ROI_MASK_HEAD.CONV_DIM")
+# ...and its classes, known once the data is read.
+RESUME_CLASS_KEYS = ("MODEL.ROI_HEADS.NUM_CLASSES", "MASKINIT.CLASS_NAMES")
+
+
+def check_resume_config(path: Path, cfg: CfgNode, keys: tuple[str, ...] = RESUME_MODEL_KEYS + RESUME_CLASS_KEYS) -> None:
     """A resumed run must build the same model it saved."""
     from .config import load_config
 
     saved = load_config(path)
-    keys = ("MODEL.RESNETS.DEPTH", "MODEL.ROI_HEADS.NUM_CLASSES", "MASKINIT.NORM", "MODEL.FPN.OUT_CHANNELS",
-            "MODEL.ROI_BOX_HEAD.NUM_CONV", "MODEL.ROI_BOX_HEAD.FC_DIM", "MODEL.ROI_MASK_HEAD.CONV_DIM",
-            "MASKINIT.CLASS_NAMES")
     for key in keys:
         old, new = saved, cfg
         for part in key.split("."):
@@ -157,3 +161,22 @@ def check_resume_config(path: Path, cfg: CfgNode) -> None:
             old, new = list(old), list(new)
         if old != new:
             raise MaskinitError(f"--resume: {key} is {new} now but {old} in the saved run ({path}); use a new --output-dir")
+
+
+def resumed_config(path: Path, given: CfgNode, options: TrainOptions, explicit_keys) -> CfgNode:
+    """The config a resumed run continues with: the one the run saved in `path` (fitted to the data when
+    it started), with the keys the command sets explicitly (`given`'s values) and its run options on top.
+
+    Not the command's preset or config file: fitted to the data again, or not fitted at all, the run would
+    go on with other input sizes, pixel statistics or anchors than its checkpoint was trained with. So
+    the command that started a run also resumes it, `--resume` added."""
+    from .config import config_value, load_config
+    from .run_options import apply_run_options
+
+    cfg = load_config(path)
+    cfg.defrost()
+    for key in sorted(explicit_keys):
+        *parent, last = key.split(".")
+        node = config_value(cfg, ".".join(parent)) if parent else cfg
+        node[last] = config_value(given, key)
+    return apply_run_options(cfg, options, explicit_keys)

@@ -12,6 +12,7 @@ recorded, and when not resuming the model's weights are fingerprinted before and
 
 from __future__ import annotations
 
+import logging
 import os
 import shlex
 import signal
@@ -28,6 +29,8 @@ from .errors import Interrupted, MaskinitError, signal_name
 from .machine import check_memory
 from .run_dir import (
     CONFIG_FILE,
+    RESUME_CLASS_KEYS,
+    RESUME_MODEL_KEYS,
     SUMMARY_FILE,
     check_output_dir,
     check_resume_config,
@@ -36,11 +39,14 @@ from .run_dir import (
     read_summary,
     remove_replaced_run,
     remove_stale_files,
+    resumed_config,
 )
 from .run_options import DataOptions, TrainOptions, apply_run_options
 from .worker import install_signal_handlers, launch_workers
 
 __all__ = ["DataOptions", "TrainOptions", "train"]
+
+logger = logging.getLogger("maskinit")
 
 
 def train(cfg: CfgNode, options: TrainOptions | None = None, explicit_keys: set[str] = frozenset(),
@@ -75,14 +81,20 @@ def _train(cfg: CfgNode, options: TrainOptions, explicit_keys, hooks: Sequence =
 
     if options.resume and options.overwrite:
         raise MaskinitError("--resume and --overwrite contradict each other: choose one")
-    cfg = apply_run_options(cfg, options, explicit_keys)
+    requested = apply_run_options(cfg, options, explicit_keys)
     checked = validate_data(options.data, options.skip_bad)
-    stated_classes = cfg.MODEL.ROI_HEADS.NUM_CLASSES
+    stated_classes = requested.MODEL.ROI_HEADS.NUM_CLASSES
     fitted = []
-    if not options.resume:  # a resumed run keeps the config it was fitted with
-        preset_cfg = cfg
-        cfg, fits = fit_to_data(cfg, checked.data, keep=explicit_keys)
-        fitted = fit_rows(preset_cfg, fits)
+    saved_config = Path(options.output_dir) / CONFIG_FILE
+    continues_saved = options.resume and saved_config.is_file()
+    if continues_saved:  # a resumed run goes on with the config it was fitted with (and checked) at its start
+        check_resume_config(saved_config, requested, RESUME_MODEL_KEYS)
+        cfg = resumed_config(saved_config, cfg, options, explicit_keys)
+        logger.info("resuming with the config saved in %s (fitted to the data at the run's start), "
+                    "the command's run options and KEY VALUE overrides on top", saved_config)
+    else:
+        cfg, fits = fit_to_data(requested, checked.data, keep=explicit_keys)
+        fitted = fit_rows(requested, fits)
         check_config(cfg)
     cfg, data = resolve_data(cfg, checked.data)
     if "MODEL.ROI_HEADS.NUM_CLASSES" in explicit_keys and stated_classes != cfg.MODEL.ROI_HEADS.NUM_CLASSES:
@@ -100,8 +112,8 @@ def _train(cfg: CfgNode, options: TrainOptions, explicit_keys, hooks: Sequence =
         if options.overwrite:
             remove_replaced_run(out)
         config_path = out / CONFIG_FILE
-        if options.resume and config_path.is_file():
-            check_resume_config(config_path, cfg)
+        if continues_saved:
+            check_resume_config(config_path, cfg, RESUME_CLASS_KEYS)
         if int(os.environ.get("RANK", 0)) == 0:  # under torchrun every rank runs train(); one writes
             (out / SUMMARY_FILE).unlink(missing_ok=True)
             write_atomically(config_path, dump_yaml(cfg))

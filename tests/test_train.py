@@ -9,6 +9,7 @@ import pytest
 from typer.testing import CliRunner
 
 from maskinit import MaskinitError, load_config
+from maskinit.config import config_value
 from maskinit.cli import app
 from maskinit.run_options import warn_optimizer_mismatch
 from maskinit.train import TrainOptions, train
@@ -85,10 +86,26 @@ def test_existing_run_is_refused_and_untouched(finished_run, coco):
     assert {p.name: p.stat().st_mtime_ns for p in out.iterdir()} == before
 
 
+# What the fit to the data writes into the config: a resumed run must keep it.
+# (On this set of 128 px images the input size stays the preset's, so it is not among them here.)
+FITTED_KEYS = ("MODEL.PIXEL_MEAN", "MODEL.PIXEL_STD", "MODEL.ANCHOR_GENERATOR.SIZES")
+
+
 def test_resume_continues_from_the_saved_iteration(coco, tmp_path):
     out = tmp_path / "resume"
     train(load_config(preset="tiny", overrides=FAST_EVAL), options(out, coco, max_iter=4, checkpoint_period=2))
-    summary = train(load_config(preset="tiny", overrides=FAST_EVAL), options(out, coco, max_iter=8, checkpoint_period=2, resume=True))
+    started = load_config(out / "config.yaml")
+    # the same command that started the run, --resume added (and a longer run, and one key set)
+    summary = train(load_config(preset="tiny", overrides=FAST_EVAL + ["MODEL.ROI_HEADS.SCORE_THRESH_TEST", "0.3"]),
+                    options(out, coco, max_iter=8, checkpoint_period=2, resume=True),
+                    explicit_keys={"SOLVER.WARMUP_ITERS", "MODEL.ROI_HEADS.SCORE_THRESH_TEST"})
+    resumed = load_config(out / "config.yaml")
+    preset = load_config(preset="tiny")
+    for key in FITTED_KEYS:  # the run goes on fitted as it started, not with the preset's values
+        assert config_value(started, key) != config_value(preset, key), key  # the fit changed it on this data
+        assert config_value(resumed, key) == config_value(started, key), key
+    assert resumed.SOLVER.MAX_ITER == 8 and resumed.MODEL.ROI_HEADS.SCORE_THRESH_TEST == 0.3
+    assert resumed.SOLVER.WARMUP_ITERS == 2  # kept as set, not rescaled with the longer run
     audit = summary["from_scratch"]
     assert audit["resumed_from_own_checkpoint"] is True
     assert audit["start_iter"] == 4

@@ -217,7 +217,7 @@ PAIR_ITERS = 80
 FAST_EVAL = ["TEST.DETECTIONS_PER_IMAGE", "1", "MODEL.ROI_HEADS.SCORE_THRESH_TEST", "0.99"]
 
 
-def interleaved_pairs(name: str, count: int, lr: str, maskinit_options) -> list[dict]:
+def interleaved_pairs(name: str, count: int, lr: str, maskinit_options, iters: int = PAIR_ITERS) -> list[dict]:
     """`count` pairs run one at a time: Detectron2's scratch GN recipe by its DefaultTrainer, then
     `maskinit train` with `maskinit_options(stock_output_dir)`; seconds per iteration of each."""
     train, val = datasets()
@@ -228,7 +228,7 @@ def interleaved_pairs(name: str, count: int, lr: str, maskinit_options) -> list[
         folder = RUNS / name / f"pair{pair}"
         stock_out, ours_out = folder / "stock", folder / "maskinit"
         run([PYTHON, str(ROOT / "benchmarks" / "stock_detectron2.py"), "scratch-gn", str(stock_out), "--lr", lr,
-             "--seed", str(pair), "SOLVER.MAX_ITER", str(PAIR_ITERS), *FAST_EVAL], folder / "stock.log")
+             "--seed", str(pair), "SOLVER.MAX_ITER", str(iters), *FAST_EVAL], folder / "stock.log")
         run([*MASKINIT, "train", "--output-dir", str(ours_out), "--overwrite", "--no-progress", "--seed", str(pair),
              *data, *maskinit_options(stock_out)], folder / "maskinit.log")
         stock, ours = read_json(stock_out / "result.json"), read_json(ours_out / "run_summary.json")

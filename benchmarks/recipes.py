@@ -144,6 +144,8 @@ ABLATIONS = {
     # Detectron2's c2 init in place of LSUV (the tiny preset's init since session 12, 3 seeds on the
     # embedded set and rice_leaf)
     "maskinit-no-lsuv": ["MASKINIT.INIT", "c2"],
+    # the heads before session 17: 64 RoIs per image and the mask head's 14x14 pool (28x28 masks)
+    "maskinit-previous-heads": ["MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE", "64", "MODEL.ROI_MASK_HEAD.POOLER_RESOLUTION", "14"],
     # the whole data fit off (MASKINIT.FIT_TO_DATA False): the preset's pixel statistics, 128-pixel
     # input, anchors 16-256 and detection counts. Changes the input size, so also the s/iter.
     "maskinit-no-fit-to-data": ["MASKINIT.FIT_TO_DATA", "False"],
@@ -208,6 +210,27 @@ PROBES = {
     "maskinit-lr1.5e-3": ["SOLVER.BASE_LR", "0.0015"],
 }
 MASKINIT_RUNS.update({name: list(options) for name, options in PROBES.items()})
+
+# Session 17: where the RoI heads' time goes at the tiny scale (one thread, fwd+bwd per iteration of 4
+# images): backbone ~170 ms, the 4-conv box head ~100 ms at 64 RoIs per image (~200 at 128), the mask
+# head ~140 ms at 16 positives per image (~320 at 32), an fc-only box head ~11 ms (~19 at 128). So the
+# box head's convs are what RoI batch 128 pays for twice over; these buy more RoIs with an fc head.
+HEAD_PROBES = {
+    # Detectron2's standard box head (two fc layers of FC_DIM, no convs) at the default's 64 RoIs
+    "maskinit-box2fc": ["MODEL.ROI_BOX_HEAD.NUM_CONV", "0", "MODEL.ROI_BOX_HEAD.NUM_FC", "2"],
+    # the same head with twice the RoIs per image (128, a quarter foreground: up to 32 for the mask head)
+    "maskinit-roi128-box2fc": ["MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE", "128", "MODEL.ROI_BOX_HEAD.NUM_CONV", "0",
+                               "MODEL.ROI_BOX_HEAD.NUM_FC", "2"],
+    # The mask head's four 64-channel convs cost ~150 ms per 64 RoIs at the 14x14 pool, ~60 at 10x10 and ~31
+    # at 7x7 (28x28, 20x20 and 14x14 masks): a smaller pool pays for twice the RoIs with the 4-conv box head.
+    "maskinit-roi128-mask10": ["MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE", "128", "MODEL.ROI_MASK_HEAD.POOLER_RESOLUTION", "10"],
+    "maskinit-roi128-mask7": ["MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE", "128", "MODEL.ROI_MASK_HEAD.POOLER_RESOLUTION", "7"],
+    # 128 RoIs with the 7x7 pool ran at 1.30x the comparator's s/iter one at a time (speed.py, 200 iterations):
+    # the box head's convs and RoIAlign on 512 RoIs. 96 RoIs per image spends half of that. Adopted in the tiny
+    # preset (session 17), so this now trains the default's config.
+    "maskinit-roi96-mask7": ["MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE", "96", "MODEL.ROI_MASK_HEAD.POOLER_RESOLUTION", "7"],
+}
+MASKINIT_RUNS.update({name: list(options) for name, options in HEAD_PROBES.items()})
 
 # Goal of issue 13: mask AP of the default over the comparator's, at most this s/iter ratio.
 GOAL_SYNTHETIC, GOAL_REAL, SPEED_LIMIT = 1.5, 1.3, 1.25

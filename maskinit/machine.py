@@ -5,9 +5,13 @@ with no message at all. The estimate of one training process's peak memory is fi
 peaks (`benchmarks/memory.py`: CPU, peak resident memory of 3 training iterations of a fresh
 process; `benchmarks/results/memory.json`):
 
-    peak ~ BASE(backbone) + images per process x (PER_ROI x ROIs x box-head width + PER_PIXEL(backbone) x pixels)
+    peak ~ BASE(backbone) + images per process x (PER_ROI x ROIs x box-head width x heads + PER_PIXEL(backbone) x pixels)
 
-where pixels are those of the largest input the resize rule can give (shorter side at the largest
+where `heads` is 1 at Detectron2's pools (7x7 box, 14x14 mask) and follows the mask pool's area for
+the mask head's share of the per-RoI activations, counted, not fitted: a third for the box head (four convs on
+7x7), two thirds for the mask head (a quarter of the RoIs, four convs on 14x14 and a 28x28 deconvolution),
+so 0.5 at a 7x7 mask pool (the `tiny` preset's; the measured peak fell with it, 96 RoIs against 64 before);
+pixels are those of the largest input the resize rule can give (shorter side at the largest
 `INPUT.MIN_SIZE_TRAIN`, longer side at `INPUT.MAX_SIZE_TRAIN`; the square under LSJ), padded to 32.
 Two terms are counted, not measured: the weight EMA's copy (`MASKINIT.EMA`, 4 bytes per parameter) and
 Copy-Paste's bitmasks (`MASKINIT.AUGMENT.COPY_PASTE`, one byte per pixel for each pasted and each
@@ -109,8 +113,15 @@ def per_image_bytes(cfg) -> float:
     # about half of a step's pixel-proportional activations sit in the backbone, half in the FPN and RPN
     scale = 0.5 * widen + 0.5 * cfg.MODEL.FPN.OUT_CHANNELS / measured_fpn
     pixels = _nearest(PER_PIXEL, resnets.DEPTH) * scale * height * width
-    rois = PER_ROI_CHANNEL * cfg.MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE * max(cfg.MODEL.ROI_BOX_HEAD.CONV_DIM, 64)
+    rois = (PER_ROI_CHANNEL * cfg.MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE * max(cfg.MODEL.ROI_BOX_HEAD.CONV_DIM, 64)
+            * roi_heads_share(cfg))
     return pixels + rois + copy_paste_bytes(cfg)
+
+
+def roi_heads_share(cfg) -> float:
+    """The per-RoI activations against Detectron2's 14x14 mask pool: a third box head, two thirds mask head,
+    the mask head's share scaled with its pool's area (0.5 at 7x7; see the module's docstring)."""
+    return 1 / 3 + 2 / 3 * (cfg.MODEL.ROI_MASK_HEAD.POOLER_RESOLUTION / 14) ** 2
 
 
 def copy_paste_bytes(cfg) -> float:

@@ -115,7 +115,8 @@ def test_recipe_variants_are_valid_tiny_configs_and_keep_their_explicit_schedule
     from maskinit.config import config_value, load_config
     from maskinit.run_options import TrainOptions, apply_run_options
 
-    variants = {**recipes.ABLATIONS, **recipes.FIT_PARTS, **recipes.INGREDIENTS, **recipes.SCHEDULE, **recipes.PROBES}
+    variants = {**recipes.ABLATIONS, **recipes.FIT_PARTS, **recipes.INGREDIENTS, **recipes.SCHEDULE, **recipes.PROBES,
+                **recipes.HEAD_PROBES}
     checked = 0
     for name, options in variants.items():
         if options[0].startswith("--"):  # a CLI option (--init lsuv), not KEY VALUE pairs
@@ -232,3 +233,27 @@ def test_the_comparison_names_an_lr_beyond_an_edge_optimum_and_the_error_ratio()
     assert "best_at_edge" not in comparison(table, 1.5)
     low = {"d2-scratch-gn@0.01": row(9.0), "d2-scratch-gn@0.02": row(8.0), "maskinit-default": row(12.0)}
     assert comparison(low, 1.3)["best_at_edge"] == "d2-scratch-gn@0.005"
+
+
+def test_speed_times_a_named_variant_at_the_given_length_and_refuses_an_unknown_one(monkeypatch, tmp_path):
+    """speed.py --variant NAME --iters N gives maskinit the variant's options and N iterations, names the
+    result after both, and an unknown variant stops with a usage error before anything runs."""
+    import speed
+    from recipes import HEAD_PROBES
+
+    calls, written = [], {}
+    monkeypatch.setattr(speed, "interleaved_pairs", lambda name, count, lr, options, iters: calls.append(
+        (name, count, iters, options(tmp_path))) or [{"stock_s_per_iter": 0.5, "maskinit_s_per_iter": 0.6}])
+    monkeypatch.setattr(speed, "write_json", lambda path, report: written.update({path.name: report}))
+    monkeypatch.setattr(sys, "argv", ["speed.py", "--variant", "maskinit-roi128-box2fc", "--iters", "200", "--pairs", "1"])
+    speed.main()
+    (name, count, iters, options), = calls
+    assert (name, count, iters) == ("speed-maskinit-roi128-box2fc-200it", 1, 200)
+    assert options[options.index("--max-iter") + 1] == "200"
+    assert options[-len(HEAD_PROBES["maskinit-roi128-box2fc"]):] == HEAD_PROBES["maskinit-roi128-box2fc"]
+    report = written["speed-maskinit-roi128-box2fc-200it.json"]
+    assert report["variant"] == "maskinit-roi128-box2fc" and report["median_ratio"] == 1.2
+    monkeypatch.setattr(sys, "argv", ["speed.py", "--variant", "maskinit-nonesuch"])
+    with pytest.raises(SystemExit) as stopped:
+        speed.main()
+    assert stopped.value.code == 2 and len(calls) == 1

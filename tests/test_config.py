@@ -44,7 +44,7 @@ def test_tiny_preset_exact_values():
     assert (m.ROI_MASK_HEAD.CONV_DIM, m.ROI_BOX_HEAD.CONV_DIM, m.ROI_BOX_HEAD.FC_DIM) == (64, 64, 256)
     assert (m.RPN.PRE_NMS_TOPK_TRAIN, m.RPN.POST_NMS_TOPK_TRAIN) == (400, 200)
     assert (m.RPN.PRE_NMS_TOPK_TEST, m.RPN.POST_NMS_TOPK_TEST) == (200, 100)
-    assert m.ROI_HEADS.BATCH_SIZE_PER_IMAGE == 64
+    assert (m.ROI_HEADS.BATCH_SIZE_PER_IMAGE, m.ROI_MASK_HEAD.POOLER_RESOLUTION) == (96, 7)
     assert cfg.TEST.DETECTIONS_PER_IMAGE == 50
     assert cfg.SOLVER.IMS_PER_BATCH == 4
     assert tuple(cfg.INPUT.MIN_SIZE_TRAIN) == (128,)

@@ -213,7 +213,7 @@ MASKINIT_RUNS.update({name: list(options) for name, options in PROBES.items()})
 
 # Session 17: where the RoI heads' time goes at the tiny scale (one thread, fwd+bwd per iteration of 4
 # images): backbone ~170 ms, the 4-conv box head ~100 ms at 64 RoIs per image (~200 at 128), the mask
-# head ~140 ms at 16 positives per image (~320 at 32), an fc-only box head ~11 ms (~19 at 128). So the
+# head ~150 ms at 16 positives per image (~310 at 32), an fc-only box head ~11 ms (~19 at 128). So the
 # box head's convs are what RoI batch 128 pays for twice over; these buy more RoIs with an fc head.
 HEAD_PROBES = {
     # Detectron2's standard box head (two fc layers of FC_DIM, no convs) at the default's 64 RoIs
@@ -225,8 +225,8 @@ HEAD_PROBES = {
     # at 7x7 (28x28, 20x20 and 14x14 masks): a smaller pool pays for twice the RoIs with the 4-conv box head.
     "maskinit-roi128-mask10": ["MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE", "128", "MODEL.ROI_MASK_HEAD.POOLER_RESOLUTION", "10"],
     "maskinit-roi128-mask7": ["MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE", "128", "MODEL.ROI_MASK_HEAD.POOLER_RESOLUTION", "7"],
-    # 128 RoIs with the 7x7 pool ran at 1.30x the comparator's s/iter one at a time (speed.py, 200 iterations):
-    # the box head's convs and RoIAlign on 512 RoIs. 96 RoIs per image spends half of that. Adopted in the tiny
+    # 128 RoIs with the 7x7 pool ran at 1.26x the comparator's s/iter one at a time (speed.py, 200 iterations):
+    # the box head's convs and RoIAlign on 512 RoIs. 96 RoIs per image: 1.03x (session 18). Adopted in the tiny
     # preset (session 17), so this now trains the default's config.
     "maskinit-roi96-mask7": ["MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE", "96", "MODEL.ROI_MASK_HEAD.POOLER_RESOLUTION", "7"],
 }

@@ -163,6 +163,24 @@ FIT_PARTS = {
 }
 MASKINIT_RUNS.update({name: list(options) for name, options in FIT_PARTS.items()})
 
+# The data fit key by key (--only these): every fitted key at the preset's input size (the input sizes
+# pinned to the tiny preset's 128 px), then each other key switched back to the preset's value alone; at the
+# fitted input size, each key switched back alone. Explicit KEY VALUE options: the fit keeps them.
+PRESET_INPUT = ["INPUT.MIN_SIZE_TRAIN", "(128,)", "INPUT.MAX_SIZE_TRAIN", "128", "INPUT.MIN_SIZE_TEST", "128",
+                "INPUT.MAX_SIZE_TEST", "128"]
+PRESET_PIXELS = FIT_PARTS["maskinit-preset-pixels"]
+PRESET_ANCHOR_SIZES = ANCHORS
+PRESET_RATIOS = ["MODEL.ANCHOR_GENERATOR.ASPECT_RATIOS", "[[0.5,1.0,2.0]]"]
+PRESET_COUNTS = ["TEST.DETECTIONS_PER_IMAGE", "50", "MODEL.RPN.POST_NMS_TOPK_TEST", "100", "MODEL.RPN.PRE_NMS_TOPK_TEST", "200",
+                 "MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE", "96", "MODEL.RPN.BATCH_SIZE_PER_IMAGE", "256",
+                 "MODEL.RPN.POST_NMS_TOPK_TRAIN", "200", "MODEL.RPN.PRE_NMS_TOPK_TRAIN", "400"]
+FIT_KEYS = {"input": PRESET_INPUT, "pixels": PRESET_PIXELS, "anchors": PRESET_ANCHOR_SIZES, "ratios": PRESET_RATIOS,
+            "counts": PRESET_COUNTS}
+FIT_ABLATION = {f"maskinit-fit-preset-{key}": list(options) for key, options in FIT_KEYS.items()}
+FIT_ABLATION.update({f"maskinit-fit-preset-input-{key}": [*PRESET_INPUT, *options]
+                     for key, options in FIT_KEYS.items() if key != "input"})
+MASKINIT_RUNS.update(FIT_ABLATION)
+
 # Issue 15's ingredients, each added alone to the default (off until measured). Copy-Paste won on both
 # sets and is on in the tiny preset since, so maskinit-copy-paste now trains the default's config.
 INGREDIENTS = {

@@ -114,6 +114,10 @@ def doctor():
     raise typer.Exit(1 if broken else 0)
 
 
+FIT_HELP = ("Fit the config to your training data: safe (default: pixel statistics, anchors, counts; a larger input or "
+            "RoI batch only within 1.2x the preset's s/iter), full (the input and RoIs the objects need, at any cost), off.")
+
+
 PRESET_HELP = "Named starting point under configs/ (r50-fpn, tiny, ...)."
 RECIPE_HELP = "Published from-scratch recipe under configs/recipes/, in place of --preset (see `maskinit list`)."
 NORM_HELP = "Norm variant NAME[:key=value] (GN, GNWS, SyncBN, BN, naiveSyncBN, none)."
@@ -276,6 +280,11 @@ def train_setup(overrides, config, preset, recipe, norm, init, schedule, plugin,
     cfg = load_config(path=config, preset=preset, norm=norm, init=init, overrides=overrides or (), schedule=schedule,
                       plugins=plugin or (), recipe=recipe)
     run_options["output_dir"] = str(run_options["output_dir"])
+    duration = run_options.pop("time", None)
+    if duration is not None:
+        from .budget import parse_duration
+
+        run_options["time_budget"] = parse_duration(duration)
     options = TrainOptions(**run_options, data=DataOptions(train_json, train_images, val_json, val_images, dataset, val_dataset))
     return cfg, options, set((overrides or [])[::2])
 
@@ -320,16 +329,15 @@ def train(
     precise_bn: bool = typer.Option(False, help="Recompute BN statistics before each evaluation (BN variants)."),
     progress: Optional[bool] = typer.Option(None, "--progress/--no-progress", help="Progress bar (default: on a terminal)."),
     skip_bad: bool = typer.Option(False, help="Drop bad annotations and images (counted in the log) instead of refusing the data."),
+    fit: Optional[str] = typer.Option(None, help=FIT_HELP),
+    epochs: Optional[float] = typer.Option(None, help="The run's length in passes over the training images (instead of --max-iter)."),
+    time: Optional[str] = typer.Option(None, "--time", help="The run's length as training time on this machine (2h, 90m, 1h30m): the iterations that fit at the s/iter measured here first (instead of --max-iter)."),
 ):
     """Train Mask R-CNN from scratch with Detectron2's trainer, then evaluate."""
     cfg, options, explicit_keys = train_setup(**locals())  # first: locals() are exactly the parameters
     from .train import train as run_training
 
-    summary = run_training(cfg, options, explicit_keys=explicit_keys)
-    fitted = [(row["key"], row["preset"], row["fitted"], row["from"]) for row in summary.get("fitted_to_data", ())]
-    if fitted:
-        print_key_rows("keys fitted to the training data (MASKINIT.FIT_TO_DATA False turns this off)", fitted,
-                       ("preset", "fitted", "from"), err_console)
+    summary = run_training(cfg, options, explicit_keys=explicit_keys, announce=print_plan)
     for warning in summary.get("warnings", ()):
         err_console.print(f"[bold yellow]warning:[/] {escape(warning)}", highlight=False, soft_wrap=True)
     if "eval" in summary:
@@ -343,6 +351,21 @@ def train(
         f"{summary['from_scratch']['pretrained_tensors_loaded']} pretrained tensors loaded"
     )
     console.print(f"outputs in {output_dir}/: config.yaml, model_final.pth, metrics.json, eval.json, curves.png, run_summary.json")
+
+
+def print_fit(fit, out: Console) -> None:
+    """The keys a data fit set (a table on a terminal), its mode and estimated cost, and what it held back."""
+    if fit.rows:
+        print_key_rows(f"keys fitted to the training data (--fit {fit.mode})", fit.rows, ("preset", "fitted", "from"), out)
+    for line in fit.lines():
+        out.print(escape(line), highlight=False, soft_wrap=True)
+
+
+def print_plan(plan) -> None:
+    """What `train` prints once the run is checked, before it starts: the data fit and the run's length."""
+    print_fit(plan.fit, err_console)
+    for line in plan.length:
+        err_console.print(escape(line), highlight=False, soft_wrap=True)
 
 
 def shares_options(source, exclude=()):
@@ -362,7 +385,7 @@ def shares_options(source, exclude=()):
 
 
 # the `train` options a tuning trial cannot take: a trial is one process, and each trial has its own folder
-TUNE_EXCLUDED = ("from_scratch", "num_gpus", "num_machines", "machine_rank", "dist_url", "overwrite")
+TUNE_EXCLUDED = ("from_scratch", "num_gpus", "num_machines", "machine_rank", "dist_url", "overwrite", "time")
 
 
 def _param_text(params: dict) -> str:
@@ -498,7 +521,7 @@ def inspect_init_command(
     cfg = load_config(path=config, base=base, preset=preset, norm=norm, init=init, overrides=overrides or (), plugins=plugin or ())
     batch = None
     if train_json is not None:
-        from .data.analysis import fit_to_data
+        from .data.fit import fit_to_data
         from .run_options import DataOptions
 
         # the model inspect-init builds is the one train would build on this data (channels, pixel statistics, sizes)
@@ -668,9 +691,11 @@ def analyze_data_command(
     seed: int = typer.Option(0, help="Seed of the image sample."),
     plot: Optional[Path] = typer.Option(None, "--plot", help="Write a figure (PNG) of sizes, boxes against anchors, counts, classes and pixels."),
     json_out: Optional[Path] = typer.Option(None, "--json-out", help="Write the statistics and the fitted keys as JSON here."),
+    fit: str = typer.Option("safe", help=FIT_HELP),
 ):
-    """Measure a COCO training set and show the config keys fitted to it (pixel mean/std, sizes, anchors, ...)."""
-    from .data.analysis import analyze_coco, fit_config, fit_rows, plot_analysis, write_analysis_json
+    """Measure a COCO training set and show the config keys fitted to it (pixel mean/std, sizes, anchors, ...) with their cost."""
+    from .data.analysis import analyze_coco, plot_analysis, write_analysis_json
+    from .data.fit import apply_fits, fit_config, fit_report
 
     json_file = renamed(json_file, json_option, "the COCO JSON argument (maskinit analyze-data JSON --images DIR)", "--json", required=True)
     analysis = analyze_coco(json_file, images, sample=sample or None, seed=seed)
@@ -683,15 +708,18 @@ def analyze_data_command(
 
     from .config import load_config  # Detectron2's config (and torch) only for the fitted keys
 
-    cfg = load_config(path=config, preset=preset)
-    fits = fit_config(cfg, analysis)
-    title = f"keys fitted to the data (against {config or cfg.MASKINIT.PRESET or 'the config'})"
-    rows = fit_rows(cfg, fits)
-    print_key_rows(title, rows, ("preset", "fitted", "from"), console)
+    cfg = load_config(path=config, preset=preset, overrides=["MASKINIT.FIT", fit])
+    fitted, applied = apply_fits(cfg, fit_config(cfg, analysis))
+    report = fit_report(cfg, fitted, analysis, applied)
+    if report.rows:
+        title = f"keys fitted to the data, --fit {fit} (against {config or cfg.MASKINIT.PRESET or 'the config'})"
+        print_key_rows(title, report.rows, ("preset", "fitted", "from"), console)
+    for line in report.lines():
+        console.print(escape(line), highlight=False, soft_wrap=True)
     if json_out is not None:
-        err_console.print(f"wrote {write_analysis_json(json_out, analysis, cfg, fits)}")
+        err_console.print(f"wrote {write_analysis_json(json_out, analysis, report.rows, report.to_dict())}")
     if plot is not None:
-        err_console.print(f"wrote {plot_analysis(plot, analysis, cfg, fits)}")
+        err_console.print(f"wrote {plot_analysis(plot, analysis, cfg, {f.key: f.value for f in applied})}")
 
 
 if __name__ == "__main__":

@@ -101,7 +101,11 @@ def add_maskinit_config(cfg: CfgNode) -> CfgNode:
     _C.MASKINIT.OPTIMIZER = "sgd"
     # LR schedule after warmup: step (SOLVER.STEPS), cosine, or plateau (see MASKINIT.PLATEAU).
     _C.MASKINIT.LR_SCHEDULE = "step"
-    # Fit pixel mean/std, input sizes, anchors, detections per image to the user's training data (data/analysis.py).
+    # Fit the config to the user's training data (data/fit.py): safe (pixel statistics, anchors, counts, and a
+    # larger input or RoI batch only within 1.2x the preset's estimated s/iter), full (the input and RoI batch the
+    # objects need, at any cost) or off.
+    _C.MASKINIT.FIT = "safe"
+    # False turns the fit off whatever MASKINIT.FIT says (the switch configs written before MASKINIT.FIT carry).
     _C.MASKINIT.FIT_TO_DATA = True
     # Refuse, before training, a run whose estimated peak memory exceeds what this machine has (maskinit/machine.py).
     _C.MASKINIT.MEMORY_CHECK = True
@@ -531,6 +535,7 @@ CHOICE_RULES = (
     ("MASKINIT.OPTIMIZER", "optimizer", OPTIMIZERS),
     ("MASKINIT.LR_SCHEDULE", "LR schedule", LR_SCHEDULES),
     ("MASKINIT.AMP_DTYPE", "AMP dtype", AMP_DTYPES),
+    ("MASKINIT.FIT", "fit mode", ("off", "safe", "full")),
     ("SOLVER.LR_SCHEDULER_NAME", "LR scheduler", ("WarmupMultiStepLR", "WarmupCosineLR", "WarmupStepWithFixedGammaLR")),
     ("SOLVER.WARMUP_METHOD", "warmup method", ("linear", "constant")),
     ("MODEL.RESNETS.DEPTH", "ResNet depth", RESNET_DEPTHS),

@@ -67,6 +67,11 @@ class TrainOptions:
     progress: bool | None = None
     # drop bad annotations/images (counted in the log) instead of refusing the data
     skip_bad: bool = False
+    # the data fit's mode (MASKINIT.FIT): off, safe or full; None keeps the config's
+    fit: str | None = None
+    # the run's length as passes over the training images, or as seconds of training on this machine
+    epochs: float | None = None
+    time_budget: float | None = None
     data: DataOptions = field(default_factory=DataOptions)
 
 
@@ -111,6 +116,16 @@ def apply_run_options(cfg: CfgNode, options: TrainOptions, explicit_keys: set[st
         if options.warmup_iters < 0:
             raise MaskinitError(f"--warmup-iters must be >= 0, got {options.warmup_iters}")
         cfg.SOLVER.WARMUP_ITERS = options.warmup_iters
+    lengths = [flag for flag, value in (("--max-iter", options.max_iter), ("--epochs", options.epochs),
+                                        ("--time", options.time_budget)) if value is not None]
+    if len(lengths) > 1:
+        raise MaskinitError(f"{' and '.join(lengths)} each set the run's length: give one")
+    if options.time_budget is not None and (options.resume or options.num_machines > 1 or _under_torchrun()):
+        raise MaskinitError("--time measures this machine before a new run: with --resume, several machines or torchrun, "
+                            "use --max-iter or --epochs")
+    if options.fit is not None:
+        cfg.MASKINIT.FIT = options.fit
+        cfg.MASKINIT.FIT_TO_DATA = True
     if options.max_iter is not None:
         rescale_to_max_iter(
             cfg, options.max_iter, keep_steps="SOLVER.STEPS" in explicit_keys,
@@ -145,6 +160,12 @@ def apply_run_options(cfg: CfgNode, options: TrainOptions, explicit_keys: set[st
     validate_run_config(cfg, options)
     warn_optimizer_mismatch(cfg)
     return cfg
+
+
+def _under_torchrun() -> bool:
+    import os
+
+    return "LOCAL_RANK" in os.environ and int(os.environ.get("WORLD_SIZE", 1)) > 1
 
 
 def warn_optimizer_mismatch(cfg: CfgNode) -> None:

@@ -16,15 +16,15 @@ import logging
 import os
 import shlex
 import signal
-from collections.abc import Sequence
-from dataclasses import replace
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from detectron2.config import CfgNode
 
 from .atomic import write_atomically
 from .config import check_config, dump_yaml
-from .data.analysis import fit_rows, fit_to_data
+from .data.fit import FitReport, fit_to_data
 from .errors import Interrupted, MaskinitError, signal_name
 from .machine import check_memory
 from .run_dir import (
@@ -44,24 +44,35 @@ from .run_dir import (
 from .run_options import DataOptions, TrainOptions, apply_run_options
 from .worker import install_signal_handlers, launch_workers
 
-__all__ = ["DataOptions", "TrainOptions", "train"]
+__all__ = ["DataOptions", "RunPlan", "TrainOptions", "train"]
 
 logger = logging.getLogger("maskinit")
 
 
+@dataclass(frozen=True)
+class RunPlan:
+    """What a run will train, decided before it starts: the final config, the data fit (its keys and
+    estimated cost), and how the run's length was chosen (`--epochs`, `--time`)."""
+
+    cfg: CfgNode
+    fit: FitReport
+    length: tuple[str, ...] = ()
+
+
 def train(cfg: CfgNode, options: TrainOptions | None = None, explicit_keys: set[str] = frozenset(),
-          hooks: Sequence = ()) -> dict:
+          hooks: Sequence = (), announce: Callable[[RunPlan], None] | None = None) -> dict:
     """Train from scratch and evaluate; returns the run summary (also in `run_summary.json`).
 
     Every way it ends other than a finished run is a `MaskinitError` saying why in one line,
     SIGINT and SIGTERM included, whenever they arrive. `explicit_keys`: the config keys the user
     set (kept as given by the schedule scaling and the fit to the data). `hooks`: extra Detectron2
     hooks for the trainer, after maskinit's own (one process only: they are not sent to others).
+    `announce`: called with the `RunPlan` once everything is checked, before training starts.
     """
     options = options or TrainOptions()
     restore = install_signal_handlers(raise_interrupted)
     try:
-        return _train(cfg, options, explicit_keys, hooks)
+        return _train(cfg, options, explicit_keys, hooks, announce)
     except KeyboardInterrupt as interrupt:  # outside the training loop, which stops on signals by itself
         summary = read_summary(Path(options.output_dir))
         when = ("after training ended: the outputs in " + str(options.output_dir) + " are what it wrote"
@@ -76,7 +87,8 @@ def raise_interrupted(signum, frame):
     raise Interrupted(signal.Signals(signum).name)
 
 
-def _train(cfg: CfgNode, options: TrainOptions, explicit_keys, hooks: Sequence = ()) -> dict:
+def _train(cfg: CfgNode, options: TrainOptions, explicit_keys, hooks: Sequence = (), announce=None) -> dict:
+    from .budget import run_length
     from .data.sources import resolve_data, validate_data
 
     if options.resume and options.overwrite:
@@ -84,7 +96,7 @@ def _train(cfg: CfgNode, options: TrainOptions, explicit_keys, hooks: Sequence =
     requested = apply_run_options(cfg, options, explicit_keys)
     checked = validate_data(options.data, options.skip_bad)
     stated_classes = requested.MODEL.ROI_HEADS.NUM_CLASSES
-    fitted = []
+    fit = FitReport("off")
     saved_config = Path(options.output_dir) / CONFIG_FILE
     continues_saved = options.resume and saved_config.is_file()
     if continues_saved:  # a resumed run goes on with the config it was fitted with (and checked) at its start
@@ -93,8 +105,7 @@ def _train(cfg: CfgNode, options: TrainOptions, explicit_keys, hooks: Sequence =
         logger.info("resuming with the config saved in %s (fitted to the data at the run's start), "
                     "the command's run options and KEY VALUE overrides on top", saved_config)
     else:
-        cfg, fits = fit_to_data(requested, checked.data, keep=explicit_keys)
-        fitted = fit_rows(requested, fits)
+        cfg, fit = fit_to_data(requested, checked.data, keep=explicit_keys)
         check_config(cfg)
     cfg, data = resolve_data(cfg, checked.data)
     if "MODEL.ROI_HEADS.NUM_CLASSES" in explicit_keys and stated_classes != cfg.MODEL.ROI_HEADS.NUM_CLASSES:
@@ -104,6 +115,9 @@ def _train(cfg: CfgNode, options: TrainOptions, explicit_keys, hooks: Sequence =
         )
     if cfg.MASKINIT.MEMORY_CHECK:
         check_memory(cfg, processes_here=options.num_gpus)
+    cfg, length = run_length(cfg, options.epochs, options.time_budget, explicit_keys, options.num_gpus * options.num_machines)
+    if announce is not None:
+        announce(RunPlan(cfg, fit, tuple(length)))
     out = prepare_output_dir(options)
     check_output_dir(out, options, cfg.SOLVER.MAX_ITER)  # a refused run leaves the dir as it was
     with output_dir_lock(out):
@@ -120,7 +134,7 @@ def _train(cfg: CfgNode, options: TrainOptions, explicit_keys, hooks: Sequence =
         cfg.freeze()
         # the workers train on the data as resolved (cleaned copies, the embedded default's paths);
         # the commands printed at the end name the data as the user gave it
-        launch_workers(cfg, replace(options, data=data), out, fitted, checked.notes, hooks)
+        launch_workers(cfg, replace(options, data=data), out, fit, checked.notes, hooks)
     return outcome(read_summary(out), options, out)
 
 

@@ -21,6 +21,7 @@ from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 
 from .checkpoint import last_checkpoint, weights_fingerprint, write_failure
+from .data.fit import FitReport
 from .errors import MaskinitError, one_line, signal_name
 from .hooks import StopRequested, TrainingInterrupted
 from .machine import estimate_memory
@@ -51,10 +52,10 @@ def divergence_message(error: FloatingPointError, output_dir: str, iteration: in
     return {"iteration": iteration, "terms": terms, "checkpoint": last_checkpoint(output_dir)}
 
 
-def worker(cfg: CfgNode, options: TrainOptions, fitted: Sequence = (), data_notes: Sequence[str] = (),
+def worker(cfg: CfgNode, options: TrainOptions, fit: FitReport | None = None, data_notes: Sequence[str] = (),
            hooks: Sequence = ()) -> None:
     """One training process (rank): set up logging and seeds, train, evaluate, record the summary.
-    `fitted`: the config keys fitted to the data, as (key, preset value, fitted value, reason) rows;
+    `fit`: the data fit (its keys as (key, preset value, fitted value, reason) rows, its mode and cost);
     `data_notes`: what the data check dropped or cleaned (logged, and kept in the summary);
     `hooks`: extra Detectron2 hooks, after maskinit's own."""
     from detectron2.utils.env import seed_all_rng
@@ -77,8 +78,11 @@ def worker(cfg: CfgNode, options: TrainOptions, fitted: Sequence = (), data_note
                 handler.addFilter(no_console_traceback)
     estimate = estimate_memory(cfg, comm.get_local_size())
     (logger.warning if estimate.tight else logger.info)("memory: %s", estimate.describe())
-    for key, old, new, reason in fitted:
+    fit = fit or FitReport("off")
+    for key, old, new, reason in fit.rows:
         logger.info("fitted to the data: %s = %s (was %s): %s", key, new, old, reason)
+    for line in fit.lines():
+        logger.info("%s", line)
     register_from_options(options.data, cfg)
     for note in data_notes:
         logger.warning("data: %s", note)
@@ -160,7 +164,8 @@ def worker(cfg: CfgNode, options: TrainOptions, fitted: Sequence = (), data_note
                 "world_size": comm.get_world_size(),
                 "data_dropped": list(data_notes),
                 "warnings": trainer.loss_watch.warnings(),
-                "fitted_to_data": [{"key": k, "preset": o, "fitted": n, "from": r} for k, o, n, r in fitted],
+                "fitted_to_data": [{"key": k, "preset": o, "fitted": n, "from": r} for k, o, n, r in fit.rows],
+                "fit": fit.to_dict(),
                 "output_dir": cfg.OUTPUT_DIR,
             }
             results = getattr(trainer, "_last_eval_results", None)
@@ -198,7 +203,7 @@ def torchrun_env() -> bool:
     return "LOCAL_RANK" in os.environ and "WORLD_SIZE" in os.environ and int(os.environ["WORLD_SIZE"]) > 1
 
 
-def run_under_torchrun(cfg: CfgNode, options: TrainOptions, fitted: Sequence = (), data_notes: Sequence[str] = ()) -> None:
+def run_under_torchrun(cfg: CfgNode, options: TrainOptions, fit: FitReport | None = None, data_notes: Sequence[str] = ()) -> None:
     """torchrun started the processes: join its process group and run this rank."""
     import torch.distributed as dist
 
@@ -209,10 +214,10 @@ def run_under_torchrun(cfg: CfgNode, options: TrainOptions, fitted: Sequence = (
     dist.init_process_group(backend="nccl" if cuda else "gloo", init_method="env://")
     comm.create_local_process_group(int(os.environ.get("LOCAL_WORLD_SIZE", 1)))
     comm.synchronize()
-    worker(cfg, options, fitted, data_notes)
+    worker(cfg, options, fit, data_notes)
 
 
-def launch_workers(cfg: CfgNode, options: TrainOptions, out: Path, fitted: Sequence = (), data_notes: Sequence[str] = (),
+def launch_workers(cfg: CfgNode, options: TrainOptions, out: Path, fit: FitReport | None = None, data_notes: Sequence[str] = (),
                    hooks: Sequence = ()) -> None:
     """Run `worker` in this process, under torchrun, or in `--num-gpus` x `--num-machines` processes.
     Extra `hooks` need the one process: they cannot be sent to others."""
@@ -220,7 +225,7 @@ def launch_workers(cfg: CfgNode, options: TrainOptions, out: Path, fitted: Seque
     if hooks and (world > 1 or torchrun_env()):
         raise MaskinitError("extra training hooks run in one process only: use --num-gpus 1 without torchrun")
     if torchrun_env():
-        run_under_torchrun(cfg, options, fitted, data_notes)
+        run_under_torchrun(cfg, options, fit, data_notes)
         return
     dist_url = options.dist_url
     if world > 1 and dist_url == "auto" and options.num_machines > 1:
@@ -228,7 +233,7 @@ def launch_workers(cfg: CfgNode, options: TrainOptions, out: Path, fitted: Seque
     # with several processes, the children handle SIGINT/SIGTERM; the parent waits for them
     restore = install_signal_handlers(signal.SIG_IGN) if world > 1 else (lambda: None)
     try:
-        launch(worker, options.num_gpus, options.num_machines, options.machine_rank, dist_url, args=(cfg, options, list(fitted), list(data_notes), list(hooks)))
+        launch(worker, options.num_gpus, options.num_machines, options.machine_rank, dist_url, args=(cfg, options, fit, list(data_notes), list(hooks)))
     except MaskinitError:
         raise
     except Exception as error:  # a child process failed: its status file says why when it can

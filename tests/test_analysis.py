@@ -16,15 +16,8 @@ from typer.testing import CliRunner
 
 from maskinit.cli import app
 from maskinit.config import load_config
-from maskinit.data.analysis import (
-    MIN_ANCHOR_SIZE,
-    MIN_OBJECT_PIXELS,
-    SMALL_OBJECT_PERCENTILE,
-    analyze_coco,
-    apply_fits,
-    fit_config,
-    scaled_box_sides,
-)
+from maskinit.data.analysis import analyze_coco
+from maskinit.data.fit import apply_fits, fit_config
 from maskinit.errors import MaskinitError
 
 
@@ -158,11 +151,11 @@ def test_a_sample_mixing_image_kinds_names_two_files(tmp_path):
         analyze_coco(json_file, image_dir)
 
 
-def test_a_constant_channel_gets_std_1_not_0(tmp_path, tiny):
+def test_a_constant_set_gets_std_1_not_0(tmp_path, tiny):
     json_file, image_dir = write_coco(tmp_path, [(30, 30, 3)] * 2, [[(1, 1, 5, 5)]] * 2)
     fits = fit_config(tiny, analyze_coco(json_file, image_dir))
     std = next(fit for fit in fits if fit.key == "MODEL.PIXEL_STD")
-    assert std.value == [1.0] * 3 and "constant channel" in std.reason
+    assert std.value == [1.0] * 3 and "constant" in std.reason
 
 
 def test_rgb_input_format_gets_the_channels_in_rgb_order(tmp_path, tiny):
@@ -174,117 +167,6 @@ def test_rgb_input_format_gets_the_channels_in_rgb_order(tmp_path, tiny):
     rgb.INPUT.FORMAT = "RGB"
     assert fitted(fit_config(tiny, analysis))["MODEL.PIXEL_MEAN"] == [10.0, 100.0, 200.0]
     assert fitted(fit_config(rgb, analysis))["MODEL.PIXEL_MEAN"] == [200.0, 100.0, 10.0]
-
-
-# ---------------------------------------------------------------------------------------------
-# Sizes, anchors, ratios, detections
-
-
-def test_small_images_are_not_upscaled(tmp_path, r50):
-    json_file, image_dir = write_coco(tmp_path, [(128, 128)] * 3, [grid_boxes(4, 20, 30, columns=4)] * 3)
-    fits = fitted(fit_config(r50, analyze_coco(json_file, image_dir)))
-    assert fits["INPUT.MIN_SIZE_TEST"] == fits["INPUT.MAX_SIZE_TEST"] == fits["INPUT.MAX_SIZE_TRAIN"] == 128
-    # the preset's multi-scale jitter (640..800 of 800) is kept, rescaled to 128
-    assert max(fits["INPUT.MIN_SIZE_TRAIN"]) == 128 and min(fits["INPUT.MIN_SIZE_TRAIN"]) == round(640 * 128 / 800)
-
-
-def test_tiny_objects_on_large_images_are_not_shrunk_away(tmp_path, tiny):
-    json_file, image_dir = write_coco(tmp_path, [(1024, 1024)] * 3, [grid_boxes(40, 14, 60)] * 3)
-    analysis = analyze_coco(json_file, image_dir)
-    fits = fit_config(tiny, analysis)  # the tiny preset caps inputs at 128: 14-px objects would become 1.75 px
-    values = fitted(fits)
-    size, max_size = values["INPUT.MIN_SIZE_TEST"], values["INPUT.MAX_SIZE_TEST"]
-    assert 128 < size < 1024
-
-    def small(m, big):
-        return np.percentile(scaled_box_sides(analysis, m, big), SMALL_OBJECT_PERCENTILE)
-
-    assert small(size, max_size) >= MIN_OBJECT_PIXELS > small(size - 1, size - 1)  # the smallest size that keeps them
-    assert "above the preset's MAX_SIZE_TEST 128" in next(f.reason for f in fits if f.key == "INPUT.MIN_SIZE_TEST")
-    anchors = flat(values["MODEL.ANCHOR_GENERATOR.SIZES"])
-    assert anchors[0] <= MIN_OBJECT_PIXELS + 1 and anchors[0] < flat(tiny.MODEL.ANCHOR_GENERATOR.SIZES)[0]
-
-
-def test_objects_tiny_even_at_native_size_keep_the_native_size(tmp_path, tiny):
-    json_file, image_dir = write_coco(tmp_path, [(600, 800)] * 2, [grid_boxes(30, 5, 40)] * 2)
-    fits = fit_config(tiny, analyze_coco(json_file, image_dir))
-    values = fitted(fits)
-    assert (values["INPUT.MIN_SIZE_TEST"], values["INPUT.MAX_SIZE_TEST"]) == (600, 800)
-    assert "not shrunk" in next(f.reason for f in fits if f.key == "INPUT.MIN_SIZE_TEST")
-    anchors = flat(values["MODEL.ANCHOR_GENERATOR.SIZES"])
-    assert anchors == [5, 10, 20, 40, 80]  # the 5-pixel objects' anchor at P2, x2 per level as the FPN strides
-
-
-def test_large_objects_get_large_anchors_spanning_the_boxes(tmp_path, tiny):
-    boxes = [[(10, 10, 300 + 40 * i, 280 + 30 * i), (0, 0, 450, 400)] for i in range(4)]
-    json_file, image_dir = write_coco(tmp_path, [(512, 512)] * 4, boxes)
-    analysis = analyze_coco(json_file, image_dir)
-    values = fitted(fit_config(tiny, analysis))
-    assert values["INPUT.MIN_SIZE_TEST"] == 128  # within the preset's cap: the objects stay large
-    anchors = flat(values["MODEL.ANCHOR_GENERATOR.SIZES"])
-    sides = scaled_box_sides(analysis, 128, 128)
-    assert anchors[0] == round(np.percentile(sides, 2)) and anchors[-1] >= np.percentile(sides, 98)
-    assert anchors[0] > 2 * flat(tiny.MODEL.ANCHOR_GENERATOR.SIZES)[0]
-    assert all(abs(b / a - 2) < 0.05 for a, b in zip(anchors, anchors[1:]))  # x2 per level, as the FPN strides
-
-
-def test_anchors_double_per_level_from_the_small_objects_and_reach_the_large_ones(tmp_path, tiny):
-    """Anchor sizes double per FPN level like its strides; the smallest is the small objects' (p2), moved
-    up only when the boxes span more than the levels do (the largest anchor at least half the p98 box),
-    and never below P2's stride."""
-    from maskinit.data.analysis import _anchor_sizes
-
-    sizes, reason = _anchor_sizes(np.array([17.0] * 10 + [30.0] * 80 + [58.0] * 10), 5)
-    assert sizes == [17, 34, 68, 136, 272] and "x2 per level" in reason and "moved up" not in reason
-    sizes, reason = _anchor_sizes(np.array([5.0] * 10 + [100.0] * 80 + [640.0] * 10), 5)  # a 128x span
-    assert sizes == [20, 40, 80, 160, 320] and "half the p98 box" in reason
-    sizes, reason = _anchor_sizes(np.array([1.0] * 50 + [3.0] * 50), 4)
-    assert sizes == [MIN_ANCHOR_SIZE, 8, 16, 32] and "P2's stride" in reason
-
-
-def test_tall_objects_get_tall_aspect_ratios(tmp_path, tiny):
-    tall = [grid_boxes(30, 30, 60, ratio=2.5 + 0.05 * i) for i in range(3)]
-    json_file, image_dir = write_coco(tmp_path / "tall", [(400, 700)] * 3, tall)
-    ratios = fitted(fit_config(tiny, analyze_coco(json_file, image_dir)))["MODEL.ANCHOR_GENERATOR.ASPECT_RATIOS"][0]
-    assert len(ratios) == 3 and min(ratios) > 1.2 and 2.5 <= ratios[1] <= 2.7  # all tall, x2 apart at least
-    assert ratios[2] / ratios[1] >= 1.9 and ratios[1] / ratios[0] >= 1.9  # (2 significant digits)
-    # with a few square objects among them (2 in 32: fewer than the 10th percentile sees), a square anchor stays
-    mixed = [boxes + grid_boxes(2, 30, 60, ratio=1.0) for boxes in tall]
-    json_file, image_dir = write_coco(tmp_path / "mixed", [(400, 700)] * 3, mixed)
-    ratios = fitted(fit_config(tiny, analyze_coco(json_file, image_dir)))["MODEL.ANCHOR_GENERATOR.ASPECT_RATIOS"][0]
-    assert 1.0 in ratios and max(ratios) > 2
-
-
-def test_crowded_images_raise_detections_proposals_and_sampling(tmp_path, tiny):
-    boxes = [grid_boxes(160, 12, 24, columns=20), grid_boxes(160, 12, 24, columns=20), grid_boxes(3, 12, 24)]
-    json_file, image_dir = write_coco(tmp_path, [(512, 512)] * 3, boxes)
-    values = fitted(fit_config(tiny, analyze_coco(json_file, image_dir)))
-    detections = values["TEST.DETECTIONS_PER_IMAGE"]
-    assert detections >= 160
-    assert values["MODEL.RPN.POST_NMS_TOPK_TEST"] >= 2 * detections
-    assert values["MODEL.RPN.PRE_NMS_TOPK_TEST"] >= values["MODEL.RPN.POST_NMS_TOPK_TEST"]
-    roi_batch = values["MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE"]
-    assert roi_batch > tiny.MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE
-    assert roi_batch * tiny.MODEL.ROI_HEADS.POSITIVE_FRACTION >= 128
-    assert values["MODEL.RPN.POST_NMS_TOPK_TRAIN"] > tiny.MODEL.RPN.POST_NMS_TOPK_TRAIN
-    assert values["MODEL.RPN.BATCH_SIZE_PER_IMAGE"] * tiny.MODEL.RPN.POSITIVE_FRACTION >= 160
-
-
-def test_sparse_images_keep_the_presets_detections_and_sampling(tmp_path, tiny):
-    json_file, image_dir = write_coco(tmp_path, [(128, 128)] * 3, [grid_boxes(3, 20, 30)] * 3)
-    values = fitted(fit_config(tiny, analyze_coco(json_file, image_dir)))
-    assert values["TEST.DETECTIONS_PER_IMAGE"] == tiny.TEST.DETECTIONS_PER_IMAGE
-    assert not {key for key in values if key.startswith("MODEL.RPN.") or key.startswith("MODEL.ROI_HEADS.")}
-
-
-def test_lsj_augmentation_gets_its_square_from_the_training_size(tmp_path, tiny):
-    json_file, image_dir = write_coco(tmp_path, [(96, 160)] * 2, [grid_boxes(3, 20, 30)] * 2)
-    analysis = analyze_coco(json_file, image_dir)
-    lsj = tiny.clone()
-    lsj.MASKINIT.AUGMENT.NAME = "lsj"
-    values = fitted(fit_config(lsj, analysis))
-    assert values["MASKINIT.AUGMENT.LSJ_IMAGE_SIZE"] == values["INPUT.MAX_SIZE_TRAIN"] == 128  # 160, within the preset's 128
-    assert "MASKINIT.AUGMENT.LSJ_IMAGE_SIZE" not in fitted(fit_config(tiny, analysis))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -327,59 +209,6 @@ def test_unusable_inputs_raise_one_line(tmp_path):
         analyze_coco(broken, image_dir)
 
 
-# ---------------------------------------------------------------------------------------------
-# The config stays the user's
-
-
-@pytest.fixture()
-def colour_set(tmp_path):
-    rng = np.random.default_rng(2)
-    images = [rng.integers(0, 255, (256, 320, 3), dtype=np.uint8) for _ in range(3)]
-    return analyze_coco(*write_coco(tmp_path, images, [grid_boxes(12, 30, 50, columns=5)] * 3))
-
-
-def test_fit_config_and_apply_fits_do_not_change_the_config(r50, colour_set):
-    before = r50.dump()
-    fits = fit_config(r50, colour_set)
-    assert r50.dump() == before
-    new, applied = apply_fits(r50, fits)
-    assert r50.dump() == before and new is not r50
-    assert [fit.key for fit in applied] == [fit.key for fit in fits]
-    for fit in applied:
-        node = new
-        for part in fit.key.split("."):
-            node = node[part]
-        assert (list(node) if isinstance(node, tuple) else node) == (list(fit.value) if isinstance(fit.value, tuple) else fit.value)
-    frozen = r50.clone()
-    frozen.freeze()
-    assert apply_fits(frozen, fits)[0].is_frozen()
-
-
-def test_explicit_keys_win(r50, colour_set):
-    keep = {"INPUT.MIN_SIZE_TEST", "TEST.DETECTIONS_PER_IMAGE"}
-    fits = fit_config(r50, colour_set)
-    new, applied = apply_fits(r50, fits, keep=keep)
-    assert new.INPUT.MIN_SIZE_TEST == r50.INPUT.MIN_SIZE_TEST and new.TEST.DETECTIONS_PER_IMAGE == r50.TEST.DETECTIONS_PER_IMAGE
-    assert keep.isdisjoint(fit.key for fit in applied) and new.INPUT.MAX_SIZE_TEST == fitted(fits)["INPUT.MAX_SIZE_TEST"]
-    assert keep.isdisjoint(fit.key for fit in fit_config(r50, colour_set, keep=keep))
-
-
-def test_anchors_follow_a_kept_input_size(r50, colour_set):
-    own = flat(fitted(fit_config(r50, colour_set))["MODEL.ANCHOR_GENERATOR.SIZES"])  # at 256/320, the images' own size
-    kept = fit_config(r50, colour_set, keep={"INPUT.MIN_SIZE_TEST", "INPUT.MAX_SIZE_TEST"})  # the preset's 800/1333
-    assert {"INPUT.MIN_SIZE_TEST", "INPUT.MAX_SIZE_TEST"}.isdisjoint(fit.key for fit in kept)
-    scaled = flat(fitted(kept)["MODEL.ANCHOR_GENERATOR.SIZES"])
-    np.testing.assert_allclose(np.array(scaled) / np.array(own), 800 / 256, rtol=0.1)
-
-
-def test_a_kept_pixel_mean_keeps_a_pixel_std_of_another_length(tmp_path, tiny):
-    json_file, image_dir = write_coco(tmp_path, [np.full((20, 20), 7, np.uint8)] * 2, [[(1, 1, 5, 5)]] * 2)
-    fits = fit_config(tiny, analyze_coco(json_file, image_dir))  # one channel: mean [7], std [1]
-    new, applied = apply_fits(tiny, fits, keep={"MODEL.PIXEL_MEAN"})
-    assert list(new.MODEL.PIXEL_STD) == list(tiny.MODEL.PIXEL_STD) and len(new.MODEL.PIXEL_MEAN) == 3
-    assert {"MODEL.PIXEL_MEAN", "MODEL.PIXEL_STD"}.isdisjoint(fit.key for fit in applied)
-
-
 def test_the_statistics_import_no_torch(tmp_path):
     json_file, image_dir = write_coco(tmp_path, [(20, 20)], [[(1, 1, 5, 5)]])
     code = ("import sys; from maskinit.data.analysis import analyze_coco; "
@@ -402,6 +231,7 @@ def test_analyze_data_prints_both_tables_and_writes_the_plot_and_json(tmp_path, 
     assert result.exit_code == 0, result.output
     assert "pixel mean" in result.stdout and "pedestrian 18" in result.stdout and "box height/width" in result.stdout
     expected = fit_config(tiny, analyze_coco(json_file, image_dir))
+    assert "data fit safe: estimated" in result.stdout
     for fit in expected:
         assert f"{fit.key}: " in result.stdout and fit.reason in result.stdout
     assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -412,7 +242,8 @@ def test_analyze_data_prints_both_tables_and_writes_the_plot_and_json(tmp_path, 
     assert [(row["key"], row["value"]) for row in written["fits"]] == [
         (fit.key, list(fit.value) if isinstance(fit.value, tuple) else fit.value) for fit in expected
     ]
-    assert next(row for row in written["fits"] if row["key"] == "TEST.DETECTIONS_PER_IMAGE")["preset"] == 50
+    assert next(row for row in written["fits"] if row["key"] == "MODEL.PIXEL_MEAN")["preset"] == list(tiny.MODEL.PIXEL_MEAN)
+    assert written["fit"]["mode"] == "safe" and written["fit"]["step_cost"] >= 1.0
 
 
 def test_analyze_data_bad_input_is_one_red_line(tmp_path):

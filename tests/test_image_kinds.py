@@ -20,7 +20,8 @@ from typer.testing import CliRunner
 from maskinit import MaskinitError, load_config
 from maskinit.augment import build_train_mapper
 from maskinit.cli import app
-from maskinit.data.analysis import analyze_coco, apply_fits, fit_config
+from maskinit.data.analysis import analyze_coco
+from maskinit.data.fit import apply_fits, fit_config
 from maskinit.data.images import image_kind, read_image
 from maskinit.data.mapper import ImageMapper, display_rgb, model_image
 from maskinit.data.synthetic import generate_coco_dataset

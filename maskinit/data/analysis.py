@@ -1,10 +1,7 @@
-"""Measure a COCO training set, and fit the config keys that follow from it.
-
-A preset is sized for someone else's data: ImageNet's pixel mean, 800-pixel inputs, 32-512 pixel
-square-ish anchors. `analyze_coco` measures the user's own data (image sizes, instance boxes,
-instances per image, class balance, image kind and pixel statistics of a deterministic sample of the
-images) and `fit_config` turns the measurements into config values, each with the statistic it came
-from; `apply_fits` applies them to a copy of the config, except the keys the user set explicitly.
+"""Measure a COCO training set: image sizes, instance boxes, instances per image, class balance, image
+kind and pixel statistics of a deterministic sample of the images (`analyze_coco`), the boxes as the model
+sees them at an input size (`scaled_box_sides`), and the report of a measurement with the keys fitted to it
+(`write_analysis_json`, `plot_analysis`). Fitting the config is `data/fit.py`.
 
 Only numpy, OpenCV, tifffile and (for the plot) matplotlib are imported: no torch, no Detectron2. A
 config is any Detectron2/yacs `CfgNode`; nothing here builds one.
@@ -20,6 +17,7 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
+from ..cfgkeys import get_key as config_get
 from ..errors import MaskinitError
 from .images import image_kind, read_image
 
@@ -27,52 +25,12 @@ from .images import image_kind, read_image
 # long before 100 images (each image holds 10^4 to 10^6 pixels); reading every image of a big set
 # would take minutes for nothing.
 DEFAULT_SAMPLE = 100
-# The input size may not shrink the small objects (this percentile of box sides) below this many
-# pixels: at 8 pixels an object spans two cells of P2 (stride 4), smaller ones vanish from the features.
-MIN_OBJECT_PIXELS = 8
-SMALL_OBJECT_PERCENTILE = 5
-# Anchors span these percentiles of the box sides sqrt(w*h), at the fitted test input size.
-ANCHOR_PERCENTILES = (2, 98)
-# FPN levels differ twofold in stride, and so do their anchor sizes (Detectron2's rule): every level's
-# anchors then tile its grid alike. Only the scale is fitted: the smallest anchor is the small objects'
-# (ANCHOR_PERCENTILES[0]). Spreading the sizes over the boxes' range instead (closer than x2 per level
-# when the range is narrow, with the aspect ratios closer too) got 17.84 mask AP on the embedded set at
-# seed 0, this rule 18.39 (README "The anchor fit, corrected").
-ANCHOR_STEP = 2.0
-# The stride of P2: a smaller anchor no longer tiles the image.
-MIN_ANCHOR_SIZE = 4
-# Aspect ratios (height / width, Detectron2's convention) from these percentiles of the boxes'.
+# Percentiles the summary shows: of box height/width, and of instances per image (the crowded end).
 RATIO_PERCENTILES = (10, 50, 90)
-# Aspect ratios at least x2 apart, Detectron2's default spacing (0.5, 1, 2): the data widens them
-# (elongated objects), never narrows them.
-MIN_RATIO_STEP = 2.0
-# A box counts as square when its height/width is within this factor of 1 ...
-SQUARE_TOLERANCE = 1.25
-# ... and an aspect ratio of 1 is kept when at least this share of the boxes is square.
-SQUARE_SHARE = 0.05
-# Detections per image: the largest instance count times this (an image of the test set may hold more).
-DETECTION_MARGIN = 1.5
-# Test proposals per detection kept: the box head can only keep what the RPN proposed, and NMS removes some.
-PROPOSALS_PER_DETECTION = 2
-# Sampled RoIs (and RPN anchors) per image at most: Detectron2's full-scale value (memory).
-MAX_ROI_BATCH = 512
-# The RoI and RPN batches should hold a positive for each object of all but the most crowded images.
 CROWD_PERCENTILE = 90
 # Pixels per sampled image kept for the histogram of the plot, and its bins.
 HISTOGRAM_PIXELS = 4096
 HISTOGRAM_BINS = 64
-# Significant digits of the fitted pixel mean and std, and of the aspect ratios.
-PIXEL_DIGITS = 6
-RATIO_DIGITS = 2
-
-
-@dataclass(frozen=True)
-class Fit:
-    """One config key fitted to the data: its value, and the statistic it came from."""
-
-    key: str
-    value: object
-    reason: str
 
 
 @dataclass(frozen=True, eq=False)
@@ -349,17 +307,7 @@ def analyze_coco(json_file: str | Path, image_root: str | Path, sample: int | No
 
 
 # ---------------------------------------------------------------------------------------------
-# Fitting
-
-
-def config_get(cfg, key: str):
-    """The value of a dotted key (`MODEL.PIXEL_MEAN`) in a CfgNode; None when it has no such key."""
-    node = cfg
-    for part in key.split("."):
-        if not hasattr(node, "keys") or part not in node:
-            return None
-        node = node[part]
-    return node
+# The data at an input size
 
 
 def resize_factors(analysis: DataAnalysis, min_size: float, max_size: float) -> np.ndarray:
@@ -375,269 +323,20 @@ def scaled_box_sides(analysis: DataAnalysis, min_size: float, max_size: float) -
     return analysis.box_sides * resize_factors(analysis, min_size, max_size)[analysis.box_images]
 
 
-def _small_side(analysis: DataAnalysis, min_size: float, max_size: float) -> float:
-    return float(np.percentile(scaled_box_sides(analysis, min_size, max_size), SMALL_OBJECT_PERCENTILE))
-
-
-def _fit_input_size(analysis: DataAnalysis, cap: int, which: str) -> tuple[int, int, str, str]:
-    """(min size, max size, reason for each): the images' own median shorter side (so nothing is
-    upscaled past it), and the longer side their most elongated image needs, never beyond the longest
-    side of any image; both within the preset's max size unless that would shrink the small objects
-    below MIN_OBJECT_PIXELS."""
-    shorter, longer = analysis.image_sizes.min(axis=1), analysis.image_sizes.max(axis=1)
-    elongation, largest = float((longer / shorter).max()), int(longer.max())
-    native = int(round(float(np.median(shorter))))
-
-    def longest(min_size: int) -> int:
-        return min(int(math.ceil(min_size * elongation - 1e-9)), largest)
-
-    size, max_size = min(native, cap), min(longest(min(native, cap)), cap)
-    reason = f"median shorter side of {analysis.num_images} images: {native} px"
-    capped = (size, max_size) != (native, longest(native))
-    tag = f"p{SMALL_OBJECT_PERCENTILE} of box sides"
-    if analysis.num_instances and _small_side(analysis, size, max_size) < MIN_OBJECT_PIXELS:
-        at_cap = _small_side(analysis, size, max_size)
-        at_native = _small_side(analysis, native, longest(native))
-        if at_native < MIN_OBJECT_PIXELS:
-            size, max_size = native, longest(native)
-            reason += f"; not shrunk: {tag} is {at_native:.1f} px even at the images' own size"
-            if capped:
-                reason += f" (above the preset's {which} {cap})"
-        else:
-            low, high = size, native  # small side below the floor at `low` (capped), above it at `high`
-            if _small_side(analysis, low, longest(low)) >= MIN_OBJECT_PIXELS:
-                high = low
-            while high - low > 1:
-                middle = (low + high) // 2
-                if _small_side(analysis, middle, longest(middle)) >= MIN_OBJECT_PIXELS:
-                    high = middle
-                else:
-                    low = middle
-            size, max_size = high, longest(high)
-            reason += (f"; above the preset's {which} {cap}, at which {tag} would be {at_cap:.1f} px "
-                       f"(< {MIN_OBJECT_PIXELS}); at {size} it is {_small_side(analysis, size, max_size):.1f} px")
-    elif capped:
-        reason += f"; within the preset's {which} {cap}"
-    max_reason = f"shorter side {size} px x longest/shortest side {elongation:.2f}"
-    if longest(size) < math.ceil(size * elongation - 1e-9):
-        max_reason += f", at most the longest image side {largest} px"
-    if max_size < longest(size):
-        max_reason += f"; within the preset's {which} {cap}"
-    return size, max_size, reason, max_reason
-
-
-def _train_sizes(preset_sizes: Sequence[int], size: int) -> tuple[int, ...]:
-    """The preset's training sizes (multi-scale jitter, or a (low, high) range) rescaled so that its
-    largest becomes `size`; as many values, in the same order."""
-    top = max(preset_sizes)
-    return tuple(max(1, int(round(value * size / top))) for value in preset_sizes)
-
-
-def _anchor_sizes(sides: np.ndarray, count: int) -> tuple[list[int], str]:
-    low, high = np.percentile(sides, ANCHOR_PERCENTILES)
-    span = ANCHOR_STEP ** (count - 1)
-    # the smallest objects match P2's anchors; boxes spanning more than the levels do move them up
-    # until the largest anchor is at least half the largest boxes; never finer than P2's stride
-    first = max(low, high / (2 * span), MIN_ANCHOR_SIZE)
-    sizes = [int(round(first * ANCHOR_STEP**level)) for level in range(count)]
-    lower, upper = ANCHOR_PERCENTILES
-    reason = (f"p{lower}-p{upper} of box sides sqrt(w*h) of {len(sides)} boxes at the fitted test size: "
-              f"{low:.1f}-{high:.1f} px; the smallest anchor at p{lower}, x{ANCHOR_STEP:g} per level as the FPN strides")
-    if first > low:
-        reason += (f" (moved up to {first:.1f}: at least P2's stride {MIN_ANCHOR_SIZE}" if first == MIN_ANCHOR_SIZE
-                   else f" (moved up to {first:.1f} so that the largest anchor is half the p{upper} box or more")
-        reason += ")"
-    return sizes, reason
-
-
-def _aspect_ratios(ratios: np.ndarray) -> tuple[list[float], str]:
-    low, middle, high = np.percentile(ratios, RATIO_PERCENTILES)
-    chosen = [min(low, middle / MIN_RATIO_STEP), middle, max(high, middle * MIN_RATIO_STEP)]
-    reason = (f"p{RATIO_PERCENTILES[0]}/p{RATIO_PERCENTILES[1]}/p{RATIO_PERCENTILES[2]} of box height/width of "
-              f"{len(ratios)} boxes: {low:.2f}/{middle:.2f}/{high:.2f}")
-    if (chosen[0], chosen[2]) != (low, high):
-        reason += f", spread to x{MIN_RATIO_STEP:.2f} apart at least"
-    square = float(np.mean((ratios >= 1 / SQUARE_TOLERANCE) & (ratios <= SQUARE_TOLERANCE)))
-    if not any(1 / SQUARE_TOLERANCE <= value <= SQUARE_TOLERANCE for value in chosen) and square >= SQUARE_SHARE:
-        closest = min(range(3), key=lambda i: abs(math.log(chosen[i])))
-        chosen[closest] = 1.0
-        reason += f"; 1.0 kept: {square:.0%} of boxes are square"
-    rounded = sorted({_significant(value, RATIO_DIGITS) for value in chosen})
-    return rounded, reason
-
-
-def fit_config(cfg, analysis: DataAnalysis, keep: Iterable[str] = frozenset()) -> list[Fit]:
-    """The config keys that follow from the data, each with the statistic it came from; `cfg` is not changed.
-
-    Keys in `keep` (set explicitly by the user) are not fitted, and the fits that depend on them (the
-    anchors on the input size, the proposals on the detections per image) use the config's value.
-    Box-based keys are fitted only when the data has instances.
-    """
-    keep = frozenset(keep)
-    fits: list[Fit] = []
-
-    def fit(key: str, value, reason: str) -> bool:
-        if key in keep:
-            return False
-        fits.append(Fit(key, value, reason))
-        return True
-
-    def final(key: str, fitted):
-        return config_get(cfg, key) if key in keep else fitted
-
-    # Pixel normalization, in the units and channel order the model sees (read_image's; RGB if the config says so).
-    mean, std = list(analysis.pixel_mean), list(analysis.pixel_std)
-    order = "/".join(analysis.channel_names)
-    if analysis.channels == 3 and config_get(cfg, "INPUT.FORMAT") == "RGB":
-        mean, std, order = mean[::-1], std[::-1], "R/G/B"
-    where = f"{analysis.num_sampled} sampled images ({order}, {analysis.dtype} units)"
-    fit("MODEL.PIXEL_MEAN", [_significant(v, PIXEL_DIGITS) for v in mean], f"pixel mean per channel of {where}")
-    constant = [name for name, value in zip(analysis.channel_names, std) if value <= 0]
-    fit("MODEL.PIXEL_STD", [_significant(v, PIXEL_DIGITS) if v > 0 else 1.0 for v in std],
-        f"pixel std per channel of {where}" + (f"; constant channel {', '.join(constant)}: 1" if constant else ""))
-    if analysis.channels == 1 and config_get(cfg, "INPUT.FORMAT") not in (None, "L"):
-        fit("INPUT.FORMAT", "L", "one-channel images: Detectron2's grayscale format")
-
-    # Input sizes.
-    test_min, test_max, test_reason, test_max_reason = _fit_input_size(
-        analysis, int(config_get(cfg, "INPUT.MAX_SIZE_TEST")), "MAX_SIZE_TEST")
-    train_min, train_max, train_reason, train_max_reason = _fit_input_size(
-        analysis, int(config_get(cfg, "INPUT.MAX_SIZE_TRAIN")), "MAX_SIZE_TRAIN")
-    preset_train = list(config_get(cfg, "INPUT.MIN_SIZE_TRAIN"))
-    train_sizes = _train_sizes(preset_train, train_min)
-    jitter = f"; the preset's jitter {min(preset_train) / max(preset_train):.2f}-1 x" if len(set(preset_train)) > 1 else ""
-    fit("INPUT.MIN_SIZE_TRAIN", train_sizes, train_reason + jitter)
-    fit("INPUT.MAX_SIZE_TRAIN", train_max, train_max_reason)
-    fit("INPUT.MIN_SIZE_TEST", test_min, test_reason)
-    fit("INPUT.MAX_SIZE_TEST", test_max, test_max_reason)
-    if config_get(cfg, "MASKINIT.AUGMENT.NAME") == "lsj":
-        fit("MASKINIT.AUGMENT.LSJ_IMAGE_SIZE", train_max, "large-scale jitter square: the fitted training max size")
-
-    if analysis.num_instances:
-        # Anchors, at the input size the model will see at test time.
-        scale = (final("INPUT.MIN_SIZE_TEST", test_min), final("INPUT.MAX_SIZE_TEST", test_max))
-        levels = len(config_get(cfg, "MODEL.RPN.IN_FEATURES") or ()) or 1
-        sizes, reason = _anchor_sizes(scaled_box_sides(analysis, *scale), levels if levels > 1 else 5)
-        fit("MODEL.ANCHOR_GENERATOR.SIZES", [[size] for size in sizes] if levels > 1 else [sizes], reason)
-        ratios, reason = _aspect_ratios(analysis.box_ratios)
-        fit("MODEL.ANCHOR_GENERATOR.ASPECT_RATIOS", [ratios], reason)
-
-    # Detections, proposals and sampling for the most crowded images.
-    counts = analysis.instances_per_image
-    most = int(counts.max())
-    preset_detections = int(config_get(cfg, "TEST.DETECTIONS_PER_IMAGE"))
-    detections = max(preset_detections, int(math.ceil(most * DETECTION_MARGIN)))
-    reason = (f"largest instance count {most} ({analysis.file_names[int(np.argmax(counts))]}) x {DETECTION_MARGIN:g} "
-              f"= {int(math.ceil(most * DETECTION_MARGIN))}")
-    if detections == preset_detections:
-        reason += f" <= the preset's {preset_detections}, kept"
-    fit("TEST.DETECTIONS_PER_IMAGE", detections, reason)
-    detections = final("TEST.DETECTIONS_PER_IMAGE", detections)
-    _raise_proposals(cfg, fit, "TEST", PROPOSALS_PER_DETECTION * detections,
-                     f"{PROPOSALS_PER_DETECTION} x {detections} detections per image: the box head keeps only proposals")
-    crowd = int(math.ceil(np.percentile(counts, CROWD_PERCENTILE)))
-    for head, key in (("ROI", "MODEL.ROI_HEADS"), ("RPN", "MODEL.RPN")):
-        batch, fraction = int(config_get(cfg, f"{key}.BATCH_SIZE_PER_IMAGE")), float(config_get(cfg, f"{key}.POSITIVE_FRACTION"))
-        if fraction * batch < crowd and batch < MAX_ROI_BATCH:
-            wanted = min(int(math.ceil(crowd / fraction)), MAX_ROI_BATCH)
-            fitted = fit(f"{key}.BATCH_SIZE_PER_IMAGE", wanted,
-                         f"{CROWD_PERCENTILE}th percentile of instances per image: {crowd}; {batch} x {fraction:g} positive "
-                         f"fraction gives only {fraction * batch:g} positives per image (at most {MAX_ROI_BATCH})")
-            if head == "ROI" and fitted:
-                post = int(config_get(cfg, "MODEL.RPN.POST_NMS_TOPK_TRAIN"))
-                _raise_proposals(cfg, fit, "TRAIN", int(math.ceil(wanted * post / batch)),
-                                 f"RoI batch {batch} -> {wanted}: training proposals at the preset's {post / batch:g} per RoI")
-    return fits
-
-
-def _raise_proposals(cfg, fit, phase: str, needed: int, reason: str) -> None:
-    """Raise RPN.POST_NMS_TOPK_<phase> to `needed` (and PRE_NMS_TOPK_<phase> at the preset's pre/post ratio)."""
-    post, pre = int(config_get(cfg, f"MODEL.RPN.POST_NMS_TOPK_{phase}")), int(config_get(cfg, f"MODEL.RPN.PRE_NMS_TOPK_{phase}"))
-    if post >= needed or not fit(f"MODEL.RPN.POST_NMS_TOPK_{phase}", needed, reason):
-        return
-    wanted_pre = int(math.ceil(needed * pre / post))
-    if wanted_pre > pre:
-        fit(f"MODEL.RPN.PRE_NMS_TOPK_{phase}", wanted_pre, f"POST_NMS_TOPK_{phase} {post} -> {needed} at the preset's pre/post ratio {pre / post:g}")
-
-
-# One value per channel each: with one of them set by the user, the other is applied only if its length matches.
-PIXEL_PAIR = ("MODEL.PIXEL_MEAN", "MODEL.PIXEL_STD")
-
-
-def apply_fits(cfg, fits: Iterable[Fit], keep: Iterable[str] = frozenset()):
-    """(a copy of `cfg` with the fits applied, the fits applied): keys in `keep` (set explicitly by the
-    user) keep the config's value. `cfg` itself is not changed."""
-    keep = frozenset(keep)
-    applied = [fit for fit in fits if fit.key not in keep]
-    for kept, other in (PIXEL_PAIR, PIXEL_PAIR[::-1]):
-        if kept in keep:
-            length = len(config_get(cfg, kept))
-            applied = [fit for fit in applied if not (fit.key == other and len(fit.value) != length)]
-    patch: dict = {}
-    for fit in applied:
-        if config_get(cfg, fit.key) is None:
-            raise MaskinitError(f"cannot apply the fitted {fit.key}: the config has no such key")
-        node = patch
-        *parents, leaf = fit.key.split(".")
-        for part in parents:
-            node = node.setdefault(part, {})
-        node[leaf] = fit.value
-    result = cfg.clone()
-    frozen = result.is_frozen()
-    result.defrost()
-    try:
-        result.merge_from_other_cfg(type(cfg)(patch))
-    except (KeyError, ValueError) as error:
-        raise MaskinitError(f"cannot apply the fitted keys: {error}") from None
-    if frozen:
-        result.freeze()
-    return result, applied
-
-
-def fit_to_data(cfg, data, keep: Iterable[str] = frozenset()):
-    """(`cfg` fitted to the run's training data, the fits applied), as `train` does before training.
-
-    Only for the user's own COCO training data (`data.train_json`), and only while
-    `MASKINIT.FIT_TO_DATA` is on: the embedded default set and datasets registered by name keep the
-    preset as it is. Keys in `keep` (the user's explicit `KEY VALUE` overrides) are never changed.
-    """
-    if not cfg.MASKINIT.FIT_TO_DATA or not getattr(data, "train_json", None) or getattr(data, "dataset", None):
-        return cfg, []
-    if not getattr(data, "train_images", None):
-        raise MaskinitError("--train-json needs --train-images")
-    keep = frozenset(keep)
-    analysis = analyze_coco(data.train_json, data.train_images)
-    return apply_fits(cfg, fit_config(cfg, analysis, keep=keep), keep=keep)
-
-
 # ---------------------------------------------------------------------------------------------
 # Output
 
 
-def _jsonable(value):
-    if isinstance(value, tuple):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, list):
-        return [_jsonable(v) for v in value]
-    return value
-
-
-def fit_rows(cfg, fits: Iterable[Fit]) -> list[tuple[str, object, object, str]]:
-    """(key, the config's value, the fitted value, reason) for each fit; tuples as lists, so that equal values compare equal."""
-    return [(fit.key, _jsonable(config_get(cfg, fit.key)), _jsonable(fit.value), fit.reason) for fit in fits]
-
-
-def write_analysis_json(path: str | Path, analysis: DataAnalysis, cfg=None, fits: Iterable[Fit] = ()) -> Path:
-    """The statistics and the fitted keys (with the config's values, when `cfg` is given) as JSON."""
+def write_analysis_json(path: str | Path, analysis: DataAnalysis, rows: Iterable[tuple] = (), fit: dict | None = None) -> Path:
+    """The statistics and the fitted keys (`rows`: key, preset value, fitted value, reason) as JSON;
+    `fit`: the fit's mode and cost (`FitReport.to_dict`)."""
     from ..atomic import write_atomically
 
     payload = {
         "statistics": analysis.to_dict(),
         "summary": [{"statistic": name, "value": value} for name, value in analysis.summary()],
-        "fits": [
-            {"key": key, "preset": old, "value": new, "reason": reason}
-            for key, old, new, reason in fit_rows(cfg, fits)
-        ] if cfg is not None else [{"key": f.key, "value": _jsonable(f.value), "reason": f.reason} for f in fits],
+        "fits": [{"key": key, "preset": old, "value": new, "reason": reason} for key, old, new, reason in rows],
+        "fit": fit or {},
     }
     path = Path(path)
     if path.is_dir():
@@ -648,13 +347,13 @@ def write_analysis_json(path: str | Path, analysis: DataAnalysis, cfg=None, fits
         raise MaskinitError(f"cannot write {path}: {error.strerror}") from None
 
 
-def plot_analysis(path: str | Path, analysis: DataAnalysis, cfg=None, fits: Iterable[Fit] = ()) -> Path:
+def plot_analysis(path: str | Path, analysis: DataAnalysis, cfg=None, fitted: dict | None = None) -> Path:
     """A PNG of image sizes, box sides against the anchors (the config's and the fitted ones, each at
     its own test input size), box aspect ratios, instances per image, class balance and pixel values."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    fitted = {fit.key: fit.value for fit in fits}
+    fitted = fitted or {}
     figure = Figure(figsize=(18, 10), tight_layout=True)
     FigureCanvasAgg(figure)
     (sizes, boxes, ratios), (counts, classes, pixels) = figure.subplots(2, 3)

@@ -16,7 +16,7 @@ RUNS = ROOT / "benchmarks" / "runs"
 PYTHON = sys.executable
 MASKINIT = [sys.executable, "-m", "maskinit"]
 
-# The budget of issue 5: 400 iterations at batch 4, warmup 80, one LR step at 80 %.
+# The budget: 400 iterations at batch 4, warmup 80, one LR step at 80 %.
 ITERS = 400
 WARMUP = 80
 STEP = 320
@@ -26,7 +26,7 @@ EVAL_PERIOD = 100
 # A held-out set of the same kind: the same generator, a seed no run ever trains on.
 HELDOUT_SEED = 20261123
 
-# The real-photo sets of issue 13, each a folder {train.json, train/, val.json, val/}: by default
+# The real-photo sets, each a folder {train.json, train/, val.json, val/}: by default
 # ../shared/data/ beside the project (never copied into it); MASKINIT_BENCH_DATA points elsewhere.
 REAL_SETS = ("rice_leaf", "coco128")
 REAL_DATA_ENV = "MASKINIT_BENCH_DATA"

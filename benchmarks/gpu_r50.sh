@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Issue 13, item 4 on one GPU: R50-FPN at 512-800 pixels (training shorter side 512-800, longest side
+# ResNet-50 scale on one GPU: R50-FPN at 512-800 pixels (training shorter side 512-800, longest side
 # 800; the real sets' images, at most 512 px, are upscaled), maskinit's r50-fpn preset against stock
 # Detectron2's scratch-GN recipe at equal budget (ITERS iterations at batch BATCH), every run side by
 # side on the one GPU, each killed after LIMIT seconds, so the whole script fits in 8 minutes.

@@ -1,7 +1,8 @@
-"""Calibrate `maskinit.memory`: peak resident memory of CPU training steps against model and input size.
+"""Calibrate the memory estimate of `maskinit.machine`: peak resident memory of CPU training steps
+against model and input size.
 
 Each point trains 3 iterations in a fresh process on generated square images and records that
-process's peak RSS (`ru_maxrss`). `maskinit/memory.py` holds the fitted constants and names this
+process's peak RSS (`ru_maxrss`). `maskinit/machine.py` holds the fitted constants and names this
 command: `.venv/bin/python benchmarks/memory.py [--out benchmarks/results/memory.json]`.
 """
 

@@ -1,5 +1,5 @@
 """A second synthetic generator, written apart from maskinit's embedded one, to check the recipe on
-synthetic data it was never chosen on (issue 13: "a synthetic set from another generator").
+synthetic data it was never chosen on.
 
 It follows the classic toy set of Matterport's Mask R-CNN ("shapes"): a plain background of one random
 colour, 1 to 4 shapes (square, circle, triangle) of a random colour, sizes 20 to 32 px in a 128 px

@@ -15,7 +15,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import RESULTS, read_json  # noqa: E402
 
-# The goal of older result files, which do not record theirs (issue 5's).
+# The goal drawn for result files that record none (the variant sweeps).
 DEFAULT_GOAL = 1.15
 
 

@@ -1,4 +1,4 @@
-"""ResNet-50 scale (issue 13, item 4): maskinit's `--preset r50-fpn` recipe against stock Detectron2's
+"""ResNet-50 scale: maskinit's `--preset r50-fpn` recipe against stock Detectron2's
 scratch-GN R50-FPN recipe (Misc/scratch_mask_rcnn_R_50_FPN_3x_gn) on a COCO set, at equal budget
 (iterations and batch; warmup and the LR step at 80 and 320 of 400, scaled with --iters) and at the
 same reduced input size for both.

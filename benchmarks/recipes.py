@@ -15,7 +15,7 @@ PATH holds train.json, train/, val.json, val/ (as ../shared/data/rice_leaf). mas
 input size and anchors to the data itself); the comparator is Detectron2's scratch-GN recipe at the
 tiny model scale, at its best LR of the sweep (mean mask AP over seeds), and by default at the input
 size maskinit fits to the set (--comparator-input tiny: the tiny preset's 128 pixels).
---synthetic: the --data sets are synthetic (issue 13's goal 1.5x, not 1.3x), e.g. plain_shapes.py's.
+--synthetic: the --data sets are synthetic (goal 1.5x, not the real sets' 1.3x), e.g. plain_shapes.py's.
 The report names the comparator's best LR, says when it is at the edge of the LRs run, and where the
 comparator's mask AP is above 100/goal, gives the ratio of the errors (100 - AP) too.
 --iters 1600: 4x the budget, warmup and LR step scaled the same for both.
@@ -48,17 +48,18 @@ STOCK = {
     "d2-scratch-gn@0.02": ["scratch-gn", "--lr", "0.02"],
     "d2-scratch-gn@0.04": ["scratch-gn", "--lr", "0.04"],
     "d2-scratch-gn@0.08": ["scratch-gn", "--lr", "0.08"],
-    # beyond issue 13's sweep: for a set whose best LR is the sweep's largest (the report says so)
+    # beyond the sweep: for a set whose best LR is the sweep's largest (the report says so)
     "d2-scratch-gn@0.16": ["scratch-gn", "--lr", "0.16"],
     "d2-scratch-syncbn": ["scratch-syncbn", "--lr", "0.02"],
 }
-# issue 13's sweep {0.01, 0.02, 0.04, 0.08}; `--lrs ... 0.16` extends it
+# the comparator's LR sweep {0.01, 0.02, 0.04, 0.08}; `--lrs ... 0.16` extends it
 SWEEP = ["0.01", "0.02", "0.04", "0.08"]
 COMPARATOR = [f"d2-scratch-gn@{lr}" for lr in SWEEP]
 
 # maskinit runs: `maskinit train --preset tiny` plus these options (the budget is the preset's).
-# The variants were swept against the previous default, an SGD recipe (SGD_BASE restates it on top
-# of today's default, so that every name keeps meaning what it meant when it ran).
+# The variants are measured against an SGD recipe (SGD_BASE: SGD at LR 0.02, c2 init, no focal prior,
+# no RPN norm, per-class heads, anchors 32-512), restated on top of the default so that each name
+# always trains the same config (docs/benchmarks.md).
 SGD_BASE = [
     "--optimizer", "sgd", "--lr", "0.02", "SOLVER.WEIGHT_DECAY", "0.0001", "SOLVER.CLIP_GRADIENTS.ENABLED", "False",
     "MASKINIT.PRIOR_PROB", "0.0", "MASKINIT.RPN_NORM", "False", "MODEL.ROI_MASK_HEAD.CLS_AGNOSTIC_MASK", "False",
@@ -70,7 +71,7 @@ CLS_AGNOSTIC_BOX = ["MODEL.ROI_BOX_HEAD.CLS_AGNOSTIC_BBOX_REG", "True"]
 ADAMW = ["--optimizer", "adamw", "SOLVER.WEIGHT_DECAY", "0.05"]
 # lr 0.04 with clipping, focal prior on the classifiers, GN in the RPN head
 COMBO = ["--lr", "0.04", "--clip-grad", "1.0", "MASKINIT.PRIOR_PROB", "0.01", "MASKINIT.RPN_NORM", "True"]
-# AdamW 1e-3 with clipping, on top of the rest of COMBO, anchors and class-agnostic heads: today's default
+# AdamW 1e-3 with clipping, on top of the rest of COMBO, anchors and class-agnostic heads: the default's core
 A1 = [*ADAMW, "--lr", "0.001", "--clip-grad", "1.0", "MASKINIT.PRIOR_PROB", "0.01", "MASKINIT.RPN_NORM", "True",
       *ANCHORS, *CLS_AGNOSTIC, *CLS_AGNOSTIC_BOX]
 MASKINIT_RUNS = {
@@ -116,9 +117,9 @@ MASKINIT_RUNS = {
 }
 
 
-# The README's table: the stock recipes and maskinit's default (the variants were swept on a GPU, --all).
+# The embedded set's table: the stock recipes and maskinit's default (the variants: --all).
 MAIN = [*STOCK, "maskinit-default"]
-# Issue 13's comparison on other sets: the scratch-GN LR sweep and the default.
+# The comparison on other sets: the scratch-GN LR sweep and the default.
 COMPARE = [*COMPARATOR, "maskinit-default"]
 
 # --ablation: maskinit's default minus one part of its recipe at a time (configs/Base-Scratch.yaml,
@@ -139,12 +140,12 @@ ABLATIONS = {
     "maskinit-no-clip": ["SOLVER.CLIP_GRADIENTS.ENABLED", "False"],
     # Detectron2's weight decay 1e-4 in place of AdamW's 0.05
     "maskinit-no-wd": ["SOLVER.WEIGHT_DECAY", "0.0001"],
-    # no Copy-Paste (on in the tiny preset since it was measured, 3 seeds on the embedded set and rice_leaf)
+    # no Copy-Paste (on in the tiny preset: measured with 3 seeds on the embedded set and rice_leaf)
     "maskinit-no-copy-paste": ["MASKINIT.AUGMENT.COPY_PASTE.PROB", "0.0"],
-    # Detectron2's c2 init in place of LSUV (the tiny preset's init since session 12, 3 seeds on the
+    # Detectron2's c2 init in place of LSUV (the tiny preset's init: measured with 3 seeds on the
     # embedded set and rice_leaf)
     "maskinit-no-lsuv": ["MASKINIT.INIT", "c2"],
-    # the heads before session 17: 64 RoIs per image and the mask head's 14x14 pool (28x28 masks)
+    # 64 RoIs per image and the mask head's 14x14 pool (28x28 masks) in place of the preset's 96 and 7x7
     "maskinit-previous-heads": ["MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE", "64", "MODEL.ROI_MASK_HEAD.POOLER_RESOLUTION", "14"],
     # the whole data fit off (MASKINIT.FIT_TO_DATA False): the preset's pixel statistics, 128-pixel
     # input, anchors 16-256 and detection counts. Changes the input size, so also the s/iter.
@@ -181,8 +182,8 @@ FIT_ABLATION.update({f"maskinit-fit-preset-input-{key}": [*PRESET_INPUT, *option
                      for key, options in FIT_KEYS.items() if key != "input"})
 MASKINIT_RUNS.update(FIT_ABLATION)
 
-# Issue 15's ingredients, each added alone to the default (off until measured). Copy-Paste won on both
-# sets and is on in the tiny preset since, so maskinit-copy-paste now trains the default's config.
+# Ingredients, each added alone to the default. Copy-Paste and LSUV are on in the tiny preset, so
+# maskinit-copy-paste and maskinit-lsuv train the default's config.
 INGREDIENTS = {
     # weight EMA with a window of ~50 iterations (an eighth of the 400-iteration run), warmed up over 40
     "maskinit-ema": ["MASKINIT.EMA.ENABLED", "True", "MASKINIT.EMA.DECAY", "0.98", "MASKINIT.EMA.WARMUP_ITERS", "40"],
@@ -194,7 +195,7 @@ INGREDIENTS = {
     # Simple Copy-Paste on half of the training images, Detectron2's default resize (no LSJ)
     "maskinit-copy-paste": ["MASKINIT.AUGMENT.COPY_PASTE.PROB", "0.5"],
     # LSUV (orthogonal, then each layer's output variance set to 1 on the first training batch); the
-    # tiny preset's init since session 12, so this now trains the default's config
+    # tiny preset's init, so this trains the default's config
     "maskinit-lsuv": ["--init", "lsuv"],
 }
 MASKINIT_RUNS.update({name: list(options) for name, options in INGREDIENTS.items()})
@@ -213,8 +214,8 @@ SCHEDULE = {
 }
 MASKINIT_RUNS.update({name: list(options) for name, options in SCHEDULE.items()})
 
-# Probes for the synthetic 1.5x goal at 400 iterations (session 11, --only these): the Copy-Paste default
-# with one thing changed that earlier sweeps left untried. Explicit keys: the data fit keeps them.
+# Training probes at 400 iterations (--only these): the default with one thing changed that the
+# variant sweep left untried. Explicit keys: the data fit keeps them.
 PROBES = {
     # Copy-Paste on every training image rather than half
     "maskinit-cp1.0": ["MASKINIT.AUGMENT.COPY_PASTE.PROB", "1.0"],
@@ -229,7 +230,7 @@ PROBES = {
 }
 MASKINIT_RUNS.update({name: list(options) for name, options in PROBES.items()})
 
-# Session 17: where the RoI heads' time goes at the tiny scale (one thread, fwd+bwd per iteration of 4
+# Where the RoI heads' time goes at the tiny scale (one thread, fwd+bwd per iteration of 4
 # images): backbone ~170 ms, the 4-conv box head ~100 ms at 64 RoIs per image (~200 at 128), the mask
 # head ~150 ms at 16 positives per image (~310 at 32), an fc-only box head ~11 ms (~19 at 128). So the
 # box head's convs are what RoI batch 128 pays for twice over; these buy more RoIs with an fc head.
@@ -244,18 +245,18 @@ HEAD_PROBES = {
     "maskinit-roi128-mask10": ["MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE", "128", "MODEL.ROI_MASK_HEAD.POOLER_RESOLUTION", "10"],
     "maskinit-roi128-mask7": ["MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE", "128", "MODEL.ROI_MASK_HEAD.POOLER_RESOLUTION", "7"],
     # 128 RoIs with the 7x7 pool ran at 1.26x the comparator's s/iter one at a time (speed.py, 200 iterations):
-    # the box head's convs and RoIAlign on 512 RoIs. 96 RoIs per image: 1.03x (session 18). Adopted in the tiny
-    # preset (session 17), so this now trains the default's config.
+    # the box head's convs and RoIAlign on 512 RoIs. 96 RoIs per image: 1.03x. The tiny preset's values, so
+    # this trains the default's config.
     "maskinit-roi96-mask7": ["MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE", "96", "MODEL.ROI_MASK_HEAD.POOLER_RESOLUTION", "7"],
 }
 MASKINIT_RUNS.update({name: list(options) for name, options in HEAD_PROBES.items()})
 
-# Goal of issue 13: mask AP of the default over the comparator's, at most this s/iter ratio.
+# The goal: mask AP of the default over the comparator's, at most this s/iter ratio.
 GOAL_SYNTHETIC, GOAL_REAL, SPEED_LIMIT = 1.5, 1.3, 1.25
 
 
 def set_folder(dataset: CocoSet, iters: int) -> str:
-    """The runs of one set and budget; the 400-iteration runs of the synthetic sets keep their old folders."""
+    """The runs of one set and budget: runs/SET at the 400-iteration budget, runs/SET-Nit otherwise."""
     return dataset.name if iters == ITERS else f"{dataset.name}-{iters}it"
 
 
@@ -359,7 +360,7 @@ def execute(name: str, kind: str, command: list[str], folder: Path, timeout: flo
     """Run a stock (stock_detectron2.py) or maskinit (`maskinit train`) command into folder/out, unless
     cached; result.json: status, s/iter, final box and mask AP, AP curve, input sizes.
 
-    A run stopped by a signal (SIGTERM or Ctrl-C: the end of a session) writes no result.json; with
+    A run stopped by a signal (SIGTERM or Ctrl-C) writes no result.json; with
     `resume` (the command that continues a run from out/last_checkpoint), the next call continues it
     from its last checkpoint if it was started by this same command, and starts it afresh otherwise."""
     result_file, started = folder / "result.json", folder / "started.json"
@@ -567,7 +568,7 @@ def chosen_lrs(args, dataset: CocoSet) -> list[str]:
         return args.lrs
     sweep = read_json(args.results_dir / f"recipes-{dataset.name}{args.tag}.json") or {}
     best = sweep.get("comparison") or {}
-    if not best.get("comparator") and sweep.get("comparator_best"):  # result files before issue 13
+    if not best.get("comparator") and sweep.get("comparator_best"):  # result files without a comparison
         best = {"comparator": sweep["comparator_best"][1]}
     if not best.get("comparator"):
         raise SystemExit(f"--lrs best: no comparator in {args.results_dir / f'recipes-{dataset.name}{args.tag}.json'}: "
@@ -617,7 +618,7 @@ def main() -> None:
                         help=f"a COCO set folder (train.json, train/, val.json, val/), repeatable; e.g. "
                              f"{REAL_SETS[0]}=../shared/data/{REAL_SETS[0]}")
     parser.add_argument("--synthetic", action="store_true",
-                        help="the --data sets are synthetic: their goal is issue 13's 1.5x, not the real sets' 1.3x")
+                        help="the --data sets are synthetic: their goal is 1.5x, not the real sets' 1.3x")
     parser.add_argument("--train-json")
     parser.add_argument("--train-images")
     parser.add_argument("--val-json")

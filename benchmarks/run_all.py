@@ -1,16 +1,16 @@
 """`make bench`: every benchmark; JSON results and PNG plots in benchmarks/results/.
 
 Runs are cached under benchmarks/runs/, so an interrupted `make bench` resumes where it stopped.
-Order: evaluation speed (minutes), overhead (minutes), the recipe comparison (issue 13, item 1) on
+Order: evaluation speed (minutes), overhead (minutes), speed, the recipe comparison on
 the embedded and the held-out synthetic set, on a synthetic set from another generator
 (plain_shapes.py), and on the real sets rice_leaf and coco128 (from
 ../shared/data beside the project, or --real-data DIR / $MASKINIT_BENCH_DATA; a set not found is
 skipped with a printed line), then, where a CUDA GPU is present, the variant sweep and the
-full-scale throughput, and the plots. --extended adds issue 13's items 2-4 on CPU: the 4x budget
+full-scale throughput, and the plots. --extended adds on CPU: the 4x budget
 (1,600 iterations, one seed, the comparator at its best LR of the 400-iteration sweep) on the
 embedded set and rice_leaf, the ablation of the recipe on both, and the R50-FPN comparison at 256
 pixels on rice_leaf (R50_CPU: two runs side by side, about 2.3 hours), and the tuning benchmark on rice_leaf
-(TUNE_CPU). Estimated CPU hours are in the README.
+(TUNE_CPU). Estimated CPU hours are in docs/benchmarks.md.
 
 Usage: python benchmarks/run_all.py [--real-data DIR] [--no-real] [--extended]   (make bench BENCH_ARGS=...)
 """
@@ -38,12 +38,12 @@ def cuda_available() -> bool:
     return torch.cuda.is_available()
 
 
-# R50-FPN on CPU: longest side 256 (the low end of issue 13's 256-320), the same RoI batch for both, the two
+# R50-FPN on CPU: longest side 256, the same RoI batch for both, the two
 # runs side by side; each saves every 25 iterations, so a stopped benchmark continues where it was.
 R50_CPU = ["--size", "256", "--train-sizes", "208", "232", "256", "--roi-batch", "128", "--jobs", "2",
            "--checkpoint-period", "25"]
 
-# maskinit tune against the default at an equal budget (issue 16): 1,200 iterations in all, trials of 200
+# maskinit tune against the default at an equal budget: 1,200 iterations in all, trials of 200
 # (evaluated every 50, median pruning) until the final 400-iteration run no longer fits; one seed
 TUNE_CPU = ["--budget", "1200", "--trial-iters", "200", "--final-iters", "400", "--seeds", "0"]
 
@@ -53,7 +53,7 @@ def main() -> None:
     parser.add_argument("--real-data", type=Path, default=None,
                         help=f"folder holding rice_leaf/ and coco128/ (default ${REAL_DATA_ENV} or ../shared/data)")
     parser.add_argument("--no-real", action="store_true", help="the synthetic sets only")
-    parser.add_argument("--extended", action="store_true", help="also issue 13's items 2-4 (4x budget, ablation, R50)")
+    parser.add_argument("--extended", action="store_true", help="also the 4x budget, the ablations, R50 on CPU and the tuning benchmark")
     args = parser.parse_args()
     steps = [
         ("eval_speed.py", []),
@@ -80,7 +80,7 @@ def main() -> None:
                       ("tune.py", [data["rice_leaf"].split("=", 1)[1], *TUNE_CPU])]
     if cuda_available():
         steps += [
-            ("recipes.py", ["--all", "--device", "cuda", "--jobs", "14", "--runs-dir", str(HERE / "runs" / "gpu"), "--tag=-gpu"]),
+            ("recipes.py", ["--all", "--device", "cuda", "--jobs", "14", "--runs-dir", str(HERE / "runs" / "gpu"), "--tag=-variants-gpu"]),
             ("gpu_throughput.py", ["--iters", "200"]),
         ]
     else:

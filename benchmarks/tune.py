@@ -1,4 +1,4 @@
-"""`maskinit tune` against the default recipe at an equal total compute budget (issue 16).
+"""`maskinit tune` against the default recipe at an equal total compute budget.
 
 The data is any COCO set given by path, a folder {train.json, train/, val.json, val/}, e.g.
 ../shared/data/rice_leaf or ../shared/data/coco128. The budget is counted in training iterations at
@@ -6,7 +6,7 @@ one scale (the tiny preset by default, batch 4):
 
 - tuned: `maskinit tune` trials of --trial-iters iterations (evaluated every quarter, median pruning,
   scored on --val-fraction of the training images held back from the trials' training, so the search
-  never sees the validation set the arms are compared on; 0: scored on it, as before session 11)
+  never sees the validation set the arms are compared on; 0: scored on it)
   while the iterations they trained (pruned trials count what they ran) leave room for the final run,
   then the best config retrained for --final-iters iterations (`maskinit train --config best_config.yaml`);
 - tuned, same budget: the best config trained for what the trials left of --budget (the schedule

@@ -6,7 +6,7 @@ training, `train` and `evaluate`. Heavy imports (torch, detectron2) happen on fi
 
 from .errors import MaskinitError
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 __all__ = ["MaskinitError", "__version__", "load_config", "export_config", "build_model", "add_maskinit_config"]
 
 _LAZY = {

@@ -370,8 +370,8 @@ def storage_url(output_dir: Path, storage: str | None) -> str:
     return storage or f"sqlite:///{(Path(output_dir) / STUDY_FILE).resolve()}"
 
 
-# Errors of two processes creating a new database's tables at once (Optuna issue #1092: SQLite,
-# PostgreSQL, MySQL words): the loser finds the tables made and opens the storage again.
+# Errors of two processes creating a new database's tables at once (SQLite, PostgreSQL, MySQL words;
+# https://github.com/optuna/optuna/issues/1092): the loser finds the tables made and opens the storage again.
 SCHEMA_RACE = ("already exists", "duplicate key", "UNIQUE constraint failed", "Duplicate entry")
 
 

@@ -14,7 +14,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
 from recipes import execute  # noqa: E402
 
 # A stand-in for stock_detectron2.py: without --resume it saves a "checkpoint" and is killed by SIGTERM
-# (as at the end of a session); with --resume it finishes and writes its result.
+# (as when a long benchmark is stopped); with --resume it finishes and writes its result.
 STAND_IN = """
 import json, os, signal, sys
 from pathlib import Path

@@ -1,4 +1,4 @@
-"""benchmarks/tune.py (issue 16's benchmark) at smoke size on a generated set: the study and the default
+"""benchmarks/tune.py (the tuning benchmark) at smoke size on a generated set: the study and the default
 arms split between two calls (`--arms`), as two processes run them side by side, and the report that
 counts every finished arm, with trial 0 the preset's own values."""
 

@@ -379,7 +379,7 @@ def test_ctrl_c_stops_the_study_in_one_line_and_resume_runs_the_trial_again(coco
 
 
 def test_workers_racing_to_create_a_new_database_both_open_it(tmp_path, monkeypatch):
-    """Two workers started together on a new database both create its tables (Optuna issue #1092); the
+    """Two workers started together on a new database both create its tables (https://github.com/optuna/optuna/issues/1092); the
     one that loses the race gets "table ... already exists" and must open the storage again, not fail."""
     real = optuna.storages.RDBStorage
     calls = []

@@ -1,4 +1,4 @@
-"""Hostile COCO files (issue 11, "no silent death"): what used to pass `check-data` and then segfault
+"""Hostile COCO files: data that a structural check passes and that would then segfault
 pycocotools, exhaust memory or crash training or evaluation is refused, by `check-data` and by
 training alike, in one line naming the file, the problem and an example; `check-data` runs without
 torch."""
@@ -83,9 +83,9 @@ def with_bom(files) -> bytes:
     return b"\xef\xbb\xbf" + files.json_file.read_bytes()
 
 
-# Every case: (change or raw bytes, kind, severity, text of the one-line refusal). Before issue 11 each
-# passed check-data ("ok"); then a NaN polygon segfaulted training, a BOM failed it in pycocotools,
-# all-crowd data failed it with "No valid data found", string image ids crashed its evaluation.
+# Every case: (change or raw bytes, kind, severity, text of the one-line refusal). Each passes a structural
+# check of the COCO fields; unrefused, a NaN polygon segfaults training, a BOM fails it in pycocotools,
+# all-crowd data fails it with "No valid data found", string image ids crash its evaluation.
 CASES = {
     "nan-polygon": (set_polygon_coordinate(NAN), "invalid_polygon", FIXABLE, "a non-finite coordinate (nan)"),
     "inf-polygon": (set_polygon_coordinate(INF), "invalid_polygon", FIXABLE, "a non-finite coordinate (inf)"),

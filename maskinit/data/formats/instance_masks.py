@@ -35,7 +35,8 @@ def _per_picture_folders(folder: Path) -> list[Path]:
     """Subfolders holding images/ and masks/ (the Data Science Bowl layout)."""
     if not folder.is_dir():
         return []
-    return sorted(d for d in folder.iterdir() if d.is_dir() and (d / "images").is_dir() and (d / "masks").is_dir())
+    return sorted(d for d in folder.iterdir() if d.is_dir() and (d / "images").is_dir() and (d / "masks").is_dir()
+                  and (find_picture(d / "images", d.name) is not None or len(sorted_images(d / "images")) == 1))
 
 
 def _picture_for_mask(mask: Path, pictures: Path) -> Path | None:

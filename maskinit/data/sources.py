@@ -164,3 +164,22 @@ def recorded_data(cfg: CfgNode):
     paths = {name: recorded[key] or None for key, name in RECORDED.items()
              if name in ("train_json", "train_images", "val_json", "val_images", "dataset", "val_dataset")}
     return DataOptions(**paths) if any(paths.values()) else None
+
+
+def evaluation_data(data, where: str, whole_if_one_split: bool = False):
+    """The data options `maskinit eval` evaluates on, from a run's recorded data options (or a --data
+    source given to eval, `whole_if_one_split`: a source not split is evaluated whole): the validation
+    set, as a val_json or a registered name."""
+    from ..run_options import DataOptions
+
+    if data.val_json:
+        return DataOptions(val_json=data.val_json, val_images=data.val_images)
+    if data.val_dataset:
+        return DataOptions(dataset=data.val_dataset)
+    if data.source and whole_if_one_split:
+        return DataOptions(val_json=data.train_json, val_images=data.train_images)
+    if data.dataset and not data.train_json and not data.source and not whole_if_one_split:
+        raise MaskinitError(f"{where}: the run validated on no dataset: give the data to evaluate on (--data, --val-json, --dataset)")
+    if data.dataset:
+        return DataOptions(dataset=data.dataset)
+    raise MaskinitError(f"{where}: the run held no validation data: give the data to evaluate on (--data, --val-json, --dataset)")

@@ -108,8 +108,8 @@ def choose_split(coco: dict, fraction: float, seed: int, where: str = "the data"
     parts where it can: first, rarest class first, one image of each class not yet held back (when
     holding it back leaves every one of its classes an image to train on), then images in seeded
     order, each only when it takes no class's last training image. Images without annotations are
-    cut on their own, their share held back. The notes say which class could not be in both parts and
-    when more images than the fraction were held back for that."""
+    cut on their own, their share held back. The held-back part never outgrows the fraction; the notes
+    say which class could not be in both parts, and why."""
     if not 0.0 < fraction < 1.0:
         raise MaskinitError(f"--val-fraction must be between 0 and 1 (the share of images held back), got {fraction}")
     images = coco.get("images") or []
@@ -140,26 +140,28 @@ def choose_split(coco: dict, fraction: float, seed: int, where: str = "the data"
         for c in classes_of[image_id]:
             held_with[c] = held_with.get(c, 0) + 1
 
-    alone = []
+    target = held_back_count(len(annotated), fraction)
+    alone, no_room = [], []
     for category in sorted(images_with, key=lambda c: (images_with[c], str(c))):
         if held_with.get(category):
             continue
+        name = str(names.get(category, category))
         candidate = next((i for i in order if i not in held and category in classes_of[i] and can_hold(i)), None)
         if candidate is None:
-            alone.append(f"{names.get(category, category)} ({images_with[category]} "
-                         f"{'image' if images_with[category] == 1 else 'images'})")
-            continue
-        hold(candidate)
-    target = held_back_count(len(annotated), fraction)
+            alone.append(f"{name} ({images_with[category]} {'image' if images_with[category] == 1 else 'images'})")
+        elif len(held) >= target:
+            no_room.append(name)
+        else:
+            hold(candidate)
     for image_id in order:
         if len(held) >= target:
             break
         if image_id not in held and can_hold(image_id):
             hold(image_id)
     if alone:
-        notes.append(f"classes only in the training part (too few images to be in both): {', '.join(alone)}")
-    if len(held) > target:
-        notes.append(f"{len(held)} annotated images held back, not {target}, so that every class is in both parts")
+        notes.append(f"only in the training part, too few images to be in both: {', '.join(alone)}")
+    if no_room:
+        notes.append(f"not in the {len(held)} held-back images (a larger --val-fraction makes room): {', '.join(no_room)}")
     without = sorted(i for i in ids if i not in classes_of)
     rng.shuffle(without)
     held.update(without[:round(len(without) * fraction)])

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ...errors import MaskinitError
 from .common import (
     TRAIN,
     DatasetBuilder,
@@ -208,3 +209,18 @@ def read(path: Path) -> object:
     if TRAIN not in builder.splits:
         raise bad_file(path, "no training split")
     return builder.finish()
+
+
+def paint_labels(masks: np.ndarray, scores) -> tuple[np.ndarray, dict[int, int]]:
+    """One 16-bit label image of instances (N, H, W) that may overlap: the highest score on top, labels
+    1, 2, ... by falling score; returns it and {label: index of its instance} for the instances left
+    with pixels (one wholly under higher-scoring ones is not in it)."""
+    count, height, width = masks.shape
+    if count >= 1 << 16:
+        raise MaskinitError(f"{count} instances do not fit a 16-bit label image")
+    order = sorted(range(count), key=lambda i: -float(scores[i]))  # label k is the k-th best
+    label = np.zeros((height, width), np.uint16)
+    for rank in reversed(range(count)):  # the best painted last
+        label[masks[order[rank]]] = rank + 1
+    present = set(np.unique(label).tolist()) - {0}
+    return label, {rank + 1: order[rank] for rank in range(count) if rank + 1 in present}

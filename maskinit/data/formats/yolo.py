@@ -16,6 +16,8 @@ import math
 import os
 from pathlib import Path
 
+import numpy as np
+
 from ...errors import MaskinitError
 from .common import (
     IMAGE_SUFFIXES,
@@ -251,3 +253,19 @@ def _numbered(labels: Path) -> list[str]:
                 except ValueError:
                     raise MaskinitError(f"{label_file}: not numbers: {line[:60]!r}") from None
     return [f"class_{i}" for i in range(largest + 1)]
+
+
+def polygon_line(mask: np.ndarray, class_index: int) -> str | None:
+    """A YOLO segmentation line of a mask: its largest outer contour (as Ultralytics writes predictions),
+    through pixel centres, normalized by the picture's size; None for a mask without a 3-point contour."""
+    import cv2
+
+    contours, _ = cv2.findContours(mask.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+    contours = [c.reshape(-1, 2) for c in contours if len(c) >= 3]
+    if not contours:
+        return None
+    height, width = mask.shape
+    points = max(contours, key=cv2.contourArea).astype(np.float64) + 0.5
+    points[:, 0] = (points[:, 0] / width).clip(0, 1)
+    points[:, 1] = (points[:, 1] / height).clip(0, 1)
+    return " ".join([str(class_index)] + [f"{v:.6f}" for v in points.reshape(-1)])

@@ -4,12 +4,11 @@ the format is detected on its own; the splits each layout carries are kept."""
 
 from __future__ import annotations
 
+import format_writers as w
 import pytest
 
 from maskinit.data.formats import FORMAT_NAMES, detect_format, read_dataset
 from maskinit.data.formats.common import TRAIN, VAL
-
-import format_writers as w
 
 
 @pytest.fixture(scope="module")

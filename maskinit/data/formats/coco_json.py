@@ -13,6 +13,7 @@ import json
 from pathlib import Path
 
 from .common import (
+    TEST_NAMES,
     TRAIN,
     VAL,
     VAL_NAMES,
@@ -97,6 +98,9 @@ def _files_by_split(path: Path, notes: list[str]) -> dict[str, Path]:
             if len(files) != 1:
                 raise bad_file(folder, f"holds {len(files)} COCO files; a split folder needs exactly one")
             found[split] = files[0]
+        for name in TEST_NAMES:
+            if (path / name).is_dir():
+                notes.append(f"{path / name} left out: a run trains on train and validates on val")
         return found
     files = _coco_files(path)
     if len(files) == 1:

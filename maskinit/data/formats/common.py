@@ -250,7 +250,9 @@ class DatasetBuilder:
             if len(values) % 2:
                 raise bad_file(where, f"a polygon of {category!r} has an odd number of coordinates ({len(values)})")
             if len(values) < 6:
-                raise bad_file(where, f"a polygon of {category!r} has {len(values) // 2} points; a polygon needs at least 3")
+                count = len(values) // 2
+                raise bad_file(where, f"a polygon of {category!r} has {count} point{'' if count == 1 else 's'}; "
+                                      "a polygon needs at least 3")
             if not all(math.isfinite(v) for v in values):
                 raise bad_file(where, f"a polygon of {category!r} has a coordinate that is not a finite number")
             xs, ys = values[0::2], values[1::2]

@@ -63,7 +63,7 @@ def _flat_layout(folder: Path) -> dict[str, tuple[Path, Path]] | None:
     if not (images.is_dir() and labels.is_dir()):
         return None
     splits = split_folders(images)
-    if splits:
+    if splits and sorted_images(splits[TRAIN]):
         return {split: (pictures, labels / pictures.name) for split, pictures in splits.items()}
     if any(labels.glob("*.txt")):
         return {TRAIN: (images, labels)}
@@ -160,7 +160,8 @@ def parse_line(line: str, number: int, label_file: Path, num_classes: int) -> tu
     if len(coordinates) % 2:
         raise bad_file(where, f"an odd number of coordinates ({len(coordinates)})")
     if len(coordinates) < 6:
-        raise bad_file(where, f"a polygon with {len(coordinates) // 2} points; a polygon needs at least 3")
+        count = len(coordinates) // 2
+        raise bad_file(where, f"a polygon with {count} point{'' if count == 1 else 's'}; a polygon needs at least 3")
     bad = [v for v in coordinates if not math.isfinite(v) or v < -TOLERANCE or v > 1 + TOLERANCE]
     if bad:
         raise bad_file(where, f"normalized coordinate {bad[0]:g} outside [0, 1]")

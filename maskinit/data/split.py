@@ -146,7 +146,9 @@ def choose_split(coco: dict, fraction: float, seed: int, where: str = "the data"
         if held_with.get(category):
             continue
         name = str(names.get(category, category))
-        candidate = next((i for i in order if i not in held and category in classes_of[i] and can_hold(i)), None)
+        candidates = [i for i in order if i not in held and category in classes_of[i] and can_hold(i)]
+        # the one bringing the most classes not yet held back (the first in seeded order among equals)
+        candidate = max(candidates, key=lambda i: sum(not held_with.get(c) for c in classes_of[i]), default=None)
         if candidate is None:
             alone.append(f"{name} ({images_with[category]} {'image' if images_with[category] == 1 else 'images'})")
         elif len(held) >= target:

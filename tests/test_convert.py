@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import shutil
 
+import format_writers as w
 import pytest
 from typer.testing import CliRunner
 
@@ -14,8 +15,6 @@ from maskinit.data.convert import convert, read_source
 from maskinit.data.formats import read_dataset
 from maskinit.data.formats.common import TRAIN, VAL
 from maskinit.data.split import choose_split
-
-import format_writers as w
 
 runner = CliRunner()
 

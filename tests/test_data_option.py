@@ -5,7 +5,9 @@ recorded in config.yaml), `eval RUN_DIR` and `train --resume` with no data optio
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
+import format_writers as w
 import numpy as np
 import pytest
 from typer.testing import CliRunner
@@ -16,8 +18,6 @@ from maskinit.data.formats import read_dataset
 from maskinit.data.formats.common import TRAIN
 from maskinit.data.formats.yolo import parse_line
 from maskinit.data.sources import recorded_data
-
-import format_writers as w
 
 runner = CliRunner()
 FAST = ["--preset", "tiny", "--max-iter", "2", "--checkpoint-period", "1", "--seed", "0", "--no-progress",
@@ -54,7 +54,7 @@ def test_the_run_records_its_data(run, source):
     cfg = load_config(out / "config.yaml")
     data = cfg.MASKINIT.DATA
     assert (data.SOURCE, data.FORMAT, data.VAL_FRACTION, data.SPLIT_SEED) == (str(source[0].resolve()), "labelme", 0.25, 3)
-    val = json.loads(open(data.VAL_JSON).read())
+    val = json.loads(Path(data.VAL_JSON).read_text())
     assert len(val["images"]) == 2 and data.VAL_IMAGES == str(source[0].resolve())
     assert recorded_data(cfg).source == data.SOURCE
     summary = json.loads((out / "run_summary.json").read_text())

@@ -64,7 +64,7 @@ def read_source(path: str | Path, format_name: str | None = None, val_fraction: 
         detected = detect_format(path)
         format_name, how = detected.name, f"detected: {detected.evidence}"
     else:
-        how = "--format"
+        how = "format named"
     dataset = read_dataset(path, format_name)
     lines = [f"{path}: {format_name} ({how}); {dataset.summary()}", *dataset.notes]
     if VAL in dataset.splits:
@@ -250,7 +250,7 @@ def split_file(json_file: str | Path, images: str | Path, out: str | Path, fract
     json_file, images = Path(json_file), Path(images)
     if not images.is_dir():
         raise MaskinitError(f"--images {images}: not a folder")
-    data = coco_json._load(json_file)
+    data = coco_json.load_coco(json_file)
     one = DatasetType("coco", json_file, data.get("categories") or [], {TRAIN: Split(images, data["images"], data.get("annotations") or [])})
     dataset, notes = split_dataset(one, fraction, seed)
     written = write_coco_folder(dataset, out)

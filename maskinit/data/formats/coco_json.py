@@ -77,7 +77,7 @@ def image_root_for(json_file: Path, coco: dict, split: str | None = None) -> Pat
     raise bad_file(json_file, f"its pictures (e.g. {named[0]}) are in none of {looked}")
 
 
-def _load(json_file: Path) -> dict:
+def load_coco(json_file: Path) -> dict:
     try:
         data = json.loads(json_file.read_text(encoding="utf-8-sig"))
     except (OSError, ValueError) as error:
@@ -126,7 +126,7 @@ def read(path: Path) -> Dataset:
     notes: list[str] = []
     splits, categories = {}, None
     for split, json_file in _files_by_split(Path(path), notes).items():
-        data = _load(json_file)
+        data = load_coco(json_file)
         own = [c for c in data.get("categories", []) if isinstance(c, dict)]
         annotations = data.get("annotations") or []
         in_place = json_file

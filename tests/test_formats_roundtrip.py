@@ -138,3 +138,19 @@ def test_coco_folder(rle_parts, tmp_path):
 def test_every_format_has_a_round_trip_here():
     tested = {"label-image", "instance-masks", "yolo", "labelme", "via", "cvat", "voc", "coco"}
     assert tested == set(FORMAT_NAMES)
+
+
+def test_rle_from_pixels_is_pycocotools_rle_of_the_mask():
+    import numpy as np
+
+    from maskinit.data.formats.common import mask_to_rle, pixels_to_rle
+
+    rng = np.random.default_rng(0)
+    for height, width in ((1, 1), (5, 7), (33, 20)):
+        for _ in range(20):
+            mask = rng.random((height, width)) < rng.random()
+            mask.flat[rng.integers(0, mask.size)] = True
+            for corner in ((0, 0), (-1, -1)):
+                if rng.random() < 0.5:
+                    mask[corner] = True
+            assert pixels_to_rle(np.flatnonzero(mask), height, width) == mask_to_rle(mask)

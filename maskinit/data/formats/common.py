@@ -90,6 +90,25 @@ def mask_to_rle(mask: np.ndarray) -> dict:
     return {"size": [int(s) for s in rle["size"]], "counts": rle["counts"].decode("ascii")}
 
 
+def pixels_to_rle(flat_indices: np.ndarray, height: int, width: int) -> dict:
+    """pycocotools' compressed RLE of the pixels at these row-major flat indices, built from their runs
+    (column by column, as COCO counts them) without drawing the whole mask: a label image's instance
+    costs its own pixels, not the picture's."""
+    from pycocotools import mask as mask_util
+
+    rows, cols = np.divmod(np.asarray(flat_indices, dtype=np.int64), width)
+    order = np.sort(cols * height + rows)
+    breaks = np.flatnonzero(np.diff(order) != 1)
+    starts = np.r_[order[:1], order[breaks + 1]]
+    ends = np.r_[order[breaks], order[-1:]] + 1
+    counts = np.empty(2 * len(starts) + 1, dtype=np.int64)
+    counts[0:-1:2] = starts - np.r_[0, ends[:-1]]  # background before each run
+    counts[1::2] = ends - starts
+    counts[-1] = height * width - ends[-1]
+    rle = mask_util.frPyObjects({"counts": counts.tolist(), "size": [height, width]}, height, width)
+    return {"size": [int(height), int(width)], "counts": rle["counts"].decode("ascii")}
+
+
 def rle_area_and_box(rle: dict) -> tuple[float, list[float]]:
     from pycocotools import mask as mask_util
 
@@ -274,6 +293,13 @@ class DatasetBuilder:
         area, bbox = rle_area_and_box(rle)
         self._append(image_id, category, rle, area, bbox)
         return True
+
+    def add_pixels(self, image_id: int, category: str, flat_indices: np.ndarray) -> None:
+        """One instance given by the row-major flat indices of its pixels (not empty)."""
+        height, width = self._sizes[image_id]
+        rle = pixels_to_rle(flat_indices, height, width)
+        area, bbox = rle_area_and_box(rle)
+        self._append(image_id, category, rle, area, bbox)
 
     def finish(self) -> Dataset:
         """The dataset; an empty one (no picture, or no instance at all) is refused."""

@@ -189,9 +189,7 @@ def read_labels(builder: DatasetBuilder, split: str, folder: Path) -> None:
                 category = _class_name(int(found[np.argmax(counts)]), names, label_file, class_map_path)
             else:
                 category = single
-            mask = np.zeros(height * width, dtype=bool)
-            mask[pixels] = True
-            builder.add_mask(image_id, category, mask.reshape(height, width), label_file)
+            builder.add_pixels(image_id, category, pixels)
     if labels_dir != pictures:
         from .common import sorted_images
 

@@ -105,6 +105,8 @@ def pixels_to_rle(flat_indices: np.ndarray, height: int, width: int) -> dict:
     counts[0:-1:2] = starts - np.r_[0, ends[:-1]]  # background before each run
     counts[1::2] = ends - starts
     counts[-1] = height * width - ends[-1]
+    if not counts[-1]:  # ending on the object: no background run after it (as pycocotools encodes)
+        counts = counts[:-1]
     rle = mask_util.frPyObjects({"counts": counts.tolist(), "size": [height, width]}, height, width)
     return {"size": [int(height), int(width)], "counts": rle["counts"].decode("ascii")}
 

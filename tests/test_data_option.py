@@ -131,3 +131,14 @@ def test_tune_takes_data(source, tmp_path):
     assert "labelme (detected" in result.output
     trial = load_config(tmp_path / "study" / "trial-0000" / "config.yaml")
     assert trial.MASKINIT.DATA.FORMAT == "labelme" and trial.MASKINIT.DATA.VAL_FRACTION == 0.2
+
+
+@pytest.mark.parametrize("key, value, message", [
+    ("MASKINIT.DATA.VAL_FRACTION", "1.5", "MASKINIT.DATA.VAL_FRACTION must be in [0, 1)"),
+    ("MASKINIT.DATA.FORMAT", "xml", "unknown data format 'xml'"),
+])
+def test_data_keys_are_checked(key, value, message):
+    from maskinit import MaskinitError
+
+    with pytest.raises(MaskinitError, match=message.replace("[", r"\[").replace("(", r"\(").replace(")", r"\)")):
+        load_config(preset="tiny", overrides=[key, value])

@@ -126,6 +126,12 @@ PLUGIN_HELP = "Python module (or .py file) registering initializers/norms; repea
 OVERRIDES_HELP = "Trailing KEY VALUE pairs overriding config keys, as Detectron2's opts."
 # Commands with trailing KEY VALUE overrides: a negative value (`SOLVER.MAX_ITER -1`) is an argument, not an option.
 OVERRIDES_CONTEXT = {"ignore_unknown_options": True}
+DATA_HELP = ("Your annotations: a folder (or data.yaml) in any format maskinit reads: COCO, label images, one mask per "
+             "instance, YOLO-seg, LabelMe, VIA, CVAT, Pascal VOC; the format is detected (docs/data-formats.md).")
+FORMAT_HELP = "The format of --data, when detection cannot tell: coco, label-image, instance-masks, yolo, labelme, via, cvat, voc."
+VAL_FRACTION_HELP = ("Share of the images of a --data source with one split held back for validation (seeded, by image; "
+                     "default 0.2; 0: none); a source with a val split keeps it.")
+SPLIT_SEED_HELP = "Seed of the --val-fraction split (the same seed holds back the same images)."
 IMS_PER_BATCH_HELP = ("Total batch; iterations rescale against it, the LR linearly for SGD and by the "
                       "square root for Adam/AdamW.")
 
@@ -265,13 +271,57 @@ def print_ap_table(results: dict) -> None:
         console.print(table)
 
 
-def train_setup(overrides, config, preset, recipe, norm, init, schedule, plugin, train_json, train_images, val_json,
-                val_images, dataset, val_dataset, from_scratch=True, **run_options):
-    """What `train` and `tune` share: the config (the machine's default preset when none is named),
-    the run options and the keys the user set explicitly."""
-    from .config import load_config
-    from .run_options import DataOptions, TrainOptions
+def data_options(data=None, format=None, val_fraction=None, split_seed=0, **paths):
+    """The data options of a command: `--data` (with --format, --val-fraction, --split-seed) or the COCO
+    paths and registered names; `--data` and the others exclude each other."""
+    from .run_options import DataOptions
 
+    given = {name: value for name, value in paths.items() if value}
+    if data is None:
+        if format is not None:
+            raise MaskinitError("--format names the format of --data: give --data PATH")
+        if val_fraction is not None:
+            raise MaskinitError("--val-fraction splits a --data source with one split: give --data PATH")
+        return DataOptions(**{name: str(value) for name, value in given.items()})
+    if given:
+        flags = ", ".join("--" + name.replace("_", "-") for name in given)
+        raise MaskinitError(f"--data and {flags} exclude each other: give the data one way")
+    return DataOptions(source=str(data), format=format, val_fraction=val_fraction, split_seed=split_seed)
+
+
+def print_data_lines(lines) -> None:
+    for line in lines:
+        err_console.print(escape(line), highlight=False, soft_wrap=True)
+
+
+def resolved_data(data):
+    """`data` with a --data source converted to COCO files (the format and the split printed)."""
+    from .data.convert import resolve_source
+
+    resolved = resolve_source(data)
+    print_data_lines(resolved.notes)
+    return resolved.data
+
+
+def train_setup(overrides, config, preset, recipe, norm, init, schedule, plugin, train_json, train_images, val_json,
+                val_images, dataset, val_dataset, data=None, format=None, val_fraction=None, split_seed=0,
+                from_scratch=True, **run_options):
+    """What `train` and `tune` share: the config (the machine's default preset when none is named),
+    the run options (a --data source converted to COCO files) and the keys the user set explicitly.
+    `--resume` without data options or a config continues with the run's own (config.yaml)."""
+    from .config import load_config
+    from .run_options import TrainOptions
+
+    data_given = data_options(data, format, val_fraction, split_seed, train_json=train_json, train_images=train_images,
+                              val_json=val_json, val_images=val_images, dataset=dataset, val_dataset=val_dataset)
+    saved = Path(run_options["output_dir"]) / "config.yaml"
+    if run_options.get("resume") and saved.is_file():
+        from .data.sources import recorded_data
+
+        if not (config or preset or recipe):
+            config = saved
+        if data_given == type(data_given)():
+            data_given = recorded_data(load_config(saved)) or data_given
     if not (config or preset or recipe):
         from .machine import default_preset
 
@@ -285,7 +335,7 @@ def train_setup(overrides, config, preset, recipe, norm, init, schedule, plugin,
         from .budget import parse_duration
 
         run_options["time_budget"] = parse_duration(duration)
-    options = TrainOptions(**run_options, data=DataOptions(train_json, train_images, val_json, val_images, dataset, val_dataset))
+    options = TrainOptions(**run_options, data=resolved_data(data_given))
     return cfg, options, set((overrides or [])[::2])
 
 
@@ -307,6 +357,10 @@ def train(
     val_images: Optional[str] = typer.Option(None, help="Image folder for --val-json."),
     dataset: Optional[str] = typer.Option(None, help="A dataset name Detectron2 registers (e.g. coco_2017_train)."),
     val_dataset: Optional[str] = typer.Option(None, help="Registered dataset name to evaluate on (with --dataset)."),
+    data: Optional[Path] = typer.Option(None, "--data", help=DATA_HELP),
+    format: Optional[str] = typer.Option(None, "--format", help=FORMAT_HELP),
+    val_fraction: Optional[float] = typer.Option(None, "--val-fraction", help=VAL_FRACTION_HELP),
+    split_seed: int = typer.Option(0, "--split-seed", help=SPLIT_SEED_HELP),
     output_dir: Path = typer.Option(Path("output"), help="Where config, checkpoints, metrics and eval go."),
     max_iter: Optional[int] = typer.Option(None, help="Iterations; LR steps and warmup rescale unless given explicitly."),
     ims_per_batch: Optional[int] = typer.Option(None, help=IMS_PER_BATCH_HELP),
@@ -385,7 +439,7 @@ def shares_options(source, exclude=()):
 
 
 # the `train` options a tuning trial cannot take: a trial is one process, and each trial has its own folder
-TUNE_EXCLUDED = ("from_scratch", "num_gpus", "num_machines", "machine_rank", "dist_url", "overwrite", "time")
+TUNE_EXCLUDED = ("from_scratch", "num_gpus", "num_machines", "machine_rank", "dist_url", "overwrite", "time", "split_seed")
 
 
 def _param_text(params: dict) -> str:
@@ -560,11 +614,16 @@ def inspect_init_command(
 @app.command("eval")
 @handles_errors
 def eval_command(
-    config: Path = typer.Option(..., "--config", help="config.yaml of the trained run."),
-    weights: Path = typer.Option(..., "--weights", help="Checkpoint (e.g. model_final.pth)."),
+    run_dir: Optional[Path] = typer.Argument(None, metavar="[RUN_DIR]", show_default=False, help="A trained run's folder: its config.yaml, model_final.pth and the data it validated on."),
+    config: Optional[Path] = typer.Option(None, "--config", help="config.yaml of the trained run (default RUN_DIR/config.yaml)."),
+    weights: Optional[Path] = typer.Option(None, "--weights", help="Checkpoint (default RUN_DIR/model_final.pth)."),
     val_json: Optional[str] = typer.Option(None, help="COCO instances JSON to evaluate on."),
     val_images: Optional[str] = typer.Option(None, help="Image folder for --val-json."),
     dataset: Optional[str] = typer.Option(None, help="A dataset name Detectron2 registers (e.g. coco_2017_val)."),
+    data: Optional[Path] = typer.Option(None, "--data", help="Annotations in any format maskinit reads: its val split (or all of it) is evaluated."),
+    format: Optional[str] = typer.Option(None, "--format", help=FORMAT_HELP),
+    val_fraction: Optional[float] = typer.Option(None, "--val-fraction", help="Evaluate on the part of a one-split --data source that train held back with this fraction (and --split-seed)."),
+    split_seed: int = typer.Option(0, "--split-seed", help=SPLIT_SEED_HELP),
     device: Optional[str] = typer.Option(None, help="cpu or cuda."),
     num_gpus: int = typer.Option(1, help="Processes (GPUs, or CPU processes over gloo)."),
     json_out: Optional[Path] = typer.Option(None, help="Write Detectron2's result dict here."),
@@ -573,15 +632,23 @@ def eval_command(
     plugin: Optional[List[str]] = typer.Option(None, help=PLUGIN_HELP),
     skip_bad: bool = typer.Option(False, help="Drop bad annotations and images instead of refusing the data."),
 ):
-    """COCO box and mask AP of a trained model (the embedded val set by default)."""
+    """COCO box and mask AP of a trained model: `maskinit eval RUN_DIR` on the data the run validated on."""
     from .config import load_config
-    from .data.sources import validate_data
+    from .data.sources import evaluation_data, recorded_data, validate_data
     from .devices import with_device
     from .evaluation import evaluate_run
-    from .run_options import DataOptions
 
+    config, weights = run_files(run_dir, config, weights)
     cfg = with_device(load_config(path=config, plugins=plugin or ()), device, num_gpus)  # before any data work
-    checked = validate_data(DataOptions(val_json=val_json, val_images=val_images, dataset=dataset), skip_bad)
+    given = data_options(data, format, val_fraction if val_fraction is not None else (0.0 if data else None), split_seed,
+                         val_json=val_json, val_images=val_images, dataset=dataset)
+    if given == type(given)():  # no data options: the data the run validated on, as its config records it
+        recorded = recorded_data(cfg)
+        if recorded is not None:
+            given = evaluation_data(resolved_data(recorded), str(config))
+    elif data is not None:
+        given = evaluation_data(resolved_data(given), str(data), whole_if_one_split=True)
+    checked = validate_data(given, skip_bad)
     for line in checked.notes:
         err_console.print(line)
     results = evaluate_run(cfg, weights, checked.data, device=device, num_gpus=num_gpus, json_out=json_out, vis_dir=vis_dir, vis_count=vis_count)
@@ -590,6 +657,20 @@ def eval_command(
         console.print(f"results in {json_out}")
     if vis_dir:
         console.print(f"drawings in {vis_dir}")
+
+
+def run_files(run_dir: Optional[Path], config: Optional[Path], weights: Optional[Path]) -> tuple[Path, Path]:
+    """config.yaml and the weights of a run: given, or found in RUN_DIR (model_final.pth)."""
+    if run_dir is not None:
+        if not run_dir.is_dir():
+            raise MaskinitError(f"run folder {run_dir} not found")
+        config = config or run_dir / "config.yaml"
+        weights = weights or run_dir / "model_final.pth"
+        if not Path(config).is_file():
+            raise MaskinitError(f"{run_dir} holds no config.yaml: not a maskinit run folder (or give --config)")
+    if config is None or weights is None:
+        raise MaskinitError("give a run folder (maskinit eval RUN_DIR) or --config and --weights")
+    return Path(config), Path(weights)
 
 
 @app.command()
@@ -601,10 +682,11 @@ def predict(
     output_dir: Optional[Path] = typer.Option(None, "--output-dir", show_default=False, help="Folder for drawings and predictions.json (required)."),
     output: Optional[Path] = typer.Option(None, "--output", hidden=True, help="Old name of --output-dir."),
     score_threshold: float = typer.Option(0.5, help="Keep instances scoring at least this."),
+    format: str = typer.Option("coco", "--format", help="coco: predictions.json (RLE masks); label-image: labels/NAME.png (16-bit instance labels) + classes.json; yolo: labels/NAME.txt (YOLO-seg) + classes.txt."),
     device: Optional[str] = typer.Option(None, help="cpu or cuda."),
     plugin: Optional[List[str]] = typer.Option(None, help=PLUGIN_HELP),
 ):
-    """Predict instances on unlabeled images: PNG drawings and COCO-format JSON with RLE masks."""
+    """Predict instances on unlabeled images: PNG drawings and the predictions as COCO JSON, label images or YOLO-seg."""
     from .config import load_config
     from .devices import with_device
     from .visualize import predict as run_prediction
@@ -613,11 +695,21 @@ def predict(
     if not 0 <= score_threshold <= 1:
         raise MaskinitError(f"--score-threshold must be in [0, 1], got {score_threshold}")
     cfg = with_device(load_config(path=config, plugins=plugin or ()), device)
-    path = run_prediction(cfg, weights, input, output_dir, score_threshold=score_threshold)
+    path = run_prediction(cfg, weights, input, output_dir, score_threshold=score_threshold, output_format=format)
     console.print(f"predictions in {path}")
 
 
 SEVERITY_STYLES = {"fatal": "bold red", "fixable": "yellow", "warning": "magenta", "info": "dim"}
+
+
+def data_files(data: Path, format: Optional[str], val_fraction: Optional[float] = None, split_seed: int = 0) -> list[tuple[str, Path, Path]]:
+    """[(split, COCO file, image folder)] of a --data source (converted into the cache, the format
+    printed; not split unless --val-fraction says so)."""
+    from .data.convert import read_source, write_cached
+
+    read = read_source(data, format, val_fraction, split_seed, default_fraction=0.0)
+    print_data_lines([line for line in read.lines if "no validation during training" not in line])
+    return [(split, json_file, images) for split, (json_file, images) in write_cached(read.dataset).items()]
 
 
 @app.command("check-data")
@@ -626,18 +718,34 @@ def check_data_command(
     json_file: Optional[Path] = typer.Argument(None, metavar="JSON", show_default=False, help="COCO instances JSON to check."),
     json_option: Optional[Path] = typer.Option(None, "--json", hidden=True, help="Old form of the JSON argument."),
     images: Optional[Path] = typer.Option(None, "--images", help="Folder the JSON's file_names are relative to."),
+    data: Optional[Path] = typer.Option(None, "--data", help="Annotations in any format maskinit reads (instead of JSON): each split converted and checked."),
+    format: Optional[str] = typer.Option(None, "--format", help=FORMAT_HELP),
     skip_bad: bool = typer.Option(False, "--skip-bad", help="Accept fixable problems: show what training with --skip-bad leaves out, exit 0."),
     no_images: bool = typer.Option(False, "--no-images", help="Check the JSON only, not the image files."),
     json_out: Optional[Path] = typer.Option(None, "--json-out", help="Write the report as JSON here."),
 ):
-    """Check a COCO dataset before training; exit 0 ok, 1 fixable problems, 2 fatal ones."""
-    from rich.markup import escape
+    """Check a dataset before training; exit 0 ok, 1 fixable problems, 2 fatal ones."""
+    json_file = renamed(json_file, json_option, "the COCO JSON argument (maskinit check-data JSON --images DIR)", "--json")
+    if data is not None:
+        if json_file is not None or images is not None:
+            raise MaskinitError("--data and a COCO JSON exclude each other: give the data one way")
+        checks = [(json_path, folder) for _, json_path, folder in data_files(data, format)]
+    else:
+        if format is not None:
+            raise MaskinitError("--format names the format of --data: give --data PATH")
+        if json_file is None:
+            raise MaskinitError("the COCO JSON argument (maskinit check-data JSON --images DIR) is required, or --data DIR")
+        if images is None and not no_images:
+            raise MaskinitError("--images DIR is needed to check the image files (or pass --no-images)")
+        checks = [(json_file, images)]
+    codes = [check_one(path, folder, skip_bad, no_images, json_out if len(checks) == 1 else None) for path, folder in checks]
+    raise typer.Exit(max(codes))
 
+
+def check_one(json_file: Path, images: Optional[Path], skip_bad: bool, no_images: bool, json_out: Optional[Path]) -> int:
+    """`check-data` of one COCO file: the table, the counts, the verdict; its exit code."""
     from .data.validate import check_coco, enforce_data_policy
 
-    json_file = renamed(json_file, json_option, "the COCO JSON argument (maskinit check-data JSON --images DIR)", "--json", required=True)
-    if images is None and not no_images:
-        raise MaskinitError("--images DIR is needed to check the image files (or pass --no-images)")
     report = check_coco(json_file, images, check_images=not no_images)
     if json_out is not None:
         import json
@@ -666,17 +774,17 @@ def check_data_command(
         err_console.print(f"wrote {json_out}")
     if report.ok:
         console.print("[green]ok[/]: nothing stops training")
-        raise typer.Exit(0)
+        return 0
     if skip_bad:
         for line in enforce_data_policy(report, skip_bad=True):
             console.print(escape(line), highlight=False, soft_wrap=True)
-        raise typer.Exit(0)
+        return 0
     console.print(
         f"[yellow]fixable problems[/]: training refuses this data; with --skip-bad it leaves out "
         f"{report.annotations_dropped} annotations and {len(report.bad_image_ids)} images",
         highlight=False,
     )
-    raise typer.Exit(1)
+    return 1
 
 
 @app.command("analyze-data")
@@ -684,7 +792,9 @@ def check_data_command(
 def analyze_data_command(
     json_file: Optional[Path] = typer.Argument(None, metavar="JSON", show_default=False, help="COCO instances JSON of the training set."),
     json_option: Optional[Path] = typer.Option(None, "--json", hidden=True, help="Old form of the JSON argument."),
-    images: Path = typer.Option(..., "--images", help="Folder the JSON's file_names are relative to."),
+    images: Optional[Path] = typer.Option(None, "--images", help="Folder the JSON's file_names are relative to."),
+    data: Optional[Path] = typer.Option(None, "--data", help="Annotations in any format maskinit reads (instead of JSON): its training split is measured."),
+    format: Optional[str] = typer.Option(None, "--format", help=FORMAT_HELP),
     preset: Optional[str] = typer.Option(None, help=PRESET_HELP + " The fitted keys are shown against it (default r50-fpn)."),
     config: Optional[Path] = typer.Option(None, "--config", help="A complete config (from export-config) to fit against instead of a preset."),
     sample: int = typer.Option(100, help="Images read for the image kind and pixel statistics (a deterministic sample; 0: all)."),
@@ -697,7 +807,13 @@ def analyze_data_command(
     from .data.analysis import analyze_coco, plot_analysis, write_analysis_json
     from .data.fit import apply_fits, fit_config, fit_report
 
-    json_file = renamed(json_file, json_option, "the COCO JSON argument (maskinit analyze-data JSON --images DIR)", "--json", required=True)
+    json_file = renamed(json_file, json_option, "the COCO JSON argument (maskinit analyze-data JSON --images DIR)", "--json")
+    if data is not None:
+        if json_file is not None or images is not None:
+            raise MaskinitError("--data and a COCO JSON exclude each other: give the data one way")
+        _, json_file, images = next(files for files in data_files(data, format) if files[0] == "train")
+    elif json_file is None or images is None:
+        raise MaskinitError("give the COCO JSON argument and --images DIR (maskinit analyze-data JSON --images DIR), or --data DIR")
     analysis = analyze_coco(json_file, images, sample=sample or None, seed=seed)
     table = Table(title=f"analyze-data {escape(str(json_file))}")
     table.add_column("statistic", no_wrap=True)
@@ -720,6 +836,55 @@ def analyze_data_command(
         err_console.print(f"wrote {write_analysis_json(json_out, analysis, report.rows, report.to_dict())}")
     if plot is not None:
         err_console.print(f"wrote {plot_analysis(plot, analysis, cfg, {f.key: f.value for f in applied})}")
+
+
+def print_written(written) -> None:
+    """What `convert` and `split` wrote: the notes, each file with its counts and check verdict."""
+    print_data_lines(written.lines)
+    for split, path in written.files.items():
+        report = written.reports.get(split)
+        verdict = ""
+        if report is not None:
+            verdict = "; check-data: ok" if report.ok else "; check-data: " + "; ".join(p.summary() for p in report.problems.values()
+                                                                                      if p.severity in ("fixable", "warning"))
+            verdict = f" ({report.num_images} images, {report.num_annotations} annotations{verdict})"
+        console.print(f"wrote {escape(str(path))}{escape(verdict)}", highlight=False, soft_wrap=True)
+
+
+@app.command("convert")
+@handles_errors
+def convert_command(
+    source: Path = typer.Argument(..., metavar="SRC", help="Annotations in any format maskinit reads (a folder, data.yaml, JSON or XML file)."),
+    output: Path = typer.Option(..., "-o", "--output", help="The COCO folder to write (new or empty): train.json, val.json, images/ with --copy-images."),
+    format: Optional[str] = typer.Option(None, "--format", help=FORMAT_HELP),
+    val_fraction: Optional[float] = typer.Option(None, "--val-fraction", help="Hold back this share of a one-split source's images as val.json (seeded, by image)."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the --val-fraction split."),
+    copy_images: bool = typer.Option(False, "--copy-images", help="Copy the pictures under OUTPUT/images/ (default: referenced where they are)."),
+):
+    """Convert annotations to a checked COCO folder (train.json, val.json): all of it or nothing is written."""
+    from .data.convert import convert
+
+    written = convert(source, output, format, val_fraction, seed, copy_images)
+    print_written(written)
+    console.print(f"train on it with: maskinit train --data {escape(str(written.out))}", highlight=False, soft_wrap=True)
+    raise typer.Exit(0 if all(report.ok for report in written.reports.values()) else 1)
+
+
+@app.command("split")
+@handles_errors
+def split_command(
+    json_file: Path = typer.Argument(..., metavar="COCO_JSON", help="The COCO instances JSON to split."),
+    images: Path = typer.Option(..., "--images", help="Folder the JSON's file_names are relative to."),
+    output: Path = typer.Option(..., "-o", "--output", help="The folder to write (new or empty): train.json and val.json."),
+    val_fraction: float = typer.Option(0.2, "--val-fraction", help="Share of the images in val.json."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the split: the same seed gives the same split."),
+):
+    """Split a COCO set by image (seeded), every class in both parts where it can be."""
+    from .data.convert import split_file
+
+    written = split_file(json_file, images, output, val_fraction, seed)
+    print_written(written)
+    console.print(f"train on it with: maskinit train --data {escape(str(written.out))}", highlight=False, soft_wrap=True)
 
 
 if __name__ == "__main__":

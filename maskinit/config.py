@@ -150,6 +150,29 @@ def add_maskinit_config(cfg: CfgNode) -> CfgNode:
     # Restart the average from the current weights at each LR step (SOLVER.STEPS), its decay warming up again,
     # so that after a step it averages the weights of the new LR only (True) or not (False).
     _C.MASKINIT.EMA.RESTART_AT_STEPS = False
+    # The data a run used, recorded by train (maskinit/data/sources.py: record_data), so that `train --resume`
+    # and `eval RUN_DIR` find it again; empty everywhere: the embedded default set.
+    _C.MASKINIT.DATA = CfgNode()
+    # The folder or data.yaml given as --data (any format maskinit reads); empty: COCO files or registered names.
+    _C.MASKINIT.DATA.SOURCE = ""
+    # Its format (coco, label-image, instance-masks, yolo, labelme, via, cvat, voc), detected or given by --format.
+    _C.MASKINIT.DATA.FORMAT = ""
+    # Share of a one-split source's images held back for validation (--val-fraction), in [0, 1); 0: none held back.
+    _C.MASKINIT.DATA.VAL_FRACTION = 0.0
+    # Seed of that split (--split-seed): the same seed holds back the same images.
+    _C.MASKINIT.DATA.SPLIT_SEED = 0
+    # COCO instances JSON the run trained on (for --data: its converted copy).
+    _C.MASKINIT.DATA.TRAIN_JSON = ""
+    # Image folder of TRAIN_JSON.
+    _C.MASKINIT.DATA.TRAIN_IMAGES = ""
+    # COCO instances JSON the run validated on; empty: none, or a registered name.
+    _C.MASKINIT.DATA.VAL_JSON = ""
+    # Image folder of VAL_JSON.
+    _C.MASKINIT.DATA.VAL_IMAGES = ""
+    # Registered dataset name trained on (--dataset).
+    _C.MASKINIT.DATA.DATASET = ""
+    # Registered dataset name validated on (--val-dataset).
+    _C.MASKINIT.DATA.VAL_DATASET = ""
     # Training set's category names in model output (contiguous) order, set by train; empty: unknown.
     _C.MASKINIT.CLASS_NAMES = []
     # Training set's category ids (COCO category_id) in the same order as CLASS_NAMES; empty: unknown.
@@ -499,6 +522,8 @@ VALUE_RULES = (
     ("MASKINIT.PLATEAU.PATIENCE", _at_least(0), "at least 0"),
     ("MASKINIT.PLATEAU.FACTOR", _between(0, 1, low_open=True, high_open=True), "in (0, 1)"),
     ("MASKINIT.PLATEAU.MIN_LR", _at_least(0), "a finite number >= 0"),
+    ("MASKINIT.DATA.VAL_FRACTION", _between(0, 1, high_open=True), "in [0, 1) (0: nothing held back)"),
+    ("MASKINIT.DATA.SPLIT_SEED", lambda v: isinstance(v, int) and not isinstance(v, bool), "an integer"),
     ("SOLVER.BASE_LR", _positive, "a positive finite number"),
     ("SOLVER.MAX_ITER", _at_least(1), "at least 1"),
     ("SOLVER.IMS_PER_BATCH", _at_least(1), "at least 1"),
@@ -598,6 +623,12 @@ def check_config(cfg: CfgNode) -> None:
         )
     if not isinstance(cfg.MASKINIT.PLATEAU.METRIC, str) or not cfg.MASKINIT.PLATEAU.METRIC:
         raise MaskinitError(f"MASKINIT.PLATEAU.METRIC must name a metric (total_loss, segm/AP, ...), got {cfg.MASKINIT.PLATEAU.METRIC!r}")
+    if cfg.MASKINIT.DATA.FORMAT:
+        from .data.formats import FORMAT_NAMES
+
+        if cfg.MASKINIT.DATA.FORMAT not in FORMAT_NAMES:
+            raise MaskinitError(f"unknown data format {cfg.MASKINIT.DATA.FORMAT!r} for MASKINIT.DATA.FORMAT "
+                                f"(known: {', '.join(FORMAT_NAMES)})")
     check_augment(cfg)
     check_ema(cfg)
     build_norm_variant(cfg.MASKINIT.NORM)

@@ -30,9 +30,26 @@ class DataOptions:
     val_images: str | None = None
     dataset: str | None = None
     val_dataset: str | None = None
+    # `--data`: a folder or data.yaml in any format maskinit reads (maskinit/data/formats), converted to
+    # COCO files (`data.convert.resolve_source` fills train_json... from it); format: its name (detected
+    # when None); val_fraction: the share of its images validated on when it has one split (None: the
+    # default, 0: none); split_seed: the seed of that split
+    source: str | None = None
+    format: str | None = None
+    val_fraction: float | None = None
+    split_seed: int = 0
 
     def as_flags(self) -> list[str]:
         """These options on a `maskinit train` command line (the commands maskinit prints)."""
+        if self.source:
+            flags = ["--data", str(self.source)]
+            if self.format:
+                flags += ["--format", self.format]
+            if self.val_fraction is not None:
+                flags += ["--val-fraction", f"{self.val_fraction:g}"]
+            if self.split_seed:
+                flags += ["--split-seed", str(self.split_seed)]
+            return flags
         flags = []
         for flag, value in (("--train-json", self.train_json), ("--train-images", self.train_images),
                             ("--val-json", self.val_json), ("--val-images", self.val_images),

@@ -89,10 +89,12 @@ def raise_interrupted(signum, frame):
 
 def _train(cfg: CfgNode, options: TrainOptions, explicit_keys, hooks: Sequence = (), announce=None) -> dict:
     from .budget import run_length
-    from .data.sources import resolve_data, validate_data
+    from .data.convert import resolve_source
+    from .data.sources import record_data, resolve_data, validate_data
 
     if options.resume and options.overwrite:
         raise MaskinitError("--resume and --overwrite contradict each other: choose one")
+    options = replace(options, data=resolve_source(options.data).data)  # --data: its COCO files, converted once
     requested = apply_run_options(cfg, options, explicit_keys)
     checked = validate_data(options.data, options.skip_bad)
     stated_classes = requested.MODEL.ROI_HEADS.NUM_CLASSES
@@ -108,6 +110,7 @@ def _train(cfg: CfgNode, options: TrainOptions, explicit_keys, hooks: Sequence =
         cfg, fit = fit_to_data(requested, checked.data, keep=explicit_keys)
         check_config(cfg)
     cfg, data = resolve_data(cfg, checked.data)
+    cfg = record_data(cfg, options.data)  # config.yaml says which data: --resume and `eval RUN_DIR` need no data options
     if "MODEL.ROI_HEADS.NUM_CLASSES" in explicit_keys and stated_classes != cfg.MODEL.ROI_HEADS.NUM_CLASSES:
         raise MaskinitError(
             f"MODEL.ROI_HEADS.NUM_CLASSES {stated_classes} was given, but the training data has "
@@ -190,6 +193,8 @@ def resume_command(options: TrainOptions) -> str:
 def eval_command(options: TrainOptions) -> str:
     """The command that evaluates this run's final model."""
     out = options.output_dir
+    if options.data.source:  # the run's config records its data
+        return " ".join(shlex.quote(part) for part in ["maskinit", "eval", str(out)])
     parts = ["maskinit", "eval", "--config", f"{out}/{CONFIG_FILE}", "--weights", f"{out}/model_final.pth"]
     data = options.data
     for flag, value in (("--val-json", data.val_json), ("--val-images", data.val_images), ("--dataset", data.val_dataset)):

@@ -161,15 +161,59 @@ def _predict_image(model: nn.Module, mapper: ImageMapper, image: np.ndarray, pat
         return model([inputs])[0]["instances"].to("cpu")
 
 
+OUTPUT_FORMATS = ("coco", "label-image", "yolo")
+LABELS_DIR = "labels"
+
+
+def _write_labels(output_dir: Path, stem: str, instances: Instances, output_format: str) -> dict:
+    """One image's predictions as a label image or YOLO lines under `labels/`; for a label image, its
+    labels' {label: [class index, score]}."""
+    from .data.formats.label_image import paint_labels
+    from .data.formats.yolo import polygon_line
+
+    folder = _make_dir(output_dir / LABELS_DIR)
+    masks = instances.pred_masks.numpy().astype(bool) if instances.has("pred_masks") else np.zeros((0, *instances.image_size), bool)
+    classes, scores = instances.pred_classes.tolist(), instances.scores.tolist()
+    if output_format == "yolo":
+        lines = [polygon_line(mask, cls) for mask, cls in zip(masks, classes)]
+        write_atomically(folder / f"{stem}.txt", "".join(line + "\n" for line in lines if line))
+        return {}
+    label, kept = paint_labels(masks, scores)
+    path = folder / f"{stem}.png"
+    if not cv2.imwrite(str(path), label):
+        raise MaskinitError(f"cannot write {path}")
+    return {str(value): [classes[index] + 1, round(scores[index], 4)] for value, index in kept.items()}
+
+
+def _write_class_map(output_dir: Path, output_format: str, names: list[str], labels: dict, input_path: Path) -> Path:
+    """classes.txt (YOLO) or classes.json (label images: class names, each label's class and score, and
+    the pictures' folder, so that the output reads back as a dataset)."""
+    if output_format == "yolo":
+        return write_atomically(output_dir / "classes.txt", "".join(name + "\n" for name in names))
+    pictures = input_path if input_path.is_dir() else input_path.parent
+    class_map = {
+        "classes": {str(i + 1): name for i, name in enumerate(names)},
+        "instances": {stem: {value: entry[0] for value, entry in own.items()} for stem, own in labels.items()},
+        "scores": {stem: {value: entry[1] for value, entry in own.items()} for stem, own in labels.items()},
+        "images": str(pictures.resolve()),
+    }
+    return write_atomically(output_dir / "classes.json", json.dumps(class_map, indent=1))
+
+
 def predict(
     cfg: CfgNode,
     weights: str | Path,
     input_path: str | Path,
     output_dir: str | Path,
     score_threshold: float = 0.5,
+    output_format: str = "coco",
 ) -> Path:
-    """Predict on an image or a folder of images; write `<name>.png` drawings and
-    `predictions.json` (COCO: images, categories, and results with RLE masks) into `output_dir`.
+    """Predict on an image or a folder of images; write `<name>.png` drawings and the predictions in
+    `output_format` into `output_dir`: "coco", `predictions.json` (COCO: images, categories, and results
+    with RLE masks); "label-image", `labels/<name>.png` (16-bit instance labels, the highest score on
+    top where instances overlap) and `classes.json` (each label's class and score, the pictures' folder:
+    the folder reads back as a label-image dataset); "yolo", `labels/<name>.txt` (YOLO segmentation
+    lines, the largest outline of each mask) and `classes.txt`.
 
     Every image kind `maskinit.data.images.read_image` reads (gray, 16-bit, N-channel TIFF or .npy)
     goes to the model as the evaluation gives it; the drawings show its 8-bit RGB view
@@ -179,6 +223,8 @@ def predict(
     """
     from .checkpoint import load_trained_model
 
+    if output_format not in OUTPUT_FORMATS:
+        raise MaskinitError(f"unknown prediction format {output_format!r} (known: {', '.join(OUTPUT_FORMATS)})")
     paths = _image_paths(input_path)
     cfg = cfg.clone()
     cfg.defrost()
@@ -189,7 +235,7 @@ def predict(
     mapper = ImageMapper(cfg, is_train=False)
     output_dir = _make_dir(output_dir)
 
-    images, annotations, skipped, used_names = [], [], [], set()
+    images, annotations, skipped, used_names, labels = [], [], [], set(), {}
     for path in paths:
         try:
             image = read_image(path)
@@ -209,8 +255,12 @@ def predict(
         stem = path.stem if path.stem not in used_names else f"{path.stem}_{image_id}"
         used_names.add(stem)
         _write_png(output_dir / f"{stem}.png", draw_predictions(display_rgb(image), instances, metadata))
+        if output_format != "coco":
+            labels[stem] = _write_labels(output_dir, stem, instances, output_format)
     if not images:
         raise MaskinitError(f"no readable image in {input_path}: {skipped[0]['file_name']}: {skipped[0]['error']}")
+    if output_format != "coco":
+        return _write_class_map(output_dir, output_format, names, labels, Path(input_path))
 
     coco = {
         "images": images,

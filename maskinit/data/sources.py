@@ -8,7 +8,6 @@ in each training process, since Detectron2's catalogs live per process.
 
 from __future__ import annotations
 
-import copy
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -31,10 +30,9 @@ VAL_NAME = "maskinit_val"
 def with_paths(data, **paths):
     """A copy of the data options `data` (a `DataOptions` or any object with its attributes) with
     `paths` set."""
-    changed = copy.copy(data)
-    for name, value in paths.items():
-        setattr(changed, name, value)
-    return changed
+    from .split import with_paths as copied
+
+    return copied(data, **paths)
 
 
 def use_embedded_default(data):
@@ -103,10 +101,11 @@ def validate_data(data, skip_bad: bool, *, check_images: bool = True, clean_dir=
     the COCO evaluator read its ground truth from it too. Registered names (`--dataset`) and the
     embedded default set are not checked.
     """
+    from .convert import resolve_source
     from .synthetic import default_cache_root
     from .validate import enforce_data_policy, load_and_check_coco, write_clean_copy
 
-    lines: list[str] = []
+    data, lines = resolve_source(data)  # a --data source: its COCO files (converted once, cached)
     if getattr(data, "dataset", None):
         return ValidatedData(data, lines)  # a registered name: `resolve_data` refuses it together with COCO files
     for split in ("train", "val"):
@@ -123,3 +122,64 @@ def validate_data(data, skip_bad: bool, *, check_images: bool = True, clean_dir=
             data = with_paths(data, **{f"{split}_json": str(cleaned)})
             lines.append(f"{json_file}: registering the cleaned copy {cleaned}")
     return ValidatedData(data, lines)
+
+
+# The data options recorded in a run's config (cfg.MASKINIT.DATA), key by key.
+RECORDED = {"SOURCE": "source", "FORMAT": "format", "VAL_FRACTION": "val_fraction", "SPLIT_SEED": "split_seed",
+            "TRAIN_JSON": "train_json", "TRAIN_IMAGES": "train_images", "VAL_JSON": "val_json",
+            "VAL_IMAGES": "val_images", "DATASET": "dataset", "VAL_DATASET": "val_dataset"}
+
+
+def record_data(cfg: CfgNode, data) -> CfgNode:
+    """A copy of `cfg` saying in MASKINIT.DATA which data the run used (`data`: the data options, a
+    --data source already resolved to its COCO files); file paths are made absolute."""
+    cfg = cfg.clone()
+    cfg.defrost()
+    for key, name in RECORDED.items():
+        value = getattr(data, name, None)
+        if name.endswith(("_json", "_images")) or name == "source":
+            value = str(Path(value).resolve()) if value else ""
+        elif name == "val_fraction":
+            value = float(value or 0.0)
+        elif name == "split_seed":
+            value = int(value or 0)
+        else:
+            value = value or ""
+        cfg.MASKINIT.DATA[key] = value
+    return cfg
+
+
+def recorded_data(cfg: CfgNode):
+    """The data options a run's config records (`record_data`), to run on the same data again: a --data
+    source with its format and split (read again: the same split), else the COCO files or registered
+    names; None when it records none (the embedded default set, or a config written before the record)."""
+    from ..run_options import DataOptions
+
+    recorded = cfg.MASKINIT.get("DATA")
+    if recorded is None:
+        return None
+    if recorded.SOURCE:
+        return DataOptions(source=recorded.SOURCE, format=recorded.FORMAT or None,
+                           val_fraction=float(recorded.VAL_FRACTION), split_seed=int(recorded.SPLIT_SEED))
+    paths = {name: recorded[key] or None for key, name in RECORDED.items()
+             if name in ("train_json", "train_images", "val_json", "val_images", "dataset", "val_dataset")}
+    return DataOptions(**paths) if any(paths.values()) else None
+
+
+def evaluation_data(data, where: str, whole_if_one_split: bool = False):
+    """The data options `maskinit eval` evaluates on, from a run's recorded data options (or a --data
+    source given to eval, `whole_if_one_split`: a source not split is evaluated whole): the validation
+    set, as a val_json or a registered name."""
+    from ..run_options import DataOptions
+
+    if data.val_json:
+        return DataOptions(val_json=data.val_json, val_images=data.val_images)
+    if data.val_dataset:
+        return DataOptions(dataset=data.val_dataset)
+    if data.source and whole_if_one_split:
+        return DataOptions(val_json=data.train_json, val_images=data.train_images)
+    if data.dataset and not data.train_json and not data.source and not whole_if_one_split:
+        raise MaskinitError(f"{where}: the run validated on no dataset: give the data to evaluate on (--data, --val-json, --dataset)")
+    if data.dataset:
+        return DataOptions(dataset=data.dataset)
+    raise MaskinitError(f"{where}: the run held no validation data: give the data to evaluate on (--data, --val-json, --dataset)")

@@ -10,6 +10,7 @@ each, and written as two COCO files beside the study; they name the training ima
 
 from __future__ import annotations
 
+import copy
 import json
 import random
 from pathlib import Path
@@ -27,6 +28,15 @@ class HeldBack(NamedTuple):
     note: str
 
 
+def with_paths(data, **paths):
+    """A copy of the data options `data` with `paths` set (as `sources.with_paths`, which imports this module's
+    users: the data modules import one way)."""
+    changed = copy.copy(data)
+    for name, value in paths.items():
+        setattr(changed, name, value)
+    return changed
+
+
 def held_back_count(total: int, fraction: float) -> int:
     """Images held back from `total`: the fraction rounded, at least one, and at least one left to train on."""
     return min(max(1, round(total * fraction)), total - 1)
@@ -37,7 +47,6 @@ def hold_back(data, fraction: float, seed: int, folder: Path) -> HeldBack:
     `fraction` of its images held back for validation, written into `folder`; returns the data options
     that use them (both parts read images from the training image folder)."""
     from ..atomic import write_atomically
-    from .sources import with_paths
 
     if not 0.0 < fraction < 1.0:
         raise MaskinitError(f"--val-fraction must be between 0 and 1 (the share of training images held back), got {fraction}")
@@ -85,3 +94,89 @@ def hold_back(data, fraction: float, seed: int, folder: Path) -> HeldBack:
     split_data = with_paths(data, train_json=str(folder / TRAIN_PART), val_json=str(folder / HELD_BACK),
                             val_images=data.train_images)
     return HeldBack(split_data, n_train, n_held, note)
+
+
+class SplitChoice(NamedTuple):
+    """The images a seeded split holds back, and what it could not do (a class left out of one part)."""
+
+    held: set
+    notes: list[str]
+
+
+def choose_split(coco: dict, fraction: float, seed: int, where: str = "the data") -> SplitChoice:
+    """Hold back `fraction` of the images of a COCO dict (by image, seeded), keeping every class in both
+    parts where it can: first, rarest class first, one image of each class not yet held back (when
+    holding it back leaves every one of its classes an image to train on), then images in seeded
+    order, each only when it takes no class's last training image. Images without annotations are
+    cut on their own, their share held back. The held-back part never outgrows the fraction; the notes
+    say which class could not be in both parts, and why."""
+    if not 0.0 < fraction < 1.0:
+        raise MaskinitError(f"--val-fraction must be between 0 and 1 (the share of images held back), got {fraction}")
+    images = coco.get("images") or []
+    classes_of: dict = {}
+    for annotation in coco.get("annotations") or []:
+        if not annotation.get("iscrowd", 0):
+            classes_of.setdefault(annotation["image_id"], set()).add(annotation["category_id"])
+    ids = [image["id"] for image in images]
+    annotated = sorted(i for i in ids if i in classes_of)
+    if len(annotated) < 2:
+        raise MaskinitError(f"--val-fraction: {where} has {len(annotated)} annotated images; "
+                            "a split needs at least 2 (one to train on, one to validate on)")
+    rng = random.Random(seed)
+    order = list(annotated)
+    rng.shuffle(order)
+    images_with: dict = {}
+    for image_id in annotated:
+        for category in classes_of[image_id]:
+            images_with[category] = images_with.get(category, 0) + 1
+    held, held_with, notes = set(), {}, []
+    names = {c.get("id"): c.get("name") for c in coco.get("categories") or []}
+
+    def can_hold(image_id) -> bool:
+        return all(images_with[c] - held_with.get(c, 0) > 1 for c in classes_of[image_id])
+
+    def hold(image_id) -> None:
+        held.add(image_id)
+        for c in classes_of[image_id]:
+            held_with[c] = held_with.get(c, 0) + 1
+
+    target = held_back_count(len(annotated), fraction)
+    alone, no_room = [], []
+    for category in sorted(images_with, key=lambda c: (images_with[c], str(c))):
+        if held_with.get(category):
+            continue
+        name = str(names.get(category, category))
+        candidates = [i for i in order if i not in held and category in classes_of[i] and can_hold(i)]
+        # the one bringing the most classes not yet held back (the first in seeded order among equals)
+        candidate = max(candidates, key=lambda i: sum(not held_with.get(c) for c in classes_of[i]), default=None)
+        if candidate is None:
+            alone.append(f"{name} ({images_with[category]} {'image' if images_with[category] == 1 else 'images'})")
+        elif len(held) >= target:
+            no_room.append(name)
+        else:
+            hold(candidate)
+    for image_id in order:
+        if len(held) >= target:
+            break
+        if image_id not in held and can_hold(image_id):
+            hold(image_id)
+    if alone:
+        notes.append(f"only in the training part, too few images to be in both: {', '.join(alone)}")
+    if no_room:
+        notes.append(f"not in the {len(held)} held-back images (a larger --val-fraction makes room): {', '.join(no_room)}")
+    without = sorted(i for i in ids if i not in classes_of)
+    rng.shuffle(without)
+    held.update(without[:round(len(without) * fraction)])
+    return SplitChoice(held, notes)
+
+
+def split_coco(coco: dict, fraction: float, seed: int, where: str = "the data") -> tuple[dict, dict, list[str]]:
+    """(training part, held-back part, notes) of a COCO dict split by `choose_split`."""
+    choice = choose_split(coco, fraction, seed, where)
+
+    def part(keep) -> dict:
+        kept = [image for image in coco.get("images") or [] if keep(image["id"])]
+        ids = {image["id"] for image in kept}
+        return {**coco, "images": kept, "annotations": [a for a in coco.get("annotations") or [] if a["image_id"] in ids]}
+
+    return part(lambda i: i not in choice.held), part(lambda i: i in choice.held), choice.notes

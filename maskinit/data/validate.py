@@ -741,6 +741,25 @@ def _probe_image(path: str, height, width) -> tuple[tuple[str, str] | None, tupl
     return None, kind
 
 
+def image_size(path: str | Path) -> tuple[int, int]:
+    """(height, width) of an image as maskinit's reader loads it (EXIF-turned), from its header where the
+    format has one (as `check-data` reads it); `MaskinitError` naming the file when it cannot be read."""
+    from .images import TIFF_SUFFIXES
+
+    path = str(path)
+    if not os.path.isfile(path):
+        raise MaskinitError(f"image {path} not found")
+    suffix = Path(path).suffix.lower()
+    try:
+        if suffix in TIFF_SUFFIXES:
+            return _tiff_header(path)[0]
+        if suffix == ".npy":
+            return _npy_header(path)[0]
+        return (_pillow_header(path) or _decoded_header(path))[0]
+    except (_Unreadable, OSError) as error:
+        raise MaskinitError(f"cannot read image {path}: {error}") from None
+
+
 def _describe_kind(kind: tuple[int, str]) -> str:
     channels, dtype = kind
     return f"{channels}-channel {dtype}"

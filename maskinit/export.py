@@ -204,6 +204,7 @@ def export_metadata(cfg: CfgNode, weights: Path, fmt: str, weight_average: bool)
             "layout": "CHW",
             "dtype": "float32",
             "channels": channels,
+            "format": cfg.INPUT.FORMAT,
             "channel_order": _channel_order(cfg, channels),
             "units": "the image file's own (no division by 255 or 65535); the graph normalizes with pixel_mean/pixel_std",
             "pixel_mean": [float(v) for v in cfg.MODEL.PIXEL_MEAN],

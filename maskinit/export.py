@@ -17,7 +17,8 @@ score threshold.
 
 Nothing is written unless the export reproduces the model: the written file is loaded by the
 runner (onnxruntime or torch) and run on two generated images of the model's input sizes (one
-landscape, one portrait: the traced graph must not have kept the traced image's shape), and its
+landscape, one portrait: the traced graph must not have kept the traced image's shape) at score
+threshold 0, and on one at a threshold nothing passes (zero boxes through the mask head); its
 detections are compared with Detectron2's before the file is renamed into place.
 """
 
@@ -268,11 +269,11 @@ def _box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return inter / np.maximum(area(a)[:, None] + area(b)[None, :] - inter, 1e-9)
 
 
-def compare_outputs(expected, actual, image_shape, threshold: float) -> dict:
+def compare_outputs(expected, actual, image_shape, threshold: float, top_k: int) -> dict:
     """Differences between two sets of graph outputs (boxes, scores, classes, mask probabilities): each
-    detection of one scoring clearly above the threshold (by the score tolerance) must have a partner
-    of the same class in the other; returns the count and the largest differences, with `problem` set
-    when they do not match."""
+    detection of one scoring clearly (by the score tolerance) above the threshold, and above the last
+    one kept when `top_k` were kept, must have a partner of the same class in the other; returns the
+    counts and the largest differences, with `problem` set when they do not match."""
     boxes_a, scores_a, classes_a, masks_a = expected
     boxes_b, scores_b, classes_b, masks_b = actual
     iou = _box_iou(boxes_a, boxes_b)
@@ -280,8 +281,12 @@ def compare_outputs(expected, actual, image_shape, threshold: float) -> dict:
     result = {"size": list(image_shape), "detections": len(scores_a), "exported_detections": len(scores_b),
               "box": 0.0, "score": 0.0, "mask": 0.0, "problem": ""}
     scale = max(image_shape)
+    floor = threshold
+    for scores in (scores_a, scores_b):
+        if len(scores) >= top_k > 0:  # the top-k cut: a near tie there may fall either way
+            floor = max(floor, float(scores.min()))
     for name, scores, other_axis in (("Detectron2's", scores_a, 1), ("the export's", scores_b, 0)):
-        for i in np.flatnonzero(scores >= threshold + CHECK_SCORE_TOLERANCE):
+        for i in np.flatnonzero(scores >= floor + CHECK_SCORE_TOLERANCE):
             row = iou[i] if other_axis == 1 else iou[:, i]
             partners = np.flatnonzero((row > 0.9) & (same_class[i] if other_axis == 1 else same_class[:, i]))
             if not len(partners):
@@ -336,17 +341,18 @@ def _format_error(fmt: str, error: Exception) -> MaskinitError:
     return MaskinitError(f"TorchScript tracing failed: {text}; nothing written")
 
 
-def _check(path: Path, fmt: str, model: nn.Module, images: list[np.ndarray], threshold: float) -> list[dict]:
+def _check(path: Path, fmt: str, model: nn.Module, images: list[np.ndarray], top_k: int) -> list[dict]:
     """Run the written (temporary) file through the runner and compare with the Detectron2 model: each
-    check image at the export's score threshold, and the first one also at a threshold nothing passes
-    (the graph must run on zero boxes)."""
+    check image at score threshold 0 (the top `top_k` detections, whatever the default threshold), and
+    the first one also at a threshold nothing passes (the graph must run on zero boxes)."""
     try:
         exported = ExportedModel(path, kind=fmt, threads=1)
         results = []
-        for image, score_threshold in [(image, threshold) for image in images] + [(images[0], 1.0)]:
+        for image, score_threshold in [(image, 0.0) for image in images] + [(images[0], 1.0)]:
             actual = exported.run_graph(image, score_threshold)
             expected = _raw_outputs(model, image, score_threshold)
-            result = {**compare_outputs(expected, actual, image.shape[1:], score_threshold), "score_threshold": score_threshold}
+            result = {**compare_outputs(expected, actual, image.shape[1:], score_threshold, top_k),
+                      "score_threshold": score_threshold}
             results.append(result)
             if result["problem"]:
                 raise MaskinitError(
@@ -420,7 +426,7 @@ def export_model(cfg: CfgNode, weights: str | Path, fmt: str, output: str | Path
 
     def check_file(path: Path) -> None:
         if check:
-            checks.extend(_check(path, fmt, model, images, float(score_threshold)))
+            checks.extend(_check(path, fmt, model, images, int(cfg.TEST.DETECTIONS_PER_IMAGE)))
 
     metadata_path = Path(str(output) + ".json")
     try:

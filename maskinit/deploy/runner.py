@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -209,11 +210,14 @@ def resize_pillow_numpy(image: np.ndarray, height: int, width: int) -> np.ndarra
 
 
 def _linear_indices(in_size: int, out_size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    scale = np.float32(in_size / out_size)
-    source = np.maximum((np.arange(out_size, dtype=np.float32) + np.float32(0.5)) * scale - np.float32(0.5), 0)
+    """torch's CPU `compute_source_index_and_lambda` in float32 (`scale * (i + 0.5) - 0.5` as one fused
+    multiply-add: one rounding)."""
+    scale = np.float64(np.float32(in_size) / np.float32(out_size))
+    source = ((np.arange(out_size, dtype=np.float64) + 0.5) * scale - 0.5).astype(np.float32)
+    source = np.maximum(source, np.float32(0))
     low = np.minimum(np.floor(source).astype(np.int64), in_size - 1)
     high = np.minimum(low + 1, in_size - 1)
-    return low, high, (source - low).astype(np.float32)
+    return low, high, np.clip(source - low.astype(np.float32), 0, 1).astype(np.float32)
 
 
 def resize_linear(image: np.ndarray, height: int, width: int) -> np.ndarray:
@@ -418,19 +422,23 @@ def load(path: str | Path, threads: int | None = None) -> ExportedModel:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`python runner.py MODEL IMAGE.npy ...`: one JSON line per image (boxes, scores, class names, mask areas)."""
-    import sys
+    """`python runner.py MODEL [--score-threshold T] IMAGE.npy ...`: one JSON line per image (boxes,
+    scores, class names and ids, mask areas in pixels)."""
+    import argparse
 
-    args = sys.argv[1:] if argv is None else argv
-    if len(args) < 2:
-        print("usage: python runner.py MODEL IMAGE.npy [IMAGE.npy ...]", file=sys.stderr)
-        return 2
+    parser = argparse.ArgumentParser(description="Run a model written by maskinit export on .npy images.")
+    parser.add_argument("model")
+    parser.add_argument("images", nargs="+", help=".npy arrays, (H, W) or (H, W, C)")
+    parser.add_argument("--score-threshold", type=float, default=None)
+    parser.add_argument("--threads", type=int, default=None)
+    args = parser.parse_args(argv)
     try:
-        model = load(args[0])
-        for name in args[1:]:
-            found = model(np.load(name, allow_pickle=False))
-            print(json.dumps({"image": name, "boxes": found.boxes.round(2).tolist(), "scores": found.scores.round(4).tolist(),
-                              "classes": model.class_names(found.classes), "mask_areas": found.masks.sum((1, 2)).tolist()}))
+        model = load(args.model, threads=args.threads)
+        for name in args.images:
+            found = model(np.load(name, allow_pickle=False), args.score_threshold)
+            print(json.dumps({"image": name, "boxes": found.boxes.tolist(), "scores": found.scores.tolist(),
+                              "classes": model.class_names(found.classes), "class_ids": model.class_ids(found.classes),
+                              "mask_areas": found.masks.sum(axis=(1, 2)).tolist()}))
     except (DeployError, OSError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

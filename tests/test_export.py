@@ -327,6 +327,36 @@ def test_torchscript_runs_through_maskinit_deploy_without_detectron2(trained, ex
     assert found["areas"] == expected.pred_masks.numpy().sum(axis=(1, 2)).tolist()
 
 
+def test_the_20_line_script_of_the_docs_runs_with_onnxruntime_and_numpy_only(trained, exported, tmp_path):
+    """docs/deploy.md's script, run where torch, Detectron2, OpenCV, Pillow and maskinit cannot be imported,
+    finds what the runner finds on images of the model's input size."""
+    text = (Path(__file__).resolve().parent.parent / "docs" / "deploy.md").read_text()
+    script = text.split("### The runner in two dozen lines")[1].split("```python\n")[1].split("```")[0]
+    assert len(script.strip().splitlines()) <= 25
+    (tmp_path / "simple_runner.py").write_text(script)
+    _, data = trained("gn")
+    path = exported("gn", "onnx").path
+    model = load(path)
+    compared = 0
+    for i, image_path in enumerate(sorted(Path(data.val_images).iterdir())):
+        image = read_image(image_path)
+        np.save(tmp_path / f"image{i}.npy", image)
+        code = ("import runpy, sys\n"
+                f"sys.argv = ['simple_runner.py', {str(path)!r}, 'image{i}.npy', '0.2']\n"
+                "runpy.run_path('simple_runner.py', run_name='__main__')\n")
+        lines = run_without({"detectron2", "maskinit", "torch", "torchvision", "cv2", "PIL"}, code, tmp_path).stdout.splitlines()
+        found = model(image, 0.2)
+        assert len(lines) == len(found)
+        for line, box, name, area in zip(lines, found.boxes, model.class_names(found.classes), found.masks.sum(axis=(1, 2))):
+            label, score, rest = line.split(" ", 2)
+            printed_box = json.loads(rest.split("]")[0] + "]")
+            assert label == name
+            np.testing.assert_allclose(printed_box, box, atol=0.06)
+            assert abs(int(rest.split("] ")[1].split()[0]) - area) <= max(0.01 * area, 1)
+            compared += 1
+    assert compared > 0
+
+
 # ---------------------------------------------------------------------------------------------
 # What the file carries
 

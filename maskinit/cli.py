@@ -223,7 +223,7 @@ def list_command(
     table.add_column("name")
     table.add_column("description")
     for name, cls in sorted(NORM_REGISTRY):
-        table.add_row(name, cls.description or (cls.__doc__ or "").strip().splitlines()[0])
+        table.add_row(name, cls.description or next(iter((cls.__doc__ or "").strip().splitlines()), ""))
     console.print(table)
     table = Table(title="initializers")
     table.add_column("name")
@@ -619,6 +619,12 @@ def predict(
         raise MaskinitError(f"--score-threshold must be in [0, 1], got {score_threshold}")
     if threads is not None and threads < 1:
         raise MaskinitError(f"--threads must be at least 1, got {threads}")
+    if device:
+        from .devices import DEVICES, check_device
+
+        if device not in DEVICES:
+            raise MaskinitError(f"--device must be cpu or cuda, got {device!r}")
+        check_device(device)
     source = resolve_model(model, config, weights)
     cfg = None
     if not source.exported:

@@ -29,7 +29,7 @@ from maskinit.deploy import load
 from maskinit.export import deployable_model, export_model
 from maskinit.predict import Detectron2Predictor
 from maskinit.train import DataOptions, TrainOptions, train
-from maskinit.visualize import _categories
+from maskinit.visualize import _categories, predict
 
 from conftest import save_untrained_checkpoint
 from test_image_kinds import kind_set
@@ -481,6 +481,7 @@ class PythonGroupNorm(nn.GroupNorm):
 
 @register_norm("PythonGN")
 class PythonGN(NormVariant):
+    description = "GroupNorm through a Python autograd function"
     detectron2_name = "GN"
     plain_equivalent = False
 
@@ -509,6 +510,16 @@ def test_wrong_channel_count_for_an_exported_model_is_one_line(trained, exported
                                         "--output-dir", str(tmp_path / "out")]))
     assert "1-channel uint16" in line and "exported model model.onnx takes 3 channels (BGR)" in line
     assert not (tmp_path / "out" / "predictions.json").exists()
+
+
+@pytest.mark.parametrize("name", ["gnws-band4", "syncbn-gray16"])
+def test_predict_runs_an_exported_model_on_every_image_kind(trained, exported, name, tmp_path):
+    """4-band TIFFs and 16-bit gray PNGs through `predict` with the exported file: drawings and JSON."""
+    _, data = trained(name)
+    path = predict(None, exported(name, "onnx").path, data.val_images, tmp_path, score_threshold=0.0)
+    coco = json.loads(path.read_text())
+    assert len(coco["images"]) == 2 and len(coco["annotations"]) == 2 * 10 and not coco["skipped"]
+    assert sorted(p.suffix for p in tmp_path.iterdir()) == [".json", ".png", ".png"]
 
 
 def test_export_command_runs_on_a_run_folder(trained, tmp_path):

@@ -154,7 +154,7 @@ def test_predict_on_a_video_with_an_exported_model(run_dir, tmp_path):
     video = write_video(tmp_path / "clip.avi", frames=7)
     out = tmp_path / "out"
     result = runner.invoke(app, ["predict", str(run_dir / "model.onnx"), "--input", str(video), "--every", "2",
-                                 "--output-dir", str(out), "--score-threshold", "0.0", "--threads", "1"])
+                                 "--output-dir", str(out), "--score-threshold", "0.0", "--threads", "1", "--progress"])
     assert result.exit_code == 0, result.output
     coco = json.loads((out / PREDICTIONS_FILE).read_text())
     assert [(image["file_name"], image["frame"]) for image in coco["images"]] == [("clip.avi", i) for i in (0, 2, 4, 6)]

@@ -348,7 +348,7 @@ def test_the_20_line_script_of_the_docs_runs_with_onnxruntime_and_numpy_only(tra
         found = model(image, 0.2)
         assert len(lines) == len(found)
         for line, box, name, area in zip(lines, found.boxes, model.class_names(found.classes), found.masks.sum(axis=(1, 2))):
-            label, score, rest = line.split(" ", 2)
+            label, _score, rest = line.split(" ", 2)
             printed_box = json.loads(rest.split("]")[0] + "]")
             assert label == name
             np.testing.assert_allclose(printed_box, box, atol=0.06)

@@ -15,10 +15,14 @@ from typing import Callable, Union
 Content = Union[str, bytes, Callable]
 
 
-def write_atomically(path: str | Path, content: Content) -> Path:
+def write_atomically(path: str | Path, content: Content, check: Callable[[Path], None] | None = None,
+                     mode: int | None = None) -> Path:
     """Write `content` (text, bytes, or a function writing to a binary file handle) to `path`.
 
-    Raises what the write raised (OSError, or torch.save's RuntimeError), with no temporary left.
+    `check`, when given, is called with the complete temporary file before it is renamed into place;
+    whatever it raises stops the write (the old file stays). `mode` sets the file's permissions (the
+    temporary file is created readable by its owner only). Raises what the write raised (OSError, or
+    torch.save's RuntimeError), with no temporary left.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -31,6 +35,10 @@ def write_atomically(path: str | Path, content: Content) -> Path:
                 stream.write(content.encode() if isinstance(content, str) else content)
             stream.flush()
             os.fsync(stream.fileno())
+        if mode is not None:
+            os.chmod(temporary, mode)
+        if check is not None:
+            check(Path(temporary))
         os.replace(temporary, path)
     finally:
         Path(temporary).unlink(missing_ok=True)

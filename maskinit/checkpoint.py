@@ -175,7 +175,7 @@ def load_weights(model: nn.Module, weights: str | Path) -> nn.Module:
     if bad:
         raise MaskinitError(
             f"weights {path} hold NaN or infinite values in {len(bad)} tensors (e.g. {bad[0]}): they come from a "
-            "diverged run; evaluate an earlier checkpoint"
+            "diverged run; use an earlier checkpoint"
         )
     problems = {
         "missing": list(incompatible.missing_keys),

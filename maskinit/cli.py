@@ -8,6 +8,7 @@ One vocabulary for every command (an older name stays as a hidden alias):
   command about one dataset (`check-data`, `analyze-data`) takes its JSON as the argument and the image
   folder as `--images` (alias `--json FILE`);
 - a folder of outputs is `--output-dir` (`train`, `predict`; alias `--output`), drawings `--vis-dir`;
+- a trained model is its run folder as the argument (`predict`, `export`) or `--config` with `--weights`;
 - a JSON report is `--json-out` (`eval`, `inspect-init` (alias `--json`), `check-data`, `analyze-data`);
   a figure `--plot`; `export-config` writes its YAML to stdout or `-o/--output FILE`.
 """
@@ -232,7 +233,7 @@ def list_command(
     table.add_column("name")
     table.add_column("description")
     for name, cls in sorted(NORM_REGISTRY):
-        table.add_row(name, cls.description or (cls.__doc__ or "").strip().splitlines()[0])
+        table.add_row(name, cls.description or next(iter((cls.__doc__ or "").strip().splitlines()), ""))
     console.print(table)
     table = Table(title="initializers")
     table.add_column("name")
@@ -673,30 +674,135 @@ def run_files(run_dir: Optional[Path], config: Optional[Path], weights: Optional
     return Path(config), Path(weights)
 
 
+MODEL_ARGUMENT_HELP = "A run folder (its config.yaml and model_final.pth) or a file from maskinit export."
+SUMMARY_ROWS = 50  # rows of predict's per-image table; the rest is counted (every image is in predictions.json)
+
+
+def _summary_table(rows: list[dict]) -> Table:
+    table = Table(title="predictions")
+    for column in ("image", "size", "instances", "classes", "best score", "ms"):
+        table.add_column(column, justify="right" if column in ("instances", "best score", "ms") else "left", overflow="fold")
+    for row in rows[:SUMMARY_ROWS]:
+        if "error" in row:
+            table.add_row(escape(row["file"]), "-", "-", f"[red]skipped[/]: {escape(row['error'])}", "-", "-")
+            continue
+        classes = ", ".join(f"{escape(name)} {count}" for name, count in row["classes"].items())
+        best = "-" if row["best_score"] is None else f"{row['best_score']:.2f}"
+        table.add_row(escape(row["file"]), f"{row['width']}x{row['height']}", str(row["instances"]), classes, best,
+                      f"{1000 * row['seconds']:.0f}")
+    if len(rows) > SUMMARY_ROWS:
+        table.add_row(f"... {len(rows) - SUMMARY_ROWS} more", "", "", "", "", "")
+    return table
+
+
 @app.command()
 @handles_errors
 def predict(
-    config: Path = typer.Option(..., "--config", help="config.yaml of the trained run."),
-    weights: Path = typer.Option(..., "--weights", help="Checkpoint (e.g. model_final.pth)."),
-    input: Path = typer.Option(..., "--input", help="An image or a folder of images."),
+    model: Optional[Path] = typer.Argument(None, metavar="[RUN_DIR|EXPORTED]", show_default=False, help=MODEL_ARGUMENT_HELP),
+    config: Optional[Path] = typer.Option(None, "--config", help="config.yaml of the trained run (with --weights)."),
+    weights: Optional[Path] = typer.Option(None, "--weights", help="Checkpoint (e.g. model_final.pth) or a file from maskinit export."),
+    input: str = typer.Option(..., "--input", help="An image, a folder, a glob ('scans/**/*.tif', quoted), a .txt list of paths, or a video."),
+    recursive: bool = typer.Option(False, "--recursive", help="With a folder as --input: also the images in its subfolders."),
+    every: int = typer.Option(1, "--every", help="With a video as --input: every Nth frame (outputs named by frame index)."),
     output_dir: Optional[Path] = typer.Option(None, "--output-dir", show_default=False, help="Folder for drawings and predictions.json (required)."),
     output: Optional[Path] = typer.Option(None, "--output", hidden=True, help="Old name of --output-dir."),
     score_threshold: float = typer.Option(0.5, help="Keep instances scoring at least this."),
     format: str = typer.Option("coco", "--format", help="coco: predictions.json (RLE masks); label-image: labels/NAME.png (16-bit instance labels) + classes.json; yolo: labels/NAME.txt (YOLO-seg) + classes.txt."),
-    device: Optional[str] = typer.Option(None, help="cpu or cuda."),
+    device: Optional[str] = typer.Option(None, help="cpu or cuda (a checkpoint's model; an exported one runs on the CPU)."),
+    threads: Optional[int] = typer.Option(None, help="Threads of an exported model's runtime (onnxruntime or torch)."),
     plugin: Optional[List[str]] = typer.Option(None, help=PLUGIN_HELP),
+    progress: Optional[bool] = typer.Option(None, "--progress/--no-progress", help="Progress bar (default: on a terminal)."),
 ):
-    """Predict instances on unlabeled images: PNG drawings and the predictions as COCO JSON, label images or YOLO-seg."""
-    from .config import load_config
-    from .devices import with_device
+    """Predict instances on unlabeled images or video frames: PNG drawings and the predictions as COCO JSON, label images or YOLO-seg."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from .predict import resolve_model
     from .visualize import predict as run_prediction
 
     output_dir = renamed(output_dir, output, "--output-dir", "--output", required=True)
     if not 0 <= score_threshold <= 1:
         raise MaskinitError(f"--score-threshold must be in [0, 1], got {score_threshold}")
-    cfg = with_device(load_config(path=config, plugins=plugin or ()), device)
-    path = run_prediction(cfg, weights, input, output_dir, score_threshold=score_threshold, output_format=format)
-    console.print(f"predictions in {path}")
+    if threads is not None and threads < 1:
+        raise MaskinitError(f"--threads must be at least 1, got {threads}")
+    if device:
+        from .devices import DEVICES, check_device
+
+        if device not in DEVICES:
+            raise MaskinitError(f"--device must be cpu or cuda, got {device!r}")
+        check_device(device)
+    source = resolve_model(model, config, weights)
+    cfg = None
+    if not source.exported:
+        from .config import load_config
+        from .devices import with_device
+
+        cfg = with_device(load_config(path=source.config, plugins=plugin or ()), device)
+    rows: list[dict] = []
+    show_bar = err_console.is_terminal if progress is None else progress
+    bar = Progress(TextColumn("predict"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                   TextColumn("{task.description}"), console=err_console, transient=True, disable=not show_bar)
+    task = bar.add_task("", total=None)
+
+    def advance(row: dict, done: int, total: Optional[int]) -> None:
+        rows.append(row)
+        bar.update(task, completed=done, total=total, description=escape(row["file"]))
+
+    with bar:
+        path = run_prediction(cfg, source.weights, input, output_dir, score_threshold=score_threshold,
+                              recursive=recursive, every=every, progress=advance, threads=threads,
+                              output_format=format)
+    console.print(_summary_table(rows))
+    done = [row for row in rows if "error" not in row]
+    seconds = sum(row["seconds"] for row in done)
+    rate = f", {len(done) / seconds:.1f} images/s" if seconds > 0 else ""
+    console.print(f"{len(done)} images, {sum(row['instances'] for row in done)} instances"
+                  f"{f', {len(rows) - len(done)} skipped' if len(rows) > len(done) else ''}{rate}; predictions in {path}",
+                  highlight=False, soft_wrap=True)
+
+
+@app.command("export")
+@handles_errors
+def export_command(
+    run: Optional[Path] = typer.Argument(None, metavar="[RUN_DIR]", show_default=False, help="A run folder (its config.yaml and model_final.pth)."),
+    config: Optional[Path] = typer.Option(None, "--config", help="config.yaml of the trained run (with --weights)."),
+    weights: Optional[Path] = typer.Option(None, "--weights", help="Checkpoint (default: the run folder's model_final.pth)."),
+    format: str = typer.Option(..., "--format", help="torchscript or onnx."),
+    output: Path = typer.Option(..., "-o", "--output", help="The file to write; its settings also go beside it as FILE.json."),
+    score_threshold: float = typer.Option(0.5, help="The exported model's default score threshold (an input of the graph)."),
+    no_check: bool = typer.Option(False, "--no-check", help="Write without comparing the exported model with Detectron2's."),
+    plugin: Optional[List[str]] = typer.Option(None, help=PLUGIN_HELP),
+):
+    """Export a trained model as TorchScript or ONNX, to run without Detectron2 (maskinit.deploy, docs/deploy.md)."""
+    from .config import load_config
+    from .export import export_model
+    from .predict import resolve_model
+
+    source = resolve_model(run, config, weights)
+    if source.exported:
+        raise MaskinitError(f"{source.weights} is already an exported model")
+    cfg = load_config(path=source.config, plugins=plugin or ())
+    result = export_model(cfg, source.weights, format.lower(), output, score_threshold=score_threshold, check=not no_check)
+    info, meta = result.metadata["input"], result.metadata
+    table = Table(title=f"exported {escape(str(result.path))}")
+    table.add_column("setting", no_wrap=True)
+    table.add_column("value", overflow="fold")
+    rows = [
+        ("format", f"{result.format} ({result.path.stat().st_size / 2**20:.1f} MiB)"),
+        ("weights", f"{meta['weights']['file']}{' (weight average)' if meta['weights']['weight_average'] else ''}"),
+        ("input", (f"{info['channels']} channel{'s' if info['channels'] != 1 else ''} ({info['channel_order']}), "
+                   f"shorter side {info['min_size']}, longer at most {info['max_size']}")),
+        ("pixel mean / std", f"{[round(v, 2) for v in info['pixel_mean']]} / {[round(v, 2) for v in info['pixel_std']]}"),
+        ("classes", ", ".join(f"{c['name']} ({c['id']})" for c in meta["classes"])),
+        ("score threshold", f"{meta['score_threshold']:g} (default; the runner can pass another)"),
+    ]
+    if result.checks:
+        worst = max(check["box"] for check in result.checks)
+        rows.append(("checked", (f"{len(result.checks)} runs on generated images against Detectron2: "
+                                 f"{sum(c['detections'] for c in result.checks)} detections, boxes within {worst:.1e} of the image")))
+    for key, value in rows:
+        table.add_row(key, escape(value))
+    console.print(table)
+    console.print(f"settings beside it in {result.metadata_path}", highlight=False, soft_wrap=True)
 
 
 SEVERITY_STYLES = {"fatal": "bold red", "fixable": "yellow", "warning": "magenta", "info": "dim"}

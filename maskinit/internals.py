@@ -4,8 +4,8 @@ Internals here means: a private name (a leading `_`), a module global patched at
 function whose body maskinit re-states with changes, a message or a logger name it matches, or a
 behaviour that is not part of the documented API (an ordering, a default, an id mapping).
 
-Checked against **Detectron2 0.7.2** and **fvcore 0.1.5.post20221221** (with iopath 0.1.9 and torch
-2.13.0). `tests/test_internals.py` has one test per entry, named `test_<entry>`: it checks that the
+Checked against **Detectron2 0.7.2** and **fvcore 0.1.5.post20221221** (with iopath 0.1.9, torch
+2.13.0, Pillow 13.0.0 and onnxruntime 1.32.0). `tests/test_internals.py` has one test per entry, named `test_<entry>`: it checks that the
 upstream thing still has the shape relied on (a signature, the re-stated source lines, an
 attribute, a behaviour), so that an upgrade that moves one of them fails there, by name, instead of
 deep in a training run. When upgrading, run that file first, then update the versions above.
@@ -117,6 +117,25 @@ Entries (`where` is the maskinit code that relies on it):
   model, evaluators=None)` to mark evaluations.
 - `compiled_ops_module`: doctor.check_detectron2 imports `detectron2._C` to tell whether the compiled
   ops are there; Detectron2's fast COCOeval imports it from there too.
+- `traced_inference`: export._inference traces `GeneralizedRCNN.inference(batched_inputs,
+  do_postprocess=False)` through `TracingAdapter(model, inputs, inference_func)`, as Detectron2's
+  `tools/deploy/export_model.py` does: one `Instances` in the input's pixels whose `pred_masks` are the
+  mask head's (N, 1, M, M) probabilities, so that the masks survive the export.
+- `fast_rcnn_score_thresh`: export._inference sets `FastRCNNOutputLayers.test_score_thresh` to a 0-dim
+  tensor (the graph's second input): `fast_rcnn_inference_single_image` compares `scores >
+  score_thresh` before NMS and the top-k, and reads it from nowhere else.
+- `detector_postprocess`: deploy.runner.postprocess and paste_masks re-state `detector_postprocess`
+  (scale by output size / input size, clip, drop empty boxes) and `_do_paste_mask` on the CPU (one
+  mask at a time over its box's pixels plus one, `grid_sample(align_corners=False)`, threshold >= 0.5).
+- `resize_transform_kinds`: deploy.runner.ExportedModel.model_input re-states `ResizeTransform.apply_image`:
+  Pillow's bilinear resize for uint8 images (mode "L" for one channel), `F.interpolate(bilinear,
+  align_corners=False)` for every other type (as data.mapper relies on too), and
+  `ResizeShortestEdge.get_output_shape` (deploy.runner.resize_shape, as `resize_shortest_edge`).
+- `onnx_group_norm_reshape`: export.ShapedGroupNorm exists because torch's TorchScript-based ONNX
+  exporter (`torch.onnx.export(..., dynamo=False)`) writes `aten::group_norm` as a Reshape to (0, groups,
+  -1), which onnxruntime refuses for an empty batch (a mask head on zero boxes).
+- `torchscript_extra_files_layout`: deploy.runner reads `torch.jit.save(..., _extra_files=)` entries
+  from the archive as `<archive name>/extra/<file>` with `zipfile` (no torch needed to read the settings).
 """
 
 from __future__ import annotations
@@ -169,4 +188,10 @@ REACHES: dict[str, Reach] = {
     "visualizer_jittering": Reach("visualize.draw_predictions", "detectron2.utils.visualizer.Visualizer.draw_instance_predictions"),
     "trainer_test_signature": Reach("trainer.Trainer.test", "detectron2.engine.DefaultTrainer.test"),
     "compiled_ops_module": Reach("doctor.check_detectron2", "detectron2._C"),
+    "traced_inference": Reach("export._inference", "detectron2.modeling.GeneralizedRCNN.inference"),
+    "fast_rcnn_score_thresh": Reach("export._inference", "detectron2.modeling.roi_heads.fast_rcnn.fast_rcnn_inference_single_image"),
+    "detector_postprocess": Reach("deploy.runner.postprocess, deploy.runner.paste_masks", "detectron2.modeling.postprocessing.detector_postprocess"),
+    "resize_transform_kinds": Reach("deploy.runner.ExportedModel.model_input", "detectron2.data.transforms.ResizeTransform.apply_image"),
+    "onnx_group_norm_reshape": Reach("export.ShapedGroupNorm", "torch.onnx (TorchScript-based exporter) aten::group_norm"),
+    "torchscript_extra_files_layout": Reach("deploy.runner.read_metadata", "torch.jit.save(_extra_files=)"),
 }

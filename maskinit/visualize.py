@@ -1,7 +1,8 @@
 """Pictures of what a model predicts: ground truth | prediction comparisons, and predictions on
 unlabeled images with a COCO-format results JSON. Drawing is Detectron2's `Visualizer`.
 
-Unreadable images in a folder given to `predict` are skipped with a warning and listed under
+`predict` runs a trained run's model or an exported one (`maskinit.predict`) on what
+`maskinit.input_sources` finds. Unreadable images are skipped with a warning and listed under
 "skipped" in the JSON, so one corrupt file does not cost a whole run; when nothing at all can be
 read (e.g. a single corrupt file) it is a `MaskinitError` naming the file.
 """
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Callable
 from pathlib import Path
 
 import cv2
@@ -32,7 +34,6 @@ from .errors import MaskinitError, one_line
 
 logger = logging.getLogger(__name__)
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".npy")
 PREDICTIONS_FILE = "predictions.json"
 VIS_LONG_SIDE = 384  # small images are drawn upscaled so that labels stay legible
 HEADER_HEIGHT = 22
@@ -119,18 +120,6 @@ def save_comparisons(
 # Prediction on unlabeled images
 
 
-def _image_paths(input_path: str | Path) -> list[Path]:
-    path = Path(input_path)
-    if path.is_file():
-        return [path]
-    if path.is_dir():
-        paths = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
-        if not paths:
-            raise MaskinitError(f"no images ({' '.join(IMAGE_SUFFIXES)}) in {path}")
-        return paths
-    raise MaskinitError(f"input {path} not found")
-
-
 def _categories(cfg: CfgNode) -> tuple[list[str], list[int]]:
     """Class names and dataset category ids of the model's outputs: the training set's, as stored in
     the run's config (`MASKINIT.CLASS_NAMES/CLASS_IDS`); for a config without them, those of the
@@ -149,16 +138,6 @@ def _categories(cfg: CfgNode) -> tuple[list[str], list[int]]:
             dataset_ids = {contiguous: dataset_id for dataset_id, contiguous in mapping.items()}
             return list(names), [dataset_ids[i] for i in range(num_classes)]
     return [f"class_{i + 1}" for i in range(num_classes)], list(range(1, num_classes + 1))
-
-
-def _predict_image(model: nn.Module, mapper: ImageMapper, image: np.ndarray, path: Path) -> Instances:
-    """One image (a `read_image` array) through the model, pre-processed by the test mapper the
-    evaluation uses (the test-time resize of Detectron2's `DefaultPredictor`)."""
-    height, width = image.shape[:2]
-    record = {"file_name": str(path), "height": height, "width": width}
-    inputs = mapper.map_image(record, mapper.model_image(image, path))
-    with torch.no_grad():
-        return model([inputs])[0]["instances"].to("cpu")
 
 
 OUTPUT_FORMATS = ("coco", "label-image", "yolo")
@@ -201,66 +180,89 @@ def _write_class_map(output_dir: Path, output_format: str, names: list[str], lab
 
 
 def predict(
-    cfg: CfgNode,
+    cfg: CfgNode | None,
     weights: str | Path,
     input_path: str | Path,
     output_dir: str | Path,
     score_threshold: float = 0.5,
+    *,
+    recursive: bool = False,
+    every: int = 1,
+    progress: Callable[[dict, int, int | None], None] | None = None,
+    threads: int | None = None,
     output_format: str = "coco",
 ) -> Path:
-    """Predict on an image or a folder of images; write `<name>.png` drawings and the predictions in
-    `output_format` into `output_dir`: "coco", `predictions.json` (COCO: images, categories, and results
-    with RLE masks); "label-image", `labels/<name>.png` (16-bit instance labels, the highest score on
-    top where instances overlap) and `classes.json` (each label's class and score, the pictures' folder:
-    the folder reads back as a label-image dataset); "yolo", `labels/<name>.txt` (YOLO segmentation
-    lines, the largest outline of each mask) and `classes.txt`.
+    """Predict on what `input_path` points at (`maskinit.input_sources`: an image, a folder
+    (`recursive`: with its subfolders), a glob, a list file, or a video sampled every `every` frames);
+    write `<name>.png` drawings and the predictions in `output_format` into `output_dir`: "coco",
+    `predictions.json` (COCO: images, categories, and results with RLE masks); "label-image",
+    `labels/<name>.png` (16-bit instance labels, the highest score on top where instances overlap) and
+    `classes.json` (each label's class and score, the pictures' folder: the folder reads back as a
+    label-image dataset); "yolo", `labels/<name>.txt` (YOLO segmentation lines, the largest outline of
+    each mask) and `classes.txt`.
 
+    `weights` is a checkpoint of the run whose config is `cfg`, or a file from `maskinit export`
+    (`cfg` None; run by `maskinit.deploy` through onnxruntime or torch, `threads` intra-op threads).
     Every image kind `maskinit.data.images.read_image` reads (gray, 16-bit, N-channel TIFF or .npy)
     goes to the model as the evaluation gives it; the drawings show its 8-bit RGB view
     (`maskinit.data.mapper.display_rgb`: gray as gray, 16-bit and float stretched over their 0.5-99.5th
     percentiles, N > 3 channels as a false-colour picture of the first three, read as B, G, R).
-    Image ids are 1..N in sorted file order. Returns the JSON's path.
+    Image ids are 1..N in input order; a video frame's image records its `frame` index and its
+    drawing is `<video stem>_f<index>.png`. After each image, `progress(row, done, total)` is called
+    with its summary row (file, size, instances per class, best score, seconds; `error` for a skipped
+    file) and `total` the expected count (None when a video does not say). Returns the JSON's path.
     """
-    from .checkpoint import load_trained_model
+    import time
+    from collections import Counter
+
+    from .deploy import is_exported_model
+    from .input_sources import input_sources
+    from .predict import load_predictor
 
     if output_format not in OUTPUT_FORMATS:
         raise MaskinitError(f"unknown prediction format {output_format!r} (known: {', '.join(OUTPUT_FORMATS)})")
-    paths = _image_paths(input_path)
-    cfg = cfg.clone()
-    cfg.defrost()
-    cfg.MODEL.ROI_HEADS.SCORE_THRESH_TEST = score_threshold
-    model = load_trained_model(cfg, weights)
-    names, dataset_ids = _categories(cfg)
+    sources = input_sources(input_path, recursive=recursive, every=every)
+    categories = None if cfg is None or is_exported_model(weights) else _categories(cfg)
+    predictor = load_predictor(weights, score_threshold, cfg=cfg, categories=categories, threads=threads)
+    names, dataset_ids = predictor.names, predictor.dataset_ids
     metadata = _class_metadata(names)
-    mapper = ImageMapper(cfg, is_train=False)
     output_dir = _make_dir(output_dir)
 
-    images, annotations, skipped, used_names, labels = [], [], [], set(), {}
-    for path in paths:
-        try:
-            image = read_image(path)
-        except Exception as error:  # read_image names the file in a MaskinitError; OpenCV may raise its own cv2.error
-            logger.warning("skipping %s: not a readable image (%s)", path, one_line(error))
-            skipped.append({"file_name": str(path), "error": one_line(error)})
+    images, annotations, skipped, labels = [], [], [], {}
+    total = sources.total
+    for done, (item, image) in enumerate(sources, start=1):
+        if isinstance(image, Exception):
+            logger.warning("skipping %s: not a readable image (%s)", item.path, one_line(image))
+            skipped.append({"file_name": str(item.path), "error": one_line(image)})
+            if progress is not None:
+                progress({"file": item.label, "error": one_line(image)}, done, total)
             continue
         image_id = len(images) + 1
-        instances = _predict_image(model, mapper, image, path)
+        started = time.perf_counter()
+        instances = predictor(image, item.path)
+        seconds = time.perf_counter() - started
         for result in instances_to_coco_json(instances, image_id):
             result["category_id"] = dataset_ids[result["category_id"]]
             if "segmentation" in result:
                 result["area"] = float(mask_util.area(result["segmentation"]))
             result["id"] = len(annotations) + 1
             annotations.append(result)
-        images.append({"id": image_id, "file_name": path.name, "height": image.shape[0], "width": image.shape[1]})
-        stem = path.stem if path.stem not in used_names else f"{path.stem}_{image_id}"
-        used_names.add(stem)
-        _write_png(output_dir / f"{stem}.png", draw_predictions(display_rgb(image), instances, metadata))
+        entry = {"id": image_id, "file_name": item.label, "height": image.shape[0], "width": image.shape[1]}
+        if item.frame is not None:
+            entry["frame"] = item.frame
+        images.append(entry)
+        _write_png(output_dir / f"{item.name}.png", draw_predictions(display_rgb(image), instances, metadata))
         if output_format != "coco":
-            labels[stem] = _write_labels(output_dir, stem, instances, output_format)
+            labels[item.name] = _write_labels(output_dir, item.name, instances, output_format)
+        if progress is not None:
+            counts = Counter(names[int(c)] for c in instances.pred_classes)
+            progress({"file": item.label if item.frame is None else f"{item.label} frame {item.frame}",
+                      "width": image.shape[1], "height": image.shape[0], "instances": len(instances),
+                      "classes": dict(sorted(counts.items())),
+                      "best_score": float(instances.scores.max()) if len(instances) else None,
+                      "seconds": seconds}, done, total)
     if not images:
         raise MaskinitError(f"no readable image in {input_path}: {skipped[0]['file_name']}: {skipped[0]['error']}")
-    if output_format != "coco":
-        return _write_class_map(output_dir, output_format, names, labels, Path(input_path))
 
     coco = {
         "images": images,
@@ -270,4 +272,6 @@ def predict(
     }
     json_path = output_dir / PREDICTIONS_FILE
     write_atomically(json_path, json.dumps(coco))
+    if output_format != "coco":
+        return _write_class_map(output_dir, output_format, list(names), labels, Path(input_path))
     return json_path

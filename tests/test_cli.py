@@ -213,9 +213,9 @@ def test_inspect_init_writes_json_out_and_json_is_a_hidden_alias(tmp_path):
 
 
 def test_every_command_names_outputs_one_way():
-    """No visible option of any command uses an old name: --output only on export-config (its YAML file)."""
-    for command in ("export-config", "train", "eval", "predict", "inspect-init", "check-data", "analyze-data"):
+    """No visible option of any command uses an old name: --output only on export-config and export (one file)."""
+    for command in ("export-config", "export", "train", "eval", "predict", "inspect-init", "check-data", "analyze-data"):
         text = shown_options(command)
         assert "--json " not in text, command
-        if command != "export-config":
+        if command not in ("export-config", "export"):  # both write one file: -o/--output
             assert "--output " not in text, command

@@ -627,3 +627,95 @@ def test_compiled_ops_module():
     compiled = importlib.util.find_spec("detectron2._C") is not None
     ops = next(check for check in check_detectron2() if check.name == "detectron2 _C ops")
     assert ops.detail.startswith("compiled ops present" if compiled else "absent")
+
+
+# ---------------------------------------------------------------------------------------------
+# Export and the deploy runner
+
+
+@pytest.fixture(scope="module")
+def untrained_tiny(tiny_cfg):
+    from maskinit import build_model
+
+    cfg = tiny_cfg.clone()
+    cfg.defrost()
+    cfg.MODEL.ROI_HEADS.SCORE_THRESH_TEST = 0.0
+    torch.manual_seed(0)
+    return cfg, build_model(cfg, data_dependent=False).eval()
+
+
+def test_traced_inference(untrained_tiny):
+    from detectron2.export import TracingAdapter
+    from detectron2.modeling import GeneralizedRCNN
+
+    cfg, model = untrained_tiny
+    assert "do_postprocess" in parameters(GeneralizedRCNN.inference)
+    assert parameters(TracingAdapter.__init__)[:4] == ["self", "model", "inputs", "inference_func"]
+    image = torch.rand(3, 96, 128) * 255
+    with torch.no_grad():
+        instances = model.inference([{"image": image}], do_postprocess=False)[0]
+    assert instances.image_size == (96, 128) and len(instances) > 0
+    resolution = cfg.MODEL.ROI_MASK_HEAD.POOLER_RESOLUTION * 2
+    assert tuple(instances.pred_masks.shape[1:]) == (1, resolution, resolution)
+    assert 0 <= float(instances.pred_masks.min()) and float(instances.pred_masks.max()) <= 1  # probabilities
+
+
+def test_fast_rcnn_score_thresh():
+    from detectron2.modeling.roi_heads import fast_rcnn
+
+    assert "filter_mask = scores > score_thresh" in body_lines(fast_rcnn.fast_rcnn_inference_single_image)
+    inference = source(fast_rcnn.FastRCNNOutputLayers.inference)
+    assert "self.test_score_thresh" in inference
+    readers = {node.name for node in ast.walk(ast.parse(inspect.getsource(fast_rcnn)))
+               if isinstance(node, ast.FunctionDef) and "test_score_thresh" in ast.unparse(node)}
+    assert readers == {"__init__", "from_config", "inference"}  # set, configured, and read once
+
+
+def test_detector_postprocess():
+    from detectron2.layers import mask_ops
+    from detectron2.modeling.postprocessing import detector_postprocess
+
+    lines = body_lines(detector_postprocess)
+    for expected in ("output_boxes.scale(scale_x, scale_y)", "output_boxes.clip(results.image_size)",
+                     "results = results[output_boxes.nonempty()]"):
+        assert expected in lines, expected
+    paste = source(mask_ops._do_paste_mask)
+    assert "img_y = torch.arange(y0_int, y1_int, device=device, dtype=torch.float32) + 0.5" in paste
+    assert "F.grid_sample(masks, grid.to(masks.dtype), align_corners=False)" in paste
+    assert "num_chunks = N" in source(mask_ops.paste_masks_in_image)  # on the CPU: one mask at a time
+
+
+def test_resize_transform_kinds():
+    from detectron2.data.transforms import ResizeTransform
+
+    from maskinit.deploy import resize_linear, resize_pillow
+
+    rng = np.random.default_rng(0)
+    for image in (rng.integers(0, 256, (40, 50, 1), dtype=np.uint8), rng.integers(0, 256, (40, 50, 3), dtype=np.uint8)):
+        assert np.array_equal(ResizeTransform(40, 50, 77, 96).apply_image(image).reshape(77, 96, -1),
+                              resize_pillow(image, 77, 96))
+    image = rng.random((40, 50, 4)).astype(np.float32)
+    np.testing.assert_allclose(ResizeTransform(40, 50, 77, 96).apply_image(image), resize_linear(image, 77, 96), atol=1e-5)
+
+
+@pytest.mark.filterwarnings("ignore::torch.jit.TracerWarning")
+def test_onnx_group_norm_reshape(tmp_path):
+    import onnx
+
+    path = tmp_path / "gn.onnx"
+    torch.onnx.export(torch.nn.GroupNorm(4, 8), (torch.rand(2, 8, 3, 3),), str(path), dynamo=False, opset_version=17,
+                      input_names=["x"], dynamic_axes={"x": {0: "n"}})
+    graph = onnx.load(str(path)).graph
+    constants = {node.output[0]: onnx.numpy_helper.to_array(node.attribute[0].t).tolist()
+                 for node in graph.node if node.op_type == "Constant"}
+    reshapes = [constants.get(node.input[1]) for node in graph.node if node.op_type == "Reshape"]
+    assert [0, 4, -1] in reshapes  # what onnxruntime refuses for an empty batch
+
+
+def test_torchscript_extra_files_layout(tmp_path):
+    import zipfile
+
+    path = tmp_path / "m.ts"
+    torch.jit.save(torch.jit.script(torch.nn.Identity()), str(path), _extra_files={"maskinit.json": "{}"})
+    with zipfile.ZipFile(path) as archive:
+        assert [n for n in archive.namelist() if n.endswith("/extra/maskinit.json")] == ["m/extra/maskinit.json"]

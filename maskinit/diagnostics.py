@@ -43,8 +43,10 @@ import torch
 from detectron2.config import CfgNode
 from torch import nn
 
+from .batches import coco_batch, synthetic_batch  # noqa: F401 - coco_batch: the batch inspect-init reads from data
 from .config import ADAPTIVE_OPTIMIZERS
 from .errors import MaskinitError
+from .moments import RunningMoments
 
 ACTIVATION_WARN = 10.0
 ACTIVATION_FAIL = 1e3
@@ -124,143 +126,7 @@ def _finite_or_none(value):
     return value
 
 
-# ----------------------------------------------------------------------------------------- batches
-
-
-def synthetic_batch(cfg: CfgNode, num_images: int = 2, image_size: int = 128, seed: int = 0) -> list[dict]:
-    """Textured images with filled rectangles and ellipses as instances, in Detectron2's model input format."""
-    from detectron2.structures import BitMasks, Instances
-
-    rng = np.random.default_rng(seed)
-    num_classes = cfg.MODEL.ROI_HEADS.NUM_CLASSES
-    yy, xx = np.mgrid[0:image_size, 0:image_size]
-    batch = []
-    for index in range(num_images):
-        phase = rng.uniform(0, 2 * np.pi, 3)
-        texture = 60 * np.sin(xx[..., None] / 7.0 + phase) * np.cos(yy[..., None] / 11.0 + phase)
-        image = 127 + texture + rng.normal(0, 20, (image_size, image_size, 3))
-        masks, classes = [], []
-        for shape in range(3):
-            x0, y0 = rng.integers(2, image_size // 2, 2)
-            width, height = rng.integers(image_size // 6, image_size // 2, 2)
-            x1, y1 = min(x0 + width, image_size - 2), min(y0 + height, image_size - 2)
-            if shape % 2:
-                mask = (xx >= x0) & (xx < x1) & (yy >= y0) & (yy < y1)
-            else:
-                cx, cy, rx, ry = (x0 + x1) / 2, (y0 + y1) / 2, (x1 - x0) / 2, (y1 - y0) / 2
-                mask = ((xx - cx) / rx) ** 2 + ((yy - cy) / ry) ** 2 <= 1
-            image[mask] = rng.integers(0, 256, 3)
-            masks.append(mask)
-            classes.append(int(rng.integers(0, num_classes)))
-        instances = Instances((image_size, image_size))
-        instances.gt_masks = BitMasks(torch.from_numpy(np.stack(masks)))
-        instances.gt_boxes = instances.gt_masks.get_bounding_boxes()
-        instances.gt_classes = torch.tensor(classes, dtype=torch.int64)
-        pixels = np.clip(image, 0, 255).astype(np.uint8)
-        if cfg.INPUT.FORMAT == "RGB":
-            pixels = pixels[..., ::-1]
-        batch.append(
-            {
-                "image": torch.from_numpy(np.ascontiguousarray(pixels.transpose(2, 0, 1))),
-                "height": image_size,
-                "width": image_size,
-                "image_id": index,
-                "instances": instances,
-            }
-        )
-    return batch
-
-
-def coco_batch(
-    cfg: CfgNode, train_json: str | Path, train_images: str | Path, num_images: int = 2
-) -> tuple[CfgNode, list[dict]]:
-    """The config as training sets it for a COCO instances file (classes, mask format), and the file's
-    first annotated images, loaded as training loads them (`maskinit.data.mapper.ImageMapper`: every
-    image kind, for a model of `len(MODEL.PIXEL_MEAN)` channels) with Detectron2's deterministic
-    test-time resize.
-
-    The file is checked first as `check-data` checks it (the JSON, not every image file: only the
-    first ones are read), and refused in one line when training would refuse it: pycocotools
-    segfaults on some bad polygons.
-    """
-    from detectron2.data import DatasetCatalog, MetadataCatalog
-    from detectron2.data import detection_utils
-
-    from .errors import one_line
-    from .data.coco import apply_dataset_to_cfg, register_coco_dataset
-    from .data.mapper import ImageMapper
-    from .data.validate import enforce_data_policy, load_and_check_coco
-
-    _, report = load_and_check_coco(train_json, check_images=False)
-    enforce_data_policy(report, skip_bad=False, can_skip=False)
-    name = "maskinit_inspect_init"
-    cfg = cfg.clone()
-    try:
-        apply_dataset_to_cfg(cfg, register_coco_dataset(name, train_json, train_images))
-        try:
-            records = DatasetCatalog.get(name)
-        except (OSError, ValueError, KeyError, TypeError, AttributeError, IndexError, AssertionError) as error:
-            raise MaskinitError(f"cannot load {train_json}: {type(error).__name__}: {one_line(error)}") from None
-    finally:
-        for catalog in (DatasetCatalog, MetadataCatalog):
-            if name in catalog.list():
-                catalog.remove(name)
-    records = [r for r in records if any(not a.get("iscrowd", 0) for a in r.get("annotations", []))]
-    if not records:
-        raise MaskinitError(f"{train_json} has no image with a (non-crowd) annotation")
-    mapper = ImageMapper(
-        is_train=True,
-        augmentations=detection_utils.build_augmentation(cfg, is_train=False),
-        image_format=cfg.INPUT.FORMAT,
-        use_instance_mask=cfg.MODEL.MASK_ON,
-        instance_mask_format=cfg.INPUT.MASK_FORMAT,
-        channels=len(cfg.MODEL.PIXEL_MEAN),
-    )
-    batch = []
-    for record in records[:num_images]:
-        try:
-            batch.append(mapper(record))
-        except (OSError, ValueError, KeyError, TypeError, IndexError, AssertionError) as error:
-            raise MaskinitError(
-                f"cannot read image {record['file_name']}: {type(error).__name__}: {one_line(error)}"
-            ) from None
-    return cfg, batch
-
-
 # ---------------------------------------------------------------------------------------- measuring
-
-
-class _Moments:
-    """Mean and std of everything a stage emitted (several calls: FPN levels, ROI batches)."""
-
-    def __init__(self):
-        self.count, self.mean, self.m2, self.finite = 0, 0.0, 0.0, True
-
-    def add(self, tensor: torch.Tensor) -> None:
-        values = tensor.detach().to(torch.float64).flatten()
-        if values.numel() == 0:
-            return
-        finite = torch.isfinite(values)
-        if not bool(finite.all()):
-            self.finite = False
-            values = values[finite]
-            if values.numel() == 0:
-                return
-        # Chan et al.'s parallel update: exact for large means, unlike E[x^2] - E[x]^2.
-        n, mean = values.numel(), float(values.mean())
-        m2 = float(((values - mean) ** 2).sum())
-        total = self.count + n
-        delta = mean - self.mean
-        self.mean += delta * n / total
-        self.m2 += m2 + delta * delta * self.count * n / total
-        self.count = total
-
-    def result(self) -> tuple[float | None, float | None]:
-        if not self.finite:
-            return float("inf"), float("inf")
-        if self.count == 0:
-            return None, None
-        return self.mean, math.sqrt(self.m2 / self.count)
 
 
 def _stage_modules(model: nn.Module) -> dict[str, tuple[list[nn.Module], str, nn.Module]]:
@@ -297,7 +163,7 @@ def _stage_modules(model: nn.Module) -> dict[str, tuple[list[nn.Module], str, nn
     return stages
 
 
-def _register(model: nn.Module, stages: dict, moments: dict[str, _Moments]) -> list:
+def _register(model: nn.Module, stages: dict, moments: dict[str, RunningMoments]) -> list:
     def read_levels(module, inputs, outputs):
         for level, value in outputs.items():
             if level in moments:
@@ -372,7 +238,7 @@ def inspect_init(
         model = build_model(cfg, lsuv_batch=batch)
         model.train()
         stages = _stage_modules(model)
-        moments = {name: _Moments() for name in [*stages, "input"]}
+        moments = {name: RunningMoments() for name in [*stages, "input"]}
         handles = _register(model, stages, moments)
         try:
             with EventStorage():
@@ -387,12 +253,12 @@ def inspect_init(
 
     rows = []
     for name, (owners, _, _) in stages.items():
-        mean, std = moments[name].result()
+        mean, std = moments[name].mean_and_std()
         grad, weight, nonzero = _norms(owners)
         update = first_step_size(cfg.MASKINIT.OPTIMIZER, lr, grad, nonzero) / weight if grad is not None and weight else None
         finite = moments[name].finite and (grad is None or math.isfinite(grad))
         rows.append(StageStats(name, mean, std, grad, weight, update, finite))
-    _, input_std = moments["input"].result()
+    _, input_std = moments["input"].mean_and_std()
     result = InitInspection(
         init=label or cfg.MASKINIT.INIT,
         norm=cfg.MASKINIT.NORM,

@@ -46,21 +46,18 @@ per-rank batches would be fine too.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
-import random
 import time
 from dataclasses import asdict, dataclass, field, replace
 
-import numpy as np
 import torch
 from detectron2.config import CfgNode
 from torch import nn
 from torch.nn import functional as F
 
+from .batches import dataset_batch, generated_batch, images_per_process
 from .errors import MaskinitError, one_line
-from .specs import parse_spec
 from .initializers import (
     HEAD_PRIOR_STDS,
     LSUV_DEFAULTS,
@@ -70,6 +67,9 @@ from .initializers import (
     is_data_dependent,
     lsuv_base,
 )
+from .moments import RunningMoments
+from .seeding import reseed, seeded_rng
+from .specs import parse_spec
 
 logger = logging.getLogger(__name__)
 # Below this relative change of the variance after a rescaling, the layer ignores its weight's scale.
@@ -123,93 +123,6 @@ class LsuvResult:
 # ------------------------------------------------------------------------------------------ batches
 
 
-def images_per_process(cfg: CfgNode) -> int:
-    """`SOLVER.IMS_PER_BATCH` is the batch of all processes together: this process's share (at least 1)."""
-    from detectron2.utils import comm
-
-    return max(1, int(cfg.SOLVER.IMS_PER_BATCH) // max(1, comm.get_world_size()))
-
-
-def generated_batch(cfg: CfgNode, num_images: int, seed: int = 0) -> list[dict]:
-    """Square images at the training input size (the largest `INPUT.MIN_SIZE_TRAIN`, capped by
-    `MAX_SIZE_TRAIN`) whose pixels are independent normal draws with mean `MODEL.PIXEL_MEAN` and std
-    `MODEL.PIXEL_STD` per channel (so the model's normalized input has mean 0, std 1, like data would),
-    each with three flat rectangles of random colour as ground-truth instances (boxes, classes, masks)."""
-    from detectron2.structures import BitMasks, Boxes, Instances
-
-    rng = np.random.default_rng(seed)
-    size = int(min(max(cfg.INPUT.MIN_SIZE_TRAIN), cfg.INPUT.MAX_SIZE_TRAIN or 10**9))
-    mean = np.asarray(cfg.MODEL.PIXEL_MEAN, dtype=np.float32)[:, None, None]
-    std = np.asarray(cfg.MODEL.PIXEL_STD, dtype=np.float32)[:, None, None]
-    batch = []
-    for index in range(num_images):
-        image = mean + std * rng.standard_normal((len(mean), size, size), dtype=np.float32)
-        masks, boxes = [], []
-        for _ in range(3):
-            x0, y0 = rng.integers(0, size * 2 // 3, 2)
-            x1, y1 = x0 + rng.integers(size // 8, size // 3 + 1, 2)
-            x1, y1 = min(int(x1), size), min(int(y1), size)
-            mask = np.zeros((size, size), dtype=bool)
-            mask[y0:y1, x0:x1] = True
-            image[:, mask] = (mean + std * rng.standard_normal(mean.shape, dtype=np.float32))[:, :, 0]
-            masks.append(mask)
-            boxes.append([x0, y0, x1, y1])
-        instances = Instances((size, size))
-        instances.gt_boxes = Boxes(torch.tensor(boxes, dtype=torch.float32))
-        instances.gt_classes = torch.from_numpy(rng.integers(0, cfg.MODEL.ROI_HEADS.NUM_CLASSES, len(boxes)))
-        if cfg.MODEL.MASK_ON:
-            instances.gt_masks = BitMasks(torch.from_numpy(np.stack(masks)))
-        batch.append({"image": torch.from_numpy(image), "height": size, "width": size, "image_id": index,
-                      "instances": instances})
-    return batch
-
-
-def dataset_batch(cfg: CfgNode, num_images: int, seed: int = 0) -> list[dict] | None:
-    """The first `num_images` records of `DATASETS.TRAIN[0]` (those with an annotation when training
-    filters empty images), through the training mapper with its augmentations seeded; None when no
-    training set is registered in this process."""
-    from detectron2.data import DatasetCatalog
-
-    from .augment import build_train_mapper
-
-    names = list(cfg.DATASETS.TRAIN)
-    if not names or names[0] not in DatasetCatalog.list():
-        return None
-    try:
-        records = DatasetCatalog.get(names[0])
-    except (OSError, ValueError, KeyError, TypeError, AssertionError) as error:
-        # Detectron2 registers its builtin sets (coco_2017_train, the default) whether or not the files exist:
-        # a config built without data still gets a model; a training run stops on the set itself later.
-        logger.warning("LSUV: training set %s unreadable (%s): on generated images", names[0], one_line(error))
-        return None
-    if cfg.DATALOADER.FILTER_EMPTY_ANNOTATIONS:
-        records = [r for r in records if any(not a.get("iscrowd", 0) for a in r.get("annotations", []))]
-    mapper = build_train_mapper(cfg)
-    batch = []
-    with seeded_rng(seed):
-        for record in records:
-            if len(batch) == num_images:
-                break
-            try:
-                item = mapper(record)
-            except (OSError, ValueError, KeyError, TypeError, IndexError, AssertionError) as error:
-                raise MaskinitError(
-                    f"LSUV batch: cannot read image {record.get('file_name')}: {type(error).__name__}: {one_line(error)}"
-                ) from None
-            if item is not None:
-                batch.append(item)
-    classes = int(cfg.MODEL.ROI_HEADS.NUM_CLASSES)
-    for item in batch:
-        instances = item.get("instances")
-        labels = instances.gt_classes if instances is not None and instances.has("gt_classes") else None
-        if labels is not None and len(labels) and int(labels.max()) >= classes:
-            raise MaskinitError(
-                f"LSUV batch: training set {names[0]} has class index {int(labels.max())}, but the config has "
-                f"MODEL.ROI_HEADS.NUM_CLASSES {classes}: build the model from the config the data was registered for"
-            )
-    return batch or None
-
-
 def lsuv_batch(cfg: CfgNode, batch: list[dict] | None = None, seed: int = 0) -> tuple[list[dict], str]:
     """The batch LSUV runs on and where it came from (see the module docstring)."""
     if batch is not None:
@@ -217,66 +130,13 @@ def lsuv_batch(cfg: CfgNode, batch: list[dict] | None = None, seed: int = 0) -> 
             raise MaskinitError("LSUV needs at least one image in its batch")
         return list(batch), "the given batch"
     count = images_per_process(cfg)
-    found = dataset_batch(cfg, count, seed)
+    found = dataset_batch(cfg, count, seed, context="LSUV batch: ")
     if found is not None:
         return found, f"training set {cfg.DATASETS.TRAIN[0]}"
     return generated_batch(cfg, count, seed), "generated images"
 
 
-@contextlib.contextmanager
-def seeded_rng(seed: int, device: torch.device | str = "cpu"):
-    """Python, numpy, torch CPU (and `device`'s CUDA) RNGs seeded with `seed` inside, restored after."""
-    device = torch.device(device)
-    devices = [device.index if device.index is not None else torch.cuda.current_device()] if device.type == "cuda" else []
-    python_state, numpy_state = random.getstate(), np.random.get_state()
-    try:
-        with torch.random.fork_rng(devices=devices):
-            reseed(seed, device)
-            yield
-    finally:
-        random.setstate(python_state)
-        np.random.set_state(numpy_state)
-
-
-def reseed(seed: int, device: torch.device) -> None:
-    """Seed python, numpy, torch's CPU generator and `device`'s (not `torch.manual_seed`, which seeds every GPU)."""
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.random.default_generator.manual_seed(seed)
-    if device.type == "cuda":
-        with torch.cuda.device(device):
-            torch.cuda.manual_seed(seed)
-
-
 # ---------------------------------------------------------------------------------------- measuring
-
-
-class _Variance:
-    """Variance of everything a layer emitted in one pass (several calls pooled, Chan et al.'s merge)."""
-
-    def __init__(self):
-        self.count, self.mean, self.m2, self.finite = 0, 0.0, 0.0, True
-
-    def add(self, tensor: torch.Tensor) -> None:
-        if tensor.numel() == 0:
-            return
-        values = tensor.detach().float()
-        if not bool(torch.isfinite(values).all()):
-            self.finite = False
-            return
-        var, mean = torch.var_mean(values, unbiased=False)
-        n, mean, m2 = values.numel(), float(mean), float(var) * values.numel()
-        total = self.count + n
-        delta = mean - self.mean
-        self.mean += delta * n / total
-        self.m2 += m2 + delta * delta * self.count * n / total
-        self.count = total
-
-    def value(self) -> float | None:
-        """None when the layer was not called (or only on empty input); inf when not finite."""
-        if not self.finite:
-            return math.inf
-        return self.m2 / self.count if self.count else None
 
 
 def _hook(module: nn.Module, record) -> torch.utils.hooks.RemovableHandle:
@@ -362,7 +222,7 @@ def run_lsuv(
         model.train(all("instances" in item for item in batch))
         with seeded_rng(seed, device):
             while pending:
-                variances = {name: _Variance() for name in pending}
+                variances = {name: RunningMoments(torch.float32) for name in pending}
                 seen: list[str] = []
 
                 def recorder(name):
@@ -385,7 +245,7 @@ def run_lsuv(
                     if name not in pending:
                         continue
                     module, _, tol, iters, _ = layers[name]
-                    entry, var = entries[name], variances[name].value()
+                    entry, var = entries[name], variances[name].variance
                     if entry.var_before is None:
                         entry.var_before = var
                     status = None

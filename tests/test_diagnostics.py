@@ -1,15 +1,12 @@
-"""inspect-init: measurements, the verdict rule, batches (synthetic and COCO), JSON, plot, compare, CLI."""
+"""inspect-init: measurements, the verdict rule, JSON, plot, compare, CLI (its batches: test_batches.py)."""
 
 from __future__ import annotations
 
 import json
 import math
 
-import cv2
-import numpy as np
 import pytest
-from detectron2.data.transforms import ResizeShortestEdge
-from detectron2.structures import BitMasks, PolygonMasks
+from test_batches import write_coco
 from typer.testing import CliRunner
 
 from maskinit import MaskinitError, build_model, load_config
@@ -21,13 +18,11 @@ from maskinit.diagnostics import (
     UPDATE_LOW,
     InitInspection,
     StageStats,
-    coco_batch,
     compare,
     inspect_init,
     judge,
     plot,
     split_specs,
-    synthetic_batch,
 )
 
 STAGES = ["stem", "res2", "res3", "res4", "res5", "p2", "p3", "p4", "p5", "p6", "rpn", "box_head", "mask_head"]
@@ -209,92 +204,6 @@ def test_rule_update_size_bounds():
     low = fake([1.0, 1.0], [UPDATE_LOW / 2, 1e-3])
     assert (low.verdict, low.stage) == ("vanishing", "s0")
     assert "float32" in low.advice
-
-
-# ----------------------------------------------------------------------------------------- batches
-
-
-def test_synthetic_batch_is_deterministic_and_valid():
-    cfg = tiny()
-    first, again = synthetic_batch(cfg, seed=3), synthetic_batch(cfg, seed=3)
-    other = synthetic_batch(cfg, seed=4)
-    assert len(first) == 2
-    for a, b in zip(first, again):
-        assert a["image"].equal(b["image"])
-    assert not first[0]["image"].equal(other[0]["image"])
-    for item in first:
-        assert tuple(item["image"].shape) == (3, 128, 128)
-        instances = item["instances"]
-        assert isinstance(instances.gt_masks, BitMasks)
-        assert instances.gt_masks.tensor.flatten(1).any(dim=1).all()
-        boxes = instances.gt_boxes.tensor
-        assert (boxes[:, 2:] > boxes[:, :2]).all() and boxes.min() >= 0 and boxes.max() <= 128
-        assert (instances.gt_classes < cfg.MODEL.ROI_HEADS.NUM_CLASSES).all()
-
-
-def write_coco(root, images=2, categories=(3, 7), annotate=True, size=(96, 160)):
-    """A COCO instances file with non-contiguous category ids and polygon masks."""
-    height, width = size
-    (root / "images").mkdir(exist_ok=True)
-    doc = {"images": [], "annotations": [], "categories": [{"id": c, "name": f"c{c}"} for c in categories]}
-    rng = np.random.default_rng(0)
-    for index in range(images):
-        name = f"img{index}.png"
-        cv2.imwrite(str(root / "images" / name), rng.integers(0, 255, (height, width, 3), dtype=np.uint8))
-        doc["images"].append({"id": index + 1, "file_name": name, "height": height, "width": width})
-        if annotate:
-            x, y, w, h = 10.0 + index, 12.0, 40.0, 30.0
-            doc["annotations"].append({
-                "id": index + 1, "image_id": index + 1, "category_id": categories[index % len(categories)],
-                "bbox": [x, y, w, h], "area": w * h, "iscrowd": 0,
-                "segmentation": [[x, y, x + w, y, x + w, y + h, x, y + h]],
-            })
-    path = root / "instances.json"
-    path.write_text(json.dumps(doc))
-    return path, root / "images"
-
-
-def test_coco_batch_reads_and_maps_with_detectron2(tmp_path):
-    train_json, train_images = write_coco(tmp_path)
-    cfg, batch = coco_batch(tiny(), train_json, train_images)
-    assert cfg.MODEL.ROI_HEADS.NUM_CLASSES == 2  # as training sets it from the file
-    assert cfg.INPUT.MASK_FORMAT == "polygon"
-    assert len(batch) == 2
-    resized = ResizeShortestEdge.get_output_shape(96, 160, cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MAX_SIZE_TEST)
-    for item in batch:
-        assert tuple(item["image"].shape[1:]) == resized  # Detectron2's deterministic test-time resize
-        assert isinstance(item["instances"].gt_masks, PolygonMasks)
-    assert sorted(int(item["instances"].gt_classes[0]) for item in batch) == [0, 1]  # ids 3, 7 -> 0, 1
-    result = inspect_init(cfg, batch=batch)
-    assert result.verdict == "ok", result.advice
-    assert tiny().MODEL.ROI_HEADS.NUM_CLASSES == 80  # the caller's config is left alone
-
-
-def test_coco_batch_refusals(tmp_path):
-    cfg = tiny()
-    train_json, train_images = write_coco(tmp_path)
-    malformed = tmp_path / "malformed.json"
-    malformed.write_text("{ not json")
-    cases = {
-        "not found": (tmp_path / "missing.json", train_images),
-        "image folder .* not found": (train_json, tmp_path / "no-images"),
-        "not valid JSON": (malformed, train_images),
-    }
-    for message, (path, images) in cases.items():
-        with pytest.raises(MaskinitError, match=message):
-            coco_batch(cfg, path, images)
-
-    empty = tmp_path / "empty"
-    empty.mkdir()
-    with pytest.raises(MaskinitError, match="no annotations"):
-        coco_batch(cfg, *write_coco(empty, annotate=False))
-
-    lost = tmp_path / "lost"
-    lost.mkdir()
-    path, images = write_coco(lost)
-    (images / "img0.png").unlink()
-    with pytest.raises(MaskinitError, match="cannot read image .*img0.png"):
-        coco_batch(cfg, path, images)
 
 
 def test_split_specs_keeps_multi_parameter_specs():

@@ -126,18 +126,17 @@ class ExportedPredictor:
         import torch
         from detectron2.structures import Boxes, Instances
 
-        from .data.images import image_kind
+        from .data.images import describe_kind, image_kind
         from .data.mapper import model_image
 
         try:
             prepared = model_image(image, self.channels, self.image_format, path)
-        except MaskinitError:
-            channels, dtype = image_kind(image)
+        except MaskinitError as error:
             order = self.model.metadata["input"].get("channel_order", "")
             raise MaskinitError(
-                f"image {path} is {channels}-channel {dtype}, but the exported model {self.path.name} takes "
+                f"image {path} is {describe_kind(image_kind(image))}, but the exported model {self.path.name} takes "
                 f"{self.channels} channel{'s' if self.channels != 1 else ''} ({order})"
-            ) from None
+            ) from error
         found = self.model(prepared, self.score_threshold)
         instances = Instances(found.image_size)
         instances.pred_boxes = Boxes(torch.from_numpy(found.boxes))

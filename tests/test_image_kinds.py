@@ -25,7 +25,8 @@ from maskinit.data.fit import apply_fits, fit_config
 from maskinit.data.images import image_kind, read_image
 from maskinit.data.mapper import ImageMapper, display_rgb, model_image
 from maskinit.data.synthetic import generate_coco_dataset
-from maskinit.data.validate import _probe_image, check_coco
+from maskinit.data.image_files import probe_image
+from maskinit.data.validate import check_coco
 from maskinit.diagnostics import coco_batch, inspect_init
 from maskinit.evaluation import evaluate_run
 from maskinit.train import DataOptions, TrainOptions, train
@@ -338,10 +339,10 @@ def header_cases(folder: Path, bgr: np.ndarray) -> list[Path]:
 def test_headers_tell_the_size_and_kind_read_image_reads(tmp_path, pictures):
     for path in header_cases(tmp_path, pictures):
         array = read_image(path)
-        problem, kind = _probe_image(str(path), *array.shape[:2])
+        problem, kind = probe_image(str(path), *array.shape[:2])
         assert problem is None, (path.name, problem)
         assert kind == image_kind(array), path.name
-        problem, _ = _probe_image(str(path), array.shape[0], array.shape[1] + 1)
+        problem, _ = probe_image(str(path), array.shape[0], array.shape[1] + 1)
         assert problem[0] == "image_size_mismatch", path.name
 
 
@@ -351,12 +352,12 @@ def test_broken_tiff_and_npy_are_unreadable(tmp_path, pictures):
     for path in (tiff, npy):
         data = path.read_bytes()
         path.write_bytes(data[: len(data) * 2 // 3])
-        problem, kind = _probe_image(str(path), 128, 128)
+        problem, kind = probe_image(str(path), 128, 128)
         assert problem[0] == "unreadable_image" and kind is None, problem
         with pytest.raises(MaskinitError):
             read_image(path)  # and the reader agrees
     channels_first = write_npy(tmp_path / "first", np.zeros((3, 50, 40), np.uint8))
-    assert _probe_image(str(channels_first), 3, 50)[0] == ("unreadable_image", "an array of shape (3, 50, 40) looks channels-first; save it as (H, W) or (H, W, C)")
+    assert probe_image(str(channels_first), 3, 50)[0] == ("unreadable_image", "an array of shape (3, 50, 40) looks channels-first; save it as (H, W) or (H, W, C)")
 
 
 @pytest.mark.parametrize("kind", list(KINDS))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import cv2
 import numpy as np
 import pytest
@@ -130,3 +132,39 @@ def test_unreadable_files_raise_one_error_naming_them(tmp_path):
     for name in names:
         with pytest.raises(MaskinitError, match=f"cannot read image .*{name}"):
             read_image(tmp_path / name)
+
+
+def test_one_set_of_rules_for_what_is_one_image():
+    """`array_kind` is what read_image refuses and what check-data judges a header by."""
+    from maskinit.data.images import MAX_CHANNELS, array_kind, describe_kind
+
+    assert array_kind((20, 30), np.uint8) == (1, "uint8") and array_kind((20, 30, 5), np.float32) == (5, "float32")
+    assert describe_kind(array_kind((20, 30, 4), np.uint16)) == "4-channel uint16"
+    refused = {
+        (3, 40, MAX_CHANNELS + 1): "shape (3, 40, 17) looks channels-first",
+        (20, 30, MAX_CHANNELS + 1): f"is not (H, W) or (H, W, C) with 1 to {MAX_CHANNELS} channels",
+        (4, 5, 6, 7): "shape (4, 5, 6, 7) is not (H, W)",
+        (0, 30): "it is empty (shape (0, 30))",
+    }
+    for shape, message in refused.items():
+        with pytest.raises(ValueError, match=re.escape(message)):
+            array_kind(shape, np.uint8)
+    with pytest.raises(ValueError, match=r"^an array of pixels of type bool \(integers or floats are needed\)$"):
+        array_kind((4, 5), bool, "an array")
+
+
+def test_tiff_planes_come_last_and_a_stack_is_refused():
+    from maskinit.data.images import tiff_image_shape
+
+    assert tiff_image_shape((5, 20, 30), "CYX") == (20, 30, 5)  # planes first: channels last
+    assert tiff_image_shape((20, 30, 5), "YXS") == (20, 30, 5)  # samples per pixel: already last
+    assert tiff_image_shape((20, 30, 40), "QYX") == (20, 30, 40)  # pages of W x C as tifffile writes them
+    with pytest.raises(ValueError, match=r"a TIFF of 4 dimensions \(QQYX\) is not one image"):
+        tiff_image_shape((2, 3, 20, 30), "QQYX")
+
+
+def test_the_cause_of_an_unreadable_file_is_kept(tmp_path):
+    np.save(tmp_path / "flags.npy", np.zeros((4, 5), bool))
+    with pytest.raises(MaskinitError, match=r"flags\.npy: pixels of type bool") as caught:
+        read_image(tmp_path / "flags.npy")
+    assert isinstance(caught.value.__cause__, ValueError)

@@ -24,7 +24,9 @@ from ..errors import MaskinitError
 # The most channels one image may have: more is a volume, a time series or a channels-first array.
 MAX_CHANNELS = 16
 TIFF_SUFFIXES = (".tif", ".tiff")
-_EXIF_ORIENTATION = 0x0112
+EXIF_ORIENTATION = 0x0112
+# The EXIF (and TIFF) orientations that turn an image by 90 degrees: it is read as width x height.
+TRANSPOSING_ORIENTATIONS = (5, 6, 7, 8)
 # EXIF orientation -> the numpy view that shows the image upright (as Pillow's ImageOps.exif_transpose).
 _UPRIGHT = {
     2: lambda a: a[:, ::-1],
@@ -38,8 +40,52 @@ _UPRIGHT = {
 
 
 def image_kind(array: np.ndarray) -> tuple[int, str]:
-    """(channels, dtype name) of an image array: (3, "uint8") for a `read_image` of a colour JPEG."""
+    """The kind of an image array, (channels, dtype name): (3, "uint8") for a `read_image` of a colour JPEG.
+    One model takes one kind of image."""
     return (array.shape[2] if array.ndim == 3 else 1), array.dtype.name
+
+
+def describe_kind(kind: tuple[int, str]) -> str:
+    """An image kind in words: "3-channel uint8"."""
+    channels, dtype = kind
+    return f"{channels}-channel {dtype}"
+
+
+def array_kind(shape: tuple, dtype, what: str = "") -> tuple[int, str]:
+    """The kind `read_image` gives an array of this shape and type, or ValueError saying why such an array is
+    not one image (`what` names it: "an array of shape ..."; without, "shape ..."). The rules of every image
+    maskinit reads, applied to a decoded array and to a header alike (check-data judges files by their header)."""
+    dtype = np.dtype(dtype)
+    shape = tuple(int(side) for side in shape)
+    of_shape = f"{what} of shape {shape}" if what else f"shape {shape}"
+    if len(shape) == 3 and shape[2] > MAX_CHANNELS and shape[0] <= MAX_CHANNELS:
+        raise ValueError(f"{of_shape} looks channels-first; save it as (H, W) or (H, W, C)")
+    if len(shape) not in (2, 3) or (len(shape) == 3 and not 1 <= shape[2] <= MAX_CHANNELS):
+        raise ValueError(f"{of_shape} is not (H, W) or (H, W, C) with 1 to {MAX_CHANNELS} channels")
+    if dtype.kind not in "uif" or dtype.itemsize > 8:
+        raise ValueError(f"{what + ' of ' if what else ''}pixels of type {dtype} (integers or floats are needed)")
+    if 0 in shape:
+        raise ValueError(f"{what or 'it'} is empty (shape {shape})")
+    return (shape[2] if len(shape) == 3 else 1), dtype.name
+
+
+def tiff_image_shape(shape: tuple, axes: str) -> tuple:
+    """A TIFF series' shape as `read_image` returns its pixels (channels last), or ValueError when it is not
+    one image. Channels stored as planes or pages (CYX, SYX, QYX) come first; but tifffile.imwrite of an
+    (H, W, C) array with C > 4 stores H pages of W x C, which reads back as written: the shorter of the two
+    outer axes is the channels."""
+    shape = tuple(shape)
+    if len(shape) == 3 and not axes.endswith("S") and shape[0] <= MAX_CHANNELS and shape[0] < shape[2]:
+        shape = (*shape[1:], shape[0])
+    if len(shape) not in (2, 3):
+        raise ValueError(f"a TIFF of {len(shape)} dimensions ({axes}) is not one image")
+    return shape
+
+
+def tiff_orientation(page) -> int:
+    """The Orientation tag of a tifffile page (1, upright, when it has none)."""
+    orientation = page.tags.get("Orientation")
+    return int(orientation.value) if orientation is not None else 1
 
 
 def _upright(array: np.ndarray, orientation) -> np.ndarray:
@@ -53,7 +99,7 @@ def _exif_orientation(path: Path) -> int:
 
     try:
         with Image.open(path) as image:
-            return int(image.getexif().get(_EXIF_ORIENTATION, 1))
+            return int(image.getexif().get(EXIF_ORIENTATION, 1))
     except Exception:  # noqa: BLE001 - not a format Pillow reads, or a broken header: OpenCV has decoded it
         return 1
 
@@ -77,18 +123,14 @@ def _read_tiff(path: Path) -> np.ndarray:
             axes, array = series.axes, series.asarray()
             page = tiff.pages[0]
             rgb = page.photometric == tifffile.PHOTOMETRIC.RGB
-            orientation = page.tags.get("Orientation")
-            orientation = int(orientation.value) if orientation is not None else 1
+            orientation = tiff_orientation(page)
     except Exception as error:  # noqa: BLE001 - tifffile raises many types for a broken file
-        raise MaskinitError(f"cannot read image {path}: not a TIFF tifffile can read ({type(error).__name__}: {error})") from None
-    if array.ndim == 3 and not axes.endswith("S"):
-        # Channels stored as planes or pages (CYX, SYX, QYX): the channel axis is the first one; but
-        # tifffile.imwrite of an (H, W, C) array with C > 4 stores H pages of W x C, which reads back as
-        # written. The shorter of the two outer axes is the channels.
-        if array.shape[0] <= MAX_CHANNELS and array.shape[0] < array.shape[2]:
-            array = np.moveaxis(array, 0, -1)
-    if array.ndim not in (2, 3):
-        raise MaskinitError(f"cannot read image {path}: a TIFF of {array.ndim} dimensions ({axes}) is not one image")
+        raise MaskinitError(
+            f"cannot read image {path}: not a TIFF tifffile can read ({type(error).__name__}: {error})"
+        ) from error
+    shape = tiff_image_shape(array.shape, axes)  # a ValueError: read_image names the file
+    if shape != array.shape:
+        array = np.moveaxis(array, 0, -1)
     if rgb and array.ndim == 3 and array.shape[2] in (3, 4):
         array = np.concatenate([array[..., 2::-1], array[..., 3:]], axis=2)  # RGB(A) -> BGR(A), as OpenCV reads colour
     return _upright(array, orientation)
@@ -101,11 +143,7 @@ def _read_npy(path: Path) -> np.ndarray:
             handle.seek(0)
             array = np.lib.format.read_array(handle, allow_pickle=False)
     except ValueError as error:
-        raise MaskinitError(f"cannot read image {path}: not a numpy .npy array ({error})") from None
-    if array.ndim == 3 and array.shape[2] > MAX_CHANNELS and array.shape[0] <= MAX_CHANNELS:
-        raise MaskinitError(
-            f"cannot read image {path}: shape {array.shape} looks channels-first; save it as (H, W) or (H, W, C)"
-        )
+        raise MaskinitError(f"cannot read image {path}: not a numpy .npy array ({error})") from error
     return array
 
 
@@ -126,16 +164,9 @@ def read_image(path: str | Path) -> np.ndarray:
             array = _read_npy(path)
         else:
             array = _read_opencv(path)
+        array_kind(array.shape, array.dtype)
     except OSError as error:
-        raise MaskinitError(f"cannot read image {path}: {error.strerror or error}") from None
-    if array.ndim == 2:
-        array = array[:, :, None]
-    if array.ndim != 3 or not 1 <= array.shape[2] <= MAX_CHANNELS:
-        raise MaskinitError(
-            f"cannot read image {path}: shape {array.shape} is not (H, W) or (H, W, C) with 1 to {MAX_CHANNELS} channels"
-        )
-    if array.dtype.kind not in "uif" or array.dtype.itemsize > 8:
-        raise MaskinitError(f"cannot read image {path}: pixels of type {array.dtype} (integers or floats are needed)")
-    if 0 in array.shape:
-        raise MaskinitError(f"cannot read image {path}: it is empty (shape {array.shape})")
-    return array
+        raise MaskinitError(f"cannot read image {path}: {error.strerror or error}") from error
+    except ValueError as error:  # not one image of a kind maskinit reads
+        raise MaskinitError(f"cannot read image {path}: {error}") from error
+    return array[:, :, None] if array.ndim == 2 else array

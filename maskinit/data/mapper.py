@@ -37,7 +37,7 @@ from detectron2.data import detection_utils as utils
 from detectron2.data import transforms as T
 
 from ..errors import MaskinitError
-from .images import TIFF_SUFFIXES, image_kind, read_image
+from .images import TIFF_SUFFIXES, describe_kind, image_kind, read_image
 
 # The formats in which Detectron2's reader gives 3 channels (gray and BGRA turned into them).
 COLOUR_FORMATS = ("BGR", "RGB")
@@ -45,11 +45,6 @@ COLOUR_FORMATS = ("BGR", "RGB")
 BAND_SUFFIXES = (*TIFF_SUFFIXES, ".npy")
 # The display range of an image that is not 8-bit: these percentiles of its pixels.
 DISPLAY_PERCENTILES = (0.5, 99.5)
-
-
-def _describe(image: np.ndarray) -> str:
-    channels, dtype = image_kind(image)
-    return f"{channels}-channel {dtype}"
 
 
 def model_image(image: np.ndarray, channels: int, image_format: str, path: str | Path = "image") -> np.ndarray:
@@ -74,7 +69,7 @@ def model_image(image: np.ndarray, channels: int, image_format: str, path: str |
             image = image[:, :, :3]
         else:
             raise MaskinitError(
-                f"image {path} is {_describe(image)}, but the model takes {channels} channel"
+                f"image {path} is {describe_kind(image_kind(image))}, but the model takes {channels} channel"
                 f"{'s' if channels != 1 else ''} (MODEL.PIXEL_MEAN and MODEL.PIXEL_STD have {channels} values): "
                 f"give them one value per channel of the data (maskinit analyze-data measures them)"
             )

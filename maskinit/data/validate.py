@@ -24,14 +24,14 @@ import json
 import math
 import os
 import reprlib
-import struct
-import zlib
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..atomic import write_atomically
 from ..errors import MaskinitError
+from .image_files import probe_image
+from .images import describe_kind
 
 FATAL, FIXABLE, WARNING, INFO = "fatal", "fixable", "warning", "info"
 SEVERITIES = (FATAL, FIXABLE, WARNING, INFO)
@@ -48,8 +48,6 @@ BOM_PROBLEM = "starts with a UTF-8 byte-order mark, which pycocotools cannot rea
 # pycocotools rasterizes a polygon along its perimeter: coordinates far outside the image (or NaN,
 # which it casts to int) make it allocate gigabytes or segfault. Allowed: one image size beyond a border.
 POLYGON_MARGIN = 1.0
-_EXIF_ORIENTATION = 0x0112
-_TRANSPOSING_ORIENTATIONS = (5, 6, 7, 8)  # rotated by 90 degrees: Detectron2 loads them as height x width
 
 
 @dataclass(frozen=True)
@@ -579,192 +577,6 @@ def _check_annotations_section(
 # The image files
 
 
-def _jpeg_is_complete(path: str) -> bool:
-    """A JPEG ends with the EOI marker; Pillow's `verify` does not look, its decoder fails late."""
-    with open(path, "rb") as handle:
-        handle.seek(0, os.SEEK_END)
-        handle.seek(max(0, handle.tell() - 64))
-        tail = handle.read().rstrip(b"\x00\r\n\t ")
-    return tail.endswith(b"\xff\xd9")
-
-
-class _Unreadable(Exception):
-    """An image file maskinit's reader would fail on; the message says why."""
-
-
-# OpenCV's IMREAD_UNCHANGED channels per PNG colour type (IHDR), without / with a tRNS chunk: gray
-# stays 1 channel either way, RGB and palette images with a transparent colour become BGRA.
-_PNG_CHANNELS = {0: (1, 1), 2: (3, 4), 3: (3, 4), 4: (4, 4), 6: (4, 4)}
-
-
-def _array_kind(shape: tuple, dtype, what: str) -> tuple[tuple[int, int], tuple[int, str]]:
-    """((height, width), (channels, dtype name)) of an array of this shape and type, or `_Unreadable`:
-    the rules of `maskinit.data.images.read_image` (re-stated here to judge a header without reading the
-    pixels; `test_image_kinds` checks both agree)."""
-    import numpy as np
-
-    from .images import MAX_CHANNELS
-
-    dtype = np.dtype(dtype)
-    if len(shape) == 3 and shape[2] > MAX_CHANNELS and shape[0] <= MAX_CHANNELS:
-        raise _Unreadable(f"{what} of shape {tuple(shape)} looks channels-first; save it as (H, W) or (H, W, C)")
-    if len(shape) not in (2, 3) or (len(shape) == 3 and not 1 <= shape[2] <= MAX_CHANNELS):
-        raise _Unreadable(f"{what} of shape {tuple(shape)} is not (H, W) or (H, W, C) with 1 to {MAX_CHANNELS} channels")
-    if dtype.kind not in "uif" or dtype.itemsize > 8:
-        raise _Unreadable(f"{what} of pixels of type {dtype} (integers or floats are needed)")
-    if 0 in shape:
-        raise _Unreadable(f"{what} is empty (shape {tuple(shape)})")
-    return (int(shape[0]), int(shape[1])), (int(shape[2]) if len(shape) == 3 else 1, dtype.name)
-
-
-def _tiff_header(path: str) -> tuple[tuple[int, int], tuple[int, str]]:
-    """Size and kind of a TIFF from its header (tifffile's first series), as `read_image` loads it; its
-    strips or tiles must lie inside the file."""
-    import tifffile
-
-    from .images import MAX_CHANNELS
-
-    try:
-        with tifffile.TiffFile(path) as tiff:
-            series = tiff.series[0]
-            shape, axes, dtype = tuple(series.shape), series.axes, series.dtype
-            page = tiff.pages[0]
-            orientation = page.tags.get("Orientation")
-            orientation = int(orientation.value) if orientation is not None else 1
-            size = os.path.getsize(path)
-            if series.dataoffset is not None:  # one contiguous block (tifffile's own files: several pages of it)
-                end = series.dataoffset + series.nbytes
-            else:
-                end = max((offset + count for page in series.pages if page is not None
-                           for offset, count in zip(page.dataoffsets, page.databytecounts)), default=0)
-            if end > size:
-                raise _Unreadable(f"truncated TIFF: pixel data up to byte {end}, the file has {size}")
-    except _Unreadable:
-        raise
-    except Exception as error:  # noqa: BLE001 - tifffile raises many types for a broken file
-        raise _Unreadable(f"not a TIFF tifffile can read ({type(error).__name__}: {error})") from None
-    # As read_image: channels stored as planes or pages (CYX, SYX) when the first axis is the short one.
-    if len(shape) == 3 and not axes.endswith("S") and shape[0] <= MAX_CHANNELS and shape[0] < shape[2]:
-        shape = (shape[1], shape[2], shape[0])
-    if len(shape) not in (2, 3):
-        raise _Unreadable(f"a TIFF of {len(shape)} dimensions ({axes}) is not one image")
-    (height, width), kind = _array_kind(shape, dtype, "a TIFF")
-    if orientation in _TRANSPOSING_ORIENTATIONS:
-        height, width = width, height
-    return (height, width), kind
-
-
-def _npy_header(path: str) -> tuple[tuple[int, int], tuple[int, str]]:
-    """Size and kind of a .npy array from its header (a memory map: no pixel is read, but a file shorter
-    than its header says fails)."""
-    import numpy as np
-
-    try:
-        array = np.load(path, mmap_mode="r", allow_pickle=False)
-    except (OSError, ValueError, EOFError) as error:
-        raise _Unreadable(f"not a numpy .npy array ({type(error).__name__}: {error})") from None
-    if not isinstance(array, np.ndarray):  # an .npz archive
-        raise _Unreadable("not a numpy .npy array (an archive of several)")
-    return _array_kind(array.shape, array.dtype, "an array")
-
-
-def _pillow_header(path: str) -> tuple[tuple[int, int], tuple[int, str]] | None:
-    """Size and kind of a PNG or JPEG from its header, turned as its EXIF orientation turns it; PNG chunk
-    checksums are verified without decompressing and a JPEG must end with its end-of-image marker.
-    None for another format, or one Pillow does not know."""
-    from PIL import Image
-
-    try:
-        with Image.open(path) as image:
-            image_format, (width, height) = image.format, image.size
-            if image_format not in ("PNG", "JPEG", "MPO"):
-                return None
-            if image.getexif().get(_EXIF_ORIENTATION) in _TRANSPOSING_ORIENTATIONS:
-                width, height = height, width
-            transparent = "transparency" in image.info
-            gray = image.mode in ("1", "L")
-        if image_format == "PNG":
-            with Image.open(path) as image:  # verify() must come first on a freshly opened file
-                image.verify()
-            with open(path, "rb") as handle:  # IHDR is the first chunk: bit depth and colour type at bytes 24, 25
-                depth, colour_type = handle.read(26)[24:26]
-            channels = _PNG_CHANNELS[colour_type][transparent]
-            return (height, width), (channels, "uint16" if depth == 16 else "uint8")
-    except Image.UnidentifiedImageError:
-        return None
-    except (OSError, SyntaxError, ValueError, EOFError, KeyError, struct.error, zlib.error, Image.DecompressionBombError) as error:
-        raise _Unreadable(f"{type(error).__name__}: {error}") from None
-    if not _jpeg_is_complete(path):
-        raise _Unreadable("truncated JPEG (no end-of-image marker)")
-    return (height, width), (1 if gray else 3, "uint8")
-
-
-def _decoded_header(path: str) -> tuple[tuple[int, int], tuple[int, str]]:
-    """Size and kind of any other image, decoded in full by `read_image`."""
-    from .images import image_kind, read_image
-
-    try:
-        array = read_image(path)
-    except MaskinitError as error:
-        raise _Unreadable(str(error).removeprefix(f"cannot read image {path}: ")) from None
-    return array.shape[:2], image_kind(array)
-
-
-def _probe_image(path: str, height, width) -> tuple[tuple[str, str] | None, tuple[int, str] | None]:
-    """((problem kind, detail) or None, (channels, dtype) or None): whether maskinit's reader
-    (`maskinit.data.images.read_image`, which training uses) can read this image and gives it the
-    JSON's size, and the image's kind (None when unreadable).
-
-    Cheap on purpose: size and kind come from the header where the format has one to trust (PNG and
-    JPEG: Pillow's, turned as the EXIF orientation turns it; TIFF: tifffile's; .npy: numpy's), PNG
-    chunk checksums are verified, a JPEG must end with its end-of-image marker, TIFF pixel data must lie
-    inside the file; other formats are decoded in full.
-    """
-    from .images import TIFF_SUFFIXES
-
-    if not os.path.isfile(path):
-        return ("missing_image_file", "not found"), None
-    suffix = Path(path).suffix.lower()
-    try:
-        if suffix in TIFF_SUFFIXES:
-            (loaded_height, loaded_width), kind = _tiff_header(path)
-        elif suffix == ".npy":
-            (loaded_height, loaded_width), kind = _npy_header(path)
-        else:
-            (loaded_height, loaded_width), kind = _pillow_header(path) or _decoded_header(path)
-    except _Unreadable as error:
-        return ("unreadable_image", str(error)[:100]), None
-    except OSError as error:
-        return ("unreadable_image", f"{type(error).__name__}: {error}"[:100]), None
-    if (loaded_height, loaded_width) != (height, width):
-        return ("image_size_mismatch", f"{loaded_width}x{loaded_height} on disk, {width:g}x{height:g} in the JSON"), kind
-    return None, kind
-
-
-def image_size(path: str | Path) -> tuple[int, int]:
-    """(height, width) of an image as maskinit's reader loads it (EXIF-turned), from its header where the
-    format has one (as `check-data` reads it); `MaskinitError` naming the file when it cannot be read."""
-    from .images import TIFF_SUFFIXES
-
-    path = str(path)
-    if not os.path.isfile(path):
-        raise MaskinitError(f"image {path} not found")
-    suffix = Path(path).suffix.lower()
-    try:
-        if suffix in TIFF_SUFFIXES:
-            return _tiff_header(path)[0]
-        if suffix == ".npy":
-            return _npy_header(path)[0]
-        return (_pillow_header(path) or _decoded_header(path))[0]
-    except (_Unreadable, OSError) as error:
-        raise MaskinitError(f"cannot read image {path}: {error}") from None
-
-
-def _describe_kind(kind: tuple[int, str]) -> str:
-    channels, dtype = kind
-    return f"{channels}-channel {dtype}"
-
-
 def _mixed_kinds(kinds: list[tuple[str, tuple[int, str]]]) -> str | None:
     """The problem of (file name, kind) pairs of more than one kind: two files of two kinds and the
     count of each kind; None when all are of one kind."""
@@ -775,8 +587,8 @@ def _mixed_kinds(kinds: list[tuple[str, tuple[int, str]]]) -> str | None:
         return None
     first_name, first_kind = kinds[0]
     other_name, other_kind = next((name, kind) for name, kind in kinds if kind != first_kind)
-    tally = ", ".join(f"{_describe_kind(kind)}: {count}" for kind, count in counts.items())
-    return (f"{first_name} is {_describe_kind(first_kind)}, {other_name} is {_describe_kind(other_kind)} "
+    tally = ", ".join(f"{describe_kind(kind)}: {count}" for kind, count in counts.items())
+    return (f"{first_name} is {describe_kind(first_kind)}, {other_name} is {describe_kind(other_kind)} "
             f"(images per kind: {tally}); one model takes one kind of image: convert them to one")
 
 
@@ -794,7 +606,7 @@ def _check_image_files(coco: dict, images: dict, image_root: Path, found: _Findi
     workers = min(16, 4 * (os.cpu_count() or 1))
     kinds = []
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        results = pool.map(_probe_image, paths, [e[2] for e in entries], [e[3] for e in entries])
+        results = pool.map(probe_image, paths, [e[2] for e in entries], [e[3] for e in entries])
         for (image_id, file_name, _, _), (problem, image_kind) in zip(entries, results):
             if problem is not None:
                 kind, detail = problem

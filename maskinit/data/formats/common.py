@@ -226,7 +226,7 @@ class DatasetBuilder:
         """A picture of `split` (whose image root must hold it); its size read from its header (checked
         against `size`, the size the annotations state, when given). `named_in`: the annotation file
         naming the picture, for the error when it is missing."""
-        from ..validate import image_size
+        from ..image_files import image_size
 
         part = self.splits[split]
         if not picture.is_file():

@@ -18,6 +18,18 @@ def get_key(cfg, key: str, default=None):
     return node
 
 
+def flatten(node, prefix: str = "") -> dict:
+    """Every leaf of a config as {dotted key: value}."""
+    out = {}
+    for key, value in node.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            out.update(flatten(value, name + "."))
+        else:
+            out[name] = value
+    return out
+
+
 def has_key(cfg, key: str) -> bool:
     return get_key(cfg, key, MISSING) is not MISSING
 

@@ -244,3 +244,19 @@ def test_ims_per_batch_keeps_the_keys_the_user_set():
     assert tuple(run.SOLVER.STEPS) == (3,) and run.SOLVER.MAX_ITER == 4 and run.SOLVER.IMS_PER_BATCH == 4
     unset = apply_run_options(load_config(preset="r50-fpn"), TrainOptions(output_dir="out", device="cpu", ims_per_batch=4))
     assert unset.SOLVER.MAX_ITER > cfg.SOLVER.MAX_ITER and tuple(unset.SOLVER.STEPS) != tuple(cfg.SOLVER.STEPS)
+
+
+def test_every_maskinit_key_has_its_comment():
+    """`add_maskinit_config` declares each key under a comment saying what it does (Detectron2's defaults.py style)."""
+    import inspect
+
+    from maskinit.config import add_maskinit_config
+
+    lines = [line.strip() for line in inspect.getsource(add_maskinit_config).splitlines()]
+    keys = [index for index, line in enumerate(lines) if line.startswith("_C.MASKINIT.") and "CfgNode()" not in line]
+    assert len(keys) > 40
+    for index in keys:
+        above = index - 1
+        while not lines[above].startswith(("#", "_C.")):  # a comment may run over several lines
+            above -= 1
+        assert lines[above].startswith("#"), f"{lines[index]} has no comment"

@@ -8,6 +8,7 @@ import math
 import sys
 import time
 
+import torch
 from detectron2.engine import HookBase
 from detectron2.utils import comm
 
@@ -65,29 +66,65 @@ class ProgressHook(HookBase):
             self._progress.stop()
 
 
+class _LearningRates(torch.optim.Optimizer):
+    """Param groups holding learning rates only (no parameters, never stepped): the optimizer torch's
+    `ReduceLROnPlateau` reads and lowers, standing in for a Detectron2 scheduler's base LRs."""
+
+    def __init__(self):
+        super().__init__([torch.zeros(0)], {"lr": 0.0})
+
+    def hold(self, lrs) -> None:
+        self.param_groups = [{"params": [], "lr": float(lr)} for lr in lrs]
+
+
 class ReduceLROnPlateau(HookBase):
-    """Divide the LR when a metric stops improving, like Keras' ReduceLROnPlateau.
+    """Divide the LR when a metric stops improving: torch's `ReduceLROnPlateau` decides, Detectron2's LR
+    scheduler applies.
 
     The metric is a validation AP (e.g. `segm/AP`, written by the evaluation hook; higher is better)
     or the smoothed training loss `total_loss` (lower is better), checked every `period` iterations.
-    The reduction scales the scheduler's base LRs, so warmup still applies and resume restores it.
+    Each check is one step of torch's scheduler: a value better than the best by more than `threshold`
+    (relative) is an improvement; after more than `patience` checks without one the LR is multiplied by
+    `factor`, never below `min_lr`, and the next `cooldown` checks do not count.
+
+    Why torch's scheduler does not act on the optimizer itself: it lowers the LR in the optimizer's param
+    groups, and Detectron2's `LRScheduler` hook sets those again every iteration from its own scheduler
+    (base LR times the warmup and schedule multiplier), so the next iteration would undo the reduction.
+    Here torch's scheduler steps on a stand-in optimizer whose param groups hold the Detectron2
+    scheduler's base LRs, and what it lowers goes back into `base_lrs`: warmup still applies, and resume
+    restores the reduction (Detectron2's scheduler saves its base LRs; this hook saves torch's counters).
     """
 
-    def __init__(self, metric: str, period: int, patience: int, factor: float, min_lr: float = 0.0):
+    def __init__(self, metric: str, period: int, patience: int, factor: float, min_lr: float = 0.0,
+                 threshold: float = 1e-4, cooldown: int = 0):
         self.metric = metric
         self.period = max(1, period)
-        self.patience = patience
         self.factor = factor
-        self.min_lr = min_lr
-        self.best = None
-        self.bad_checks = 0
         self.higher_is_better = metric != "total_loss"
+        self._lrs = _LearningRates()
+        self._plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(
+            self._lrs, mode="max" if self.higher_is_better else "min", factor=factor, patience=patience,
+            threshold=threshold, threshold_mode="rel", cooldown=cooldown, min_lr=min_lr,
+        )
+
+    @property
+    def best(self) -> float | None:
+        """The best value seen (None before the first check)."""
+        best = self._plateau.best
+        return best if math.isfinite(best) else None
+
+    @property
+    def bad_checks(self) -> int:
+        """Checks without improvement since the best value or the last reduction."""
+        return self._plateau.num_bad_epochs
 
     def state_dict(self):
-        return {"best": self.best, "bad_checks": self.bad_checks}
+        return {"best": self.best, "bad_checks": self.bad_checks, "cooldown_left": self._plateau.cooldown_counter}
 
     def load_state_dict(self, state):
-        self.best, self.bad_checks = state["best"], state["bad_checks"]
+        best = self._plateau.mode_worse if state["best"] is None else state["best"]
+        self._plateau.load_state_dict({"best": best, "num_bad_epochs": state["bad_checks"],
+                                       "cooldown_counter": state.get("cooldown_left", 0)})
 
     def _current(self):
         storage = self.trainer.storage
@@ -102,15 +139,12 @@ class ReduceLROnPlateau(HookBase):
         value = self._current()
         if value is None or not math.isfinite(value):
             return
-        improved = self.best is None or (value > self.best if self.higher_is_better else value < self.best)
-        if improved:
-            self.best, self.bad_checks = value, 0
-            return
-        self.bad_checks += 1
-        if self.bad_checks > self.patience:
-            scheduler = self.trainer.scheduler
-            scheduler.base_lrs = [max(lr * self.factor, self.min_lr) for lr in scheduler.base_lrs]
-            self.bad_checks = 0
+        scheduler = self.trainer.scheduler
+        self._lrs.hold(scheduler.base_lrs)
+        self._plateau.step(value)
+        lowered = [group["lr"] for group in self._lrs.param_groups]
+        if lowered != [float(lr) for lr in scheduler.base_lrs]:
+            scheduler.base_lrs = lowered
             logger.info(
                 "plateau on %s (best %.4f): LR reduced by %g at iteration %d",
                 self.metric, self.best, self.factor, self.trainer.iter + 1,

@@ -94,6 +94,10 @@ Entries (`where` is the maskinit code that relies on it):
   `build_lr_scheduler` returns an `LRMultiplier` whose LR is base LR times its multiplier and whose
   `state_dict` keeps `base_lrs` (so resume restores a reduction); trainer.Trainer.build_lr_scheduler
   names `WarmupCosineLR`, and empties `SOLVER.STEPS` for a constant LR.
+- `torch_plateau_counters`: hooks.ReduceLROnPlateau saves and restores torch's `ReduceLROnPlateau` through its
+  `state_dict`/`load_state_dict` keys `best`, `num_bad_epochs` and `cooldown_counter` (its attributes of those
+  names), reads `mode_worse` (the best before any value), and lets it lower a stand-in optimizer's param groups
+  (`param_groups[i]["lr"]`, with a scalar `min_lr` for any number of groups).
 - `hook_state_dict`: hooks.ReduceLROnPlateau.state_dict and ema.EMAHook.state_dict are saved with the checkpoint because
   `TrainerBase.state_dict` collects each hook's non-empty `state_dict()` under
   `type(hook).__qualname__`, and `load_state_dict` gives it back.
@@ -180,6 +184,7 @@ REACHES: dict[str, Reach] = {
     "resize_shortest_edge": Reach("data.analysis.resize_factors", "detectron2.data.transforms.ResizeShortestEdge.get_output_shape"),
     "auto_scale_workers": Reach("config.apply_ims_per_batch", "detectron2.engine.DefaultTrainer.auto_scale_workers"),
     "lr_scheduler_base_lrs": Reach("hooks.ReduceLROnPlateau, trainer.Trainer.build_lr_scheduler", "detectron2.solver.lr_scheduler.LRMultiplier"),
+    "torch_plateau_counters": Reach("hooks.ReduceLROnPlateau", "torch.optim.lr_scheduler.ReduceLROnPlateau.state_dict"),
     "hook_state_dict": Reach("hooks.ReduceLROnPlateau.state_dict, ema.EMAHook.state_dict", "detectron2.engine.train_loop.TrainerBase.state_dict"),
     "conv2d_norm": Reach("norms.add_rpn_norm, lsuv (its hooks)", "detectron2.layers.Conv2d.forward"),
     "get_norm_names": Reach("norms (detectron2_name of each variant)", "detectron2.layers.get_norm"),

@@ -154,11 +154,8 @@ class Trainer(DefaultTrainer):
         if self.ema is not None:
             hooks = self.hooks_with_ema(hooks)
         if cfg.MASKINIT.LR_SCHEDULE == "plateau":
-            plateau = cfg.MASKINIT.PLATEAU
-            period = cfg.TEST.EVAL_PERIOD if plateau.METRIC != "total_loss" and cfg.TEST.EVAL_PERIOD else plateau.PERIOD
             # after the evaluation hook, so that a fresh AP is in the storage
-            hooks.insert(-1 if comm.is_main_process() else len(hooks), ReduceLROnPlateau(
-                plateau.METRIC, period, plateau.PATIENCE, plateau.FACTOR, plateau.MIN_LR))
+            hooks.insert(-1 if comm.is_main_process() else len(hooks), plateau_hook(cfg))
         hooks.append(ProgressHook(cfg.SOLVER.MAX_ITER, use_bar=self.progress_bar))
         self.loss_watch = LossWatch()
         hooks.append(self.loss_watch)
@@ -183,3 +180,11 @@ class Trainer(DefaultTrainer):
         hooks.insert(at, self.ema)
         self.checkpointer.final_weights = self.ema.average_state
         return hooks
+
+
+def plateau_hook(cfg) -> ReduceLROnPlateau:
+    """The `ReduceLROnPlateau` hook of `MASKINIT.PLATEAU`; an AP metric is checked at each evaluation."""
+    plateau = cfg.MASKINIT.PLATEAU
+    period = cfg.TEST.EVAL_PERIOD if plateau.METRIC != "total_loss" and cfg.TEST.EVAL_PERIOD else plateau.PERIOD
+    return ReduceLROnPlateau(plateau.METRIC, period, plateau.PATIENCE, plateau.FACTOR, plateau.MIN_LR,
+                             threshold=plateau.THRESHOLD, cooldown=plateau.COOLDOWN)

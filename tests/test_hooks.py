@@ -154,6 +154,35 @@ def test_plateau_checks_only_every_period_on_the_median_loss():
     assert hook.trainer.scheduler.base_lrs == [0.5]
 
 
+def test_plateau_counts_only_improvements_beyond_the_threshold_and_waits_out_its_cooldown():
+    storage = EventStorage(0)
+    hook = ReduceLROnPlateau("total_loss", period=1, patience=0, factor=0.5, threshold=0.1, cooldown=2)
+    hook.trainer = trainer_with(storage, SimpleNamespace(base_lrs=[1.0]))
+    feed(hook, storage, [1.0, 0.95])  # 5% better: within the 10% threshold, no improvement
+    assert hook.best == 1.0 and hook.trainer.scheduler.base_lrs == [0.5]
+    feed(hook, storage, [0.99, 0.99])  # the two checks of the cooldown do not count
+    assert hook.trainer.scheduler.base_lrs == [0.5]
+    feed(hook, storage, [0.99])
+    assert hook.trainer.scheduler.base_lrs == [0.25]
+    feed(hook, storage, [0.85])  # 15% better than the best: an improvement
+    assert hook.best == 0.85 and hook.bad_checks == 0
+
+
+def test_plateau_keys_reach_the_hook(base_cfg):
+    """MASKINIT.PLATEAU.* as `Trainer.build_hooks` passes them (the hook's settings are torch's scheduler's)."""
+    from maskinit.trainer import plateau_hook
+
+    cfg = base_cfg.clone()
+    cfg.defrost()
+    cfg.MASKINIT.PLATEAU.METRIC, cfg.TEST.EVAL_PERIOD = "segm/AP", 50
+    cfg.MASKINIT.PLATEAU.THRESHOLD, cfg.MASKINIT.PLATEAU.COOLDOWN, cfg.MASKINIT.PLATEAU.MIN_LR = 0.01, 3, 1e-5
+    hook = plateau_hook(cfg)
+    assert hook.period == 50  # an AP is checked when the evaluation has written it
+    settings = hook._plateau
+    assert (settings.mode, settings.threshold, settings.cooldown, settings.min_lrs) == ("max", 0.01, 3, [1e-5])
+    assert (settings.patience, settings.factor) == (cfg.MASKINIT.PLATEAU.PATIENCE, cfg.MASKINIT.PLATEAU.FACTOR)
+
+
 def test_plateau_state_survives_a_checkpoint_round_trip():
     storage = EventStorage(0)
     hook = ReduceLROnPlateau("total_loss", period=1, patience=3, factor=0.1)
@@ -162,7 +191,7 @@ def test_plateau_state_survives_a_checkpoint_round_trip():
     trainer = TrainerBase()
     trainer.register_hooks([hook])
     saved = trainer.state_dict()
-    assert saved["hooks"]["ReduceLROnPlateau"] == {"best": 1.0, "bad_checks": 2}
+    assert saved["hooks"]["ReduceLROnPlateau"] == {"best": 1.0, "bad_checks": 2, "cooldown_left": 0}
 
     resumed = ReduceLROnPlateau("total_loss", period=1, patience=3, factor=0.1)
     fresh = TrainerBase()

@@ -11,6 +11,7 @@ import ast
 import inspect
 import json
 import logging
+import math
 import textwrap
 
 import numpy as np
@@ -526,6 +527,25 @@ def test_lr_scheduler_base_lrs(tiny_cfg):
     assert scheduler.state_dict()["base_lrs"] == [0.01]
     cfg.SOLVER.LR_SCHEDULER_NAME = "WarmupCosineLR"  # the name train.Trainer.build_lr_scheduler sets
     assert isinstance(build_lr_scheduler(cfg, optimizer), LRMultiplier)
+
+
+def test_torch_plateau_counters():
+    from torch.optim.lr_scheduler import ReduceLROnPlateau
+
+    groups = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0)
+    plateau = ReduceLROnPlateau(groups, mode="min", patience=1, factor=0.5, cooldown=1, min_lr=0.3)
+    assert plateau.best == plateau.mode_worse == math.inf
+    for value in (1.0, 2.0, 2.0):  # the second bad check is beyond patience 1: a reduction, then the cooldown
+        plateau.step(value)
+    state = plateau.state_dict()
+    assert (state["best"], state["num_bad_epochs"], state["cooldown_counter"]) == (1.0, 0, 1)
+    assert groups.param_groups[0]["lr"] == 0.5
+    groups.param_groups = [dict(group) for group in groups.param_groups * 2]  # more groups than at construction: the scalar min_lr for each
+    restored = ReduceLROnPlateau(groups, mode="min", patience=1, factor=0.5, min_lr=0.3)
+    restored.load_state_dict({"best": 1.0, "num_bad_epochs": 1, "cooldown_counter": 0})
+    assert (restored.best, restored.num_bad_epochs, restored.mode) == (1.0, 1, "min")
+    restored.step(2.0)
+    assert [group["lr"] for group in groups.param_groups] == [0.3, 0.3]  # 0.25, held at min_lr
 
 
 def test_hook_state_dict():

@@ -64,6 +64,8 @@ BAD_OVERRIDES = [
     (["MASKINIT.PRIOR_PROB", "1.0"], "MASKINIT.PRIOR_PROB must be in [0, 1)"),
     (["MASKINIT.PLATEAU.FACTOR", "1.5"], "MASKINIT.PLATEAU.FACTOR must be in (0, 1)"),
     (["MASKINIT.PLATEAU.PERIOD", "0"], "MASKINIT.PLATEAU.PERIOD must be at least 1"),
+    (["MASKINIT.PLATEAU.THRESHOLD", "1.0"], "MASKINIT.PLATEAU.THRESHOLD must be in [0, 1)"),
+    (["MASKINIT.PLATEAU.COOLDOWN", "-1"], "MASKINIT.PLATEAU.COOLDOWN must be at least 0"),
     (["MASKINIT.PLATEAU.METRIC", "''"], "MASKINIT.PLATEAU.METRIC must name a metric"),
     (["MASKINIT.AUGMENT.NAME", "mosaic"], "unknown MASKINIT.AUGMENT.NAME 'mosaic'"),
     (["MASKINIT.COMPONENT_INIT.FPN", "bogus"], "MASKINIT.COMPONENT_INIT.FPN: unknown initializer 'bogus'"),

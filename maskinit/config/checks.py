@@ -68,6 +68,8 @@ VALUE_RULES = (
     ("MASKINIT.PLATEAU.PATIENCE", _at_least(0), "at least 0"),
     ("MASKINIT.PLATEAU.FACTOR", _between(0, 1, low_open=True, high_open=True), "in (0, 1)"),
     ("MASKINIT.PLATEAU.MIN_LR", _at_least(0), "a finite number >= 0"),
+    ("MASKINIT.PLATEAU.THRESHOLD", _between(0, 1, high_open=True), "in [0, 1) (0: any improvement counts)"),
+    ("MASKINIT.PLATEAU.COOLDOWN", _at_least(0), "at least 0"),
     ("MASKINIT.DATA.VAL_FRACTION", _between(0, 1, high_open=True), "in [0, 1) (0: nothing held back)"),
     ("MASKINIT.DATA.SPLIT_SEED", lambda v: isinstance(v, int) and not isinstance(v, bool), "an integer"),
     ("SOLVER.BASE_LR", _positive, "a positive finite number"),

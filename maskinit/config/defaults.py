@@ -77,6 +77,11 @@ def add_maskinit_config(cfg: CfgNode) -> CfgNode:
     _C.MASKINIT.PLATEAU.FACTOR = 0.1
     # The LR never goes below this.
     _C.MASKINIT.PLATEAU.MIN_LR = 0.0
+    # Smallest relative change that counts as an improvement (0.01: 1% better than the best), as torch's
+    # ReduceLROnPlateau threshold.
+    _C.MASKINIT.PLATEAU.THRESHOLD = 1e-4
+    # Checks after a reduction during which no check counts against the patience.
+    _C.MASKINIT.PLATEAU.COOLDOWN = 0
     _C.MASKINIT.AUGMENT = CfgNode()
     # Training augmentation: default (Detectron2's INPUT.* resize and flip) or lsj (large-scale jitter).
     _C.MASKINIT.AUGMENT.NAME = "default"

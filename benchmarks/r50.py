@@ -77,8 +77,8 @@ def arm_name(spec: str) -> str:
         raise SystemExit(f"--maskinit-arms: {spec!r} is not preset or OPT@LR with OPT sgd, adam or adamw")
     try:
         float(lr)
-    except ValueError:
-        raise SystemExit(f"--maskinit-arms: {spec!r}: the LR {lr!r} is not a number") from None
+    except ValueError as error:
+        raise SystemExit(f"--maskinit-arms: {spec!r}: the LR {lr!r} is not a number") from error
     return f"maskinit-{optimizer}@{lr}"
 
 

@@ -82,7 +82,7 @@ class AuditedCheckpointer(DetectionCheckpointer):
             raise MaskinitError(
                 f"cannot save {path.name} ({write_failure(error, path.parent)}); the previous checkpoint ({kept}) "
                 "is intact: free space, then --resume"
-            ) from None
+            ) from error
 
 
 def write_failure(error: BaseException, folder: Path) -> str:
@@ -138,7 +138,7 @@ def checkpoint_iteration(path: Path) -> int:
     try:  # model_final.pth or a renamed file: this run's own checkpoint, so a full load is safe
         iteration = torch.load(path, map_location="cpu", weights_only=False, mmap=True).get("iteration")
     except Exception as error:
-        raise MaskinitError(f"--resume: cannot read {path}: {one_line(error)}") from None
+        raise MaskinitError(f"--resume: cannot read {path}: {one_line(error)}") from error
     if not isinstance(iteration, int):
         raise MaskinitError(f"--resume: {path} records no iteration: not a checkpoint of maskinit train")
     return iteration
@@ -167,7 +167,7 @@ def load_weights(model: nn.Module, weights: str | Path) -> nn.Module:
     except MaskinitError:
         raise
     except Exception as error:  # torch.load / pickle raise many types for damaged or foreign files
-        raise MaskinitError(f"cannot read weights {path}: {one_line(error)}") from None
+        raise MaskinitError(f"cannot read weights {path}: {one_line(error)}") from error
     incompatible = checkpointer.incompatible
     if incompatible is None:
         raise MaskinitError(f"weights {path} hold no model state")

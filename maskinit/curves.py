@@ -74,5 +74,5 @@ def save_figure(figure, path, dpi: int = 80) -> Path:
         # An explicit format: matplotlib would otherwise append ".png" to a name without a suffix.
         figure.savefig(path, dpi=dpi, format=path.suffix[1:].lower() or "png")
     except (OSError, ValueError) as error:
-        raise MaskinitError(f"cannot write plot {path}: {one_line(error)}") from None
+        raise MaskinitError(f"cannot write plot {path}: {one_line(error)}") from error
     return path

@@ -436,5 +436,5 @@ def write_json(results: InitInspection | Sequence[InitInspection], path: str | P
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(payload, indent=2))
     except OSError as error:
-        raise MaskinitError(f"cannot write {path}: {error.strerror}") from None
+        raise MaskinitError(f"cannot write {path}: {error.strerror}") from error
     return path

@@ -173,7 +173,7 @@ def write_results_json(results: dict, path: str | Path) -> Path:
     try:
         write_atomically(path, json.dumps(json_safe(results), indent=2) + "\n")
     except OSError as error:
-        raise MaskinitError(f"cannot write {path}: {error.strerror}") from None
+        raise MaskinitError(f"cannot write {path}: {error.strerror}") from error
     return path
 
 

@@ -433,5 +433,5 @@ def export_model(cfg: CfgNode, weights: str | Path, fmt: str, output: str | Path
         write_atomically(output, content, check=check_file, mode=0o644)
         write_atomically(metadata_path, json.dumps(metadata, indent=2) + "\n", mode=0o644)
     except OSError as error:
-        raise MaskinitError(f"cannot write {output}: {error.strerror or error}") from None
+        raise MaskinitError(f"cannot write {output}: {error.strerror or error}") from error
     return ExportResult(output, metadata_path, fmt, metadata, checks)

@@ -139,7 +139,7 @@ def lsuv_base(tol=LSUV_DEFAULTS["tol"], iters=LSUV_DEFAULTS["iters"], base=LSUV_
     try:
         name, params = parse_spec(base, "initializer")
     except MaskinitError as error:
-        raise ValueError(f"base: {error}") from None
+        raise ValueError(f"base: {error}") from error
     if name not in INITIALIZER_REGISTRY:
         known = ", ".join(sorted(name for name, _ in INITIALIZER_REGISTRY))
         raise ValueError(f"base: unknown initializer {name!r} (known: {known})")
@@ -149,7 +149,7 @@ def lsuv_base(tol=LSUV_DEFAULTS["tol"], iters=LSUV_DEFAULTS["iters"], base=LSUV_
     try:
         inspect.signature(fn).bind(None, **params)
     except TypeError as error:
-        raise ValueError(f"base: bad parameters for initializer {name}: {error}") from None
+        raise ValueError(f"base: bad parameters for initializer {name}: {error}") from error
     # No dry run here (it would draw from the RNG once per layer): `build_initializer`'s dry run of the
     # lsuv spec runs the base on its test weight, which checks the base's values.
     return fn, params, base.strip()
@@ -203,7 +203,7 @@ def build_initializer(spec: str):
         with torch.random.fork_rng(devices=[]):  # the dry run leaves the caller's random stream as it was
             fn(weight, **params)  # a dry run catches bad values (mode=fan_sideways, gain=nan)
     except (TypeError, ValueError, ArithmeticError, RuntimeError) as error:
-        raise MaskinitError(f"bad parameters for initializer {name}: {str(error).strip().splitlines()[0]}") from None
+        raise MaskinitError(f"bad parameters for initializer {name}: {str(error).strip().splitlines()[0]}") from error
     if not getattr(fn, "keeps_built", False) and not torch.isfinite(weight).all():
         raise MaskinitError(f"bad parameters for initializer {name}: {spec} gives non-finite weights")
     return fn, params, spec

@@ -124,7 +124,7 @@ def _listed(list_file: Path) -> InputSources:
     try:
         lines = list_file.read_text().splitlines()
     except (OSError, UnicodeDecodeError) as error:
-        raise MaskinitError(f"cannot read the list of images {list_file}: {one_line(error)}") from None
+        raise MaskinitError(f"cannot read the list of images {list_file}: {one_line(error)}") from error
     entries = [line.strip() for line in lines if line.strip() and not line.strip().startswith("#")]
     if not entries:
         raise MaskinitError(f"the list of images {list_file} names no file")

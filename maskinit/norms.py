@@ -210,7 +210,7 @@ def build_norm_variant(spec: str) -> NormVariant:
     try:
         return cls(**params)
     except TypeError as error:
-        raise MaskinitError(f"bad parameters for norm {name}: {error}") from None
+        raise MaskinitError(f"bad parameters for norm {name}: {error}") from error
 
 
 def apply_norm_variant(model: nn.Module, spec: str, device: str, rpn_norm: bool = False) -> NormVariant:

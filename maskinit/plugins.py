@@ -31,7 +31,7 @@ def load_plugins(modules: Iterable[str]) -> None:
         except MaskinitError:
             raise
         except ModuleNotFoundError as error:
-            raise MaskinitError(f"plugin {name} cannot be imported: {error}") from None
+            raise MaskinitError(f"plugin {name} cannot be imported: {error}") from error
         except Exception as error:  # a plugin's own bug: name it in one line
-            raise MaskinitError(f"plugin {name} failed on import: {type(error).__name__}: {error}") from None
+            raise MaskinitError(f"plugin {name} failed on import: {type(error).__name__}: {error}") from error
         _loaded.add(name)

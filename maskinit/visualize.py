@@ -79,7 +79,7 @@ def _make_dir(path: str | Path) -> Path:
     try:
         path.mkdir(parents=True, exist_ok=True)
     except OSError as error:
-        raise MaskinitError(f"cannot create {path}: {error.strerror}") from None
+        raise MaskinitError(f"cannot create {path}: {error.strerror}") from error
     return path
 
 

@@ -90,9 +90,9 @@ def check_yaml_file(path: str | Path, what: str) -> None:
         try:
             data = yaml.safe_load(file.read_text())
         except yaml.YAMLError as error:
-            raise MaskinitError(f"{where} is not valid YAML: {one_line(error)}") from None
+            raise MaskinitError(f"{where} is not valid YAML: {one_line(error)}") from error
         except (OSError, UnicodeDecodeError) as error:
-            raise MaskinitError(f"cannot read {where}: {one_line(error)}") from None
+            raise MaskinitError(f"cannot read {where}: {one_line(error)}") from error
         if data is None:
             raise MaskinitError(f"{where} is empty")
         if not isinstance(data, dict):
@@ -112,14 +112,14 @@ def merge_file(cfg: CfgNode, path: str | Path, what: str) -> None:
     check_yaml_file(path, what)
     try:
         cfg.merge_from_file(str(path), allow_unsafe=False)
-    except FileNotFoundError:
-        raise MaskinitError(f"{what} {path} not found") from None
+    except FileNotFoundError as error:
+        raise MaskinitError(f"{what} {path} not found") from error
     except yaml.YAMLError as error:
-        raise MaskinitError(f"{what} {path} is not valid YAML: {str(error).splitlines()[0]}") from None
+        raise MaskinitError(f"{what} {path} is not valid YAML: {str(error).splitlines()[0]}") from error
     except KeyError as error:
-        raise MaskinitError(f"{what} {path}: unknown config key {error.args[0]}") from None
+        raise MaskinitError(f"{what} {path}: unknown config key {error.args[0]}") from error
     except (ValueError, AssertionError, TypeError, AttributeError) as error:
-        raise MaskinitError(f"{what} {path}: {one_line(error)}") from None
+        raise MaskinitError(f"{what} {path}: {one_line(error)}") from error
 
 
 def merge_overrides(cfg: CfgNode, overrides: Sequence[str]) -> None:
@@ -134,12 +134,12 @@ def merge_overrides(cfg: CfgNode, overrides: Sequence[str]) -> None:
     for key, value in zip(overrides[::2], overrides[1::2]):
         try:
             cfg.merge_from_list([key, _float_literal(cfg, key, value)])
-        except KeyError:
-            raise MaskinitError(f"unknown config key {key}") from None
+        except KeyError as error:
+            raise MaskinitError(f"unknown config key {key}") from error
         except (ValueError, AssertionError, TypeError) as error:
             if "Non-existent key" in str(error):
-                raise MaskinitError(f"unknown config key {key}") from None
-            raise MaskinitError(f"bad value {value!r} for {key}: {one_line(error)}") from None
+                raise MaskinitError(f"unknown config key {key}") from error
+            raise MaskinitError(f"bad value {value!r} for {key}: {one_line(error)}") from error
 
 
 def _float_literal(cfg: CfgNode, key: str, value: str) -> str:

@@ -178,4 +178,4 @@ def check_config(cfg: CfgNode) -> None:
             try:
                 build_initializer(spec)
             except MaskinitError as error:
-                raise MaskinitError(f"MASKINIT.{key}: {error}") from None
+                raise MaskinitError(f"MASKINIT.{key}: {error}") from error

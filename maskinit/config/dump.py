@@ -71,5 +71,5 @@ def export_config(output: str | Path | None = None, *, plain: bool = False, **op
         try:
             write_atomically(output, text)
         except OSError as error:
-            raise MaskinitError(f"cannot write {output}: {error.strerror}") from None
+            raise MaskinitError(f"cannot write {output}: {error.strerror}") from error
     return text

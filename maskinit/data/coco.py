@@ -85,8 +85,8 @@ def inspect_coco(json_file: str | Path) -> CocoSummary:
     data = _read_json(json_file)
     try:
         categories = {int(c["id"]): str(c["name"]) for c in data["categories"]}
-    except (KeyError, TypeError, ValueError):
-        raise MaskinitError(f"COCO annotations {json_file}: every category needs an integer id and a name") from None
+    except (KeyError, TypeError, ValueError) as error:
+        raise MaskinitError(f"COCO annotations {json_file}: every category needs an integer id and a name") from error
     if not categories:
         raise MaskinitError(f"COCO annotations {json_file} has an empty categories list")
     if len(categories) != len(data["categories"]):
@@ -201,7 +201,7 @@ def _write_as_trained(json_file: Path, classes: Mapping[str, int]) -> Path:
         except OSError as error:
             raise MaskinitError(
                 f"cannot write {path} (the model's categories for {json_file}): {error.strerror}"
-            ) from None
+            ) from error
     return path
 
 

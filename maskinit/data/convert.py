@@ -97,7 +97,7 @@ def _move_into_place(temporary: Path, out: Path) -> None:
             out.rmdir()
         os.replace(temporary, out)
     except OSError as error:
-        raise MaskinitError(f"cannot move the converted data into {out}: {error.strerror}") from None
+        raise MaskinitError(f"cannot move the converted data into {out}: {error.strerror}") from error
 
 
 def cache_root() -> Path:
@@ -126,7 +126,7 @@ def write_cached(dataset: Dataset, folder: Path | None = None) -> dict[str, tupl
         folder.mkdir(parents=True, exist_ok=True)
         temporary = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=folder))
     except OSError as error:
-        raise MaskinitError(f"cannot write the converted data under {folder}: {error.strerror}") from None
+        raise MaskinitError(f"cannot write the converted data under {folder}: {error.strerror}") from error
     try:
         for name, (path, _) in files.items():
             (temporary / path.name).write_text(texts[name])
@@ -136,7 +136,7 @@ def write_cached(dataset: Dataset, folder: Path | None = None) -> dict[str, tupl
             if not target.is_dir():  # another process wrote the same content first: theirs is used
                 raise
     except OSError as error:
-        raise MaskinitError(f"cannot write the converted data under {folder}: {error.strerror}") from None
+        raise MaskinitError(f"cannot write the converted data under {folder}: {error.strerror}") from error
     finally:
         shutil.rmtree(temporary, ignore_errors=True)
     return files
@@ -188,7 +188,7 @@ def _temporary_beside(out: Path) -> Path:
         out.parent.mkdir(parents=True, exist_ok=True)
         return Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     except OSError as error:
-        raise MaskinitError(f"cannot write into {out.parent}: {error.strerror}") from None
+        raise MaskinitError(f"cannot write into {out.parent}: {error.strerror}") from error
 
 
 def write_coco_folder(dataset: Dataset, out: str | Path, copy_images: bool = False, check: bool = True) -> Written:
@@ -226,7 +226,7 @@ def write_coco_folder(dataset: Dataset, out: str | Path, copy_images: bool = Fal
                 reports[split] = report
         _move_into_place(temporary, out)
     except OSError as error:
-        raise MaskinitError(f"cannot write {out}: {error.strerror or error}") from None
+        raise MaskinitError(f"cannot write {out}: {error.strerror or error}") from error
     finally:
         shutil.rmtree(temporary, ignore_errors=True)
     return Written(out, files, [], reports)

@@ -58,7 +58,7 @@ def hold_back(data, fraction: float, seed: int, folder: Path) -> HeldBack:
     try:
         coco = json.loads(source.read_text())
     except (OSError, ValueError) as error:
-        raise MaskinitError(f"--val-fraction: cannot read {source}: {error}") from None
+        raise MaskinitError(f"--val-fraction: cannot read {source}: {error}") from error
     images = coco.get("images") or []
     annotations = coco.get("annotations") or []
     annotated = {a["image_id"] for a in annotations}
@@ -87,7 +87,7 @@ def hold_back(data, fraction: float, seed: int, folder: Path) -> HeldBack:
         write_atomically(folder / TRAIN_PART, json.dumps(train_part))
         write_atomically(folder / HELD_BACK, json.dumps(held_part))
     except OSError as error:
-        raise MaskinitError(f"--val-fraction: cannot write the split into {folder}: {error.strerror}") from None
+        raise MaskinitError(f"--val-fraction: cannot write the split into {folder}: {error.strerror}") from error
     n_train, n_held = len(train_part["images"]), len(held_part["images"])
     note = (f"--val-fraction {fraction:g}: trials train on {n_train} of the {len(images)} training images and are "
             f"scored on the other {n_held} (seed {seed}, {folder}); a validation set given is not used by the search")

@@ -365,7 +365,7 @@ def ensure_synthetic_dataset(
             root.mkdir(parents=True, exist_ok=True)
             staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=root))
         except OSError as error:
-            raise MaskinitError(f"cannot create the dataset cache under {root}: {error.strerror}") from None
+            raise MaskinitError(f"cannot create the dataset cache under {root}: {error.strerror}") from error
         try:
             train_dir, val_dir = staging / "train", staging / "val"
             generate_coco_dataset(train_dir, num_train, seed, image_size=image_size)
@@ -377,7 +377,7 @@ def ensure_synthetic_dataset(
                 if not folder.is_dir():  # not a concurrent generation that finished first
                     raise
         except OSError as error:
-            raise MaskinitError(f"cannot write the dataset cache under {root}: {error.strerror}") from None
+            raise MaskinitError(f"cannot write the dataset cache under {root}: {error.strerror}") from error
         finally:
             shutil.rmtree(staging, ignore_errors=True)
     train, val = _splits(folder)
@@ -389,9 +389,9 @@ def _discard(folder: Path) -> None:
     trash = folder.with_name(f".{folder.name}.damaged-{os.getpid()}")
     try:
         folder.rename(trash)
-    except OSError:
+    except OSError as error:
         if folder.is_dir():
-            raise MaskinitError(f"the embedded dataset cache {folder} is damaged and cannot be replaced: delete it") from None
+            raise MaskinitError(f"the embedded dataset cache {folder} is damaged and cannot be replaced: delete it") from error
         return
     shutil.rmtree(trash, ignore_errors=True)
 

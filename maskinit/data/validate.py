@@ -800,7 +800,7 @@ def write_clean_json(json_file: str | Path, report: DataReport, out_path: str | 
     try:
         return write_atomically(out_path, json.dumps(clean_coco_data(coco, report)))
     except OSError as error:
-        raise MaskinitError(f"cannot write the cleaned annotations {out_path}: {error.strerror}") from None
+        raise MaskinitError(f"cannot write the cleaned annotations {out_path}: {error.strerror}") from error
 
 
 def write_clean_copy(coco: dict, report: DataReport, folder: str | Path, stem: str) -> Path:
@@ -816,4 +816,4 @@ def write_clean_copy(coco: dict, report: DataReport, folder: str | Path, stem: s
     try:
         return write_atomically(out_path, text)
     except OSError as error:
-        raise MaskinitError(f"cannot write the cleaned annotations under {folder}: {error.strerror}") from None
+        raise MaskinitError(f"cannot write the cleaned annotations under {folder}: {error.strerror}") from error

@@ -62,7 +62,7 @@ def model_format(path: str | Path) -> str:
             with zipfile.ZipFile(path) as archive:
                 names = archive.namelist()
         except (OSError, zipfile.BadZipFile) as error:
-            raise DeployError(f"cannot read {path}: {error}") from None
+            raise DeployError(f"cannot read {path}: {error}") from error
         if any(name.endswith("/extra/" + METADATA_FILE) for name in names):
             return "torchscript"
         raise DeployError(f"{path} is a zip archive without {METADATA_FILE}: not a model written by maskinit export "
@@ -102,7 +102,7 @@ def _parse_metadata(path: Path, text: str | None) -> dict:
     try:
         metadata = json.loads(text)
     except json.JSONDecodeError as error:
-        raise DeployError(f"{path}: its {METADATA_KEY} metadata is not JSON ({error})") from None
+        raise DeployError(f"{path}: its {METADATA_KEY} metadata is not JSON ({error})") from error
     if metadata.get("export_version") != EXPORT_VERSION:
         raise DeployError(f"{path}: export version {metadata.get('export_version')!r}, this runner reads {EXPORT_VERSION}")
     return metadata
@@ -111,8 +111,8 @@ def _parse_metadata(path: Path, text: str | None) -> dict:
 def _onnx_session(path: Path, threads: int | None, optimize: bool = True):
     try:
         import onnxruntime
-    except ImportError:
-        raise DeployError(f"{path} is an ONNX model: install onnxruntime to run it") from None
+    except ImportError as error:
+        raise DeployError(f"{path} is an ONNX model: install onnxruntime to run it") from error
     options = onnxruntime.SessionOptions()
     if not optimize:  # only the metadata is read
         options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_DISABLE_ALL
@@ -123,7 +123,7 @@ def _onnx_session(path: Path, threads: int | None, optimize: bool = True):
         return onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     except Exception as error:  # noqa: BLE001 - onnxruntime raises its own types for bad files and missing ops
         text = " ".join(str(error).split())
-        raise DeployError(f"onnxruntime {onnxruntime.__version__} cannot load {path}: {text}") from None
+        raise DeployError(f"onnxruntime {onnxruntime.__version__} cannot load {path}: {text}") from error
 
 
 # ---------------------------------------------------------------------------------------------
@@ -391,14 +391,14 @@ def _load_torchscript(path: Path, threads: int | None):
     try:
         import torch
         import torchvision  # noqa: F401 - registers the torchvision::nms and roi_align ops the graph calls
-    except ImportError:
-        raise DeployError(f"{path} is a TorchScript model: install torch and torchvision to run it") from None
+    except ImportError as error:
+        raise DeployError(f"{path} is a TorchScript model: install torch and torchvision to run it") from error
     if threads:
         torch.set_num_threads(threads)
     try:
         module = torch.jit.load(str(path), map_location="cpu")
     except Exception as error:  # noqa: BLE001 - torch raises RuntimeError and others for a damaged archive
-        raise DeployError(f"torch {torch.__version__} cannot load {path}: {' '.join(str(error).split())[:300]}") from None
+        raise DeployError(f"torch {torch.__version__} cannot load {path}: {' '.join(str(error).split())[:300]}") from error
     return module.eval()
 
 

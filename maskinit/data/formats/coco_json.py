@@ -81,7 +81,7 @@ def load_coco(json_file: Path) -> dict:
     try:
         data = json.loads(json_file.read_text(encoding="utf-8-sig"))
     except (OSError, ValueError) as error:
-        raise bad_file(json_file, f"not readable COCO JSON ({error})") from None
+        raise bad_file(json_file, f"not readable COCO JSON ({error})") from error
     if not isinstance(data, dict) or not isinstance(data.get("images"), list):
         raise bad_file(json_file, "not COCO instances JSON (no images list)")
     return data

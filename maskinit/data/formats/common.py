@@ -181,7 +181,7 @@ def read_label_image(path: Path) -> np.ndarray:
                 if image.mode == "P":  # a palette PNG: the indices are the labels (OpenCV would give colours)
                     return np.asarray(image)
         except (OSError, ValueError) as error:
-            raise bad_file(path, f"not a readable image ({error})") from None
+            raise bad_file(path, f"not a readable image ({error})") from error
     array = read_image(path)
     if array.shape[2] != 1:
         if array.shape[2] in (3, 4) and all(np.array_equal(array[..., 0], array[..., c]) for c in (1, 2)):

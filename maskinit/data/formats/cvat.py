@@ -62,8 +62,8 @@ def detect(path: Path) -> str | None:
 def _points(text: str, where) -> list[float]:
     try:
         return [float(v) for pair in text.split(";") if pair.strip() for v in pair.split(",")]
-    except ValueError:
-        raise bad_file(where, f"points that are not numbers: {text[:60]!r}") from None
+    except ValueError as error:
+        raise bad_file(where, f"points that are not numbers: {text[:60]!r}") from error
 
 
 def _turned(points: list[float], cx: float, cy: float, degrees: float) -> list[float]:
@@ -83,8 +83,8 @@ def decode_mask(element, height: int, width: int, where) -> np.ndarray:
         counts = [int(v) for v in element.get("rle", "").replace(" ", "").split(",") if v]
         left, top = int(float(element.get("left"))), int(float(element.get("top")))
         box_width, box_height = int(float(element.get("width"))), int(float(element.get("height")))
-    except (TypeError, ValueError):
-        raise bad_file(where, "a mask without a readable rle, left, top, width and height") from None
+    except (TypeError, ValueError) as error:
+        raise bad_file(where, "a mask without a readable rle, left, top, width and height") from error
     if sum(counts) != box_width * box_height or any(c < 0 for c in counts):
         raise bad_file(where, f"a mask whose RLE covers {sum(counts)} pixels, its {box_width}x{box_height} box {box_width * box_height}")
     values = np.arange(len(counts)) % 2 == 1  # background first
@@ -121,7 +121,7 @@ def read_file(builder: DatasetBuilder, split: str, path: Path) -> None:
     try:
         root = ElementTree.parse(xml_file).getroot()
     except (OSError, ElementTree.ParseError) as error:
-        raise bad_file(xml_file, f"not readable XML ({error})") from None
+        raise bad_file(xml_file, f"not readable XML ({error})") from error
     for label in _labels(root):
         builder.category_id(label)
     images_root = xml_file.parent / "images" if (xml_file.parent / "images").is_dir() else xml_file.parent

@@ -57,7 +57,7 @@ def _load_class_map(path: Path | None) -> dict:
     try:
         data = json.loads(path.read_text())
     except (OSError, ValueError) as error:
-        raise bad_file(path, f"not a readable class map ({error})") from None
+        raise bad_file(path, f"not a readable class map ({error})") from error
     if (not isinstance(data, dict) or not set(data) <= {"classes", "instances", "images", "scores"}
             or not isinstance(data.get("classes", {}), dict) or not all(str(k).isdigit() for k in data.get("classes", {}))
             or not isinstance(data.get("instances", {}), dict)):

@@ -71,7 +71,7 @@ def _shape_mask(shape: dict, points: list, height: int, width: int, where) -> np
     try:
         patch = np.asarray(Image.open(io.BytesIO(base64.b64decode(shape["mask"])))) != 0
     except (KeyError, ValueError, OSError) as error:
-        raise bad_file(where, f"a mask shape whose mask is not a base64 PNG ({error})") from None
+        raise bad_file(where, f"a mask shape whose mask is not a base64 PNG ({error})") from error
     if patch.ndim == 3:
         patch = patch.any(axis=2)
     x0, y0 = (math.floor(v) for v in points[0])
@@ -105,7 +105,7 @@ def read_folder(builder: DatasetBuilder, split: str, folder: Path) -> None:
         try:
             data = json.loads(json_file.read_text(encoding="utf-8-sig"))
         except (OSError, ValueError) as error:
-            raise bad_file(json_file, f"not readable JSON ({error})") from None
+            raise bad_file(json_file, f"not readable JSON ({error})") from error
         if not isinstance(data, dict) or not isinstance(data.get("shapes"), list):
             raise bad_file(json_file, "not a LabelMe file (no shapes list)")
         picture = _picture(json_file, data)

@@ -98,7 +98,7 @@ def _polygon(shape: dict, where) -> list[float] | None:
             return ellipse_polygon(float(shape["cx"]), float(shape["cy"]), float(shape["rx"]), float(shape["ry"]),
                                    float(shape.get("theta", 0.0)))
     except (KeyError, TypeError, ValueError) as error:
-        raise bad_file(where, f"a {name} region without its coordinates ({error})") from None
+        raise bad_file(where, f"a {name} region without its coordinates ({error})") from error
     if name in NOT_REGIONS:
         return None
     raise bad_file(where, f"unknown region shape {name!r}")
@@ -123,7 +123,7 @@ def read_file(builder: DatasetBuilder, split: str, path: Path) -> None:
     try:
         data = json.loads(via_file.read_text(encoding="utf-8-sig"))
     except (OSError, ValueError) as error:
-        raise bad_file(via_file, f"not readable JSON ({error})") from None
+        raise bad_file(via_file, f"not readable JSON ({error})") from error
     metadata = data.get("_via_img_metadata", data)
     entries = [e for e in metadata.values() if isinstance(e, dict) and "filename" in e]
     builder.add_split(split, via_file.parent)

@@ -89,8 +89,8 @@ def _names(data: dict, where: Path) -> list[str]:
     if isinstance(names, dict):
         try:
             keys = sorted(int(k) for k in names)
-        except (TypeError, ValueError):
-            raise bad_file(where, "names: keys must be class numbers 0, 1, ...") from None
+        except (TypeError, ValueError) as error:
+            raise bad_file(where, "names: keys must be class numbers 0, 1, ...") from error
         if keys != list(range(len(keys))):
             raise bad_file(where, f"names: class numbers must run 0..{len(keys) - 1}, got {keys}")
         return [str(names.get(k, names.get(str(k)))) for k in keys]
@@ -150,8 +150,8 @@ def parse_line(line: str, number: int, label_file: Path, num_classes: int) -> tu
     where = f"{label_file}:{number}"
     try:
         values = [float(v) for v in line.split()]
-    except ValueError:
-        raise bad_file(where, f"not numbers: {line[:60]!r}") from None
+    except ValueError as error:
+        raise bad_file(where, f"not numbers: {line[:60]!r}") from error
     cls, coordinates = values[0], values[1:]
     if cls != int(cls) or not 0 <= cls < num_classes:
         raise bad_file(where, f"class {values[0]:g} is not one of the {num_classes} classes (0..{num_classes - 1})")
@@ -251,8 +251,8 @@ def _numbered(labels: Path) -> list[str]:
             if line.strip():
                 try:
                     largest = max(largest, int(float(line.split()[0])))
-                except ValueError:
-                    raise MaskinitError(f"{label_file}: not numbers: {line[:60]!r}") from None
+                except ValueError as error:
+                    raise MaskinitError(f"{label_file}: not numbers: {line[:60]!r}") from error
     return [f"class_{i}" for i in range(largest + 1)]
 
 

@@ -212,17 +212,6 @@ def test_train_maps_a_registered_val_dataset_by_name(val_set, tmp_path):
     assert MetadataCatalog.get("maskinit_test_d2_val_as_trained").thing_classes == list(CLASS_NAMES)
 
 
-def test_resolve_data_returns_the_data_to_register_and_leaves_its_argument_alone(val_set):
-    given = DataOptions()  # no data: the embedded default set
-    cfg, data = resolve_data(load_config(preset="tiny"), given)
-    assert given == DataOptions()
-    assert data.train_json and data.val_json and data.train_images and data.val_images
-    assert cfg.DATASETS.TRAIN == ("maskinit_train",) and cfg.DATASETS.TEST == (VAL_NAME,)
-    explicit = DataOptions(str(val_set.json_file), str(val_set.image_root))
-    _, same = resolve_data(load_config(preset="tiny"), explicit)
-    assert same == explicit
-
-
 def test_train_refuses_val_names_missing_from_the_training_set(val_set, tmp_path):
     renamed = rewrite(val_set.json_file, tmp_path / "renamed.json", names={3: "hexagon"})
     data = DataOptions(str(val_set.json_file), str(val_set.image_root), str(renamed), str(val_set.image_root))

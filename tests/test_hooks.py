@@ -203,6 +203,26 @@ def test_plateau_state_survives_a_checkpoint_round_trip():
     assert resumed.trainer.scheduler.base_lrs == [pytest.approx(0.1)]
 
 
+def test_a_huge_finite_loss_is_reported_as_a_warning():
+    from types import SimpleNamespace
+
+    from detectron2.utils.events import EventStorage
+
+    from maskinit.hooks import LossWatch
+
+    watch = LossWatch()
+    with EventStorage(0) as storage:
+        watch.trainer = SimpleNamespace(storage=storage, iter=0)
+        for iteration, loss in enumerate([2.0, 3.0, 5e31, 7e12, 1.5]):
+            watch.trainer.iter = iteration
+            storage.iter = iteration
+            storage.put_scalar("total_loss", loss)
+            watch.after_step()
+    (warning,) = watch.warnings()
+    assert "5e+31 at iteration 2" in warning and "diverged" in warning
+    assert LossWatch().warnings() == []
+
+
 # ---------------------------------------------------------------------------------------------
 # ProgressHook
 

@@ -1,16 +1,20 @@
 """maskinit.data.image_files: an image's size and kind from its header, as read_image would read it, and the
 files the reader would fail on (truncated, corrupt, archives); `image_size` names the file it cannot read.
-Every image kind against the reader: test_image_kinds.py."""
+Every image kind and layout against the reader."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
 from PIL import Image
+from test_image_kinds import KINDS, bands, gray, write_npy, write_png, write_tiff
 
 from maskinit.data.image_files import image_header, image_size, probe_image
-from maskinit.data.images import read_image
+from maskinit.data.images import image_kind, read_image
+from maskinit.data.synthetic import generate_coco_dataset
 from maskinit.errors import MaskinitError
 
 
@@ -66,3 +70,57 @@ def test_image_size_names_the_file_and_keeps_the_cause(tmp_path):
     with pytest.raises(MaskinitError, match=r"^cannot read image .*garbage\.tif: not a TIFF tifffile can read") as caught:
         image_size(tmp_path / "garbage.tif")
     assert caught.value.__cause__ is not None
+
+
+@pytest.fixture(scope="module")
+def pictures(tmp_path_factory):
+    """One synthetic 8-bit colour picture (128 x 128)."""
+    files = generate_coco_dataset(tmp_path_factory.mktemp("picture"), 1, seed=4)
+    return cv2.imread(str(next(files.image_root.iterdir())))
+
+
+def header_cases(folder: Path, bgr: np.ndarray) -> list[Path]:
+    """Files of many kinds and layouts, whose header must tell what read_image reads."""
+    paths = [convert(folder / kind, bgr) for kind, (_, _, convert) in KINDS.items()]
+    bgra = np.concatenate([bgr, gray(bgr)[:, :, None]], axis=2)
+    paths += [
+        write_png(folder / "bgra8", bgra),
+        write_png(folder / "bgr16", bgr.astype(np.uint16) * 257),
+        write_png(folder / "bgra16", bgra.astype(np.uint16) * 257),
+        write_tiff(folder / "planar", np.moveaxis(bands(bgr, 5), 2, 0), photometric="minisblack", planarconfig="separate"),
+        write_tiff(folder / "gray-float", gray(bgr).astype(np.float32)),
+        write_tiff(folder / "rgb8", bgr[:, :, ::-1], photometric="rgb", compression="zlib"),
+        write_npy(folder / "gray-npy", gray(bgr)),
+        write_npy(folder / "band16-npy", bands(bgr, 16).astype(np.float64)),
+    ]
+    from PIL import Image
+
+    Image.fromarray(bgr[:, :, ::-1]).convert("P").save(folder / "palette.png")
+    Image.fromarray(bgr[:, :, ::-1]).save(folder / "transparent.png", transparency=(1, 2, 3))
+    Image.fromarray(gray(bgr)).save(folder / "gray.jpg")
+    Image.fromarray(bgr[:, :, ::-1]).save(folder / "colour.bmp")
+    return paths + [folder / name for name in ("palette.png", "transparent.png", "gray.jpg", "colour.bmp")]
+
+
+def test_headers_tell_the_size_and_kind_read_image_reads(tmp_path, pictures):
+    for path in header_cases(tmp_path, pictures):
+        array = read_image(path)
+        problem, kind = probe_image(str(path), *array.shape[:2])
+        assert problem is None, (path.name, problem)
+        assert kind == image_kind(array), path.name
+        problem, _ = probe_image(str(path), array.shape[0], array.shape[1] + 1)
+        assert problem[0] == "image_size_mismatch", path.name
+
+
+def test_broken_tiff_and_npy_are_unreadable(tmp_path, pictures):
+    tiff = write_tiff(tmp_path / "image", bands(pictures, 4), photometric="minisblack")
+    npy = write_npy(tmp_path / "image", bands(pictures, 4))
+    for path in (tiff, npy):
+        data = path.read_bytes()
+        path.write_bytes(data[: len(data) * 2 // 3])
+        problem, kind = probe_image(str(path), 128, 128)
+        assert problem[0] == "unreadable_image" and kind is None, problem
+        with pytest.raises(MaskinitError):
+            read_image(path)  # and the reader agrees
+    channels_first = write_npy(tmp_path / "first", np.zeros((3, 50, 40), np.uint8))
+    assert probe_image(str(channels_first), 3, 50)[0] == ("unreadable_image", "an array of shape (3, 50, 40) looks channels-first; save it as (H, W) or (H, W, C)")

@@ -1,6 +1,6 @@
 """Every image kind a from-scratch user has (8-bit gray, 16-bit PNG and TIFF, 4- and 13-channel TIFF,
-.npy) through check-data, train, eval, predict and inspect-init; the mapper that reads them, and its
-conversions and drawings."""
+.npy) through check-data, train, eval, predict and inspect-init (the mapper that reads them: test_mapper.py;
+their headers: test_image_files.py)."""
 
 from __future__ import annotations
 
@@ -12,22 +12,19 @@ import numpy as np
 import pytest
 import tifffile
 import torch
-from detectron2.data import DatasetMapper
 from detectron2.data.datasets import load_coco_json
-from detectron2.data.transforms import ResizeShortestEdge
 from typer.testing import CliRunner
 
 from maskinit import MaskinitError, load_config
-from maskinit.augment import build_train_mapper
 from maskinit.cli import app
 from maskinit.data.analysis import analyze_coco
 from maskinit.data.fit import apply_fits, fit_config
 from maskinit.data.images import image_kind, read_image
-from maskinit.data.mapper import ImageMapper, display_rgb, model_image
+from maskinit.data.mapper import ImageMapper
 from maskinit.data.synthetic import generate_coco_dataset
-from maskinit.data.image_files import probe_image
 from maskinit.data.validate import check_coco
-from maskinit.diagnostics import coco_batch, inspect_init
+from maskinit.batches import coco_batch
+from maskinit.diagnostics import inspect_init
 from maskinit.evaluation import evaluate_run
 from maskinit.train import DataOptions, TrainOptions, train
 from maskinit.visualize import PREDICTIONS_FILE, VIS_LONG_SIDE, predict
@@ -186,178 +183,7 @@ def test_predict_writes_drawings_and_predictions(run, tmp_path):
 
 
 # ---------------------------------------------------------------------------------------------
-# The mapper: Detectron2's augmentations on every kind
-
-
-@pytest.fixture(scope="module")
-def colour_set(tmp_path_factory):
-    files = generate_coco_dataset(tmp_path_factory.mktemp("colour"), 2, seed=3)
-    return load_coco_json(str(files.json_file), str(files.image_root))
-
-
-@pytest.mark.parametrize("suffix", [".png", ".jpg"])
-@pytest.mark.parametrize("augment", ["default", "lsj"])
-def test_8bit_colour_maps_exactly_as_detectron2(colour_set, tmp_path, suffix, augment):
-    """The 8-bit colour path is unchanged: the same tensors as Detectron2's own mapper and reader."""
-    cfg = load_config(preset="tiny", overrides=[*NO_COPY_PASTE, "MASKINIT.AUGMENT.NAME", augment,
-                                                "MASKINIT.AUGMENT.LSJ_IMAGE_SIZE", "96"])
-    ours = build_train_mapper(cfg)
-    theirs = DatasetMapper(cfg, is_train=True, augmentations=ours.augmentations.augs, recompute_boxes=ours.recompute_boxes)
-    for seed, record in enumerate(colour_set):
-        record = dict(record, file_name=str(write_jpeg_or_png(record["file_name"], tmp_path, suffix)))
-        np.random.seed(seed)
-        mine = ours(record)
-        np.random.seed(seed)
-        reference = theirs(record)
-        assert mine["image"].dtype == torch.uint8
-        assert torch.equal(mine["image"], reference["image"])
-        torch.testing.assert_close(mine["instances"].gt_boxes.tensor, reference["instances"].gt_boxes.tensor)
-
-
-def write_jpeg_or_png(path, folder: Path, suffix: str) -> Path:
-    target = folder / (Path(path).stem + suffix)
-    assert cv2.imwrite(str(target), cv2.imread(str(path)))
-    return target
-
-
-@pytest.mark.parametrize("channels", [1, 2, 4, 16])
-@pytest.mark.parametrize("dtype", ["uint8", "uint16", "float32"])
-@pytest.mark.parametrize("augment", ["default", "lsj"])
-def test_augmentations_take_every_channel_count_and_type(tmp_path, channels, dtype, augment):
-    """Resize (down and up), flip, LSJ crop and pad on (H, W, C) arrays of 1 to 16 channels."""
-    rng = np.random.default_rng(channels)
-    scale = {"uint8": 1, "uint16": 250, "float32": 1 / 255}[dtype]
-    array = (rng.integers(0, 256, (60, 90, channels)) * scale).astype(dtype)
-    array[10:30, 20:50] = array.max()  # an object
-    path = write_npy(tmp_path / "image", array if channels > 1 else array[:, :, 0])
-    record = {"file_name": str(path), "height": 60, "width": 90, "image_id": 1, "annotations": [
-        {"bbox": [20, 10, 30, 20], "bbox_mode": 1, "category_id": 0, "iscrowd": 0,
-         "segmentation": [[20, 10, 50, 10, 50, 30, 20, 30]]}]}
-    cfg = load_config(preset="tiny", overrides=[*NO_COPY_PASTE,
-        "MODEL.PIXEL_MEAN", str([float(array.mean())] * channels), "MODEL.PIXEL_STD", str([1.0] * channels),
-        "INPUT.FORMAT", "L" if channels == 1 else "BGR", "MASKINIT.AUGMENT.NAME", augment,
-        "MASKINIT.AUGMENT.LSJ_IMAGE_SIZE", "64", "MASKINIT.AUGMENT.LSJ_MIN_SCALE", "1.5", "MASKINIT.AUGMENT.LSJ_MAX_SCALE", "1.5",
-    ])  # LSJ: 60 x 90 -> 64 x 96, cropped to 64 x 64 (the object stays in)
-    mapper = build_train_mapper(cfg)
-    for seed in range(3):
-        np.random.seed(seed)
-        item = mapper(record)
-        image = item["image"]
-        assert image.shape[0] == channels
-        if augment == "lsj":
-            assert tuple(image.shape[1:]) == (64, 64)
-        else:
-            assert tuple(image.shape[1:]) == ResizeShortestEdge.get_output_shape(60, 90, 128, 128) == (85, 128)
-        assert image.dtype == (torch.uint8 if dtype == "uint8" and channels == 1 else torch.float32)
-        assert float(image.float().max()) <= float(array.max()) * 1.001 and float(image.float().max()) > 0.9 * float(array.max())
-        assert len(item["instances"]) == 1
-
-
-def test_lsj_pads_other_kinds_with_the_data_mean(tmp_path):
-    """Detectron2's 128 is about the mean of 8-bit colour; a 16-bit image is padded with its own mean."""
-    array = np.full((40, 40, 2), 30000, np.uint16)
-    array[5:20, 5:20] = 60000
-    path = write_npy(tmp_path / "image", array)
-    record = {"file_name": str(path), "height": 40, "width": 40, "image_id": 1, "annotations": [
-        {"bbox": [5, 5, 15, 15], "bbox_mode": 1, "category_id": 0, "iscrowd": 0,
-         "segmentation": [[5, 5, 20, 5, 20, 20, 5, 20]]}]}
-    cfg = load_config(preset="tiny", overrides=[*NO_COPY_PASTE,
-        "MODEL.PIXEL_MEAN", "[31000.0, 32000.0]", "MODEL.PIXEL_STD", "[9000.0, 9000.0]", "MASKINIT.AUGMENT.NAME", "lsj",
-        "MASKINIT.AUGMENT.LSJ_IMAGE_SIZE", "64", "MASKINIT.AUGMENT.LSJ_MIN_SCALE", "0.5", "MASKINIT.AUGMENT.LSJ_MAX_SCALE", "0.5",
-    ])
-    image = build_train_mapper(cfg)(record)["image"]
-    assert tuple(image.shape) == (2, 64, 64)
-    assert (image[0, 40:] == 31000).all() and (image[1, 40:] == 32000).all()  # 40x40 at scale 0.5 of 64: 32 rows
-    assert image[:, :30, :30].min() >= 30000  # the image itself, in its own units
-
-
-def test_model_image_bridges_what_detectron2_bridges_and_refuses_the_rest():
-    gray8 = np.arange(12, dtype=np.uint8).reshape(3, 4, 1)
-    assert model_image(gray8, 3, "BGR").shape == (3, 4, 3)
-    assert (model_image(gray8, 3, "BGR") == gray8).all()
-    bgra = np.stack([np.full((3, 4), value, np.uint8) for value in (1, 2, 3, 4)], axis=2)
-    assert model_image(bgra, 3, "BGR", "a.png")[0, 0].tolist() == [1, 2, 3]
-    assert model_image(bgra, 3, "RGB", "a.png")[0, 0].tolist() == [3, 2, 1]
-    with pytest.raises(MaskinitError, match=r"image a\.tif is 4-channel uint8, but the model takes 3 channels"):
-        model_image(bgra, 3, "BGR", "a.tif")  # a 4-band TIFF: its 4th channel is data, not alpha
-    assert model_image(bgra, 4, "BGR").dtype == np.float32  # 4 channels: resized in float, not by Pillow
-    assert model_image(gray8, 1, "L").dtype == np.uint8
-    with pytest.raises(MaskinitError, match=r"image a\.tif is 1-channel uint16, but the model takes 3 channels"):
-        model_image(gray8.astype(np.uint16), 3, "BGR", "a.tif")
-    with pytest.raises(MaskinitError, match="1-channel uint8, but the model takes 4 channels"):
-        model_image(gray8, 4, "BGR", "b.png")
-
-
-def test_display_rgb_for_each_kind():
-    gray8 = np.arange(12, dtype=np.uint8).reshape(3, 4, 1)
-    shown = display_rgb(gray8)
-    assert shown.shape == (3, 4, 3) and shown.dtype == np.uint8 and (shown == gray8).all()
-    wide = np.linspace(1000, 50000, 400).reshape(20, 20, 1).astype(np.uint16)
-    shown = display_rgb(wide)
-    assert shown.min() == 0 and shown.max() == 255 and (shown[..., 0] == shown[..., 1]).all()
-    band4 = np.stack([np.full((2, 2), value, np.uint8) for value in (10, 20, 30, 40)], axis=2)
-    assert display_rgb(band4)[0, 0].tolist() == [30, 20, 10]  # the first three, read as B, G, R
-    two = np.stack([np.full((2, 2), 10, np.uint8), np.full((2, 2), 20, np.uint8)], axis=2)
-    assert display_rgb(two)[0, 0].tolist() == [15, 15, 15]
-    assert (gray8 == np.arange(12, dtype=np.uint8).reshape(3, 4, 1)).all()  # arguments are not changed
-
-
-# ---------------------------------------------------------------------------------------------
-# check-data: every kind readable, sizes and kinds from the headers, mixed kinds refused
-
-
-@pytest.fixture(scope="module")
-def pictures(tmp_path_factory):
-    """One synthetic 8-bit colour picture (128 x 128)."""
-    files = generate_coco_dataset(tmp_path_factory.mktemp("picture"), 1, seed=4)
-    return cv2.imread(str(next(files.image_root.iterdir())))
-
-
-def header_cases(folder: Path, bgr: np.ndarray) -> list[Path]:
-    """Files of many kinds and layouts, whose header must tell what read_image reads."""
-    paths = [convert(folder / kind, bgr) for kind, (_, _, convert) in KINDS.items()]
-    bgra = np.concatenate([bgr, gray(bgr)[:, :, None]], axis=2)
-    paths += [
-        write_png(folder / "bgra8", bgra),
-        write_png(folder / "bgr16", bgr.astype(np.uint16) * 257),
-        write_png(folder / "bgra16", bgra.astype(np.uint16) * 257),
-        write_tiff(folder / "planar", np.moveaxis(bands(bgr, 5), 2, 0), photometric="minisblack", planarconfig="separate"),
-        write_tiff(folder / "gray-float", gray(bgr).astype(np.float32)),
-        write_tiff(folder / "rgb8", bgr[:, :, ::-1], photometric="rgb", compression="zlib"),
-        write_npy(folder / "gray-npy", gray(bgr)),
-        write_npy(folder / "band16-npy", bands(bgr, 16).astype(np.float64)),
-    ]
-    from PIL import Image
-
-    Image.fromarray(bgr[:, :, ::-1]).convert("P").save(folder / "palette.png")
-    Image.fromarray(bgr[:, :, ::-1]).save(folder / "transparent.png", transparency=(1, 2, 3))
-    Image.fromarray(gray(bgr)).save(folder / "gray.jpg")
-    Image.fromarray(bgr[:, :, ::-1]).save(folder / "colour.bmp")
-    return paths + [folder / name for name in ("palette.png", "transparent.png", "gray.jpg", "colour.bmp")]
-
-
-def test_headers_tell_the_size_and_kind_read_image_reads(tmp_path, pictures):
-    for path in header_cases(tmp_path, pictures):
-        array = read_image(path)
-        problem, kind = probe_image(str(path), *array.shape[:2])
-        assert problem is None, (path.name, problem)
-        assert kind == image_kind(array), path.name
-        problem, _ = probe_image(str(path), array.shape[0], array.shape[1] + 1)
-        assert problem[0] == "image_size_mismatch", path.name
-
-
-def test_broken_tiff_and_npy_are_unreadable(tmp_path, pictures):
-    tiff = write_tiff(tmp_path / "image", bands(pictures, 4), photometric="minisblack")
-    npy = write_npy(tmp_path / "image", bands(pictures, 4))
-    for path in (tiff, npy):
-        data = path.read_bytes()
-        path.write_bytes(data[: len(data) * 2 // 3])
-        problem, kind = probe_image(str(path), 128, 128)
-        assert problem[0] == "unreadable_image" and kind is None, problem
-        with pytest.raises(MaskinitError):
-            read_image(path)  # and the reader agrees
-    channels_first = write_npy(tmp_path / "first", np.zeros((3, 50, 40), np.uint8))
-    assert probe_image(str(channels_first), 3, 50)[0] == ("unreadable_image", "an array of shape (3, 50, 40) looks channels-first; save it as (H, W) or (H, W, C)")
+# check-data: every kind readable, mixed kinds refused (sizes and kinds from the headers: test_image_files.py)
 
 
 @pytest.mark.parametrize("kind", list(KINDS))

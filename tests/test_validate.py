@@ -1,5 +1,5 @@
 """Dataset checks: a corpus of broken COCO sets, each found under the right kind and severity; the
-policy (fatal / fixable / --skip-bad), the cleaned copy, `validate_data` wiring, and speed."""
+policy (fatal / fixable / --skip-bad), the cleaned copy, and speed (`validate_data`: test_sources.py)."""
 
 from __future__ import annotations
 
@@ -17,7 +17,6 @@ from pycocotools import mask as mask_util
 
 from maskinit import MaskinitError
 from maskinit.data import generate_coco_dataset, inspect_coco, register_coco_dataset
-from maskinit.data.sources import validate_data
 from maskinit.data.validate import (
     FATAL,
     FIXABLE,
@@ -528,52 +527,6 @@ def test_report_to_dict_is_json(tmp_path, polygon_set):
     assert blocking == {"unknown_category": FIXABLE, "invalid_box": FIXABLE, "missing_image_file": FIXABLE}
     assert as_dict["bad_image_ids"] == [bad_image]
     assert as_dict["skip_bad_drops"] == {"annotations": len(dropped), "images": 1}
-
-
-# ---------------------------------------------------------------------------------------------
-# validate_data: what train and eval call before registering
-
-
-def test_validate_data_registers_a_cleaned_copy_with_skip_bad(tmp_path, polygon_set):
-    data, path, images, bad_image, dropped = broken_fixable_set(tmp_path, polygon_set)
-    options = SimpleNamespace(train_json=str(path), train_images=str(images), val_json=None, val_images=None)
-    with pytest.raises(MaskinitError, match="--skip-bad"):
-        validate_data(options, skip_bad=False, clean_dir=tmp_path / "clean")
-    assert options.train_json == str(path)
-
-    cleaned, lines = validate_data(options, skip_bad=True, clean_dir=tmp_path / "clean")
-    assert options.train_json == str(path)  # the options given are left as they were
-    assert cleaned.train_json != str(path) and cleaned.train_json.startswith(str(tmp_path / "clean"))
-    assert cleaned.train_json in lines[-1]
-    register_coco_dataset("maskinit_test_validate", cleaned.train_json, cleaned.train_images)
-    records = DatasetCatalog.get("maskinit_test_validate")
-    expected = {}
-    for annotation in data["annotations"]:
-        if annotation["id"] not in dropped:
-            expected[annotation["image_id"]] = expected.get(annotation["image_id"], 0) + 1
-    loaded = {record["image_id"]: len(record["annotations"]) for record in records if record["annotations"]}
-    assert loaded == expected
-    assert bad_image not in {record["image_id"] for record in records}
-    # The same data cleaned again lands on the same content-named copy.
-    again = SimpleNamespace(train_json=str(path), train_images=str(images), val_json=None, val_images=None)
-    assert validate_data(again, skip_bad=True, clean_dir=tmp_path / "clean").data.train_json == cleaned.train_json
-
-
-def test_validate_data_checks_val_and_keeps_good_files(tmp_path, polygon_set):
-    data = load(polygon_set)
-    break_duplicate_annotation_id(data)
-    options = SimpleNamespace(train_json=str(polygon_set.json_file), train_images=str(polygon_set.image_root),
-                              val_json=str(write(tmp_path, data, "val.json")), val_images=str(polygon_set.image_root))
-    with pytest.raises(MaskinitError, match="val.json: 1 duplicate annotation id"):
-        validate_data(options, skip_bad=True, clean_dir=tmp_path / "clean")
-    options.val_json = None
-    checked = validate_data(options, skip_bad=True, clean_dir=tmp_path / "clean")
-    assert checked.notes == []
-    assert checked.data.train_json == str(polygon_set.json_file)
-    assert not (tmp_path / "clean").exists()
-    options.train_images = None
-    with pytest.raises(MaskinitError, match="--train-json needs --train-images"):
-        validate_data(options, skip_bad=False)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -120,16 +120,27 @@ def main() -> None:
     results = {}
     for name, seconds in rounds.items():
         median = statistics.median(seconds)
-        results[name] = {"images_per_s": round(len(images) / median, 2), "ms_per_image": round(1000 * median / len(images), 1),
-                         "speedup": round(baseline / median, 2), "rounds_s": [round(s, 3) for s in seconds],
-                         "detections": detections[name]}
+        results[name] = {
+            "images_per_s": round(len(images) / median, 2),
+            "ms_per_image": round(1000 * median / len(images), 1),
+            "speedup": round(baseline / median, 2),
+            "rounds_s": [round(s, 3) for s in seconds],
+            "detections": detections[name],
+        }
     sizes = sorted(max(image.shape[:2]) for image in images)
     report = {
         "what": "images/s of predict, image array to boxes, scores, classes and full-image masks, one at a time",
-        "model": f"tiny preset, {ITERATIONS} iterations on the embedded synthetic set, score threshold {SCORE_THRESHOLD}",
-        "images": len(images), "longer_side_px": [sizes[0], sizes[-1]], "threads": THREADS, "rounds": ROUNDS,
-        "warmup_images": WARMUP, "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, {platform.platform()}",
-        "busy": args.busy, "torch": torch.__version__, "results": results,
+        "model": f"tiny preset, {ITERATIONS} iterations on the embedded synthetic set, "
+        f"score threshold {SCORE_THRESHOLD}",
+        "images": len(images),
+        "longer_side_px": [sizes[0], sizes[-1]],
+        "threads": THREADS,
+        "rounds": ROUNDS,
+        "warmup_images": WARMUP,
+        "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, {platform.platform()}",
+        "busy": args.busy,
+        "torch": torch.__version__,
+        "results": results,
     }
     import onnxruntime
 

@@ -37,22 +37,66 @@ def main() -> None:
     args = parser.parse_args()
     train, _ = datasets()
     data = ["--train-json", str(train.json_file), "--train-images", str(train.image_root), "DATASETS.TEST", "()"]
-    common = ["--preset", "r50-fpn", "--device", args.device, "--max-iter", str(args.iters), "--ims-per-batch", str(args.batch),
-              "--overwrite", "--no-progress", *data, "SOLVER.CHECKPOINT_PERIOD", "100000", "DATALOADER.NUM_WORKERS", "4"]
+    common = [
+        "--preset",
+        "r50-fpn",
+        "--device",
+        args.device,
+        "--max-iter",
+        str(args.iters),
+        "--ims-per-batch",
+        str(args.batch),
+        "--overwrite",
+        "--no-progress",
+        *data,
+        "SOLVER.CHECKPOINT_PERIOD",
+        "100000",
+        "DATALOADER.NUM_WORKERS",
+        "4",
+    ]
     runs = {}
     for name, extra in (("maskinit-amp", ["--amp"]), ("maskinit-fp32", ["--no-amp"])):
         out = args.out / name
         subprocess.run([*MASKINIT, "train", *common, *extra, "--output-dir", str(out)], check=True)
         runs[name] = out / "metrics.json"
     plain = args.out / "r50-fpn-plain.yaml"
-    subprocess.run([*MASKINIT, "export-config", "--preset", "r50-fpn", "--plain", "--num-classes", "5", "--output", str(plain)], check=True)
+    subprocess.run(
+        [*MASKINIT, "export-config", "--preset", "r50-fpn", "--plain", "--num-classes", "5", "--output", str(plain)],
+        check=True,
+    )
     for name, amp in (("stock-fp32", "False"), ("stock-amp-fp16", "True")):
         out = args.out / name
-        subprocess.run([PYTHON, str(Path(__file__).with_name("stock_train_net.py")), "--config-file", str(plain),
-                        "--coco", "bench_train", str(train.json_file), str(train.image_root),
-                        "MODEL.DEVICE", args.device, "SOLVER.MAX_ITER", str(args.iters), "SOLVER.IMS_PER_BATCH", str(args.batch),
-                        "SOLVER.AMP.ENABLED", amp, "SOLVER.CHECKPOINT_PERIOD", "100000", "DATALOADER.NUM_WORKERS", "4",
-                        "DATASETS.TRAIN", "('bench_train',)", "DATASETS.TEST", "()", "OUTPUT_DIR", str(out)], check=True)
+        subprocess.run(
+            [
+                PYTHON,
+                str(Path(__file__).with_name("stock_train_net.py")),
+                "--config-file",
+                str(plain),
+                "--coco",
+                "bench_train",
+                str(train.json_file),
+                str(train.image_root),
+                "MODEL.DEVICE",
+                args.device,
+                "SOLVER.MAX_ITER",
+                str(args.iters),
+                "SOLVER.IMS_PER_BATCH",
+                str(args.batch),
+                "SOLVER.AMP.ENABLED",
+                amp,
+                "SOLVER.CHECKPOINT_PERIOD",
+                "100000",
+                "DATALOADER.NUM_WORKERS",
+                "4",
+                "DATASETS.TRAIN",
+                "('bench_train',)",
+                "DATASETS.TEST",
+                "()",
+                "OUTPUT_DIR",
+                str(out),
+            ],
+            check=True,
+        )
         runs[name] = out / "metrics.json"
     import torch
 

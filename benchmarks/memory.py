@@ -56,7 +56,14 @@ def main() -> None:
                 print(proc.stderr[-2000:], file=sys.stderr)
                 continue
             peak = json.loads(proc.stdout.strip().splitlines()[-1])["maxrss_kib"] * 1024
-            row = {"preset": preset, "depth": depth, "fpn_channels": fpn, "side": side, "batch": batch, "peak_bytes": peak}
+            row = {
+                "preset": preset,
+                "depth": depth,
+                "fpn_channels": fpn,
+                "side": side,
+                "batch": batch,
+                "peak_bytes": peak,
+            }
             print(json.dumps(row), flush=True)
             results.append(row)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)

@@ -19,7 +19,9 @@ def main() -> None:
     parser.add_argument("--pairs", type=int, default=5)
     args = parser.parse_args()
     # the same config, run by maskinit: Detectron2's exact config file plus c2 (as-built) init
-    pairs = interleaved_pairs("overhead", args.pairs, "0.02", lambda stock_out: ["--config", str(stock_out / "config.yaml"), "--init", "c2"])
+    pairs = interleaved_pairs(
+        "overhead", args.pairs, "0.02", lambda stock_out: ["--config", str(stock_out / "config.yaml"), "--init", "c2"]
+    )
     report = paired_report(pairs, PAIR_ITERS)
     write_json(RESULTS / "overhead.json", report)
     print(report)

@@ -61,8 +61,12 @@ def balloon(rng: np.random.Generator, height: int, width: int) -> np.ndarray:
     w, h = side / math.sqrt(aspect), side * math.sqrt(aspect)
     cx, cy = rng.uniform(-0.1 * w, width + 0.1 * w), rng.uniform(-0.1 * h, height + 0.1 * h)
     mask = np.zeros((height, width), np.uint8)
-    cv2.ellipse(mask, (int(cx), int(cy)), (max(2, int(w / 2)), max(2, int(h / 2))), float(rng.uniform(-20, 20)), 0, 360, 1, -1)
-    knot = np.array([[cx, cy + h / 2 - 1], [cx - w / 12, cy + h / 2 + h / 10], [cx + w / 12, cy + h / 2 + h / 10]], np.int32)
+    cv2.ellipse(
+        mask, (int(cx), int(cy)), (max(2, int(w / 2)), max(2, int(h / 2))), float(rng.uniform(-20, 20)), 0, 360, 1, -1
+    )
+    knot = np.array(
+        [[cx, cy + h / 2 - 1], [cx - w / 12, cy + h / 2 + h / 10], [cx + w / 12, cy + h / 2 + h / 10]], np.int32
+    )
     cv2.fillPoly(mask, [knot], 1)
     return mask.astype(bool)
 

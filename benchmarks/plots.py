@@ -59,8 +59,11 @@ def plot(result_file: Path) -> Path:
         by_name[run["name"]].append(run)
     # every run's curve when they are few (an ablation, a probe); of a long table (--all), the comparison's:
     # the scratch-GN LRs and the default
-    shown = [name for name in by_name
-             if data.get("ablation") or len(by_name) <= 8 or name.startswith("d2-scratch-gn@") or name == "maskinit-default"]
+    shown = [
+        name
+        for name in by_name
+        if data.get("ablation") or len(by_name) <= 8 or name.startswith("d2-scratch-gn@") or name == "maskinit-default"
+    ]
     for name in shown:
         iterations, masks = mean_curve(by_name[name])
         if iterations:

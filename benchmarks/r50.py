@@ -27,7 +27,8 @@ optimizer and LR rest on more than one point each; `preset` (the default) is the
 Usage: python benchmarks/r50.py [--data NAME=PATH ...] [--seeds 0] [--lrs 0.02] [--iters 400] [--batch 4]
                                 [--size 320] [--train-sizes 256 288 320] [--maskinit-lr LR]
                                 [--maskinit-arms preset sgd@0.02 adamw@2e-4 ...] [--device cpu]
-                                [--jobs 1] [--workers 0] [--roi-batch N] [--checkpoint-period N] [--run-timeout S] [--runs-dir DIR] [--results-dir DIR]
+                                [--jobs 1] [--workers 0] [--roi-batch N] [--checkpoint-period N] [--run-timeout S]
+                                [--runs-dir DIR] [--results-dir DIR]
                                 [--report-only] [--tag=-lr2]
 Default data: rice_leaf under ../shared/data (or $MASKINIT_BENCH_DATA). Writes RESULTS/r50-SET-SIZEpx[-Nit].json/.md.
 """
@@ -46,7 +47,8 @@ from recipes import GOAL_REAL, comparison, execute, maskinit_resume, stopped_lef
 
 
 def input_options(size: int, train_sizes: list[int]) -> list[str]:
-    """Both runs see the same pixels: the training shorter side jittered over `train_sizes`, the longest side at most `size`."""
+    """Both runs see the same pixels: the training shorter side jittered over `train_sizes`, the longest side
+    at most `size`."""
     return ["INPUT.MIN_SIZE_TRAIN", "(" + ", ".join(map(str, train_sizes)) + ",)", "INPUT.MAX_SIZE_TRAIN", str(size),
             "INPUT.MIN_SIZE_TEST", str(size), "INPUT.MAX_SIZE_TEST", str(size)]
 
@@ -103,9 +105,30 @@ def run_one(args, dataset, runs: Path, name: str, seed: int) -> dict:
     saves = ["--checkpoint-period", str(args.checkpoint_period)] if args.checkpoint_period else []
     if name.startswith("d2-"):
         lr = name.split("@")[1]
-        command = [PYTHON, str(Path(__file__).with_name("stock_detectron2.py")), "scratch-gn", str(out), "--scale", "r50",
-                   "--lr", lr, "--seed", str(seed), "--iters", str(args.iters), "--eval-period", str(period), *saves,
-                   *dataset.args(), "SOLVER.IMS_PER_BATCH", str(args.batch), "MODEL.DEVICE", args.device, *loader, *sizes]
+        command = [
+            PYTHON,
+            str(Path(__file__).with_name("stock_detectron2.py")),
+            "scratch-gn",
+            str(out),
+            "--scale",
+            "r50",
+            "--lr",
+            lr,
+            "--seed",
+            str(seed),
+            "--iters",
+            str(args.iters),
+            "--eval-period",
+            str(period),
+            *saves,
+            *dataset.args(),
+            "SOLVER.IMS_PER_BATCH",
+            str(args.batch),
+            "MODEL.DEVICE",
+            args.device,
+            *loader,
+            *sizes,
+        ]
         return execute(name, "stock", command, folder, args.run_timeout, resume=[*command, "--resume"], **meta)
     warmup, step = schedule(args.iters)
     lr, options = arm_options(name, str(args.maskinit_lr or preset_lr(args.batch)))
@@ -124,26 +147,52 @@ def report(args, dataset, results: list[dict], stem: str) -> None:
 
     table = summarize(results)
     compared = comparison(table, GOAL_REAL)
-    write_json(args.results_dir / f"{stem}.json", {
-        "dataset": dataset.name, "set": dataset.describe(), "scale": "r50-fpn", "iters": args.iters, "batch": args.batch,
-        "size": args.size, "train_sizes": args.train_sizes, "device": args.device, "budget": budget(args.iters),
-        "goal": GOAL_REAL, "table": table, "comparison": compared,
-        "comparator_best": [compared["mask_ap"][1], compared["comparator"]] if compared else None, "runs": results,
-    })
-    lines = [f"R50-FPN on {dataset.name}: {args.iters} iterations at batch {args.batch}, input longest side {args.size} "
-             f"(training shorter side {args.train_sizes}), RoI batch {args.roi_batch or 512} per image, seeds {args.seeds}, "
-             f"{args.device}", "",
-             "| run | box AP (mean) | mask AP (mean) | mask AP per seed | s/iter | status |", "|---|---|---|---|---|---|"]
+    write_json(
+        args.results_dir / f"{stem}.json",
+        {
+            "dataset": dataset.name,
+            "set": dataset.describe(),
+            "scale": "r50-fpn",
+            "iters": args.iters,
+            "batch": args.batch,
+            "size": args.size,
+            "train_sizes": args.train_sizes,
+            "device": args.device,
+            "budget": budget(args.iters),
+            "goal": GOAL_REAL,
+            "table": table,
+            "comparison": compared,
+            "comparator_best": [compared["mask_ap"][1], compared["comparator"]] if compared else None,
+            "runs": results,
+        },
+    )
+    lines = [
+        f"R50-FPN on {dataset.name}: {args.iters} iterations at batch {args.batch}, input longest side {args.size} "
+        f"(training shorter side {args.train_sizes}), RoI batch {args.roi_batch or 512} per image, seeds {args.seeds}, "
+        f"{args.device}",
+        "",
+        "| run | box AP (mean) | mask AP (mean) | mask AP per seed | s/iter | status |",
+        "|---|---|---|---|---|---|",
+    ]
     for name, row in table.items():
-        lines.append(f"| {name} | {row['box_ap_mean']} | {row['mask_ap_mean']} | {row['mask_ap']} | {row['seconds_per_iter']} "
-                     f"| {', '.join(row['status'])} |")
+        lines.append(
+            f"| {name} | {row['box_ap_mean']} | {row['mask_ap_mean']} | {row['mask_ap']} | {row['seconds_per_iter']} "
+            f"| {', '.join(row['status'])} |"
+        )
     if compared:
         lines += ["", f"maskinit r50-fpn / {compared['comparator']}: mask AP {compared['mask_ratio']}x, box AP "
                       f"{compared['box_ratio']}x, s/iter {compared['speed_ratio']}x"]
         best = table[compared["comparator"]]
         for name, row in table.items():
-            if name.startswith("maskinit-") and name != "maskinit-default" and row["mask_ap_mean"] is not None and best["mask_ap_mean"]:
-                lines.append(f"{name} / {compared['comparator']}: mask AP {row['mask_ap_mean'] / best['mask_ap_mean']:.3f}x")
+            if (
+                name.startswith("maskinit-")
+                and name != "maskinit-default"
+                and row["mask_ap_mean"] is not None
+                and best["mask_ap_mean"]
+            ):
+                lines.append(
+                    f"{name} / {compared['comparator']}: mask AP {row['mask_ap_mean'] / best['mask_ap_mean']:.3f}x"
+                )
     failed = [r for r in results if r.get("status") != "finished"]
     lines += [f"- {r['name']} seed {r['seed']}: {r['status']} ({r.get('error')})" for r in failed]
     (args.results_dir / f"{stem}.md").write_text("\n".join(lines) + "\n")
@@ -163,9 +212,15 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=320, help="longest input side (train and test)")
     parser.add_argument("--train-sizes", nargs="*", type=int, default=[256, 288, 320], help="training shorter sides")
     parser.add_argument("--eval-period", type=int, default=0)
-    parser.add_argument("--roi-batch", type=int, default=0, help="MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE for both (0: the zoo's 512)")
-    parser.add_argument("--checkpoint-period", type=int, default=50,
-                        help="both runs save every N iterations (0: at the end only); a stopped run continues from there")
+    parser.add_argument(
+        "--roi-batch", type=int, default=0, help="MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE for both (0: the zoo's 512)"
+    )
+    parser.add_argument(
+        "--checkpoint-period",
+        type=int,
+        default=50,
+        help="both runs save every N iterations (0: at the end only); a stopped run continues from there",
+    )
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--jobs", type=int, default=1, help="runs side by side")
     parser.add_argument("--workers", type=int, default=0, help="DATALOADER.NUM_WORKERS of each run")
@@ -177,7 +232,9 @@ def main() -> None:
     args = parser.parse_args()
     args.runs_dir, args.results_dir = args.runs_dir.resolve(), args.results_dir.resolve()
     sets = [parse_data(spec) for spec in args.data] if args.data else real_sets(names=("rice_leaf",))
-    names = [f"d2-scratch-gn@{lr}" for lr in args.lrs] + list(dict.fromkeys(arm_name(spec) for spec in args.maskinit_arms))
+    names = [f"d2-scratch-gn@{lr}" for lr in args.lrs] + list(
+        dict.fromkeys(arm_name(spec) for spec in args.maskinit_arms)
+    )
     for dataset in sets:
         tag = (f"r50-{dataset.name}-{args.size}px" + (f"-{args.iters}it" if args.iters != ITERS else "")
                + (f"-roi{args.roi_batch}" if args.roi_batch else ""))
@@ -187,7 +244,9 @@ def main() -> None:
             results = [r for r in (read_json(runs / n / f"seed{s}" / "result.json") for n, s in jobs) if r]
         else:
             with ThreadPoolExecutor(args.jobs) as pool:
-                results = stopped_left_out(list(pool.map(lambda job: run_one(args, dataset, runs, *job), jobs)))
+                results = stopped_left_out(
+                    list(pool.map(lambda job, dataset=dataset, runs=runs: run_one(args, dataset, runs, *job), jobs))
+                )
         if results:
             report(args, dataset, results, tag + args.tag)
 

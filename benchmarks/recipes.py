@@ -2,7 +2,8 @@
 maskinit's default and its variants, at the tiny scale, 400 iterations at batch 4, 3 seeds, on the
 embedded synthetic set, a held-out set of the same kind, or any COCO set given by path. Runs are
 cached per set under benchmarks/runs/SET/ (delete a run's folder to redo it; a run whose command
-changed is redone, and so is a maskinit run once the tiny preset's config changed); two run side by side, one thread each (on a GPU, --jobs 14 share it).
+changed is redone, and so is a maskinit run once the tiny preset's config changed); two run side by side, one
+thread each (on a GPU, --jobs 14 share it).
 
 Usage: python benchmarks/recipes.py [--heldout | --data NAME=PATH ... [--synthetic] | --train-json J --train-images D
                                      --val-json J --val-images D --name NAME]
@@ -37,8 +38,24 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import (  # noqa: E402
-    ITERS, MASKINIT, PYTHON, REAL_SETS, RESULTS, ROOT, RUNS, SEEDS, CocoSet, budget, eval_period, fitted_input, input_sizes,
-    parse_data, read_json, run, synthetic_set, write_json,
+    ITERS,
+    MASKINIT,
+    PYTHON,
+    REAL_SETS,
+    RESULTS,
+    ROOT,
+    RUNS,
+    SEEDS,
+    CocoSet,
+    budget,
+    eval_period,
+    fitted_input,
+    input_sizes,
+    parse_data,
+    read_json,
+    run,
+    synthetic_set,
+    write_json,
 )
 
 # name -> arguments of stock_detectron2.py. Stock runs go through Detectron2's DefaultTrainer only.
@@ -61,9 +78,24 @@ COMPARATOR = [f"d2-scratch-gn@{lr}" for lr in SWEEP]
 # no RPN norm, per-class heads, anchors 32-512), restated on top of the default so that each name
 # always trains the same config (docs/benchmarks.md).
 SGD_BASE = [
-    "--optimizer", "sgd", "--lr", "0.02", "SOLVER.WEIGHT_DECAY", "0.0001", "SOLVER.CLIP_GRADIENTS.ENABLED", "False",
-    "MASKINIT.PRIOR_PROB", "0.0", "MASKINIT.RPN_NORM", "False", "MODEL.ROI_MASK_HEAD.CLS_AGNOSTIC_MASK", "False",
-    "MODEL.ROI_BOX_HEAD.CLS_AGNOSTIC_BBOX_REG", "False", "MODEL.ANCHOR_GENERATOR.SIZES", "[[32],[64],[128],[256],[512]]",
+    "--optimizer",
+    "sgd",
+    "--lr",
+    "0.02",
+    "SOLVER.WEIGHT_DECAY",
+    "0.0001",
+    "SOLVER.CLIP_GRADIENTS.ENABLED",
+    "False",
+    "MASKINIT.PRIOR_PROB",
+    "0.0",
+    "MASKINIT.RPN_NORM",
+    "False",
+    "MODEL.ROI_MASK_HEAD.CLS_AGNOSTIC_MASK",
+    "False",
+    "MODEL.ROI_BOX_HEAD.CLS_AGNOSTIC_BBOX_REG",
+    "False",
+    "MODEL.ANCHOR_GENERATOR.SIZES",
+    "[[32],[64],[128],[256],[512]]",
 ]
 ANCHORS = ["MODEL.ANCHOR_GENERATOR.SIZES", "[[16],[32],[64],[128],[256]]"]
 CLS_AGNOSTIC = ["MODEL.ROI_MASK_HEAD.CLS_AGNOSTIC_MASK", "True"]
@@ -95,10 +127,22 @@ MASKINIT_RUNS = {
     "maskinit-pixel-std1": [*SGD_BASE, "MODEL.PIXEL_STD", "[1.0, 1.0, 1.0]"],
     "maskinit-wd-norm": [*SGD_BASE, "SOLVER.WEIGHT_DECAY_NORM", "0.0001"],
     "maskinit-box-2fc": [*SGD_BASE, "MODEL.ROI_BOX_HEAD.NUM_CONV", "0", "MODEL.ROI_BOX_HEAD.NUM_FC", "2"],
-    "maskinit-giou": [*SGD_BASE, "MODEL.ROI_BOX_HEAD.BBOX_REG_LOSS_TYPE", "giou", "MODEL.ROI_BOX_HEAD.BBOX_REG_LOSS_WEIGHT", "2.0"],
+    "maskinit-giou": [
+        *SGD_BASE,
+        "MODEL.ROI_BOX_HEAD.BBOX_REG_LOSS_TYPE",
+        "giou",
+        "MODEL.ROI_BOX_HEAD.BBOX_REG_LOSS_WEIGHT",
+        "2.0",
+    ],
     "maskinit-anchors16": [*SGD_BASE, *ANCHORS],
     "maskinit-pos0.5": [*SGD_BASE, "MODEL.ROI_HEADS.POSITIVE_FRACTION", "0.5"],
-    "maskinit-scale-aug": [*SGD_BASE, "INPUT.MIN_SIZE_TRAIN", "(96, 112, 128, 144, 160)", "INPUT.MAX_SIZE_TRAIN", "160"],
+    "maskinit-scale-aug": [
+        *SGD_BASE,
+        "INPUT.MIN_SIZE_TRAIN",
+        "(96, 112, 128, 144, 160)",
+        "INPUT.MAX_SIZE_TRAIN",
+        "160",
+    ],
     "maskinit-score0": [*SGD_BASE, "MODEL.ROI_HEADS.SCORE_THRESH_TEST", "0.0"],
     "maskinit-cls-agnostic-mask": [*SGD_BASE, "MODEL.ROI_MASK_HEAD.CLS_AGNOSTIC_MASK", "True"],
     # combinations of what helped alone
@@ -132,7 +176,12 @@ ABLATIONS = {
     # no GN in the RPN head's conv (stock Detectron2's RPN head)
     "maskinit-no-rpn-gn": ["MASKINIT.RPN_NORM", "False"],
     # one box regressor and one mask per class
-    "maskinit-no-cls-agnostic": ["MODEL.ROI_BOX_HEAD.CLS_AGNOSTIC_BBOX_REG", "False", "MODEL.ROI_MASK_HEAD.CLS_AGNOSTIC_MASK", "False"],
+    "maskinit-no-cls-agnostic": [
+        "MODEL.ROI_BOX_HEAD.CLS_AGNOSTIC_BBOX_REG",
+        "False",
+        "MODEL.ROI_MASK_HEAD.CLS_AGNOSTIC_MASK",
+        "False",
+    ],
     # Detectron2's anchors (sizes 32-512, ratios 0.5/1/2) in place of the ones fitted to the data's
     # boxes; everything else (pixel statistics, input size) still fitted
     "maskinit-no-anchors": D2_ANCHORS,
@@ -146,7 +195,12 @@ ABLATIONS = {
     # embedded set and rice_leaf)
     "maskinit-no-lsuv": ["MASKINIT.INIT", "c2"],
     # 64 RoIs per image and the mask head's 14x14 pool (28x28 masks) in place of the preset's 96 and 7x7
-    "maskinit-previous-heads": ["MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE", "64", "MODEL.ROI_MASK_HEAD.POOLER_RESOLUTION", "14"],
+    "maskinit-previous-heads": [
+        "MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE",
+        "64",
+        "MODEL.ROI_MASK_HEAD.POOLER_RESOLUTION",
+        "14",
+    ],
     # the whole data fit off (MASKINIT.FIT_TO_DATA False): the preset's pixel statistics, 128-pixel
     # input, anchors 16-256 and detection counts. Changes the input size, so also the s/iter.
     "maskinit-no-fit-to-data": ["MASKINIT.FIT_TO_DATA", "False"],
@@ -158,7 +212,12 @@ ABLATION = ["maskinit-default", *ABLATIONS]
 # tiny preset's value, everything else still fitted.
 FIT_PARTS = {
     # the preset's pixel statistics (ImageNet's BGR mean and std) in place of the data's
-    "maskinit-preset-pixels": ["MODEL.PIXEL_MEAN", "[103.53, 116.28, 123.675]", "MODEL.PIXEL_STD", "[57.375, 57.12, 58.395]"],
+    "maskinit-preset-pixels": [
+        "MODEL.PIXEL_MEAN",
+        "[103.53, 116.28, 123.675]",
+        "MODEL.PIXEL_STD",
+        "[57.375, 57.12, 58.395]",
+    ],
     # the preset's anchors (16-256, ratios 0.5/1/2) in place of the ones fitted to the data's boxes
     "maskinit-preset-anchors": [*ANCHORS, "MODEL.ANCHOR_GENERATOR.ASPECT_RATIOS", "[[0.5,1.0,2.0]]"],
 }
@@ -172,9 +231,22 @@ PRESET_INPUT = ["INPUT.MIN_SIZE_TRAIN", "(128,)", "INPUT.MAX_SIZE_TRAIN", "128",
 PRESET_PIXELS = FIT_PARTS["maskinit-preset-pixels"]
 PRESET_ANCHOR_SIZES = ANCHORS
 PRESET_RATIOS = ["MODEL.ANCHOR_GENERATOR.ASPECT_RATIOS", "[[0.5,1.0,2.0]]"]
-PRESET_COUNTS = ["TEST.DETECTIONS_PER_IMAGE", "50", "MODEL.RPN.POST_NMS_TOPK_TEST", "100", "MODEL.RPN.PRE_NMS_TOPK_TEST", "200",
-                 "MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE", "96", "MODEL.RPN.BATCH_SIZE_PER_IMAGE", "256",
-                 "MODEL.RPN.POST_NMS_TOPK_TRAIN", "200", "MODEL.RPN.PRE_NMS_TOPK_TRAIN", "400"]
+PRESET_COUNTS = [
+    "TEST.DETECTIONS_PER_IMAGE",
+    "50",
+    "MODEL.RPN.POST_NMS_TOPK_TEST",
+    "100",
+    "MODEL.RPN.PRE_NMS_TOPK_TEST",
+    "200",
+    "MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE",
+    "96",
+    "MODEL.RPN.BATCH_SIZE_PER_IMAGE",
+    "256",
+    "MODEL.RPN.POST_NMS_TOPK_TRAIN",
+    "200",
+    "MODEL.RPN.PRE_NMS_TOPK_TRAIN",
+    "400",
+]
 FIT_KEYS = {"input": PRESET_INPUT, "pixels": PRESET_PIXELS, "anchors": PRESET_ANCHOR_SIZES, "ratios": PRESET_RATIOS,
             "counts": PRESET_COUNTS}
 FIT_ABLATION = {f"maskinit-fit-preset-{key}": list(options) for key, options in FIT_KEYS.items()}
@@ -238,16 +310,37 @@ HEAD_PROBES = {
     # Detectron2's standard box head (two fc layers of FC_DIM, no convs) at the default's 64 RoIs
     "maskinit-box2fc": ["MODEL.ROI_BOX_HEAD.NUM_CONV", "0", "MODEL.ROI_BOX_HEAD.NUM_FC", "2"],
     # the same head with twice the RoIs per image (128, a quarter foreground: up to 32 for the mask head)
-    "maskinit-roi128-box2fc": ["MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE", "128", "MODEL.ROI_BOX_HEAD.NUM_CONV", "0",
-                               "MODEL.ROI_BOX_HEAD.NUM_FC", "2"],
+    "maskinit-roi128-box2fc": [
+        "MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE",
+        "128",
+        "MODEL.ROI_BOX_HEAD.NUM_CONV",
+        "0",
+        "MODEL.ROI_BOX_HEAD.NUM_FC",
+        "2",
+    ],
     # The mask head's four 64-channel convs cost ~150 ms per 64 RoIs at the 14x14 pool, ~60 at 10x10 and ~31
     # at 7x7 (28x28, 20x20 and 14x14 masks): a smaller pool pays for twice the RoIs with the 4-conv box head.
-    "maskinit-roi128-mask10": ["MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE", "128", "MODEL.ROI_MASK_HEAD.POOLER_RESOLUTION", "10"],
-    "maskinit-roi128-mask7": ["MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE", "128", "MODEL.ROI_MASK_HEAD.POOLER_RESOLUTION", "7"],
+    "maskinit-roi128-mask10": [
+        "MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE",
+        "128",
+        "MODEL.ROI_MASK_HEAD.POOLER_RESOLUTION",
+        "10",
+    ],
+    "maskinit-roi128-mask7": [
+        "MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE",
+        "128",
+        "MODEL.ROI_MASK_HEAD.POOLER_RESOLUTION",
+        "7",
+    ],
     # 128 RoIs with the 7x7 pool ran at 1.26x the comparator's s/iter one at a time (speed.py, 200 iterations):
     # the box head's convs and RoIAlign on 512 RoIs. 96 RoIs per image: 1.03x. The tiny preset's values, so
     # this trains the default's config.
-    "maskinit-roi96-mask7": ["MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE", "96", "MODEL.ROI_MASK_HEAD.POOLER_RESOLUTION", "7"],
+    "maskinit-roi96-mask7": [
+        "MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE",
+        "96",
+        "MODEL.ROI_MASK_HEAD.POOLER_RESOLUTION",
+        "7",
+    ],
 }
 MASKINIT_RUNS.update({name: list(options) for name, options in HEAD_PROBES.items()})
 
@@ -409,15 +502,30 @@ def stopped_left_out(results: list[dict]) -> list[dict]:
     """The results without the runs a signal stopped (no result yet: the same command continues them)."""
     stopped = [r for r in results if r.get("status") == "interrupted"]
     for r in stopped:
-        print(f"{r['name']} seed {r['seed']}: stopped; the same command continues it from its last checkpoint", flush=True)
+        print(
+            f"{r['name']} seed {r['seed']}: stopped; the same command continues it from its last checkpoint", flush=True
+        )
     return [r for r in results if r.get("status") != "interrupted"]
 
 
 def maskinit_resume(out: Path, dataset: CocoSet, device: str, period: int) -> list[str]:
     """`maskinit train --resume` of the run in `out`, from the config it saved (the command that
     `maskinit train` itself prints when it is interrupted)."""
-    return [*MASKINIT, "train", "--config", str(out / "config.yaml"), "--output-dir", str(out), "--resume", "--no-progress",
-            "--device", device, "--eval-period", str(period), *dataset.args()]
+    return [
+        *MASKINIT,
+        "train",
+        "--config",
+        str(out / "config.yaml"),
+        "--output-dir",
+        str(out),
+        "--resume",
+        "--no-progress",
+        "--device",
+        device,
+        "--eval-period",
+        str(period),
+        *dataset.args(),
+    ]
 
 
 def last_error(log: Path) -> str | None:
@@ -449,20 +557,46 @@ class Context:
         return name + self.stock_suffix
 
     def run_one(self, name: str, seed: int) -> dict:
-        folder = self.runs / self.stock_name(name) / f"seed{seed}" if name in STOCK else self.runs / name / f"seed{seed}"
+        folder = (
+            self.runs / self.stock_name(name) / f"seed{seed}" if name in STOCK else self.runs / name / f"seed{seed}"
+        )
         out = folder / "out"
         meta = dict(seed=seed, dataset=self.dataset.name, heldout=self.dataset.name == "heldout", device=self.device,
                     iters=self.iters)
         if name in STOCK:
-            command = [PYTHON, str(Path(__file__).with_name("stock_detectron2.py")), STOCK[name][0], str(out), *STOCK[name][1:],
-                       "--seed", str(seed), "--eval-period", str(self.eval_period), "--iters", str(self.iters),
-                       *self.dataset.args(), "MODEL.DEVICE", self.device, *self.stock_input]
-            return execute(self.stock_name(name), "stock", command, folder, self.timeout, resume=[*command, "--resume"], **meta)
+            command = [
+                PYTHON,
+                str(Path(__file__).with_name("stock_detectron2.py")),
+                STOCK[name][0],
+                str(out),
+                *STOCK[name][1:],
+                "--seed",
+                str(seed),
+                "--eval-period",
+                str(self.eval_period),
+                "--iters",
+                str(self.iters),
+                *self.dataset.args(),
+                "MODEL.DEVICE",
+                self.device,
+                *self.stock_input,
+            ]
+            return execute(
+                self.stock_name(name), "stock", command, folder, self.timeout, resume=[*command, "--resume"], **meta
+            )
         command = [*MASKINIT, "train", "--preset", "tiny", "--output-dir", str(out), "--overwrite", "--no-progress",
                    "--seed", str(seed), "--max-iter", str(self.iters), "--device", self.device,
                    "--eval-period", str(self.eval_period), *self.dataset.args(), *MASKINIT_RUNS[name]]
-        return execute(name, "maskinit", command, folder, self.timeout,
-                       resume=maskinit_resume(out, self.dataset, self.device, self.eval_period), recipe=self.recipe, **meta)
+        return execute(
+            name,
+            "maskinit",
+            command,
+            folder,
+            self.timeout,
+            resume=maskinit_resume(out, self.dataset, self.device, self.eval_period),
+            recipe=self.recipe,
+            **meta,
+        )
 
 
 def summarize(results: list[dict]) -> dict:
@@ -495,14 +629,19 @@ def comparison(table: dict, goal: float) -> dict | None:
         return round(a / b, 3) if a is not None and b else None
 
     out = {
-        "comparator": best, "goal_mask_ratio": goal, "speed_limit": SPEED_LIMIT,
-        "mask_ap": [ours["mask_ap_mean"], theirs["mask_ap_mean"]], "box_ap": [ours["box_ap_mean"], theirs["box_ap_mean"]],
+        "comparator": best,
+        "goal_mask_ratio": goal,
+        "speed_limit": SPEED_LIMIT,
+        "mask_ap": [ours["mask_ap_mean"], theirs["mask_ap_mean"]],
+        "box_ap": [ours["box_ap_mean"], theirs["box_ap_mean"]],
         "seconds_per_iter": [ours["seconds_per_iter"], theirs["seconds_per_iter"]],
         "mask_ratio": ratio(ours["mask_ap_mean"], theirs["mask_ap_mean"]),
         "box_ratio": ratio(ours["box_ap_mean"], theirs["box_ap_mean"]),
         "speed_ratio": ratio(ours["seconds_per_iter"], theirs["seconds_per_iter"]),
     }
-    out["goal_met"] = bool(out["mask_ratio"] and out["mask_ratio"] >= goal and out["speed_ratio"] and out["speed_ratio"] <= SPEED_LIMIT)
+    out["goal_met"] = bool(
+        out["mask_ratio"] and out["mask_ratio"] >= goal and out["speed_ratio"] and out["speed_ratio"] <= SPEED_LIMIT
+    )
     # an optimum at the end of the LRs run may lie beyond it: the next LR that way, when one is defined
     lrs = sorted((float(name.split("@")[1]), name) for _, name in ranked)
     if len(lrs) > 1 and best in (lrs[0][1], lrs[-1][1]):
@@ -525,9 +664,13 @@ def report(dataset: CocoSet, args, results: list[dict], names: list[str], stem: 
         "table": table, "comparator_best": max(ranked) if ranked else None, "comparison": compared, "runs": results,
     })
     info = dataset.describe()["train"]
-    lines = [f"{dataset.name}: {info['images']} training images, {info['instances']} instances, "
-             f"{info['classes_listed']} classes listed ({info['classes_present']} present); {args.iters} iterations at batch 4, "
-             f"seeds {' '.join(map(str, args.seeds))}, {args.device}", ""]
+    lines = [
+        f"{dataset.name}: {info['images']} training images, {info['instances']} instances, "
+        f"{info['classes_listed']} classes listed ({info['classes_present']} present); "
+        f"{args.iters} iterations at batch 4, "
+        f"seeds {' '.join(map(str, args.seeds))}, {args.device}",
+        "",
+    ]
     default = table.get("maskinit-default")
     if args.ablation and default:
         lines += ["| run | box AP (mean) | mask AP (mean) | mask AP - default | mask AP per seed | s/iter | input |",
@@ -537,17 +680,29 @@ def report(dataset: CocoSet, args, results: list[dict], names: list[str], stem: 
             lines.append(f"| {name} | {row['box_ap_mean']} | {row['mask_ap_mean']} | {delta:+} | {row['mask_ap']} | "
                          f"{row['seconds_per_iter']} | {'; '.join(row['input'])} |")
     else:
-        lines += ["| run | box AP (mean) | mask AP (mean) | mask AP per seed | s/iter | input |", "|---|---|---|---|---|---|"]
+        lines += [
+            "| run | box AP (mean) | mask AP (mean) | mask AP per seed | s/iter | input |",
+            "|---|---|---|---|---|---|",
+        ]
         for name, row in table.items():
             lines.append(f"| {name} | {row['box_ap_mean']} | {row['mask_ap_mean']} | {row['mask_ap']} | "
                          f"{row['seconds_per_iter']} | {'; '.join(row['input'])} |")
     if compared:
-        lines += ["", f"Comparator: {compared['comparator']} (best mean mask AP of the scratch-GN LRs run).", "",
-                  "| | maskinit default | comparator | ratio | goal |", "|---|---|---|---|---|",
-                  f"| mask AP | {compared['mask_ap'][0]} | {compared['mask_ap'][1]} | {compared['mask_ratio']}x | >= {goal}x |",
-                  f"| box AP | {compared['box_ap'][0]} | {compared['box_ap'][1]} | {compared['box_ratio']}x | |",
-                  f"| s/iter | {compared['seconds_per_iter'][0]} | {compared['seconds_per_iter'][1]} | {compared['speed_ratio']}x "
-                  f"| <= {SPEED_LIMIT}x |", "", f"Goal met: {'yes' if compared['goal_met'] else 'no'}."]
+        lines += [
+            "",
+            f"Comparator: {compared['comparator']} (best mean mask AP of the scratch-GN LRs run).",
+            "",
+            "| | maskinit default | comparator | ratio | goal |",
+            "|---|---|---|---|---|",
+            f"| mask AP | {compared['mask_ap'][0]} | {compared['mask_ap'][1]} | {compared['mask_ratio']}x "
+            f"| >= {goal}x |",
+            f"| box AP | {compared['box_ap'][0]} | {compared['box_ap'][1]} | {compared['box_ratio']}x | |",
+            f"| s/iter | {compared['seconds_per_iter'][0]} | {compared['seconds_per_iter'][1]} "
+            f"| {compared['speed_ratio']}x "
+            f"| <= {SPEED_LIMIT}x |",
+            "",
+            f"Goal met: {'yes' if compared['goal_met'] else 'no'}.",
+        ]
         if compared["mask_ap"][1] * goal > 100:
             lines += ["", f"The comparator's mask AP is above {100 / goal:.1f}, where no AP reaches {goal}x: mask AP "
                           f"error (100 - AP) of the comparator over maskinit's: {compared['error_ratio']}x."]
@@ -557,7 +712,9 @@ def report(dataset: CocoSet, args, results: list[dict], names: list[str], stem: 
                           + (f" (run `--only {edge}` too)." if edge in STOCK else ".")]
     failed = [r for r in results if r.get("status") != "finished"]
     if failed:
-        lines += ["", "Runs that did not finish:"] + [f"- {r['name']} seed {r['seed']}: {r['status']} ({r.get('error')})" for r in failed]
+        lines += ["", "Runs that did not finish:"] + [
+            f"- {r['name']} seed {r['seed']}: {r['status']} ({r.get('error')})" for r in failed
+        ]
     (args.results_dir / f"{stem}.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines), flush=True)
 
@@ -609,7 +766,9 @@ def data_sets(args, parser) -> list[CocoSet]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--only", nargs="*", help="run names (default: the comparison, COMPARE; MAIN on the embedded set)")
+    parser.add_argument(
+        "--only", nargs="*", help="run names (default: the comparison, COMPARE; MAIN on the embedded set)"
+    )
     parser.add_argument("--all", action="store_true", help="every run defined here (hours on 2 CPU cores)")
     parser.add_argument("--ablation", action="store_true", help="the default minus one part at a time (ABLATIONS)")
     parser.add_argument("--seeds", nargs="*", type=int, default=list(SEEDS))
@@ -626,9 +785,15 @@ def main() -> None:
     parser.add_argument("--name", help="the set's name with the four explicit paths (results-SET, runs/SET)")
     parser.add_argument("--iters", type=int, default=ITERS, help="budget (400; 1600 is 4x), schedule scaled for both")
     parser.add_argument("--eval-period", type=int, default=0, help="0: every 100 iterations, 8 points past 400")
-    parser.add_argument("--lrs", nargs="*", default=SWEEP, help="the comparator's LR sweep; `best`: the 400-iteration sweep's best")
-    parser.add_argument("--comparator-input", choices=("fitted", "tiny"), default="fitted",
-                        help="stock Detectron2 at the input size maskinit fits to the set, or at the tiny preset's 128 px")
+    parser.add_argument(
+        "--lrs", nargs="*", default=SWEEP, help="the comparator's LR sweep; `best`: the 400-iteration sweep's best"
+    )
+    parser.add_argument(
+        "--comparator-input",
+        choices=("fitted", "tiny"),
+        default="fitted",
+        help="stock Detectron2 at the input size maskinit fits to the set, or at the tiny preset's 128 px",
+    )
     parser.add_argument("--jobs", type=int, default=2, help="runs side by side (one thread each)")
     parser.add_argument("--device", default="cpu", help="cpu or cuda (all runs share the device)")
     parser.add_argument("--runs-dir", type=Path, default=RUNS, help="cache of finished runs")
@@ -643,12 +808,14 @@ def main() -> None:
         context = Context(dataset, args)
         jobs = [(name, seed) for seed in args.seeds for name in names]  # every name's first seed first
         if args.report_only:
-            found = [read_json((context.runs / (context.stock_name(n) if n in STOCK else n) / f"seed{s}") / "result.json")
-                     for n, s in jobs]
+            found = [
+                read_json((context.runs / (context.stock_name(n) if n in STOCK else n) / f"seed{s}") / "result.json")
+                for n, s in jobs
+            ]
             results = [result for result in found if result]
         else:
             with ThreadPoolExecutor(args.jobs) as pool:
-                results = stopped_left_out(list(pool.map(lambda job: context.run_one(*job), jobs)))
+                results = stopped_left_out(list(pool.map(lambda job, context=context: context.run_one(*job), jobs)))
         if not results:
             print(f"{dataset.name}: no finished runs", flush=True)
             continue

@@ -27,7 +27,6 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 from common import REAL_DATA_ENV, real_sets  # noqa: E402
 
-
 # written by plain_shapes.py (the same bytes on every call), kept beside the run cache
 PLAIN_SHAPES = HERE / "runs" / "data" / "plain_shapes"
 
@@ -53,7 +52,9 @@ def main() -> None:
     parser.add_argument("--real-data", type=Path, default=None,
                         help=f"folder holding rice_leaf/ and coco128/ (default ${REAL_DATA_ENV} or ../shared/data)")
     parser.add_argument("--no-real", action="store_true", help="the synthetic sets only")
-    parser.add_argument("--extended", action="store_true", help="also the 4x budget, the ablations, R50 on CPU and the tuning benchmark")
+    parser.add_argument(
+        "--extended", action="store_true", help="also the 4x budget, the ablations, R50 on CPU and the tuning benchmark"
+    )
     args = parser.parse_args()
     steps = [
         ("eval_speed.py", []),
@@ -80,11 +81,26 @@ def main() -> None:
                       ("tune.py", [data["rice_leaf"].split("=", 1)[1], *TUNE_CPU])]
     if cuda_available():
         steps += [
-            ("recipes.py", ["--all", "--device", "cuda", "--jobs", "14", "--runs-dir", str(HERE / "runs" / "gpu"), "--tag=-variants-gpu"]),
+            (
+                "recipes.py",
+                [
+                    "--all",
+                    "--device",
+                    "cuda",
+                    "--jobs",
+                    "14",
+                    "--runs-dir",
+                    str(HERE / "runs" / "gpu"),
+                    "--tag=-variants-gpu",
+                ],
+            ),
             ("gpu_throughput.py", ["--iters", "200"]),
         ]
     else:
-        print("no CUDA GPU: the variant sweep, gpu_throughput.py and gpu_r50.sh are skipped (see benchmarks/gpu.md)", flush=True)
+        print(
+            "no CUDA GPU: the variant sweep, gpu_throughput.py and gpu_r50.sh are skipped (see benchmarks/gpu.md)",
+            flush=True,
+        )
     steps.append(("plots.py", []))
     for script, script_args in steps:
         print(f"== {script} {' '.join(script_args)}", flush=True)

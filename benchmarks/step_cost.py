@@ -109,11 +109,17 @@ def fit(points: list[dict]) -> dict:
     preset = fixed + pixel * PRESET["pixels"] + roi * PRESET["rois"] + mask * PRESET["mask_rois"]
     predicted = np.asarray(rows) @ coef
     errors = [round(float(e), 3) for e in (predicted / np.asarray([p["seconds"] for p in points]) - 1)]
-    return {"seconds": {"fixed": fixed, "per_pixel": pixel, "per_roi": roi, "per_mask_roi": mask},
-            "preset_step_seconds": preset,
-            "shares_of_preset_step": {"fixed": fixed / preset, "pixels": pixel * PRESET["pixels"] / preset,
-                                      "rois": roi * PRESET["rois"] / preset, "mask_rois": mask * PRESET["mask_rois"] / preset},
-            "relative_errors": errors}
+    return {
+        "seconds": {"fixed": fixed, "per_pixel": pixel, "per_roi": roi, "per_mask_roi": mask},
+        "preset_step_seconds": preset,
+        "shares_of_preset_step": {
+            "fixed": fixed / preset,
+            "pixels": pixel * PRESET["pixels"] / preset,
+            "rois": roi * PRESET["rois"] / preset,
+            "mask_rois": mask * PRESET["mask_rois"] / preset,
+        },
+        "relative_errors": errors,
+    }
 
 
 def main() -> None:

@@ -81,7 +81,9 @@ def main() -> None:
     parser.add_argument("--scale", choices=sorted(SCALES), default="tiny")
     parser.add_argument("--eval-period", type=int, default=0)
     parser.add_argument("--checkpoint-period", type=int, default=0, help="save every N iterations (0: only at the end)")
-    parser.add_argument("--resume", action="store_true", help="continue from OUTPUT_DIR's last checkpoint (Detectron2's resume)")
+    parser.add_argument(
+        "--resume", action="store_true", help="continue from OUTPUT_DIR's last checkpoint (Detectron2's resume)"
+    )
     args, args.opts = parser.parse_known_args()
     if any(opt.startswith("--") for opt in args.opts[::2]):
         parser.error(f"unknown option(s): {[opt for opt in args.opts[::2] if opt.startswith('--')]}")
@@ -99,11 +101,32 @@ def main() -> None:
     register_coco_instances("bench_val", {}, str(dataset.val_json), str(dataset.val_images))
     cfg = get_cfg()
     cfg.merge_from_file(model_zoo.get_config_file(ZOO[args.recipe]))
-    cfg.merge_from_list(SCALES[args.scale] + budget(args.iters) + [
-        "MODEL.WEIGHTS", "", "MODEL.ROI_HEADS.NUM_CLASSES", str(num_classes), "SOLVER.BASE_LR", str(args.lr),
-        "SEED", str(args.seed), "TEST.EVAL_PERIOD", str(args.eval_period), "SOLVER.CHECKPOINT_PERIOD", str(args.checkpoint_period or 100000),
-        "DATASETS.TRAIN", "('bench_train',)", "DATASETS.TEST", "('bench_val',)", "OUTPUT_DIR", args.output_dir,
-    ] + mask_format(dataset) + args.opts)
+    cfg.merge_from_list(
+        SCALES[args.scale]
+        + budget(args.iters)
+        + [
+            "MODEL.WEIGHTS",
+            "",
+            "MODEL.ROI_HEADS.NUM_CLASSES",
+            str(num_classes),
+            "SOLVER.BASE_LR",
+            str(args.lr),
+            "SEED",
+            str(args.seed),
+            "TEST.EVAL_PERIOD",
+            str(args.eval_period),
+            "SOLVER.CHECKPOINT_PERIOD",
+            str(args.checkpoint_period or 100000),
+            "DATASETS.TRAIN",
+            "('bench_train',)",
+            "DATASETS.TEST",
+            "('bench_val',)",
+            "OUTPUT_DIR",
+            args.output_dir,
+        ]
+        + mask_format(dataset)
+        + args.opts
+    )
     Path(args.output_dir).mkdir(parents=True, exist_ok=True)
     Path(args.output_dir, "config.yaml").write_text(cfg.dump())
     setup_logger(args.output_dir)

@@ -39,7 +39,9 @@ def main(args):
 
 if __name__ == "__main__":
     parser = default_argument_parser()
-    parser.add_argument("--coco", nargs=3, action="append", metavar=("NAME", "JSON", "IMAGES"), help="register a COCO set")
+    parser.add_argument(
+        "--coco", nargs=3, action="append", metavar=("NAME", "JSON", "IMAGES"), help="register a COCO set"
+    )
     args = parser.parse_args()
     launch(main, args.num_gpus, num_machines=args.num_machines, machine_rank=args.machine_rank,
            dist_url=args.dist_url, args=(args,))

@@ -43,7 +43,9 @@ TUNED = ("tuned", "tuned_same_budget")
 def data_args(folder: Path) -> list[str]:
     missing = [name for name in ("train.json", "train", "val.json", "val") if not (folder / name).exists()]
     if missing:
-        raise SystemExit(f"{folder} is not a set folder {{train.json, train/, val.json, val/}}: missing {', '.join(missing)}")
+        raise SystemExit(
+            f"{folder} is not a set folder {{train.json, train/, val.json, val/}}: missing {', '.join(missing)}"
+        )
     return ["--train-json", str(folder / "train.json"), "--train-images", str(folder / "train"),
             "--val-json", str(folder / "val.json"), "--val-images", str(folder / "val")]
 
@@ -54,7 +56,12 @@ def run(command: list[str], log: Path) -> int:
     with log.open("a") as stream:
         stream.write(f"$ {' '.join(command)}\n")
         stream.flush()
-        code = subprocess.call(command, stdout=stream, stderr=subprocess.STDOUT, env={**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")})
+        code = subprocess.call(
+            command,
+            stdout=stream,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")},
+        )
     print(f"  {time.time() - started:7.0f} s  exit {code}  {' '.join(command[3:6])} ... (log {log})", flush=True)
     return code
 
@@ -99,16 +106,25 @@ def main() -> None:
     parser.add_argument("--preset", default="tiny")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--ims-per-batch", type=int, default=4)
-    parser.add_argument("--budget", type=int, default=4000, help="training iterations the tuned arm may spend in all (trials + final run)")
+    parser.add_argument(
+        "--budget",
+        type=int,
+        default=4000,
+        help="training iterations the tuned arm may spend in all (trials + final run)",
+    )
     parser.add_argument("--final-iters", type=int, default=400, help="length of the final runs")
-    parser.add_argument("--trial-iters", type=int, default=None, help="length of a tuning trial (default: --final-iters)")
+    parser.add_argument(
+        "--trial-iters", type=int, default=None, help="length of a tuning trial (default: --final-iters)"
+    )
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--pruner", default="median")
     parser.add_argument("--val-fraction", type=float, default=0.2,
                         help="share of the training images the trials are scored on (0: the validation set)")
     parser.add_argument("--runs", type=Path, default=ROOT / "benchmarks" / "runs" / "tune")
     parser.add_argument("--results", type=Path, default=ROOT / "benchmarks" / "results")
-    parser.add_argument("--smoke", action="store_true", help="a few iterations everywhere: checks the script, measures nothing")
+    parser.add_argument(
+        "--smoke", action="store_true", help="a few iterations everywhere: checks the script, measures nothing"
+    )
     parser.add_argument("--arms", nargs="+", choices=ARMS, default=list(ARMS),
                         help="arms to train now (two processes can split them: the study with `tuned`, the rest "
                         "beside it); the report counts every arm whose runs are finished")
@@ -120,20 +136,49 @@ def main() -> None:
     data = data_args(args.data.resolve())
     name = args.data.resolve().name + ("-smoke" if args.smoke else "")
     runs = args.runs / name
-    common = ["--preset", args.preset, "--device", args.device, "--ims-per-batch", str(args.ims_per_batch), "--no-progress"]
+    common = [
+        "--preset",
+        args.preset,
+        "--device",
+        args.device,
+        "--ims-per-batch",
+        str(args.ims_per_batch),
+        "--no-progress",
+    ]
     eval_period = max(1, trial_iters // 4)
 
-    # tuned arm: one trial per `maskinit tune --resume` call, while the budget leaves room for one more and the final run
+    # tuned arm: one trial per `maskinit tune --resume` call, while the budget leaves room for one more and the
+    # final run
     study = runs / ("study" if not args.val_fraction else f"study-val{args.val_fraction:g}")
     held_back = ["--val-fraction", str(args.val_fraction)] if args.val_fraction else []
-    print(f"tuning on {args.data} ({args.budget} iterations in all, trials of {trial_iters}, final runs of {args.final_iters})")
+    print(
+        f"tuning on {args.data} ({args.budget} iterations in all, trials of {trial_iters}, "
+        f"final runs of {args.final_iters})"
+    )
     while set(TUNED) & set(args.arms):
         used, rows = trials_used(study)
         count = len([row for row in rows if row["state"] in ("complete", "pruned", "diverged", "failed")])
         if used + trial_iters + args.final_iters > args.budget:
             break
-        tune = [*MASKINIT, "tune", *common, *data, "--max-iter", str(trial_iters), "--eval-period", str(eval_period),
-                "--pruner", args.pruner, "--trials", str(count + 1), "--seed", "0", "--output-dir", str(study), *held_back]
+        tune = [
+            *MASKINIT,
+            "tune",
+            *common,
+            *data,
+            "--max-iter",
+            str(trial_iters),
+            "--eval-period",
+            str(eval_period),
+            "--pruner",
+            args.pruner,
+            "--trials",
+            str(count + 1),
+            "--seed",
+            "0",
+            "--output-dir",
+            str(study),
+            *held_back,
+        ]
         if (study / "study.db").is_file():
             tune.append("--resume")
         if run(tune, runs / "tune.log") not in (0, 1):
@@ -141,13 +186,31 @@ def main() -> None:
         if trials_used(study)[0] == used:
             raise SystemExit(f"a trial trained nothing: see {runs / 'tune.log'}")
     best_config = study / "best_config.yaml"
-    if set(TUNED) & set(args.arms) and not (best_config.is_file() and any(row["state"] == "complete" for row in trials_used(study)[1])):
+    if set(TUNED) & set(args.arms) and not (
+        best_config.is_file() and any(row["state"] == "complete" for row in trials_used(study)[1])
+    ):
         raise SystemExit(f"no trial completed within the budget: see {runs / 'tune.log'}")
 
     rest = args.budget - trials_used(study)[0]
     arms = {
-        "tuned": lambda seed: ["--config", str(best_config), "--device", args.device, "--no-progress", "--max-iter", str(args.final_iters)],
-        "tuned_same_budget": lambda seed: ["--config", str(best_config), "--device", args.device, "--no-progress", "--max-iter", str(rest)],
+        "tuned": lambda seed: [
+            "--config",
+            str(best_config),
+            "--device",
+            args.device,
+            "--no-progress",
+            "--max-iter",
+            str(args.final_iters),
+        ],
+        "tuned_same_budget": lambda seed: [
+            "--config",
+            str(best_config),
+            "--device",
+            args.device,
+            "--no-progress",
+            "--max-iter",
+            str(rest),
+        ],
         "default_same_length": lambda seed: [*common, "--max-iter", str(args.final_iters)],
         "default_same_budget": lambda seed: [*common, "--max-iter", str(args.budget)],
     }
@@ -167,12 +230,25 @@ def main() -> None:
         results[arm] = {"mask_ap": mean(r["mask_ap"] for r in per_seed.values()),
                         "box_ap": mean(r["box_ap"] for r in per_seed.values()), "per_seed": per_seed}
     report = {
-        "data": str(args.data), "preset": args.preset, "device": args.device, "ims_per_batch": args.ims_per_batch,
-        "trials_scored_on": f"{args.val_fraction:g} of the training images, held back" if args.val_fraction else "the validation set",
-        "budget_iterations": args.budget, "final_iterations": args.final_iters, "trial_iterations": trial_iters,
+        "data": str(args.data),
+        "preset": args.preset,
+        "device": args.device,
+        "ims_per_batch": args.ims_per_batch,
+        "trials_scored_on": f"{args.val_fraction:g} of the training images, held back"
+        if args.val_fraction
+        else "the validation set",
+        "budget_iterations": args.budget,
+        "final_iterations": args.final_iters,
+        "trial_iterations": trial_iters,
         "tuned_same_budget_iterations": rest,
-        "tuning": {"trials": count, "iterations_used": used, "best_trial": best and best["number"],
-                   "best_trial_ap": best and best["ap"], "best_params": best and best["params"], "trials_table": rows},
+        "tuning": {
+            "trials": count,
+            "iterations_used": used,
+            "best_trial": best and best["number"],
+            "best_trial_ap": best and best["ap"],
+            "best_params": best and best["params"],
+            "trials_table": rows,
+        },
         "arms": results,
         "smoke": args.smoke,
     }

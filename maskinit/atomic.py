@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import os
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable, Union
 
-Content = Union[str, bytes, Callable]
+Content = str | bytes | Callable
 
 
 def write_atomically(path: str | Path, content: Content, check: Callable[[Path], None] | None = None,

@@ -90,7 +90,7 @@ class ClippingCropTransform(T.CropTransform):
         return super().apply_polygons(polygons)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def has_shapely() -> bool:
     """Whether shapely imports, asked once per process: a failed import is not cached by Python, and
     searching for it again for every cropped annotation cost about a third of an LSJ image's mapping."""
@@ -136,7 +136,8 @@ class FixedSizeCrop(T.FixedSizeCrop):
             return pad
         if len(self.channel_pad) != image.shape[2]:
             raise MaskinitError(
-                f"LSJ padding: {len(self.channel_pad)} pad values (MODEL.PIXEL_MEAN) for an image of {image.shape[2]} channels"
+                f"LSJ padding: {len(self.channel_pad)} pad values (MODEL.PIXEL_MEAN) "
+                f"for an image of {image.shape[2]} channels"
             )
         return ChannelPadTransform(pad.x0, pad.y0, pad.x1, pad.y1, pad.orig_w, pad.orig_h,
                                    self.channel_pad, pad.seg_pad_value)
@@ -156,12 +157,16 @@ def build_train_augmentations(cfg: CfgNode) -> list[T.Augmentation]:
     size = int(aug.LSJ_IMAGE_SIZE)
     return [
         T.ResizeScale(
-            min_scale=float(aug.LSJ_MIN_SCALE), max_scale=float(aug.LSJ_MAX_SCALE), target_height=size, target_width=size
+            min_scale=float(aug.LSJ_MIN_SCALE),
+            max_scale=float(aug.LSJ_MAX_SCALE),
+            target_height=size,
+            target_width=size,
         ),
         # Detectron2 0.7.2's defaults, which the LSJ configs use: pad the image with 128, segmentation with 255;
         # images other than 8-bit colour with the data's mean.
-        FixedSizeCrop(crop_size=(size, size), pad=True, pad_value=128.0, seg_pad_value=255,
-                      channel_pad=cfg.MODEL.PIXEL_MEAN),
+        FixedSizeCrop(
+            crop_size=(size, size), pad=True, pad_value=128.0, seg_pad_value=255, channel_pad=cfg.MODEL.PIXEL_MEAN
+        ),
         T.RandomFlip(horizontal=True),
     ]
 

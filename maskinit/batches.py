@@ -73,7 +73,9 @@ def synthetic_batch(cfg: CfgNode, num_images: int = 2, image_size: int = 128, se
         pixels = np.clip(image, 0, 255).astype(np.uint8)
         if cfg.INPUT.FORMAT == "RGB":
             pixels = pixels[..., ::-1]
-        batch.append(_model_input(torch.from_numpy(np.ascontiguousarray(pixels.transpose(2, 0, 1))), index, masks, classes))
+        batch.append(
+            _model_input(torch.from_numpy(np.ascontiguousarray(pixels.transpose(2, 0, 1))), index, masks, classes)
+        )
     return batch
 
 

@@ -3,7 +3,7 @@ up or set by name. Imports nothing (no torch, no Detectron2), so the data statis
 
 from __future__ import annotations
 
-from typing import Mapping
+from collections.abc import Mapping
 
 MISSING = object()
 

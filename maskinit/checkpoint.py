@@ -14,7 +14,9 @@ import re
 from pathlib import Path
 
 import torch
-from detectron2.checkpoint import DetectionCheckpointer  # save re-stated, _load_file/_load_model overridden: see internals.py
+from detectron2.checkpoint import (
+    DetectionCheckpointer,  # save re-stated, _load_file/_load_model overridden: see internals.py
+)
 from torch import nn
 
 from .atomic import write_atomically
@@ -59,7 +61,8 @@ class AuditedCheckpointer(DetectionCheckpointer):
             bad = non_finite_tensors(final)
             if bad:
                 raise FloatingPointError(
-                    f"weights became non-finite at iteration {kwargs.get('iteration', '?')}: {len(bad)} of {len(final)} "
+                    f"weights became non-finite at iteration {kwargs.get('iteration', '?')}: "
+                    f"{len(bad)} of {len(final)} "
                     f"averaged tensors (e.g. {bad[0]}); {name}.pth not written"
                 )
             data = {"model": final, "raw_model": state}
@@ -118,7 +121,11 @@ def weights_fingerprint(model: torch.nn.Module) -> str:
     for name, tensor in sorted(model.state_dict().items()):
         digest.update(name.encode())
         # reshape(-1): 0-dim tensors (BatchNorm's num_batches_tracked) cannot be viewed as bytes
-        digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
+        digest.update(
+            tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes()
+            if tensor.numel()
+            else b""
+        )
     return digest.hexdigest()
 
 

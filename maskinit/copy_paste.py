@@ -30,7 +30,7 @@ are kept on a pasted image: maskinit trains instance segmentation.
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -48,11 +48,17 @@ def check_copy_paste(cfg: CfgNode) -> None:
     if not _number(cp.PROB) or not 0 <= cp.PROB <= 1:
         raise MaskinitError(f"MASKINIT.AUGMENT.COPY_PASTE.PROB must be in [0, 1] (0: off), got {cp.PROB!r}")
     if not _integer(cp.MAX_INSTANCES) or cp.MAX_INSTANCES < 1:
-        raise MaskinitError(f"MASKINIT.AUGMENT.COPY_PASTE.MAX_INSTANCES must be an integer of at least 1, got {cp.MAX_INSTANCES!r}")
+        raise MaskinitError(
+            f"MASKINIT.AUGMENT.COPY_PASTE.MAX_INSTANCES must be an integer of at least 1, got {cp.MAX_INSTANCES!r}"
+        )
     if not _integer(cp.MIN_AREA) or cp.MIN_AREA < 1:
-        raise MaskinitError(f"MASKINIT.AUGMENT.COPY_PASTE.MIN_AREA must be an integer of at least 1 (pixels), got {cp.MIN_AREA!r}")
+        raise MaskinitError(
+            f"MASKINIT.AUGMENT.COPY_PASTE.MIN_AREA must be an integer of at least 1 (pixels), got {cp.MIN_AREA!r}"
+        )
     if cp.PROB > 0 and not cfg.MODEL.MASK_ON:
-        raise MaskinitError("MASKINIT.AUGMENT.COPY_PASTE.PROB > 0 pastes objects by their masks: it needs MODEL.MASK_ON")
+        raise MaskinitError(
+            "MASKINIT.AUGMENT.COPY_PASTE.PROB > 0 pastes objects by their masks: it needs MODEL.MASK_ON"
+        )
 
 
 def _number(value) -> bool:
@@ -177,7 +183,9 @@ def source_records(names: Sequence[str]) -> DatasetFromList:
     for name in names:
         if name not in DatasetCatalog.list():
             raise MaskinitError(f"MASKINIT.AUGMENT.COPY_PASTE: training dataset {name!r} is not registered")
-        records += [r for r in DatasetCatalog.get(name) if any(a.get("iscrowd", 0) == 0 for a in r.get("annotations", ()))]
+        records += [
+            r for r in DatasetCatalog.get(name) if any(a.get("iscrowd", 0) == 0 for a in r.get("annotations", ()))
+        ]
     if not records:
         raise MaskinitError(
             f"MASKINIT.AUGMENT.COPY_PASTE: no training image of {', '.join(names)} has an annotation to paste"

@@ -34,9 +34,9 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Iterable, Sequence
 
 import numpy as np
 import torch
@@ -189,7 +189,9 @@ def _norms(modules: Sequence[nn.Module]) -> tuple[float | None, float | None, in
     if not params or not grads:
         return None, None, 0
     grad = float(torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g.double()) for g in grads])))
-    weight = float(torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(p.detach().double()) for p in params])))
+    weight = float(
+        torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(p.detach().double()) for p in params]))
+    )
     return grad, weight, int(sum(torch.count_nonzero(g) for g in grads))
 
 
@@ -255,7 +257,9 @@ def inspect_init(
     for name, (owners, _, _) in stages.items():
         mean, std = moments[name].mean_and_std()
         grad, weight, nonzero = _norms(owners)
-        update = first_step_size(cfg.MASKINIT.OPTIMIZER, lr, grad, nonzero) / weight if grad is not None and weight else None
+        update = (
+            first_step_size(cfg.MASKINIT.OPTIMIZER, lr, grad, nonzero) / weight if grad is not None and weight else None
+        )
         finite = moments[name].finite and (grad is None or math.isfinite(grad))
         rows.append(StageStats(name, mean, std, grad, weight, update, finite))
     _, input_std = moments["input"].mean_and_std()
@@ -305,7 +309,9 @@ def judge(result: InitInspection) -> None:
         peak = max(finite, key=lambda item: item[1], default=None)
         context = ""
         if peak is not None and peak[1] > ACTIVATION_WARN:
-            context = f" (activation std reaches {peak[1]:.0e}x the input's at {peak[0].name}, drift starts at {start.name})"
+            context = (
+                f" (activation std reaches {peak[1]:.0e}x the input's at {peak[0].name}, drift starts at {start.name})"
+            )
         result.verdict, result.stage = "exploding", start.name if start is not None else None
         result.advice = (
             f"non-finite values at {where}{context}: the init scale ({result.init}) or the LR is far too large; "

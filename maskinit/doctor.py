@@ -21,7 +21,11 @@ def check_torch() -> list[Check]:
         import torch
     except Exception as error:  # noqa: BLE001 - any import failure is the finding
         return [Check("torch", False, f"import failed: {error}", "make setup (installs torch==2.13.0)")]
-    build = f"{torch.__version__} (CUDA build {torch.version.cuda})" if torch.version.cuda else f"{torch.__version__} (CPU build)"
+    build = (
+        f"{torch.__version__} (CUDA build {torch.version.cuda})"
+        if torch.version.cuda
+        else f"{torch.__version__} (CPU build)"
+    )
     if torch.cuda.is_available():
         gpus = ", ".join(torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count()))
         cuda = f"available: {gpus}"
@@ -49,7 +53,11 @@ def check_detectron2() -> list[Check]:
     try:
         import detectron2
     except Exception as error:  # noqa: BLE001
-        return [Check("detectron2", False, f"import failed: {error}", "make setup (repacks the registry's detectron2 wheel)")]
+        return [
+            Check(
+                "detectron2", False, f"import failed: {error}", "make setup (repacks the registry's detectron2 wheel)"
+            )
+        ]
     checks = [Check("detectron2", True, f"{detectron2.__version__} at {detectron2.__path__[0]}")]
     try:
         from detectron2 import _C  # noqa: F401

@@ -45,8 +45,14 @@ def check_ema(cfg) -> None:
         raise MaskinitError(f"MASKINIT.EMA.ENABLED must be True or False, got {ema.ENABLED!r}")
     if isinstance(ema.DECAY, bool) or not isinstance(ema.DECAY, (int, float)) or not 0 < ema.DECAY < 1:
         raise MaskinitError(f"MASKINIT.EMA.DECAY must be in (0, 1), got {ema.DECAY!r}")
-    if isinstance(ema.WARMUP_ITERS, bool) or not isinstance(ema.WARMUP_ITERS, (int, float)) or not ema.WARMUP_ITERS >= 0:
-        raise MaskinitError(f"MASKINIT.EMA.WARMUP_ITERS must be >= 0 (0: no warmup of the decay), got {ema.WARMUP_ITERS!r}")
+    if (
+        isinstance(ema.WARMUP_ITERS, bool)
+        or not isinstance(ema.WARMUP_ITERS, (int, float))
+        or not ema.WARMUP_ITERS >= 0
+    ):
+        raise MaskinitError(
+            f"MASKINIT.EMA.WARMUP_ITERS must be >= 0 (0: no warmup of the decay), got {ema.WARMUP_ITERS!r}"
+        )
     if not isinstance(ema.RESTART_AT_STEPS, bool):
         raise MaskinitError(f"MASKINIT.EMA.RESTART_AT_STEPS must be True or False, got {ema.RESTART_AT_STEPS!r}")
 
@@ -58,7 +64,9 @@ def ema_decay(decay: float, warmup_iters: float, updates: int) -> float:
     return decay * (1.0 - math.exp(-updates / warmup_iters))
 
 
-def _average(decay: float, warmup_iters: float, averaged: torch.Tensor, current: torch.Tensor, num_averaged: torch.Tensor):
+def _average(
+    decay: float, warmup_iters: float, averaged: torch.Tensor, current: torch.Tensor, num_averaged: torch.Tensor
+):
     """`AveragedModel`'s `avg_fn`: the new average of one tensor. `num_averaged` counts the models
     averaged so far, the first copy included, so this is update number `num_averaged`."""
     if not averaged.is_floating_point():
@@ -95,7 +103,9 @@ class EMAHook(HookBase):
             self.average.update_parameters(self.model)
 
     def after_step(self) -> None:
-        if self.restart_after and self.trainer.iter in self.restart_after:  # this step ran at the new LR: begin a new average with it
+        if (
+            self.restart_after and self.trainer.iter in self.restart_after
+        ):  # this step ran at the new LR: begin a new average with it
             self.average.n_averaged.zero_()  # AveragedModel copies the weights on its first update
         self.average.update_parameters(self.model)
 

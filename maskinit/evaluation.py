@@ -20,8 +20,11 @@ from pathlib import Path
 import numpy as np
 from detectron2.config import CfgNode
 from detectron2.data import build_detection_test_loader
-from detectron2.evaluation import COCOEvaluator, inference_on_dataset
-from detectron2.evaluation import coco_evaluation  # its COCOeval_opt slot and a private function: see internals.py
+from detectron2.evaluation import (
+    COCOEvaluator,
+    coco_evaluation,  # its COCOeval_opt slot and a private function: see internals.py
+    inference_on_dataset,
+)
 from torch import nn
 
 from .atomic import write_atomically

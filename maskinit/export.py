@@ -163,7 +163,9 @@ def _refusals(cfg: CfgNode, fmt: str) -> list[str]:
         problems.append(f"MODEL.META_ARCHITECTURE {cfg.MODEL.META_ARCHITECTURE} with MASK_ON {cfg.MODEL.MASK_ON}: "
                         "maskinit exports Mask R-CNN (GeneralizedRCNN with MASK_ON True)")
     if cfg.MODEL.KEYPOINT_ON:
-        problems.append("MODEL.KEYPOINT_ON: the export's outputs are boxes, scores, classes and masks; keypoints are not exported")
+        problems.append(
+            "MODEL.KEYPOINT_ON: the export's outputs are boxes, scores, classes and masks; keypoints are not exported"
+        )
     if cfg.TEST.AUG.ENABLED:
         problems.append("TEST.AUG.ENABLED: test-time augmentation runs the model several times from Python; "
                         "one traced graph cannot express it (export without it)")
@@ -207,15 +209,16 @@ def export_metadata(cfg: CfgNode, weights: Path, fmt: str, weight_average: bool)
             "channels": channels,
             "format": cfg.INPUT.FORMAT,
             "channel_order": _channel_order(cfg, channels),
-            "units": "the image file's own (no division by 255 or 65535); the graph normalizes with pixel_mean/pixel_std",
+            "units": "the image file's own (no division by 255 or 65535); "
+            "the graph normalizes with pixel_mean/pixel_std",
             "pixel_mean": [float(v) for v in cfg.MODEL.PIXEL_MEAN],
             "pixel_std": [float(v) for v in cfg.MODEL.PIXEL_STD],
             "min_size": int(cfg.INPUT.MIN_SIZE_TEST),
             "max_size": int(cfg.INPUT.MAX_SIZE_TEST),
             "size_rule": "shorter side to min_size, longer side at most max_size (Detectron2 ResizeShortestEdge; "
-                         "no resize when min_size is 0), sizes rounded to the nearest pixel",
+            "no resize when min_size is 0), sizes rounded to the nearest pixel",
             "resize": "bilinear: Pillow's for 8-bit images of 1 or 3 channels, "
-                      "torch.nn.functional.interpolate(align_corners=False) for all others",
+            "torch.nn.functional.interpolate(align_corners=False) for all others",
         },
         "outputs": {
             "boxes": "(N, 4) float32 x0, y0, x1, y1 in the input's pixels (scale to the image, then clip)",
@@ -223,10 +226,13 @@ def export_metadata(cfg: CfgNode, weights: Path, fmt: str, weight_average: bool)
             "classes": "(N,) int64 index into classes",
             "mask_probs": "(N, M, M) float32 mask probabilities within each box (paste, threshold at mask_threshold)",
         },
-        "classes": [{"index": i, "id": int(dataset_id), "name": name} for i, (name, dataset_id) in enumerate(zip(names, dataset_ids))],
+        "classes": [
+            {"index": i, "id": int(dataset_id), "name": name}
+            for i, (name, dataset_id) in enumerate(zip(names, dataset_ids))
+        ],
         "score_threshold": float(cfg.MODEL.ROI_HEADS.SCORE_THRESH_TEST),
         "score_threshold_rule": "the graph's second input (0-dim float32): detections scoring above it are kept, "
-                                "before NMS and the top detections_per_image, as in Detectron2; this is its default",
+        "before NMS and the top detections_per_image, as in Detectron2; this is its default",
         "nms_threshold": float(cfg.MODEL.ROI_HEADS.NMS_THRESH_TEST),
         "detections_per_image": int(cfg.TEST.DETECTIONS_PER_IMAGE),
         "mask_threshold": 0.5,
@@ -254,7 +260,9 @@ def check_images(cfg: CfgNode, seed: int = 0) -> list[np.ndarray]:
     for height, width in ((300, 400), (400, 300)):
         height, width = resize_shape(height, width, int(cfg.INPUT.MIN_SIZE_TEST), int(cfg.INPUT.MAX_SIZE_TEST))
         coarse = rng.standard_normal((len(mean), max(height // 16, 2), max(width // 16, 2))).astype(np.float32)
-        smooth = torch.nn.functional.interpolate(torch.from_numpy(coarse)[None], (height, width), mode="bilinear")[0].numpy()
+        smooth = torch.nn.functional.interpolate(torch.from_numpy(coarse)[None], (height, width), mode="bilinear")[
+            0
+        ].numpy()
         images.append(np.ascontiguousarray(mean + 2 * std * smooth, dtype=np.float32))
     return images
 
@@ -265,7 +273,10 @@ def _box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     low = np.maximum(a[:, None, :2], b[None, :, :2])
     high = np.minimum(a[:, None, 2:], b[None, :, 2:])
     inter = np.prod(np.clip(high - low, 0, None), axis=2)
-    area = lambda x: np.prod(np.clip(x[:, 2:] - x[:, :2], 0, None), axis=1)
+
+    def area(x):
+        return np.prod(np.clip(x[:, 2:] - x[:, :2], 0, None), axis=1)
+
     return inter / np.maximum(area(a)[:, None] + area(b)[None, :] - inter, 1e-9)
 
 
@@ -300,7 +311,11 @@ def compare_outputs(expected, actual, image_shape, threshold: float, top_k: int)
         result["box"] = max(result["box"], float(np.abs(boxes_a[i] - boxes_b[j]).max()) / scale)
         result["score"] = max(result["score"], float(abs(scores_a[i] - scores_b[j])))
         result["mask"] = max(result["mask"], float(np.abs(masks_a[i] - masks_b[j]).max()))
-    for key, tolerance in (("box", CHECK_BOX_TOLERANCE), ("score", CHECK_SCORE_TOLERANCE), ("mask", CHECK_MASK_TOLERANCE)):
+    for key, tolerance in (
+        ("box", CHECK_BOX_TOLERANCE),
+        ("score", CHECK_SCORE_TOLERANCE),
+        ("mask", CHECK_MASK_TOLERANCE),
+    ):
         if result[key] > tolerance:
             result["problem"] = f"{key}es differ by up to {result[key]:.2g} (tolerance {tolerance:g})"
     return result
@@ -356,7 +371,8 @@ def _check(path: Path, fmt: str, model: nn.Module, images: list[np.ndarray], top
             results.append(result)
             if result["problem"]:
                 raise MaskinitError(
-                    f"the exported {fmt} model does not reproduce the Detectron2 model on a {image.shape[2]}x{image.shape[1]} "
+                    f"the exported {fmt} model does not reproduce the Detectron2 model "
+                    f"on a {image.shape[2]}x{image.shape[1]} "
                     f"check image at score threshold {score_threshold:g} ({result['problem']}); nothing written"
                 )
     except DeployError as error:
@@ -365,7 +381,9 @@ def _check(path: Path, fmt: str, model: nn.Module, images: list[np.ndarray], top
         raise
     except Exception as error:
         runtime = "onnxruntime" if fmt == "onnx" else "torch"
-        raise MaskinitError(f"{runtime} cannot run the exported {fmt} model: {one_line(error)}; nothing written") from error
+        raise MaskinitError(
+            f"{runtime} cannot run the exported {fmt} model: {one_line(error)}; nothing written"
+        ) from error
     return results
 
 
@@ -417,7 +435,11 @@ def export_model(cfg: CfgNode, weights: str | Path, fmt: str, output: str | Path
         warnings.simplefilter("ignore", UserWarning)
         warnings.simplefilter("ignore", DeprecationWarning)
         try:
-            content = _export_onnx(adapter, inputs, metadata) if fmt == "onnx" else _trace_torchscript(adapter, inputs, metadata)
+            content = (
+                _export_onnx(adapter, inputs, metadata)
+                if fmt == "onnx"
+                else _trace_torchscript(adapter, inputs, metadata)
+            )
         except MaskinitError:
             raise
         except Exception as error:

@@ -38,7 +38,9 @@ class ProgressHook(HookBase):
                 TextColumn("{task.fields[status]}"), transient=False,
             )
             self._progress.start()
-            self._task = self._progress.add_task("train", total=self.max_iter, completed=self.trainer.start_iter, status="")
+            self._task = self._progress.add_task(
+                "train", total=self.max_iter, completed=self.trainer.start_iter, status=""
+            )
 
     def _status(self) -> str:
         storage = self.trainer.storage

@@ -98,7 +98,8 @@ def orthogonal(weight: torch.Tensor, gain: float = 1.0) -> None:
 
 
 def check_std_mean(std, mean) -> None:
-    """A ValueError (reported by `build_initializer`) for a std that is not positive and finite, or a mean that is not finite."""
+    """A ValueError (reported by `build_initializer`) for a std that is not positive and finite, or a mean that
+    is not finite."""
     for name, value, positive in (("std", std, True), ("mean", mean, False)):
         number = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
         if not number or (positive and value <= 0):
@@ -286,7 +287,9 @@ def set_prior_bias(model: nn.Module, prior_prob: float, labels: dict) -> None:
     if not 0 < prior_prob < 1:
         raise MaskinitError(f"MASKINIT.PRIOR_PROB must be in (0, 1), got {prior_prob}")
     logit = -math.log((1 - prior_prob) / prior_prob)
-    objectness = getattr(getattr(getattr(model, "proposal_generator", None), "rpn_head", None), "objectness_logits", None)
+    objectness = getattr(
+        getattr(getattr(model, "proposal_generator", None), "rpn_head", None), "objectness_logits", None
+    )
     if objectness is not None:
         nn.init.constant_(objectness.bias, logit)
         labels["proposal_generator.rpn_head.objectness_logits.bias"] = f"prior logit({prior_prob})"

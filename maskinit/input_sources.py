@@ -63,8 +63,12 @@ class InputSources:
             frames = f"{self.frame_count} frames" if self.frame_count > 0 else "frames"
             return f"video {self.video} ({'every frame' if self.every == 1 else f'every {self.every}th'} of {frames})"
         count = f"{len(self.items)} image{'s' if len(self.items) != 1 else ''}"
-        return {"image": f"image {self.spec}", "folder": f"{count} in {self.spec}", "glob": f"{count} matching {self.spec}",
-                "list": f"{count} listed in {self.spec}"}[self.kind]
+        return {
+            "image": f"image {self.spec}",
+            "folder": f"{count} in {self.spec}",
+            "glob": f"{count} matching {self.spec}",
+            "list": f"{count} listed in {self.spec}",
+        }[self.kind]
 
     def __iter__(self) -> Iterator[tuple[InputItem, np.ndarray | MaskinitError]]:
         if self.video is not None:
@@ -100,7 +104,9 @@ def _folder(folder: Path, recursive: bool) -> InputSources:
     paths = sorted((p for p in candidates if _is_image(p)), key=lambda p: p.relative_to(folder).as_posix())
     if not paths:
         where = f"{folder} or its subfolders" if recursive else str(folder)
-        hint = "" if recursive or not any(p.is_dir() for p in folder.iterdir()) else " (images in subfolders: --recursive)"
+        hint = (
+            "" if recursive or not any(p.is_dir() for p in folder.iterdir()) else " (images in subfolders: --recursive)"
+        )
         raise MaskinitError(f"no images ({' '.join(IMAGE_SUFFIXES)}) in {where}{hint}")
     return InputSources(str(folder), "folder", _named(paths, [p.relative_to(folder).as_posix() for p in paths]))
 

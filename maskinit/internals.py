@@ -5,10 +5,10 @@ function whose body maskinit re-states with changes, a message or a logger name 
 behaviour that is not part of the documented API (an ordering, a default, an id mapping).
 
 Checked against **Detectron2 0.7.2** and **fvcore 0.1.5.post20221221** (with iopath 0.1.9, torch
-2.13.0, Pillow 13.0.0 and onnxruntime 1.32.0). `tests/test_internals.py` has one test per entry, named `test_<entry>`: it checks that the
-upstream thing still has the shape relied on (a signature, the re-stated source lines, an
-attribute, a behaviour), so that an upgrade that moves one of them fails there, by name, instead of
-deep in a training run. When upgrading, run that file first, then update the versions above.
+2.13.0, Pillow 13.0.0 and onnxruntime 1.32.0). `tests/test_internals.py` has one test per entry, named
+`test_<entry>`: it checks that the upstream thing still has the shape relied on (a signature, the re-stated
+source lines, an attribute, a behaviour), so that an upgrade that moves one of them fails there, by name,
+instead of deep in a training run. When upgrading, run that file first, then update the versions above.
 
 Entries (`where` is the maskinit code that relies on it):
 
@@ -68,7 +68,7 @@ Entries (`where` is the maskinit code that relies on it):
 - `default_augmentation`: augment.build_train_augmentations re-states `DatasetMapper.from_config`:
   `build_augmentation(cfg, is_train)` with `RandomCrop` inserted first when `INPUT.CROP.ENABLED`.
 - `dataset_mapper`: augment.build_train_mapper (`DatasetMapper(cfg, is_train=True, augmentations=,
-  recompute_boxes=True)`), diagnostics.coco_batch (explicit keyword arguments) and
+  recompute_boxes=True)`), batches.coco_batch (explicit keyword arguments) and
   visualize.save_comparisons (`DatasetMapper(cfg, is_train=False)`).
 - `dataset_mapper_call`: data.mapper.ImageMapper.map_image re-states `DatasetMapper.__call__` with
   maskinit's image reader (size check, augmentation, tensor, proposals, annotations) and calls its
@@ -83,11 +83,11 @@ Entries (`where` is the maskinit code that relies on it):
   `ignore` other than 0 (an assertion), polygons of odd length or fewer than 6 coordinates.
 - `check_image_size`: data.validate (sizes as integral floats pass) re-states
   `detection_utils.check_image_size`, which compares (width, height) with `==`.
-- `exif_orientation`: data.images.read_image and data.validate turn images as Detectron2's
+- `exif_orientation`: data.images.read_image and data.image_files turn images as Detectron2's
   `read_image` does with the private `detection_utils._apply_exif_orientation` (5-8 transpose).
 - `resize_shortest_edge`: data.analysis.resize_factors re-states
   `ResizeShortestEdge.get_output_shape`: scale min(short / shorter side, max / longer side).
-- `auto_scale_workers`: config.apply_ims_per_batch calls `DefaultTrainer.auto_scale_workers` with the
+- `auto_scale_workers`: config.build.apply_ims_per_batch calls `DefaultTrainer.auto_scale_workers` with the
   old batch as `REFERENCE_WORLD_SIZE`, relying on its arithmetic (batch and LR times the scale;
   MAX_ITER, WARMUP_ITERS, STEPS, EVAL_PERIOD, CHECKPOINT_PERIOD divided by it).
 - `lr_scheduler_base_lrs`: hooks.ReduceLROnPlateau scales `trainer.scheduler.base_lrs`; Detectron2's
@@ -156,11 +156,17 @@ class Reach(NamedTuple):
 
 
 REACHES: dict[str, Reach] = {
-    "fast_cocoeval_slot": Reach("evaluation._install_faster_coco_eval", "detectron2.evaluation.coco_evaluation.COCOeval_opt"),
-    "evaluate_predictions_on_coco": Reach("evaluation.coco_summary_stats", "detectron2.evaluation.coco_evaluation._evaluate_predictions_on_coco"),
+    "fast_cocoeval_slot": Reach(
+        "evaluation._install_faster_coco_eval", "detectron2.evaluation.coco_evaluation.COCOeval_opt"
+    ),
+    "evaluate_predictions_on_coco": Reach(
+        "evaluation.coco_summary_stats", "detectron2.evaluation.coco_evaluation._evaluate_predictions_on_coco"
+    ),
     "coco_evaluator_arguments": Reach("evaluation.build_evaluator", "detectron2.evaluation.COCOEvaluator"),
     "trainer_init": Reach("trainer.Trainer.__init__", "detectron2.engine.DefaultTrainer.__init__"),
-    "last_eval_results": Reach("worker.worker, trainer.Trainer.hooks_with_ema", "detectron2.engine.DefaultTrainer._last_eval_results"),
+    "last_eval_results": Reach(
+        "worker.worker, trainer.Trainer.hooks_with_ema", "detectron2.engine.DefaultTrainer._last_eval_results"
+    ),
     "eval_hook": Reach("trainer.Trainer.hooks_with_ema", "detectron2.engine.hooks.EvalHook.__init__"),
     "build_hooks_order": Reach("trainer.Trainer.build_hooks", "detectron2.engine.DefaultTrainer.build_hooks"),
     "eval_after_train": Reach("worker.worker", "detectron2.engine.hooks.EvalHook.after_train"),
@@ -168,35 +174,75 @@ REACHES: dict[str, Reach] = {
     "divergence_message": Reach("worker.divergence_message", "detectron2.engine.SimpleTrainer.write_metrics"),
     "adamw_optimizer": Reach("trainer.Trainer.build_optimizer", "detectron2.solver.build_optimizer"),
     "checkpointer_save": Reach("checkpoint.AuditedCheckpointer.save", "fvcore.common.checkpoint.Checkpointer.save"),
-    "checkpointer_load_file": Reach("checkpoint.AuditedCheckpointer._load_file", "fvcore.common.checkpoint.Checkpointer._load_file"),
-    "checkpointer_load_model": Reach("checkpoint._CheckingCheckpointer._load_model", "fvcore.common.checkpoint.Checkpointer._load_model"),
-    "registry_do_register": Reach("initializers.register_initializer, norms.register_norm", "fvcore.common.registry.Registry._do_register"),
-    "fixed_size_crop": Reach("augment.FixedSizeCrop, augment.ChannelPadTransform", "detectron2.data.transforms.FixedSizeCrop._get_crop/_get_pad"),
+    "checkpointer_load_file": Reach(
+        "checkpoint.AuditedCheckpointer._load_file", "fvcore.common.checkpoint.Checkpointer._load_file"
+    ),
+    "checkpointer_load_model": Reach(
+        "checkpoint._CheckingCheckpointer._load_model", "fvcore.common.checkpoint.Checkpointer._load_model"
+    ),
+    "registry_do_register": Reach(
+        "initializers.register_initializer, norms.register_norm", "fvcore.common.registry.Registry._do_register"
+    ),
+    "fixed_size_crop": Reach(
+        "augment.FixedSizeCrop, augment.ChannelPadTransform",
+        "detectron2.data.transforms.FixedSizeCrop._get_crop/_get_pad",
+    ),
     "lsj_pad_defaults": Reach("augment.build_train_augmentations", "detectron2.data.transforms.FixedSizeCrop.__init__"),
     "default_augmentation": Reach("augment.build_train_augmentations", "detectron2.data.DatasetMapper.from_config"),
-    "dataset_mapper": Reach("augment.build_train_mapper, diagnostics.coco_batch, visualize.save_comparisons", "detectron2.data.DatasetMapper.__init__"),
+    "dataset_mapper": Reach(
+        "augment.build_train_mapper, batches.coco_batch, visualize.save_comparisons",
+        "detectron2.data.DatasetMapper.__init__",
+    ),
     "dataset_mapper_call": Reach("data.mapper.ImageMapper.map_image", "detectron2.data.DatasetMapper.__call__"),
-    "register_coco_instances_metadata": Reach("data.coco.register_coco_dataset", "detectron2.data.datasets.register_coco_instances"),
+    "register_coco_instances_metadata": Reach(
+        "data.coco.register_coco_dataset", "detectron2.data.datasets.register_coco_instances"
+    ),
     "load_coco_json_id_mapping": Reach("data.coco.inspect_coco", "detectron2.data.datasets.load_coco_json"),
     "load_coco_json_annotation_rules": Reach("data.validate", "detectron2.data.datasets.load_coco_json"),
     "check_image_size": Reach("data.validate", "detectron2.data.detection_utils.check_image_size"),
-    "exif_orientation": Reach("data.images.read_image, data.validate", "detectron2.data.detection_utils._apply_exif_orientation"),
-    "resize_shortest_edge": Reach("data.analysis.resize_factors", "detectron2.data.transforms.ResizeShortestEdge.get_output_shape"),
-    "auto_scale_workers": Reach("config.apply_ims_per_batch", "detectron2.engine.DefaultTrainer.auto_scale_workers"),
-    "lr_scheduler_base_lrs": Reach("hooks.ReduceLROnPlateau, trainer.Trainer.build_lr_scheduler", "detectron2.solver.lr_scheduler.LRMultiplier"),
+    "exif_orientation": Reach(
+        "data.images.read_image, data.image_files", "detectron2.data.detection_utils._apply_exif_orientation"
+    ),
+    "resize_shortest_edge": Reach(
+        "data.analysis.resize_factors", "detectron2.data.transforms.ResizeShortestEdge.get_output_shape"
+    ),
+    "auto_scale_workers": Reach(
+        "config.build.apply_ims_per_batch", "detectron2.engine.DefaultTrainer.auto_scale_workers"
+    ),
+    "lr_scheduler_base_lrs": Reach(
+        "hooks.ReduceLROnPlateau, trainer.Trainer.build_lr_scheduler", "detectron2.solver.lr_scheduler.LRMultiplier"
+    ),
     "torch_plateau_counters": Reach("hooks.ReduceLROnPlateau", "torch.optim.lr_scheduler.ReduceLROnPlateau.state_dict"),
-    "hook_state_dict": Reach("hooks.ReduceLROnPlateau.state_dict, ema.EMAHook.state_dict", "detectron2.engine.train_loop.TrainerBase.state_dict"),
+    "hook_state_dict": Reach(
+        "hooks.ReduceLROnPlateau.state_dict, ema.EMAHook.state_dict",
+        "detectron2.engine.train_loop.TrainerBase.state_dict",
+    ),
     "conv2d_norm": Reach("norms.add_rpn_norm, lsuv (its hooks)", "detectron2.layers.Conv2d.forward"),
     "get_norm_names": Reach("norms (detectron2_name of each variant)", "detectron2.layers.get_norm"),
-    "model_module_names": Reach("initializers, norms.add_rpn_norm, diagnostics._stage_modules", "detectron2.modeling.GeneralizedRCNN"),
-    "instances_to_coco_json_ids": Reach("visualize.predict", "detectron2.evaluation.coco_evaluation.instances_to_coco_json"),
-    "visualizer_jittering": Reach("visualize.draw_predictions", "detectron2.utils.visualizer.Visualizer.draw_instance_predictions"),
+    "model_module_names": Reach(
+        "initializers, norms.add_rpn_norm, diagnostics._stage_modules", "detectron2.modeling.GeneralizedRCNN"
+    ),
+    "instances_to_coco_json_ids": Reach(
+        "visualize.predict", "detectron2.evaluation.coco_evaluation.instances_to_coco_json"
+    ),
+    "visualizer_jittering": Reach(
+        "visualize.draw_predictions", "detectron2.utils.visualizer.Visualizer.draw_instance_predictions"
+    ),
     "trainer_test_signature": Reach("trainer.Trainer.test", "detectron2.engine.DefaultTrainer.test"),
     "compiled_ops_module": Reach("doctor.check_detectron2", "detectron2._C"),
     "traced_inference": Reach("export._inference", "detectron2.modeling.GeneralizedRCNN.inference"),
-    "fast_rcnn_score_thresh": Reach("export._inference", "detectron2.modeling.roi_heads.fast_rcnn.fast_rcnn_inference_single_image"),
-    "detector_postprocess": Reach("deploy.runner.postprocess, deploy.runner.paste_masks", "detectron2.modeling.postprocessing.detector_postprocess"),
-    "resize_transform_kinds": Reach("deploy.runner.ExportedModel.model_input", "detectron2.data.transforms.ResizeTransform.apply_image"),
-    "onnx_group_norm_reshape": Reach("export.ShapedGroupNorm", "torch.onnx (TorchScript-based exporter) aten::group_norm"),
+    "fast_rcnn_score_thresh": Reach(
+        "export._inference", "detectron2.modeling.roi_heads.fast_rcnn.fast_rcnn_inference_single_image"
+    ),
+    "detector_postprocess": Reach(
+        "deploy.runner.postprocess, deploy.runner.paste_masks",
+        "detectron2.modeling.postprocessing.detector_postprocess",
+    ),
+    "resize_transform_kinds": Reach(
+        "deploy.runner.ExportedModel.model_input", "detectron2.data.transforms.ResizeTransform.apply_image"
+    ),
+    "onnx_group_norm_reshape": Reach(
+        "export.ShapedGroupNorm", "torch.onnx (TorchScript-based exporter) aten::group_norm"
+    ),
     "torchscript_extra_files_layout": Reach("deploy.runner.read_metadata", "torch.jit.save(_extra_files=)"),
 }

@@ -147,9 +147,22 @@ def _hook(module: nn.Module, record) -> torch.utils.hooks.RemovableHandle:
         return module.norm.register_forward_pre_hook(lambda m, inputs: record(inputs[0]))
     if isinstance(module, Conv2d) and module.activation is not None and type(module).forward is Conv2d.forward:
         return module.register_forward_hook(  # the convolution of Detectron2's Conv2d.forward, alone
-            lambda m, inputs, output: record(F.conv2d(inputs[0], m.weight, m.bias, m.stride, m.padding, m.dilation, m.groups))
+            lambda m, inputs, output: record(
+                F.conv2d(inputs[0], m.weight, m.bias, m.stride, m.padding, m.dilation, m.groups)
+            )
         )
     return module.register_forward_hook(lambda m, inputs, output: record(output))
+
+
+def _recorder(name: str, seen: list[str], variances: dict[str, RunningMoments]):
+    """What `_hook` calls with a layer's output: its order of first call in `seen`, its moments in `variances`."""
+
+    def record(output):
+        if name not in seen:
+            seen.append(name)
+        variances[name].add(output)
+
+    return record
 
 
 def _normalized_after(module: nn.Module) -> bool:
@@ -181,7 +194,9 @@ def lsuv_layers(model: nn.Module, component_specs: dict[str, str], head_priors: 
     settings = {}
     for component, spec in component_specs.items():
         if spec and is_data_dependent(spec):
-            _, params = parse_spec(spec, "initializer")  # checked by apply_initializers already; no dry run, no RNG draw
+            _, params = parse_spec(
+                spec, "initializer"
+            )  # checked by apply_initializers already; no dry run, no RNG draw
             _, _, base = lsuv_base(**params)
             params = {**LSUV_DEFAULTS, **params}
             settings[component] = (params["tol"], params["iters"], base)
@@ -224,15 +239,7 @@ def run_lsuv(
             while pending:
                 variances = {name: RunningMoments(torch.float32) for name in pending}
                 seen: list[str] = []
-
-                def recorder(name):
-                    def record(output):
-                        if name not in seen:
-                            seen.append(name)
-                        variances[name].add(output)
-                    return record
-
-                handles = [_hook(layers[name][0], recorder(name)) for name in pending]
+                handles = [_hook(layers[name][0], _recorder(name, seen, variances)) for name in pending]
                 try:
                     error = _forward(model, batch, seed, device)
                 finally:

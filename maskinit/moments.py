@@ -41,7 +41,9 @@ class RunningMoments:
             return
         variance, mean = torch.var_mean(values, correction=0)
         count = values.numel()
-        self.count, self.mean, self.m2 = merge((self.count, self.mean, self.m2), (count, float(mean), float(variance) * count))
+        self.count, self.mean, self.m2 = merge(
+            (self.count, self.mean, self.m2), (count, float(mean), float(variance) * count)
+        )
 
     @property
     def variance(self) -> float | None:

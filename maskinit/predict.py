@@ -69,7 +69,9 @@ def resolve_model(model: str | Path | None = None, config: str | Path | None = N
         raise MaskinitError(f"weights {weights} not found")
     if is_exported_model(weights):
         if config is not None:
-            raise MaskinitError(f"{weights} is an exported model, which carries its settings: --config is not used with it")
+            raise MaskinitError(
+                f"{weights} is an exported model, which carries its settings: --config is not used with it"
+            )
         return ModelSource(weights)
     if config is None:
         raise MaskinitError(f"{weights} is a checkpoint: give its run's --config (or the run folder instead)")
@@ -146,7 +148,9 @@ class ExportedPredictor:
         return instances
 
 
-def load_predictor(weights: str | Path, score_threshold: float, *, cfg=None, categories=None, threads: int | None = None):
+def load_predictor(
+    weights: str | Path, score_threshold: float, *, cfg=None, categories=None, threads: int | None = None
+):
     """The predictor of `weights`: `ExportedPredictor` for a file from `maskinit export` (`threads`:
     its intra-op threads), else a `Detectron2Predictor` of the checkpoint with `cfg` (its run's config)
     and the classes `categories` ((names, dataset ids))."""

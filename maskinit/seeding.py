@@ -14,7 +14,9 @@ import torch
 def seeded_rng(seed: int, device: torch.device | str = "cpu"):
     """Python, numpy, torch CPU (and `device`'s CUDA) RNGs seeded with `seed` inside, restored after."""
     device = torch.device(device)
-    devices = [device.index if device.index is not None else torch.cuda.current_device()] if device.type == "cuda" else []
+    devices = (
+        [device.index if device.index is not None else torch.cuda.current_device()] if device.type == "cuda" else []
+    )
     python_state, numpy_state = random.getstate(), np.random.get_state()
     try:
         with torch.random.fork_rng(devices=devices):

@@ -102,7 +102,9 @@ class Trainer(DefaultTrainer):
             weight_decay_bias=cfg.SOLVER.WEIGHT_DECAY_BIAS,
         )
         optimizer_type = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW}[name]
-        return maybe_add_gradient_clipping(cfg, optimizer_type)(params, lr=cfg.SOLVER.BASE_LR, weight_decay=cfg.SOLVER.WEIGHT_DECAY)
+        return maybe_add_gradient_clipping(cfg, optimizer_type)(
+            params, lr=cfg.SOLVER.BASE_LR, weight_decay=cfg.SOLVER.WEIGHT_DECAY
+        )
 
     @classmethod
     def build_lr_scheduler(cls, cfg, optimizer):

@@ -151,7 +151,11 @@ def _write_labels(output_dir: Path, stem: str, instances: Instances, output_form
     from .data.formats.yolo import polygon_line
 
     folder = _make_dir(output_dir / LABELS_DIR)
-    masks = instances.pred_masks.numpy().astype(bool) if instances.has("pred_masks") else np.zeros((0, *instances.image_size), bool)
+    masks = (
+        instances.pred_masks.numpy().astype(bool)
+        if instances.has("pred_masks")
+        else np.zeros((0, *instances.image_size), bool)
+    )
     classes, scores = instances.pred_classes.tolist(), instances.scores.tolist()
     if output_format == "yolo":
         lines = [polygon_line(mask, cls) for mask, cls in zip(masks, classes)]

@@ -47,7 +47,9 @@ def coco(tmp_path_factory):
     root = tmp_path_factory.mktemp("coco")
     train_set = generate_coco_dataset(root / "train", 8, seed=1)
     val_set = generate_coco_dataset(root / "val", 3, seed=2, first_image_id=100)
-    return DataOptions(str(train_set.json_file), str(train_set.image_root), str(val_set.json_file), str(val_set.image_root))
+    return DataOptions(
+        str(train_set.json_file), str(train_set.image_root), str(val_set.json_file), str(val_set.image_root)
+    )
 
 
 def train_options(out, data, max_iter=6, checkpoint_period=3, **kwargs):

@@ -94,7 +94,9 @@ def copy_picture(image: dict, image_root: Path, folder: Path, suffix: str | None
 # Each format
 
 
-def write_label_images(parts: dict, out: Path, dtype=np.uint16, suffix: str = ".png", classes: str = "instances") -> None:
+def write_label_images(
+    parts: dict, out: Path, dtype=np.uint16, suffix: str = ".png", classes: str = "instances"
+) -> None:
     """images/ + labels/ per split folder (train/, val/); classes: "instances" (classes.json per instance),
     "semantic" (semantic/ masks + names) or "single" (one class, all instances of it)."""
     class_ids = {name: i + 1 for i, name in enumerate(CLASS_NAMES)}
@@ -199,8 +201,13 @@ def write_via(parts: dict, out: Path) -> None:
                 if a["image_id"] == image["id"]:
                     polygon = a["segmentation"][0]
                     regions[str(len(regions))] = {
-                        "shape_attributes": {"name": "polygon", "all_points_x": polygon[0::2], "all_points_y": polygon[1::2]},
-                        "region_attributes": {"shape": names[a["category_id"]]}}
+                        "shape_attributes": {
+                            "name": "polygon",
+                            "all_points_x": polygon[0::2],
+                            "all_points_y": polygon[1::2],
+                        },
+                        "region_attributes": {"shape": names[a["category_id"]]},
+                    }
             size = picture.stat().st_size
             document[f"{picture.name}{size}"] = {"fileref": "", "size": size, "filename": picture.name,
                                                  "base64_img_data": "", "file_attributes": {}, "regions": regions}
@@ -208,7 +215,8 @@ def write_via(parts: dict, out: Path) -> None:
 
 
 def cvat_rle(mask: np.ndarray) -> tuple[list[int], int, int, int, int]:
-    """CVAT's mask RLE: run lengths over the mask's box, row by row, background first; (counts, left, top, width, height)."""
+    """CVAT's mask RLE: run lengths over the mask's box, row by row, background first;
+    (counts, left, top, width, height)."""
     ys, xs = np.nonzero(mask)
     left, top, right, bottom = xs.min(), ys.min(), xs.max(), ys.max()
     flat = mask[top:bottom + 1, left:right + 1].reshape(-1)
@@ -225,7 +233,12 @@ def cvat_rle(mask: np.ndarray) -> tuple[list[int], int, int, int, int]:
 
 def write_cvat(parts: dict, out: Path, masks: bool = False) -> None:
     """CVAT for images 1.1: annotations.xml (subsets Train and Validation) + images/; polygons or masks."""
-    lines = ['<?xml version="1.0" encoding="utf-8"?>', "<annotations>", "  <version>1.1</version>", "  <meta><task><labels>"]
+    lines = [
+        '<?xml version="1.0" encoding="utf-8"?>',
+        "<annotations>",
+        "  <version>1.1</version>",
+        "  <meta><task><labels>",
+    ]
     categories = next(iter(parts.values()))[0]["categories"]
     lines += [f"    <label><name>{c['name']}</name><type>any</type></label>" for c in categories]
     lines.append("  </labels></task></meta>")
@@ -235,17 +248,27 @@ def write_cvat(parts: dict, out: Path, masks: bool = False) -> None:
         subset = "Train" if split == "train" else "Validation"
         for image, own in instances(coco):
             picture = copy_picture(image, image_root, out / "images")
-            lines.append(f'  <image id="{index}" name="{picture.name}" subset="{subset}" width="{image["width"]}" height="{image["height"]}">')
+            lines.append(
+                f'  <image id="{index}" name="{picture.name}" subset="{subset}" '
+                f'width="{image["width"]}" height="{image["height"]}">'
+            )
             index += 1
             for a, (name, mask) in zip([a for a in coco["annotations"] if a["image_id"] == image["id"]], own):
                 assert names[a["category_id"]] == name
                 if masks:
                     counts, left, top, width, height = cvat_rle(mask)
-                    lines.append(f'    <mask label="{name}" source="manual" occluded="0" rle="{", ".join(map(str, counts))}" '
-                                 f'left="{left}" top="{top}" width="{width}" height="{height}" z_order="0"></mask>')
+                    lines.append(
+                        f'    <mask label="{name}" source="manual" occluded="0" rle="{", ".join(map(str, counts))}" '
+                        f'left="{left}" top="{top}" width="{width}" height="{height}" z_order="0"></mask>'
+                    )
                 else:
-                    points = ";".join(f"{x:.2f},{y:.2f}" for x, y in zip(a["segmentation"][0][0::2], a["segmentation"][0][1::2]))
-                    lines.append(f'    <polygon label="{name}" source="manual" occluded="0" points="{points}" z_order="0"></polygon>')
+                    points = ";".join(
+                        f"{x:.2f},{y:.2f}" for x, y in zip(a["segmentation"][0][0::2], a["segmentation"][0][1::2])
+                    )
+                    lines.append(
+                        f'    <polygon label="{name}" source="manual" occluded="0" points="{points}" '
+                        'z_order="0"></polygon>'
+                    )
             lines.append("  </image>")
     lines.append("</annotations>")
     (out / "annotations.xml").write_text("\n".join(lines))

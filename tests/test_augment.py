@@ -23,10 +23,22 @@ from maskinit.data.synthetic import generate_coco_dataset
 
 
 def lsj_config(size=64, min_scale=0.1, max_scale=2.0, *extra):
-    return load_config(preset="tiny", overrides=[  # the mappers alone, Copy-Paste (tiny's default) off
-        "MASKINIT.AUGMENT.COPY_PASTE.PROB", "0.0", "MASKINIT.AUGMENT.NAME", "lsj", "MASKINIT.AUGMENT.LSJ_IMAGE_SIZE", str(size),
-        "MASKINIT.AUGMENT.LSJ_MIN_SCALE", str(min_scale), "MASKINIT.AUGMENT.LSJ_MAX_SCALE", str(max_scale), *extra,
-    ])
+    return load_config(
+        preset="tiny",
+        overrides=[  # the mappers alone, Copy-Paste (tiny's default) off
+            "MASKINIT.AUGMENT.COPY_PASTE.PROB",
+            "0.0",
+            "MASKINIT.AUGMENT.NAME",
+            "lsj",
+            "MASKINIT.AUGMENT.LSJ_IMAGE_SIZE",
+            str(size),
+            "MASKINIT.AUGMENT.LSJ_MIN_SCALE",
+            str(min_scale),
+            "MASKINIT.AUGMENT.LSJ_MAX_SCALE",
+            str(max_scale),
+            *extra,
+        ],
+    )
 
 
 @pytest.fixture(scope="module")
@@ -70,7 +82,8 @@ def test_bad_augment_values_are_refused(overrides, message):
 
 
 def mapped_with_transforms(cfg, record, seed):
-    """The mapper's output, and the transforms the same random draws give (the mapper draws only in its augmentations)."""
+    """The mapper's output, and the transforms the same random draws give (the mapper draws only in its
+    augmentations)."""
     mapper = build_train_mapper(cfg)
     np.random.seed(seed)
     out = mapper(dict(record))

@@ -21,7 +21,8 @@ from pathlib import Path
 out = Path(sys.argv[1]); out.mkdir(parents=True, exist_ok=True)
 if "--resume" in sys.argv:
     print("continued from", (out / "last_checkpoint").read_text(), flush=True)
-    (out / "result.json").write_text(json.dumps({"status": "finished", "box_ap": 1.5, "mask_ap": 2.5, "seconds_per_iter": 0.1}))
+    result = {"status": "finished", "box_ap": 1.5, "mask_ap": 2.5, "seconds_per_iter": 0.1}
+    (out / "result.json").write_text(json.dumps(result))
 else:
     (out / "last_checkpoint").write_text("model_0000009.pth")
     print("started", sys.argv[2], flush=True)
@@ -102,7 +103,9 @@ def test_r50_arms_name_the_runs_and_give_maskinit_sgd_its_own_lr_and_weight_deca
     assert lr == "0.02" and options[:2] == ["--optimizer", "sgd"]
     # The options as `maskinit train` applies them to the r50-fpn preset: SGD at 0.02 with the zoo's 1e-4 decay.
     cfg = load_config(preset="r50-fpn", overrides=options[2:])
-    run = apply_run_options(cfg, TrainOptions(output_dir="out", device="cpu", lr=float(lr), optimizer=options[1], max_iter=4))
+    run = apply_run_options(
+        cfg, TrainOptions(output_dir="out", device="cpu", lr=float(lr), optimizer=options[1], max_iter=4)
+    )
     assert (run.MASKINIT.OPTIMIZER, run.SOLVER.BASE_LR, run.SOLVER.WEIGHT_DECAY) == ("sgd", 0.02, 1e-4)
     assert arm_options("maskinit-adamw@2e-4", "0.0001") == ("2e-4", ["--optimizer", "adamw"])
 
@@ -130,17 +133,24 @@ def test_recipe_variants_are_valid_tiny_configs_and_keep_their_explicit_schedule
         checked += 1
     assert checked == len(variants) - 1
     cfg = load_config(preset="tiny", overrides=recipes.SCHEDULE["maskinit-warmup20"])
-    run = apply_run_options(cfg, TrainOptions(output_dir="out", device="cpu", max_iter=1600), explicit_keys={"SOLVER.WARMUP_ITERS"})
+    run = apply_run_options(
+        cfg, TrainOptions(output_dir="out", device="cpu", max_iter=1600), explicit_keys={"SOLVER.WARMUP_ITERS"}
+    )
     assert run.SOLVER.WARMUP_ITERS == 20 and run.SOLVER.MAX_ITER == 1600 and run.SOLVER.STEPS == (1280,)
     cosine = load_config(preset="tiny", overrides=recipes.SCHEDULE["maskinit-cosine"])
     assert cosine.MASKINIT.LR_SCHEDULE == "cosine"
-    assert load_config(preset="tiny", overrides=recipes.SCHEDULE["maskinit-roi128"]).MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE == 128
+    assert (
+        load_config(preset="tiny", overrides=recipes.SCHEDULE["maskinit-roi128"]).MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE
+        == 128
+    )
     # the LSUV ablation puts back c2 in place of the preset's LSUV
     assert load_config(preset="tiny").MASKINIT.INIT == "lsuv"
     assert load_config(preset="tiny", overrides=recipes.ABLATIONS["maskinit-no-lsuv"]).MASKINIT.INIT == "c2"
     # the scaled EMA ingredient: the preset's window of 50 iterations (decay 0.98) becomes 200 at 4x the budget
     ema = load_config(preset="tiny", overrides=recipes.INGREDIENTS["maskinit-ema-scaled"])
-    long = apply_run_options(ema, TrainOptions(output_dir="out", device="cpu", max_iter=1600), explicit_keys={"MASKINIT.EMA.ENABLED"})
+    long = apply_run_options(
+        ema, TrainOptions(output_dir="out", device="cpu", max_iter=1600), explicit_keys={"MASKINIT.EMA.ENABLED"}
+    )
     assert long.MASKINIT.EMA.ENABLED and long.MASKINIT.EMA.DECAY == 0.995 and long.MASKINIT.EMA.WARMUP_ITERS == 160
 
 
@@ -150,16 +160,24 @@ def test_a_cached_maskinit_run_of_another_recipe_is_redone_and_not_continued(sta
     run's result; `recipe` is what recipes.py passes for its maskinit runs, the logic is the same.)"""
     folder, command = stand_in
     execute("stand-in", "stock", command("a"), folder, resume=[*command("a"), "--resume"], iters=10, recipe="old")
-    done = execute("stand-in", "stock", command("a"), folder, resume=[*command("a"), "--resume"], iters=10, recipe="old")
+    done = execute(
+        "stand-in", "stock", command("a"), folder, resume=[*command("a"), "--resume"], iters=10, recipe="old"
+    )
     assert done["resumed"] is True and done["recipe"] == "old" and (folder / "result.json").is_file()
     # the preset changed: the finished result is stale, the run starts afresh (and is stopped again)
-    again = execute("stand-in", "stock", command("a"), folder, resume=[*command("a"), "--resume"], iters=10, recipe="new")
+    again = execute(
+        "stand-in", "stock", command("a"), folder, resume=[*command("a"), "--resume"], iters=10, recipe="new"
+    )
     assert again["status"] != "finished" and "resumed" not in again
     assert "started a" in (folder / "log.txt").read_text() and "continued" not in (folder / "log.txt").read_text()
     # a checkpoint left under another recipe is not continued either; one of the same recipe is
-    stale = execute("stand-in", "stock", command("a"), folder, resume=[*command("a"), "--resume"], iters=10, recipe="newer")
+    stale = execute(
+        "stand-in", "stock", command("a"), folder, resume=[*command("a"), "--resume"], iters=10, recipe="newer"
+    )
     assert "resumed" not in stale and "continued" not in (folder / "log.txt").read_text()
-    same = execute("stand-in", "stock", command("a"), folder, resume=[*command("a"), "--resume"], iters=10, recipe="newer")
+    same = execute(
+        "stand-in", "stock", command("a"), folder, resume=[*command("a"), "--resume"], iters=10, recipe="newer"
+    )
     assert same["resumed"] is True and same["recipe"] == "newer" and same["status"] == "finished"
 
 
@@ -183,7 +201,9 @@ def _data(root: Path, annotation: str = "[]") -> list[str]:
 def _finish(stand_in, data: list[str]) -> dict:
     folder, command = stand_in
     execute("stand-in", "stock", [*command("a"), *data], folder, resume=[*command("a"), *data, "--resume"], iters=10)
-    return execute("stand-in", "stock", [*command("a"), *data], folder, resume=[*command("a"), *data, "--resume"], iters=10)
+    return execute(
+        "stand-in", "stock", [*command("a"), *data], folder, resume=[*command("a"), *data, "--resume"], iters=10
+    )
 
 
 def test_a_cached_run_is_reused_for_the_same_data_in_another_folder(stand_in, tmp_path, capsys):
@@ -193,7 +213,12 @@ def test_a_cached_run_is_reused_for_the_same_data_in_another_folder(stand_in, tm
     assert done["status"] == "finished" and done["data_fingerprint"]
     moved = _data(tmp_path / "cache-b")
     (folder / "out" / "result.json").unlink()  # were anything run, it could not finish: the stand-in needs --resume
-    assert execute("stand-in", "stock", [*command("a"), *moved], folder, resume=[*command("a"), *moved, "--resume"], iters=10) == done
+    assert (
+        execute(
+            "stand-in", "stock", [*command("a"), *moved], folder, resume=[*command("a"), *moved, "--resume"], iters=10
+        )
+        == done
+    )
     assert "redone" not in capsys.readouterr().out
     assert (folder / "log.txt").read_text().count("continued") == 1
 
@@ -203,7 +228,9 @@ def test_a_cached_run_of_other_data_is_redone_from_an_empty_folder_and_says_why(
     _finish(stand_in, _data(tmp_path / "cache-a"))
     (folder / "out" / "metrics.json").write_text('{"iteration": 9}\n')  # the old run's curve
     other = _data(tmp_path / "cache-c", annotation='[{"id": 1}]')
-    again = execute("stand-in", "stock", [*command("a"), *other], folder, resume=[*command("a"), *other, "--resume"], iters=10)
+    again = execute(
+        "stand-in", "stock", [*command("a"), *other], folder, resume=[*command("a"), *other, "--resume"], iters=10
+    )
     assert again["status"] == "interrupted" and "resumed" not in again  # started afresh, not continued
     assert "stand-in seed ?: cached result not used, redone: other data" in capsys.readouterr().out
     assert not (folder / "out" / "metrics.json").exists()  # nothing of the old run mixes into the new one's curve
@@ -245,7 +272,9 @@ def test_speed_times_a_named_variant_at_the_given_length_and_refuses_an_unknown_
     monkeypatch.setattr(speed, "interleaved_pairs", lambda name, count, lr, options, iters: calls.append(
         (name, count, iters, options(tmp_path))) or [{"stock_s_per_iter": 0.5, "maskinit_s_per_iter": 0.6}])
     monkeypatch.setattr(speed, "write_json", lambda path, report: written.update({path.name: report}))
-    monkeypatch.setattr(sys, "argv", ["speed.py", "--variant", "maskinit-roi128-box2fc", "--iters", "200", "--pairs", "1"])
+    monkeypatch.setattr(
+        sys, "argv", ["speed.py", "--variant", "maskinit-roi128-box2fc", "--iters", "200", "--pairs", "1"]
+    )
     speed.main()
     (name, count, iters, options), = calls
     assert (name, count, iters) == ("speed-maskinit-roi128-box2fc-200it", 1, 200)

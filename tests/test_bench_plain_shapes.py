@@ -71,7 +71,9 @@ def test_stock_detectron2_trains_and_evaluates_on_an_rle_set(tmp_path):
     command = [sys.executable, str(ROOT / "benchmarks" / "stock_detectron2.py"), "scratch-gn", str(out), "--lr", "0.02",
                "--iters", "2", "--train-json", str(folder / "train.json"), "--train-images", str(folder / "train"),
                "--val-json", str(folder / "val.json"), "--val-images", str(folder / "val"), "MODEL.DEVICE", "cpu"]
-    done = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=600)
+    done = subprocess.run(
+        command, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=600
+    )
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     result = json.loads((out / "result.json").read_text())
     assert result["status"] == "finished" and result["num_classes"] == 3

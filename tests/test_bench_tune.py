@@ -27,8 +27,18 @@ def set_folder(tmp_path: Path) -> Path:
 
 
 def bench(folder: Path, tmp_path: Path, *arms: str) -> subprocess.Popen:
-    command = [sys.executable, str(ROOT / "benchmarks" / "tune.py"), str(folder), "--smoke", "--runs", str(tmp_path / "runs"),
-               "--results", str(tmp_path / "results"), "--arms", *arms]
+    command = [
+        sys.executable,
+        str(ROOT / "benchmarks" / "tune.py"),
+        str(folder),
+        "--smoke",
+        "--runs",
+        str(tmp_path / "runs"),
+        "--results",
+        str(tmp_path / "results"),
+        "--arms",
+        *arms,
+    ]
     return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             env={**os.environ, "OMP_NUM_THREADS": "1"})
 
@@ -37,16 +47,23 @@ def test_two_processes_split_the_arms_and_the_last_report_counts_them_all(tmp_pa
     folder = set_folder(tmp_path)
     report_file = tmp_path / "results" / "tune-smallset-smoke.json"
     # side by side, as on the 2-core machine: the study in one process, the default arms in the other
-    processes = [bench(folder, tmp_path, "tuned", "tuned_same_budget"), bench(folder, tmp_path, "default_same_length", "default_same_budget")]
+    processes = [
+        bench(folder, tmp_path, "tuned", "tuned_same_budget"),
+        bench(folder, tmp_path, "default_same_length", "default_same_budget"),
+    ]
     outputs = [process.communicate(timeout=900)[0] for process in processes]
     assert [process.returncode for process in processes] == [0, 0], outputs[0][-3000:] + outputs[1][-3000:]
     report = json.loads(report_file.read_text())  # written by whichever ended last: it saw everything finished
-    used = report["tuning"]["iterations_used"]  # trials of 4 (fewer when pruned) while one more and the final 4 fit in 16
+    used = report["tuning"][
+        "iterations_used"
+    ]  # trials of 4 (fewer when pruned) while one more and the final 4 fit in 16
     assert report["tuning"]["trials"] >= 3 and used + 4 <= 16 < used + 4 + 4
     assert "own values" in report["tuning"]["trials_table"][0]["note"]
     # the trials were scored on training images held back from them, never on the validation set
     assert report["trials_scored_on"] == "0.2 of the training images, held back"
-    held = json.loads((tmp_path / "runs" / "smallset-smoke" / "study-val0.2" / "split" / "0.2-seed0" / "held-back.json").read_text())
+    held = json.loads(
+        (tmp_path / "runs" / "smallset-smoke" / "study-val0.2" / "split" / "0.2-seed0" / "held-back.json").read_text()
+    )
     assert len(held["images"]) == 2 and all(image["id"] < 100 for image in held["images"])
     for arm, iterations in (("tuned", 4), ("default_same_length", 4), ("default_same_budget", 16)):
         run = report["arms"][arm]["per_seed"]["0"]
@@ -66,7 +83,9 @@ def test_two_processes_split_the_arms_and_the_last_report_counts_them_all(tmp_pa
     assert json.loads(report_file.read_text())["arms"] == report["arms"]
 
 
-def test_an_interrupted_arm_continues_from_its_checkpoint_and_any_other_unfinished_one_starts_afresh(tmp_path, monkeypatch):
+def test_an_interrupted_arm_continues_from_its_checkpoint_and_any_other_unfinished_one_starts_afresh(
+    tmp_path, monkeypatch
+):
     sys.path.insert(0, str(ROOT / "benchmarks"))
     import tune as bench
 
@@ -83,7 +102,10 @@ def test_an_interrupted_arm_continues_from_its_checkpoint_and_any_other_unfinish
     assert commands[-1][-1] == "--overwrite"
     (out / "run_summary.json").write_text(json.dumps({"status": "finished", "eval": {"segm": {"AP": 9.5}}}))
     assert bench.train_run(out, ["--preset", "tiny"], tmp_path / "log")["mask_ap"] == 9.5 and len(commands) == 2
-    (out / "run_summary.json").write_text(json.dumps({"status": "finished", "seconds": 300.0, "eval": {"segm": {"AP": 9.5}},
-                                                      "from_scratch": {"start_iter": 226}}))
+    (out / "run_summary.json").write_text(
+        json.dumps(
+            {"status": "finished", "seconds": 300.0, "eval": {"segm": {"AP": 9.5}}, "from_scratch": {"start_iter": 226}}
+        )
+    )
     row = bench.train_run(out, ["--preset", "tiny"], tmp_path / "log")  # resumed: its seconds are the last sitting's
     assert (row["seconds"], row["seconds_last_sitting"], row["resumed_at"]) == (None, 300.0, 226) and len(commands) == 2

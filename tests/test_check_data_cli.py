@@ -67,7 +67,9 @@ def test_skip_bad_accepts_fixable_problems_and_says_what_goes(tmp_path, dataset)
     def unknown_image(data):
         data["annotations"][0]["image_id"] = 12345
 
-    result = check_data("--json", broken(tmp_path, dataset, unknown_image), "--images", dataset.image_root, "--skip-bad")
+    result = check_data(
+        "--json", broken(tmp_path, dataset, unknown_image), "--images", dataset.image_root, "--skip-bad"
+    )
     assert result.exit_code == 0, result.output
     assert "leaves out 1 annotation and 0 images" in result.stdout
 

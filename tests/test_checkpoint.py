@@ -50,7 +50,9 @@ def test_disk_full_from_torch_save_is_said_in_words(tmp_path, monkeypatch):
     import shutil
     from collections import namedtuple
 
-    torn = RuntimeError("[enforce fail at inline_container.cc:603] . PytorchStreamWriter failed writing file data/3: file write failed")
+    torn = RuntimeError(
+        "[enforce fail at inline_container.cc:603] . PytorchStreamWriter failed writing file data/3: file write failed"
+    )
     usage = namedtuple("usage", "total used free")
     monkeypatch.setattr(shutil, "disk_usage", lambda path: usage(10 * 2**30, 10 * 2**30, 3 * 2**20))
     assert write_failure(torn, tmp_path) == "disk full, 3 MiB free"
@@ -64,7 +66,9 @@ def test_non_finite_weights_are_never_written_as_a_checkpoint(tmp_path):
     checkpointer.save("model_0000001", iteration=1)
     with torch.no_grad():
         model.weight[0, 0] = float("nan")
-    with pytest.raises(FloatingPointError, match=r"weights became non-finite at iteration 2: 1 of 2 tensors \(e.g. weight\)"):
+    with pytest.raises(
+        FloatingPointError, match=r"weights became non-finite at iteration 2: 1 of 2 tensors \(e.g. weight\)"
+    ):
         checkpointer.save("model_0000002", iteration=2)
     assert (tmp_path / "last_checkpoint").read_text() == "model_0000001.pth"
     assert not (tmp_path / "model_0000002.pth").exists()
@@ -138,7 +142,9 @@ def test_load_weights_refusals_name_the_file(tmp_path):
         load_weights(torch.nn.Linear(3, 2), tmp_path / "garbage.pth")
     assert caught.value.__cause__ is not None  # --debug shows what torch.load said
     torch.save({"model": torch.nn.Linear(4, 2).state_dict()}, tmp_path / "other.pth")
-    with pytest.raises(MaskinitError, match=r"do not match this model \(1 missing, 1 wrong shape parameters, e\.g\. weight\)"):
+    with pytest.raises(
+        MaskinitError, match=r"do not match this model \(1 missing, 1 wrong shape parameters, e\.g\. weight\)"
+    ):
         load_weights(torch.nn.Linear(3, 2), tmp_path / "other.pth")
 
 

@@ -9,6 +9,7 @@ from collections import Counter
 
 import numpy as np
 import pytest
+from conftest import replay_detector, save_untrained_checkpoint
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data.datasets import register_coco_instances
 
@@ -21,7 +22,6 @@ from maskinit.data.synthetic import CLASS_NAMES
 from maskinit.evaluation import evaluate_run
 from maskinit.train import DataOptions
 from maskinit.visualize import _categories, predict
-from conftest import replay_detector, save_untrained_checkpoint
 
 # The generated sets have ids 1..5 for CLASS_NAMES; this permutation keeps every name, moves every id.
 PERMUTED = {1: 4, 2: 5, 3: 1, 4: 3, 5: 2}

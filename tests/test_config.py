@@ -72,7 +72,9 @@ def test_zoo_bases_are_made_from_scratch(base):
 
 def test_local_yaml_base(tmp_path):
     base = tmp_path / "base.yaml"
-    base.write_text("MODEL:\n  WEIGHTS: 'detectron2://x.pkl'\n  RESNETS:\n    NORM: FrozenBN\n  BACKBONE:\n    FREEZE_AT: 2\n")
+    base.write_text(
+        "MODEL:\n  WEIGHTS: 'detectron2://x.pkl'\n  RESNETS:\n    NORM: FrozenBN\n  BACKBONE:\n    FREEZE_AT: 2\n"
+    )
     assert_from_scratch(load_config(base=str(base)))
 
 
@@ -131,7 +133,12 @@ def test_malformed_config_file(tmp_path):
 
 @pytest.mark.parametrize(
     "schedule,max_iter,steps",
-    [("1x", 90000, (60000, 80000)), ("3x", 270000, (210000, 250000)), ("6x", 540000, (480000, 520000)), ("9x", 810000, (750000, 790000))],
+    [
+        ("1x", 90000, (60000, 80000)),
+        ("3x", 270000, (210000, 250000)),
+        ("6x", 540000, (480000, 520000)),
+        ("9x", 810000, (750000, 790000)),
+    ],
 )
 def test_schedule_arithmetic_at_batch_16(schedule, max_iter, steps):
     cfg = load_config(schedule=schedule)
@@ -218,8 +225,17 @@ def test_plain_refuses_variants_stock_detectron2_cannot_build():
 
 
 def test_explain_gives_a_reason_for_every_rule():
-    rows = {key: reason for key, _, _, reason in build_config(preset="tiny", overrides=["SOLVER.BASE_LR", "0.01"]).differences()}
-    for key in ("MODEL.WEIGHTS", "MODEL.BACKBONE.FREEZE_AT", "MODEL.RESNETS.NORM", "MODEL.RESNETS.STRIDE_IN_1X1", "MODEL.PIXEL_STD"):
+    rows = {
+        key: reason
+        for key, _, _, reason in build_config(preset="tiny", overrides=["SOLVER.BASE_LR", "0.01"]).differences()
+    }
+    for key in (
+        "MODEL.WEIGHTS",
+        "MODEL.BACKBONE.FREEZE_AT",
+        "MODEL.RESNETS.NORM",
+        "MODEL.RESNETS.STRIDE_IN_1X1",
+        "MODEL.PIXEL_STD",
+    ):
         assert key in rows and "preset" not in rows[key]
     assert rows["SOLVER.BASE_LR"] == "override"
     assert rows["MODEL.RESNETS.DEPTH"] == "preset tiny"
@@ -242,7 +258,9 @@ def test_ims_per_batch_keeps_the_keys_the_user_set():
     run = apply_run_options(cfg, TrainOptions(output_dir="out", device="cpu", ims_per_batch=4, max_iter=4),
                             explicit_keys={"SOLVER.STEPS"})
     assert tuple(run.SOLVER.STEPS) == (3,) and run.SOLVER.MAX_ITER == 4 and run.SOLVER.IMS_PER_BATCH == 4
-    unset = apply_run_options(load_config(preset="r50-fpn"), TrainOptions(output_dir="out", device="cpu", ims_per_batch=4))
+    unset = apply_run_options(
+        load_config(preset="r50-fpn"), TrainOptions(output_dir="out", device="cpu", ims_per_batch=4)
+    )
     assert unset.SOLVER.MAX_ITER > cfg.SOLVER.MAX_ITER and tuple(unset.SOLVER.STEPS) != tuple(cfg.SOLVER.STEPS)
 
 

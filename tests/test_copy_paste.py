@@ -219,7 +219,9 @@ def test_mapper_pickles_and_runs_in_spawned_loader_workers(registered, records):
     a = mapper(records["polygon"][0])
     np.random.seed(7)
     b = clone(records["polygon"][0])
-    assert torch.equal(a["image"], b["image"]) and torch.equal(a["instances"].gt_masks.tensor, b["instances"].gt_masks.tensor)
+    assert torch.equal(a["image"], b["image"]) and torch.equal(
+        a["instances"].gt_masks.tensor, b["instances"].gt_masks.tensor
+    )
     # spawn, not fork: the worker gets the mapper by pickle. Its numpy RNG is seeded (with its id, 0), as
     # Detectron2's loader seeds each worker: unseeded, LSJ's 0.1x draws sometimes shrink every source
     # object below MIN_AREA and the image is left unpasted, by chance.

@@ -53,7 +53,12 @@ def test_the_run_records_its_data(run, source):
     out, _ = run
     cfg = load_config(out / "config.yaml")
     data = cfg.MASKINIT.DATA
-    assert (data.SOURCE, data.FORMAT, data.VAL_FRACTION, data.SPLIT_SEED) == (str(source[0].resolve()), "labelme", 0.25, 3)
+    assert (data.SOURCE, data.FORMAT, data.VAL_FRACTION, data.SPLIT_SEED) == (
+        str(source[0].resolve()),
+        "labelme",
+        0.25,
+        3,
+    )
     val = json.loads(Path(data.VAL_JSON).read_text())
     assert len(val["images"]) == 2 and data.VAL_IMAGES == str(source[0].resolve())
     assert recorded_data(cfg).source == data.SOURCE
@@ -83,9 +88,24 @@ def test_predict_label_images_read_back_with_the_same_instances(run, source, tmp
     out, _ = run
     folder, _ = source
     pred = tmp_path / "pred"
-    result = runner.invoke(app, ["predict", "--config", str(out / "config.yaml"), "--weights", str(out / "model_final.pth"),
-                                 "--input", str(folder), "--output-dir", str(pred), "--format", "label-image",
-                                 "--score-threshold", "0"])
+    result = runner.invoke(
+        app,
+        [
+            "predict",
+            "--config",
+            str(out / "config.yaml"),
+            "--weights",
+            str(out / "model_final.pth"),
+            "--input",
+            str(folder),
+            "--output-dir",
+            str(pred),
+            "--format",
+            "label-image",
+            "--score-threshold",
+            "0",
+        ],
+    )
     assert result.exit_code == 0, result.output
     class_map = json.loads((pred / "classes.json").read_text())
     dataset = read_dataset(pred)
@@ -99,9 +119,14 @@ def test_predict_label_images_read_back_with_the_same_instances(run, source, tmp
         label = cv2.imread(str(pred / "labels" / f"{stem}.png"), cv2.IMREAD_UNCHANGED)
         assert label.dtype == np.uint16
         mine = [a for a in dataset.coco(TRAIN)["annotations"] if a["image_id"] == image["id"]]
-        expected = sorted((class_map["classes"][str(class_map["instances"][stem][str(v)])], np.packbits(label == v).tobytes())
-                          for v in np.unique(label) if v)
-        got = sorted((names[a["category_id"]], np.packbits(w.decode(a["segmentation"], 64, 64)).tobytes()) for a in mine)
+        expected = sorted(
+            (class_map["classes"][str(class_map["instances"][stem][str(v)])], np.packbits(label == v).tobytes())
+            for v in np.unique(label)
+            if v
+        )
+        got = sorted(
+            (names[a["category_id"]], np.packbits(w.decode(a["segmentation"], 64, 64)).tobytes()) for a in mine
+        )
         assert got == expected
         checked += len(got)
     assert checked > 0
@@ -111,12 +136,32 @@ def test_predict_yolo_lines(run, source, tmp_path):
     out, _ = run
     folder, _ = source
     pred = tmp_path / "pred"
-    result = runner.invoke(app, ["predict", "--config", str(out / "config.yaml"), "--weights", str(out / "model_final.pth"),
-                                 "--input", str(folder), "--output-dir", str(pred), "--format", "yolo", "--score-threshold", "0"])
+    result = runner.invoke(
+        app,
+        [
+            "predict",
+            "--config",
+            str(out / "config.yaml"),
+            "--weights",
+            str(out / "model_final.pth"),
+            "--input",
+            str(folder),
+            "--output-dir",
+            str(pred),
+            "--format",
+            "yolo",
+            "--score-threshold",
+            "0",
+        ],
+    )
     assert result.exit_code == 0, result.output
     names = (pred / "classes.txt").read_text().split()
     assert names == load_config(out / "config.yaml").MASKINIT.CLASS_NAMES
-    lines = [(f, n, line) for f in sorted((pred / "labels").glob("*.txt")) for n, line in enumerate(f.read_text().splitlines(), 1)]
+    lines = [
+        (f, n, line)
+        for f in sorted((pred / "labels").glob("*.txt"))
+        for n, line in enumerate(f.read_text().splitlines(), 1)
+    ]
     assert lines
     for file, number, line in lines:
         parse_line(line, number, file, len(names))
@@ -124,9 +169,26 @@ def test_predict_yolo_lines(run, source, tmp_path):
 
 def test_tune_takes_data(source, tmp_path):
     folder, _ = source
-    result = runner.invoke(app, ["tune", "--data", str(folder), "--trials", "1", "--output-dir", str(tmp_path / "study"),
-                                 "--preset", "tiny", "--max-iter", "2", "--no-progress", "--search-only",
-                                 "--search", "SOLVER.WARMUP_ITERS=0,1"])
+    result = runner.invoke(
+        app,
+        [
+            "tune",
+            "--data",
+            str(folder),
+            "--trials",
+            "1",
+            "--output-dir",
+            str(tmp_path / "study"),
+            "--preset",
+            "tiny",
+            "--max-iter",
+            "2",
+            "--no-progress",
+            "--search-only",
+            "--search",
+            "SOLVER.WARMUP_ITERS=0,1",
+        ],
+    )
     assert result.exit_code == 0, result.output
     assert "labelme (detected" in result.output
     trial = load_config(tmp_path / "study" / "trial-0000" / "config.yaml")

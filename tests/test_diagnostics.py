@@ -129,7 +129,9 @@ def test_the_lr_scales_the_update_ratio_and_a_huge_one_explodes(default):
         if before.update_ratio is not None:
             assert after.update_ratio == pytest.approx(before.update_ratio * lr / default.lr)
     # the stage named is the first one, in depth order, whose update exceeds the limit
-    first = next(row.name for row in default.stages if row.update_ratio and row.update_ratio * lr / default.lr > UPDATE_HIGH)
+    first = next(
+        row.name for row in default.stages if row.update_ratio and row.update_ratio * lr / default.lr > UPDATE_HIGH
+    )
     assert result.verdict == "exploding" and result.stage == first
     assert "lower the LR" in result.advice
 
@@ -207,7 +209,11 @@ def test_rule_update_size_bounds():
 
 
 def test_split_specs_keeps_multi_parameter_specs():
-    assert split_specs("kaiming_normal,normal:std=0.01,mean=0.1, c2") == ["kaiming_normal", "normal:std=0.01,mean=0.1", "c2"]
+    assert split_specs("kaiming_normal,normal:std=0.01,mean=0.1, c2") == [
+        "kaiming_normal",
+        "normal:std=0.01,mean=0.1",
+        "c2",
+    ]
     assert split_specs(["xavier_uniform", "orthogonal,c2"]) == ["xavier_uniform", "orthogonal", "c2"]
     with pytest.raises(MaskinitError):
         split_specs(" , ")
@@ -276,7 +282,9 @@ def test_cli_from_a_config_file_with_overrides(tmp_path):
 
 def test_cli_with_a_coco_file(tmp_path):
     train_json, train_images = write_coco(tmp_path)
-    result = invoke("inspect-init", "--preset", "tiny", "--train-json", str(train_json), "--train-images", str(train_images))
+    result = invoke(
+        "inspect-init", "--preset", "tiny", "--train-json", str(train_json), "--train-images", str(train_images)
+    )
     assert result.exit_code == 0, result.output
 
 

@@ -178,7 +178,9 @@ def check_command(line: str) -> list[str]:
                     continue
                 value, index = rest[index], index + 1
             if param.name in ("preset", "recipe") and value not in known_values(param.name):
-                problems.append(f"{line}: unknown {param.name} {value!r} (known: {', '.join(sorted(known_values(param.name)))})")
+                problems.append(
+                    f"{line}: unknown {param.name} {value!r} (known: {', '.join(sorted(known_values(param.name)))})"
+                )
         else:
             positional.append(token)
     if problems:  # after an unknown option, what follows it cannot be told apart
@@ -222,18 +224,24 @@ def test_documented_command_parses_against_the_cli(page, line):
     assert check_command(line) == [], f"{page}: {check_command(line)}"
 
 
-@pytest.mark.parametrize(("line", "problem"), [
-    ("maskinit train --preset tiny --no-such-option 3", "has no option --no-such-option"),  # renamed or removed
-    ("maskinit predict --config c.yaml --weights w.pth --input x --output pred/", "has no option --output"),  # an old name
-    ("maskinit train --preset tiny2 --device cpu", "unknown preset 'tiny2'"),
-    ("maskinit export-config --recipe d2-scratch-gn-12x", "unknown recipe 'd2-scratch-gn-12x'"),
-    ("maskinit fit --preset tiny", "no command 'fit'"),
-    ("maskinit train --preset tiny SOLVER.NO_SUCH_KEY 1", "unknown config key SOLVER.NO_SUCH_KEY"),
-    ("maskinit train --preset tiny SOLVER.BASE_LR", "must be KEY VALUE pairs"),
-    ("maskinit eval --weights w.pth", "--config is required"),
-    ("maskinit train --max-iter many", "'--max-iter'"),  # click's own parse of the value
-    ("maskinit check-data a.json b.json --images x", "takes no argument 'b.json'"),
-])
+@pytest.mark.parametrize(
+    ("line", "problem"),
+    [
+        ("maskinit train --preset tiny --no-such-option 3", "has no option --no-such-option"),  # renamed or removed
+        (
+            "maskinit predict --config c.yaml --weights w.pth --input x --output pred/",
+            "has no option --output",
+        ),  # an old name
+        ("maskinit train --preset tiny2 --device cpu", "unknown preset 'tiny2'"),
+        ("maskinit export-config --recipe d2-scratch-gn-12x", "unknown recipe 'd2-scratch-gn-12x'"),
+        ("maskinit fit --preset tiny", "no command 'fit'"),
+        ("maskinit train --preset tiny SOLVER.NO_SUCH_KEY 1", "unknown config key SOLVER.NO_SUCH_KEY"),
+        ("maskinit train --preset tiny SOLVER.BASE_LR", "must be KEY VALUE pairs"),
+        ("maskinit eval --weights w.pth", "--config is required"),
+        ("maskinit train --max-iter many", "'--max-iter'"),  # click's own parse of the value
+        ("maskinit check-data a.json b.json --images x", "takes no argument 'b.json'"),
+    ],
+)
 def test_a_stale_example_fails(line, problem):
     problems = check_command(line)
     assert len(problems) == 1 and problem in problems[0], problems
@@ -276,7 +284,9 @@ def test_the_link_checker_finds_a_broken_link_and_anchor(tmp_path):
 
 
 def test_every_docs_page_is_linked_from_the_readme():
-    linked = {(README.parent / target.partition("#")[0]).resolve() for target in LINK.findall(prose(README.read_text()))}
+    linked = {
+        (README.parent / target.partition("#")[0]).resolve() for target in LINK.findall(prose(README.read_text()))
+    }
     assert DOCS and [page.name for page in DOCS if page.resolve() not in linked] == []
 
 

@@ -7,6 +7,7 @@ import math
 
 import pytest
 import torch
+from conftest import train_options
 from torch import nn
 
 from maskinit import MaskinitError, load_config
@@ -14,8 +15,6 @@ from maskinit.ema import EMAHook, ema_decay
 from maskinit.run_options import rescale_to_max_iter
 from maskinit.train import DataOptions, train
 from maskinit.trainer import Trainer
-
-from conftest import train_options
 
 EMA_ON = ["MASKINIT.EMA.ENABLED", "True", "MASKINIT.EMA.DECAY", "0.5", "MASKINIT.EMA.WARMUP_ITERS", "0",
           "SOLVER.WARMUP_ITERS", "2"]
@@ -40,7 +39,9 @@ def test_hook_averages_every_weight_with_the_warmed_up_decay():
         hook.after_step()
         d = 0.9 * (1 - math.exp(-update / 4))
         for name, tensor in model.state_dict().items():
-            expected[name] = tensor.clone().float() if not tensor.is_floating_point() else expected[name] * d + tensor * (1 - d)
+            expected[name] = (
+                tensor.clone().float() if not tensor.is_floating_point() else expected[name] * d + tensor * (1 - d)
+            )
     average = hook.average_state()
     for name, tensor in expected.items():
         torch.testing.assert_close(average[name].float(), tensor, msg=name)
@@ -54,9 +55,21 @@ def test_the_average_restarts_from_the_weights_after_an_lr_step():
 
     from maskinit.ema import build_ema_hook
 
-    cfg = load_config(preset="tiny", overrides=["MASKINIT.EMA.ENABLED", "True", "MASKINIT.EMA.DECAY", "0.9",
-                                                "MASKINIT.EMA.WARMUP_ITERS", "2", "MASKINIT.EMA.RESTART_AT_STEPS", "True",
-                                                "SOLVER.STEPS", "(3,)"])
+    cfg = load_config(
+        preset="tiny",
+        overrides=[
+            "MASKINIT.EMA.ENABLED",
+            "True",
+            "MASKINIT.EMA.DECAY",
+            "0.9",
+            "MASKINIT.EMA.WARMUP_ITERS",
+            "2",
+            "MASKINIT.EMA.RESTART_AT_STEPS",
+            "True",
+            "SOLVER.STEPS",
+            "(3,)",
+        ],
+    )
     torch.manual_seed(0)
     model = nn.Linear(3, 2)
     restarting = build_ema_hook(cfg, model)

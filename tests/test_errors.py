@@ -62,6 +62,8 @@ def test_a_refused_input_is_one_line_and_debug_shows_the_cause(broken_labelme):
 
     debug = maskinit("--debug", "check-data", "--data", folder, "--format", "labelme")
     assert debug.returncode != 0 and "Traceback" in debug.stderr
-    underlying, _, raised = debug.stderr.partition("The above exception was the direct cause of the following exception")
+    underlying, _, raised = debug.stderr.partition(
+        "The above exception was the direct cause of the following exception"
+    )
     assert "PIL.UnidentifiedImageError" in underlying  # the exception underneath, named by its type
     assert "maskinit.errors.MaskinitError" in raised and "mask is not a base64 PNG" in raised

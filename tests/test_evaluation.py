@@ -8,6 +8,7 @@ import math
 
 import pytest
 import torch
+from conftest import replay_detector, save_untrained_checkpoint
 from detectron2.evaluation import coco_evaluation
 
 from maskinit import MaskinitError, load_config
@@ -26,7 +27,6 @@ from maskinit.evaluation import (
     max_backend_difference,
 )
 from maskinit.model import build_model
-from conftest import replay_detector, save_untrained_checkpoint
 
 DATASET = "maskinit_test_eval"
 METRICS = ("AP", "AP50", "AP75", "APs", "APm", "APl")

@@ -18,6 +18,8 @@ import cv2
 import numpy as np
 import pytest
 import torch
+from conftest import save_untrained_checkpoint
+from test_image_kinds import kind_set
 from typer.testing import CliRunner
 
 from maskinit import MaskinitError, load_config
@@ -31,9 +33,6 @@ from maskinit.predict import Detectron2Predictor
 from maskinit.train import DataOptions, TrainOptions, train
 from maskinit.visualize import _categories, predict
 
-from conftest import save_untrained_checkpoint
-from test_image_kinds import kind_set
-
 FORMATS = ("torchscript", "onnx")
 FAST = ["SOLVER.WARMUP_ITERS", "2", "TEST.DETECTIONS_PER_IMAGE", "10"]
 # name -> (data kind, norm, extra config keys)
@@ -42,7 +41,11 @@ RUNS = {
     "gnws-band4": ("band4-tiff", "GNWS", []),
     "bn-gray8": ("gray8-png", "BN", []),
     "syncbn-gray16": ("gray16-png", "SyncBN", []),
-    "ema": ("rgb8", "GN", ["MASKINIT.EMA.ENABLED", "True", "MASKINIT.EMA.DECAY", "0.5", "MASKINIT.EMA.WARMUP_ITERS", "0"]),
+    "ema": (
+        "rgb8",
+        "GN",
+        ["MASKINIT.EMA.ENABLED", "True", "MASKINIT.EMA.DECAY", "0.5", "MASKINIT.EMA.WARMUP_ITERS", "0"],
+    ),
 }
 ITERATIONS = 10
 runner = CliRunner()
@@ -241,7 +244,9 @@ def test_norms_take_their_deployed_form(trained):
         model = load_trained_model(cfg, run / "model_final.pth")
         deployed = deployable_model(model)
         assert any(isinstance(m, trained_type) for m in model.modules()), name
-        assert not any(isinstance(m, (torch.nn.modules.batchnorm._BatchNorm, WSConv2d)) for m in deployed.modules()), name
+        assert not any(isinstance(m, (torch.nn.modules.batchnorm._BatchNorm, WSConv2d)) for m in deployed.modules()), (
+            name
+        )
         assert any(isinstance(m, deployed_type) for m in deployed.modules()), name
         image = check_images(cfg)[1]
         for ours, theirs in zip(_raw_outputs(deployed, image, 0.0), _raw_outputs(model, image, 0.0)):
@@ -344,10 +349,14 @@ def test_the_20_line_script_of_the_docs_runs_with_onnxruntime_and_numpy_only(tra
         code = ("import runpy, sys\n"
                 f"sys.argv = ['simple_runner.py', {str(path)!r}, 'image{i}.npy', '0.2']\n"
                 "runpy.run_path('simple_runner.py', run_name='__main__')\n")
-        lines = run_without({"detectron2", "maskinit", "torch", "torchvision", "cv2", "PIL"}, code, tmp_path).stdout.splitlines()
+        lines = run_without(
+            {"detectron2", "maskinit", "torch", "torchvision", "cv2", "PIL"}, code, tmp_path
+        ).stdout.splitlines()
         found = model(image, 0.2)
         assert len(lines) == len(found)
-        for line, box, name, area in zip(lines, found.boxes, model.class_names(found.classes), found.masks.sum(axis=(1, 2))):
+        for line, box, name, area in zip(
+            lines, found.boxes, model.class_names(found.classes), found.masks.sum(axis=(1, 2))
+        ):
             label, _score, rest = line.split(" ", 2)
             printed_box = json.loads(rest.split("]")[0] + "]")
             assert label == name
@@ -401,12 +410,16 @@ def test_any_channel_count_exports(tmp_path, channels):
 
 
 def test_r50_fpn_preset_exports(tmp_path):
-    cfg = load_config(preset="r50-fpn", overrides=["MODEL.DEVICE", "cpu", "INPUT.MIN_SIZE_TEST", "96", "INPUT.MAX_SIZE_TEST",
-                                                   "128", *FAST])
+    cfg = load_config(
+        preset="r50-fpn",
+        overrides=["MODEL.DEVICE", "cpu", "INPUT.MIN_SIZE_TEST", "96", "INPUT.MAX_SIZE_TEST", "128", *FAST],
+    )
     weights = save_untrained_checkpoint(cfg, tmp_path)
     result = export_model(cfg, weights, "onnx", tmp_path / "r50.onnx", score_threshold=0.0)
     assert result.metadata["preset"] == "r50-fpn" and result.metadata["input"]["min_size"] == 96
-    assert sum(check["detections"] for check in result.checks) > 0 and not any(check["problem"] for check in result.checks)
+    assert sum(check["detections"] for check in result.checks) > 0 and not any(
+        check["problem"] for check in result.checks
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -432,7 +445,9 @@ def test_non_finite_weights_are_refused_and_nothing_is_written(trained, tmp_path
     output.write_bytes(b"an earlier export")
     line = one_line(runner.invoke(app, ["export", str(bad_run), "--format", "onnx", "-o", str(output)]))
     assert "NaN or infinite" in line and "model_final.pth" in line
-    assert output.read_bytes() == b"an earlier export" and sorted(p.name for p in output.parent.iterdir()) == ["model.onnx"]
+    assert output.read_bytes() == b"an earlier export" and sorted(p.name for p in output.parent.iterdir()) == [
+        "model.onnx"
+    ]
 
 
 def test_an_export_that_does_not_reproduce_the_model_is_not_written(trained, tmp_path, monkeypatch):
@@ -461,7 +476,7 @@ def test_settings_a_format_cannot_express_are_named(trained, tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
-PYTHON_NORM = '''
+PYTHON_NORM = """
 import torch
 from torch import nn
 from maskinit.norms import NormVariant, register_norm, replace_modules
@@ -489,8 +504,9 @@ class PythonGN(NormVariant):
         return PythonGroupNorm(32, channels)
 
     def convert(self, model, device):
-        replace_modules(model, lambda m: type(m) is nn.GroupNorm, lambda m: PythonGroupNorm(m.num_groups, m.num_channels))
-'''
+        replace_modules(model, lambda m: type(m) is nn.GroupNorm,
+                        lambda m: PythonGroupNorm(m.num_groups, m.num_channels))
+"""
 
 
 def test_a_python_op_torchscript_cannot_hold_is_one_line(tmp_path):
@@ -499,7 +515,9 @@ def test_a_python_op_torchscript_cannot_hold_is_one_line(tmp_path):
     plugin.write_text(PYTHON_NORM)
     cfg = load_config(preset="tiny", norm="PythonGN", plugins=[str(plugin)])
     weights = save_untrained_checkpoint(cfg, tmp_path)
-    with pytest.raises(MaskinitError, match="TorchScript tracing failed: Could not export Python function call 'Identity'"):
+    with pytest.raises(
+        MaskinitError, match="TorchScript tracing failed: Could not export Python function call 'Identity'"
+    ):
         export_model(cfg, weights, "torchscript", tmp_path / "out" / "m.ts")
     assert not (tmp_path / "out").exists() or list((tmp_path / "out").iterdir()) == []
 
@@ -533,4 +551,6 @@ def test_export_command_runs_on_a_run_folder(trained, tmp_path):
                                                                         "onnx", "-o", str(tmp_path / "again.onnx")]))
     assert "holds its config" in one_line(runner.invoke(app, ["export", str(run), "--config", str(run / "config.yaml"),
                                                                "--format", "onnx", "-o", str(tmp_path / "x.onnx")]))
-    assert ".json" in one_line(runner.invoke(app, ["export", str(run), "--format", "onnx", "-o", str(tmp_path / "x.json")]))
+    assert ".json" in one_line(
+        runner.invoke(app, ["export", str(run), "--format", "onnx", "-o", str(tmp_path / "x.json")])
+    )

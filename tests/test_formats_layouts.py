@@ -61,8 +61,17 @@ def test_roboflow_yolo_export(parts, tmp_path):
         shutil.copytree(tmp_path / "flat" / "images" / split, tmp_path / "export" / folder / "images")
         shutil.copytree(tmp_path / "flat" / "labels" / split, tmp_path / "export" / folder / "labels")
     names = [c["name"] for c in parts["train"][0]["categories"]]
-    (tmp_path / "export" / "data.yaml").write_text(yaml.safe_dump(
-        {"train": "../train/images", "val": "../valid/images", "test": "../test/images", "nc": len(names), "names": names}))
+    (tmp_path / "export" / "data.yaml").write_text(
+        yaml.safe_dump(
+            {
+                "train": "../train/images",
+                "val": "../valid/images",
+                "test": "../test/images",
+                "nc": len(names),
+                "names": names,
+            }
+        )
+    )
     assert detect_format(tmp_path / "export").evidence == "YOLO data.yaml"
     dataset = read_dataset(tmp_path / "export")
     for split in (TRAIN, VAL):
@@ -110,8 +119,18 @@ def test_labelme_rectangles_circles_groups_and_lines(tmp_path):
         {"label": "pair", "points": [[40, 40], [46, 40], [46, 46]], "shape_type": "polygon", "group_id": 3},
         {"label": "edge", "points": [[0, 0], [10, 10]], "shape_type": "line", "group_id": None},
     ]
-    (tmp_path / "a.json").write_text(json.dumps({"version": "5.4.1", "shapes": shapes, "imagePath": "..\\\\elsewhere\\\\a.png",
-                                                 "imageData": None, "imageHeight": 48, "imageWidth": 64}))
+    (tmp_path / "a.json").write_text(
+        json.dumps(
+            {
+                "version": "5.4.1",
+                "shapes": shapes,
+                "imagePath": "..\\\\elsewhere\\\\a.png",
+                "imageData": None,
+                "imageHeight": 48,
+                "imageWidth": 64,
+            }
+        )
+    )
     (tmp_path / "labels.txt").write_text("__ignore__\n_background_\npair\nbox\ndisc\n")
     dataset = read_dataset(tmp_path)
     assert [c["name"] for c in dataset.categories] == ["pair", "box", "disc"]  # labels.txt's order
@@ -132,10 +151,15 @@ def test_labelme_rectangles_circles_groups_and_lines(tmp_path):
 def test_via_project_file_with_rect_circle_ellipse(tmp_path):
     pictures(tmp_path, 2, (48, 64))
     regions = [
-        {"shape_attributes": {"name": "rect", "x": 5, "y": 6, "width": 20, "height": 10}, "region_attributes": {"kind": "car"}},
+        {
+            "shape_attributes": {"name": "rect", "x": 5, "y": 6, "width": 20, "height": 10},
+            "region_attributes": {"kind": "car"},
+        },
         {"shape_attributes": {"name": "circle", "cx": 40, "cy": 20, "r": 6}, "region_attributes": {"kind": "wheel"}},
-        {"shape_attributes": {"name": "ellipse", "cx": 30, "cy": 35, "rx": 12, "ry": 5, "theta": math.pi / 2},
-         "region_attributes": {"kind": "wheel"}},
+        {
+            "shape_attributes": {"name": "ellipse", "cx": 30, "cy": 35, "rx": 12, "ry": 5, "theta": math.pi / 2},
+            "region_attributes": {"kind": "wheel"},
+        },
         {"shape_attributes": {"name": "point", "cx": 3, "cy": 3}, "region_attributes": {"kind": "car"}},
     ]
     project = {
@@ -144,7 +168,9 @@ def test_via_project_file_with_rect_circle_ellipse(tmp_path):
             "a.png1": {"filename": "a.png", "size": 1, "regions": regions, "file_attributes": {}},
             "b.png1": {"filename": "b.png", "size": 1, "regions": regions[:1], "file_attributes": {}},
         },
-        "_via_attributes": {"region": {"note": {"type": "text"}, "kind": {"type": "dropdown", "options": {"car": "", "wheel": ""}}}},
+        "_via_attributes": {
+            "region": {"note": {"type": "text"}, "kind": {"type": "dropdown", "options": {"car": "", "wheel": ""}}}
+        },
     }
     (tmp_path / "via_project.json").write_text(json.dumps(project))
     assert detect_format(tmp_path).name == "via"

@@ -44,7 +44,9 @@ def read_back(path, expected_format):
     return dataset
 
 
-@pytest.mark.parametrize("dtype, suffix", [("uint8", ".png"), ("uint16", ".png"), ("uint32", ".tif"), ("uint16", ".tiff")])
+@pytest.mark.parametrize(
+    "dtype, suffix", [("uint8", ".png"), ("uint16", ".png"), ("uint32", ".tif"), ("uint16", ".tiff")]
+)
 def test_label_images_with_a_class_map(rle_parts, tmp_path, dtype, suffix):
     import numpy as np
 

@@ -48,7 +48,9 @@ def schedule(cfg, name: str, steps: int) -> list[float]:
 
 
 def trainer_with(storage, scheduler=None, iteration: int = 0, max_iter: int = 10, **extra):
-    return SimpleNamespace(storage=storage, scheduler=scheduler, iter=iteration, start_iter=0, max_iter=max_iter, **extra)
+    return SimpleNamespace(
+        storage=storage, scheduler=scheduler, iter=iteration, start_iter=0, max_iter=max_iter, **extra
+    )
 
 
 @pytest.fixture

@@ -67,7 +67,9 @@ def test_image_size_names_the_file_and_keeps_the_cause(tmp_path):
     with pytest.raises(MaskinitError, match=r"^image .*missing\.png not found$"):
         image_size(tmp_path / "missing.png")
     (tmp_path / "garbage.tif").write_bytes(b"not a tiff")
-    with pytest.raises(MaskinitError, match=r"^cannot read image .*garbage\.tif: not a TIFF tifffile can read") as caught:
+    with pytest.raises(
+        MaskinitError, match=r"^cannot read image .*garbage\.tif: not a TIFF tifffile can read"
+    ) as caught:
         image_size(tmp_path / "garbage.tif")
     assert caught.value.__cause__ is not None
 
@@ -87,7 +89,9 @@ def header_cases(folder: Path, bgr: np.ndarray) -> list[Path]:
         write_png(folder / "bgra8", bgra),
         write_png(folder / "bgr16", bgr.astype(np.uint16) * 257),
         write_png(folder / "bgra16", bgra.astype(np.uint16) * 257),
-        write_tiff(folder / "planar", np.moveaxis(bands(bgr, 5), 2, 0), photometric="minisblack", planarconfig="separate"),
+        write_tiff(
+            folder / "planar", np.moveaxis(bands(bgr, 5), 2, 0), photometric="minisblack", planarconfig="separate"
+        ),
         write_tiff(folder / "gray-float", gray(bgr).astype(np.float32)),
         write_tiff(folder / "rgb8", bgr[:, :, ::-1], photometric="rgb", compression="zlib"),
         write_npy(folder / "gray-npy", gray(bgr)),
@@ -123,4 +127,7 @@ def test_broken_tiff_and_npy_are_unreadable(tmp_path, pictures):
         with pytest.raises(MaskinitError):
             read_image(path)  # and the reader agrees
     channels_first = write_npy(tmp_path / "first", np.zeros((3, 50, 40), np.uint8))
-    assert probe_image(str(channels_first), 3, 50)[0] == ("unreadable_image", "an array of shape (3, 50, 40) looks channels-first; save it as (H, W) or (H, W, C)")
+    assert probe_image(str(channels_first), 3, 50)[0] == (
+        "unreadable_image",
+        "an array of shape (3, 50, 40) looks channels-first; save it as (H, W) or (H, W, C)",
+    )

@@ -16,6 +16,7 @@ from detectron2.data.datasets import load_coco_json
 from typer.testing import CliRunner
 
 from maskinit import MaskinitError, load_config
+from maskinit.batches import coco_batch
 from maskinit.cli import app
 from maskinit.data.analysis import analyze_coco
 from maskinit.data.fit import apply_fits, fit_config
@@ -23,7 +24,6 @@ from maskinit.data.images import image_kind, read_image
 from maskinit.data.mapper import ImageMapper
 from maskinit.data.synthetic import generate_coco_dataset
 from maskinit.data.validate import check_coco
-from maskinit.batches import coco_batch
 from maskinit.diagnostics import inspect_init
 from maskinit.evaluation import evaluate_run
 from maskinit.train import DataOptions, TrainOptions, train
@@ -71,10 +71,18 @@ def write_npy(path, array):
 KINDS = {
     "gray8-png": (1, "uint8", lambda p, bgr: write_png(p, gray(bgr))),
     "gray16-png": (1, "uint16", lambda p, bgr: write_png(p, gray(bgr).astype(np.uint16) * 257)),
-    "rgb16-tiff": (3, "uint16", lambda p, bgr: write_tiff(p, bgr[:, :, ::-1].astype(np.uint16) * 257, photometric="rgb")),
+    "rgb16-tiff": (
+        3,
+        "uint16",
+        lambda p, bgr: write_tiff(p, bgr[:, :, ::-1].astype(np.uint16) * 257, photometric="rgb"),
+    ),
     "band4-tiff": (4, "uint8", lambda p, bgr: write_tiff(p, bands(bgr, 4), photometric="minisblack")),
     "band4-npy": (4, "float32", lambda p, bgr: write_npy(p, bands(bgr, 4).astype(np.float32) / 255)),
-    "band13-tiff": (13, "uint16", lambda p, bgr: write_tiff(p, bands(bgr, 13).astype(np.uint16) * 200, photometric="minisblack")),
+    "band13-tiff": (
+        13,
+        "uint16",
+        lambda p, bgr: write_tiff(p, bands(bgr, 13).astype(np.uint16) * 200, photometric="minisblack"),
+    ),
 }
 
 
@@ -96,7 +104,9 @@ def kind_set(root: Path, kind: str, train_images: int = 4, val_images: int = 2) 
     val_set = generate_coco_dataset(root / "val", val_images, seed=2, first_image_id=100)
     convert_set(train_set, convert)
     convert_set(val_set, convert)
-    return DataOptions(str(train_set.json_file), str(train_set.image_root), str(val_set.json_file), str(val_set.image_root))
+    return DataOptions(
+        str(train_set.json_file), str(train_set.image_root), str(val_set.json_file), str(val_set.image_root)
+    )
 
 
 def fitted_config(data: DataOptions, *overrides):

@@ -42,7 +42,9 @@ def imported_modules(path: Path, name: str, known: set[str]) -> set[str]:
             else:
                 source = node.module or ""
             # `from .data import coco` imports the module maskinit.data.coco; `from .errors import X` the module errors
-            targets = [f"{source}.{alias.name}" if f"{source}.{alias.name}" in known else source for alias in node.names]
+            targets = [
+                f"{source}.{alias.name}" if f"{source}.{alias.name}" in known else source for alias in node.names
+            ]
         else:
             continue
         for target in targets:

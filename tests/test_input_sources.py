@@ -11,6 +11,7 @@ import cv2
 import numpy as np
 import pytest
 import tifffile
+from conftest import save_untrained_checkpoint
 from typer.testing import CliRunner
 
 from maskinit import MaskinitError, load_config
@@ -19,8 +20,6 @@ from maskinit.config import export_config
 from maskinit.input_sources import input_sources
 from maskinit.predict import resolve_model
 from maskinit.visualize import PREDICTIONS_FILE, predict
-
-from conftest import save_untrained_checkpoint
 
 runner = CliRunner()
 
@@ -78,7 +77,11 @@ def test_a_glob_a_list_and_a_single_image(folder, tmp_path):
     listing = tmp_path / "todo.txt"
     listing.write_text(f"# scans to run\nimages/b.jpg\n\n{folder / 'sub' / 'e.png'}\nimages/missing.png\n")
     listed = input_sources(listing)
-    assert listed.kind == "list" and labels(listed) == ["images/b.jpg", str(folder / "sub" / "e.png"), "images/missing.png"]
+    assert listed.kind == "list" and labels(listed) == [
+        "images/b.jpg",
+        str(folder / "sub" / "e.png"),
+        "images/missing.png",
+    ]
     results = list(listed)
     assert isinstance(results[2][1], MaskinitError) and "missing.png" in str(results[2][1])  # skipped, not fatal
     single = input_sources(folder / "c.tif")

@@ -156,8 +156,7 @@ def test_eval_after_train():
 
 
 def test_train_loop_exception_log():
-    from detectron2.engine import HookBase, TrainerBase
-    from detectron2.engine import train_loop
+    from detectron2.engine import HookBase, TrainerBase, train_loop
 
     from maskinit.worker import no_console_traceback
 
@@ -222,7 +221,10 @@ def test_adamw_optimizer():
             "cfg.SOLVER.WEIGHT_DECAY_BIAS)") in lines
     assert "maybe_add_gradient_clipping(cfg, torch.optim.SGD(**sgd_args))" in lines
     clipping = source(build.maybe_add_gradient_clipping)  # takes an optimizer type as well as an instance
-    assert "isinstance(optimizer, torch.optim.Optimizer)" in clipping and "issubclass(optimizer, torch.optim.Optimizer)" in clipping
+    assert (
+        "isinstance(optimizer, torch.optim.Optimizer)" in clipping
+        and "issubclass(optimizer, torch.optim.Optimizer)" in clipping
+    )
 
 
 def test_trainer_test_signature():
@@ -265,7 +267,9 @@ def test_checkpointer_load_file():
     assert parameters(DetectionCheckpointer._load_file) == ["self", "filename"]
     load = source(Checkpointer.load)
     assert "checkpoint = self._load_file(path)" in load and "incompatible = self._load_model(checkpoint)" in load
-    assert "self.checkpointer.resume_or_load(self.cfg.MODEL.WEIGHTS, resume=resume)" in source(DefaultTrainer.resume_or_load)
+    assert "self.checkpointer.resume_or_load(self.cfg.MODEL.WEIGHTS, resume=resume)" in source(
+        DefaultTrainer.resume_or_load
+    )
 
 
 def test_checkpointer_load_model(tmp_path):
@@ -312,9 +316,21 @@ def test_fixed_size_crop():
     assert (crop.w, crop.h, crop.orig_w, crop.orig_h) == (6, 4, 12, 10) and 0 <= crop.x0 <= 6 and 0 <= crop.y0 <= 6
     pad = T.FixedSizeCrop((12, 14), pad_value=7.0, seg_pad_value=9)._get_pad(np.zeros((10, 12, 3), np.uint8))
     assert isinstance(pad, PadTransform)
-    assert (pad.x0, pad.y0, pad.x1, pad.y1, pad.orig_w, pad.orig_h, pad.pad_value, pad.seg_pad_value) == (0, 0, 2, 2, 12, 10, 7.0, 9)
+    assert (pad.x0, pad.y0, pad.x1, pad.y1, pad.orig_w, pad.orig_h, pad.pad_value, pad.seg_pad_value) == (
+        0,
+        0,
+        2,
+        2,
+        12,
+        10,
+        7.0,
+        9,
+    )
     get_transform = source(T.FixedSizeCrop.get_transform)
-    assert "transforms = [self._get_crop(image)]" in get_transform and "transforms.append(self._get_pad(image))" in get_transform
+    assert (
+        "transforms = [self._get_crop(image)]" in get_transform
+        and "transforms.append(self._get_pad(image))" in get_transform
+    )
     assert "import shapely.geometry as geometry" in source(CropTransform.apply_polygons)
     padded = PadTransform(1, 2, 3, 4, pad_value=5).apply_image(np.zeros((2, 2, 1)))  # re-stated per channel
     assert padded.shape == (8, 6, 1) and padded[0, 0, 0] == 5 and padded[2, 1, 0] == 0
@@ -328,15 +344,19 @@ def test_dataset_mapper_call():
         "dataset_dict = copy.deepcopy(dataset_dict)",
         "image = utils.read_image(dataset_dict['file_name'], format=self.image_format)",
         "utils.check_image_size(dataset_dict, image)",
-        "if 'sem_seg_file_name' in dataset_dict:\n    sem_seg_gt = utils.read_image(dataset_dict.pop('sem_seg_file_name'), 'L').squeeze(2)\nelse:\n    sem_seg_gt = None",
+        "if 'sem_seg_file_name' in dataset_dict:\n"
+        "    sem_seg_gt = utils.read_image(dataset_dict.pop('sem_seg_file_name'), 'L').squeeze(2)\n"
+        "else:\n    sem_seg_gt = None",
         "aug_input = T.AugInput(image, sem_seg=sem_seg_gt)",
         "transforms = self.augmentations(aug_input)",
         "image, sem_seg_gt = (aug_input.image, aug_input.sem_seg)",
         "image_shape = image.shape[:2]",
         "dataset_dict['image'] = torch.as_tensor(np.ascontiguousarray(image.transpose(2, 0, 1)))",
         "if sem_seg_gt is not None:\n    dataset_dict['sem_seg'] = torch.as_tensor(sem_seg_gt.astype('long'))",
-        "if self.proposal_topk is not None:\n    utils.transform_proposals(dataset_dict, image_shape, transforms, proposal_topk=self.proposal_topk)",
-        "if not self.is_train:\n    dataset_dict.pop('annotations', None)\n    dataset_dict.pop('sem_seg_file_name', None)\n    return dataset_dict",
+        "if self.proposal_topk is not None:\n"
+        "    utils.transform_proposals(dataset_dict, image_shape, transforms, proposal_topk=self.proposal_topk)",
+        "if not self.is_train:\n    dataset_dict.pop('annotations', None)\n"
+        "    dataset_dict.pop('sem_seg_file_name', None)\n    return dataset_dict",
         "if 'annotations' in dataset_dict:\n    self._transform_annotations(dataset_dict, transforms, image_shape)",
         "return dataset_dict",
     ]
@@ -425,8 +445,10 @@ def test_register_coco_instances_metadata(coco_file):
 
     from maskinit.data.coco import register_coco_dataset
 
-    assert "MetadataCatalog.get(name).set(json_file=json_file, image_root=image_root, evaluator_type='coco', **metadata)" \
+    assert (
+        "MetadataCatalog.get(name).set(json_file=json_file, image_root=image_root, evaluator_type='coco', **metadata)"
         in source(register_coco_instances)
+    )
     metadata = Metadata(name="maskinit_test_internals_metadata")
     metadata.thing_classes = ["a"]
     metadata.thing_classes = ["a"]  # the same value again is fine
@@ -506,7 +528,11 @@ def test_auto_scale_workers(tiny_cfg):
     scaled = DefaultTrainer.auto_scale_workers(cfg, 32)
     assert scaled.SOLVER.IMS_PER_BATCH == 32 and scaled.SOLVER.BASE_LR == pytest.approx(0.04)
     assert (scaled.SOLVER.MAX_ITER, scaled.SOLVER.WARMUP_ITERS, tuple(scaled.SOLVER.STEPS)) == (500, 50, (300, 400))
-    assert (scaled.TEST.EVAL_PERIOD, scaled.SOLVER.CHECKPOINT_PERIOD, scaled.SOLVER.REFERENCE_WORLD_SIZE) == (100, 250, 32)
+    assert (scaled.TEST.EVAL_PERIOD, scaled.SOLVER.CHECKPOINT_PERIOD, scaled.SOLVER.REFERENCE_WORLD_SIZE) == (
+        100,
+        250,
+        32,
+    )
     assert cfg.SOLVER.IMS_PER_BATCH == 16  # a new config; the old one is untouched
 
 
@@ -540,7 +566,9 @@ def test_torch_plateau_counters():
     state = plateau.state_dict()
     assert (state["best"], state["num_bad_epochs"], state["cooldown_counter"]) == (1.0, 0, 1)
     assert groups.param_groups[0]["lr"] == 0.5
-    groups.param_groups = [dict(group) for group in groups.param_groups * 2]  # more groups than at construction: the scalar min_lr for each
+    groups.param_groups = [
+        dict(group) for group in groups.param_groups * 2
+    ]  # more groups than at construction: the scalar min_lr for each
     restored = ReduceLROnPlateau(groups, mode="min", patience=1, factor=0.5, min_lr=0.3)
     restored.load_state_dict({"best": 1.0, "num_bad_epochs": 1, "cooldown_counter": 0})
     assert (restored.best, restored.num_bad_epochs, restored.mode) == (1.0, 1, "min")
@@ -608,9 +636,18 @@ def test_model_module_names(tiny_cfg):
 
     model = build_model(tiny_cfg)
     names = {name for name, _ in model.named_modules()}
-    for name in ("backbone.bottom_up.stem", "backbone.bottom_up.res2", "backbone.bottom_up.res5", "backbone.fpn_lateral2",
-                 "backbone.fpn_output5", "backbone.top_block", "proposal_generator.rpn_head.conv",
-                 "roi_heads.box_head", "roi_heads.box_predictor.cls_score", "roi_heads.mask_head.predictor"):
+    for name in (
+        "backbone.bottom_up.stem",
+        "backbone.bottom_up.res2",
+        "backbone.bottom_up.res5",
+        "backbone.fpn_lateral2",
+        "backbone.fpn_output5",
+        "backbone.top_block",
+        "proposal_generator.rpn_head.conv",
+        "roi_heads.box_head",
+        "roi_heads.box_predictor.cls_score",
+        "roi_heads.mask_head.predictor",
+    ):
         assert name in names, name
     assert set(HEAD_PRIOR_STDS) <= names
     for component, prefixes in COMPONENT_PREFIXES.items():
@@ -715,7 +752,9 @@ def test_resize_transform_kinds():
         assert np.array_equal(ResizeTransform(40, 50, 77, 96).apply_image(image).reshape(77, 96, -1),
                               resize_pillow(image, 77, 96))
     image = rng.random((40, 50, 4)).astype(np.float32)
-    np.testing.assert_allclose(ResizeTransform(40, 50, 77, 96).apply_image(image), resize_linear(image, 77, 96), atol=1e-5)
+    np.testing.assert_allclose(
+        ResizeTransform(40, 50, 77, 96).apply_image(image), resize_linear(image, 77, 96), atol=1e-5
+    )
 
 
 @pytest.mark.filterwarnings("ignore::torch.jit.TracerWarning")

@@ -15,8 +15,8 @@ from detectron2.utils.events import EventStorage
 from torch import nn
 
 from maskinit import MaskinitError, export_config, load_config
-from maskinit.initializers import HEAD_PRIOR_STDS, INITIALIZER_REGISTRY, build_initializer, is_data_dependent
 from maskinit.batches import generated_batch
+from maskinit.initializers import HEAD_PRIOR_STDS, INITIALIZER_REGISTRY, build_initializer, is_data_dependent
 from maskinit.lsuv import lsuv_batch, run_lsuv
 from maskinit.model import build_model
 
@@ -207,7 +207,9 @@ def test_same_seed_same_weights_and_the_generated_batch_path():
     assert first.maskinit_lsuv.images == cfg.SOLVER.IMS_PER_BATCH
     for (name, a), (_, b) in zip(first.state_dict().items(), second.state_dict().items()):
         torch.testing.assert_close(a, b, rtol=0, atol=0, msg=name)
-    assert [layer.scale for layer in first.maskinit_lsuv.layers] == [layer.scale for layer in second.maskinit_lsuv.layers]
+    assert [layer.scale for layer in first.maskinit_lsuv.layers] == [
+        layer.scale for layer in second.maskinit_lsuv.layers
+    ]
 
 
 def test_registered_training_set_gives_the_batch(coco):
@@ -227,7 +229,9 @@ def test_registered_training_set_gives_the_batch(coco):
         assert highest >= 1
         fewer = cfg.clone()
         fewer.MODEL.ROI_HEADS.NUM_CLASSES = highest
-        with pytest.raises(MaskinitError, match=f"class index {highest}, but the config has MODEL.ROI_HEADS.NUM_CLASSES {highest}"):
+        with pytest.raises(
+            MaskinitError, match=f"class index {highest}, but the config has MODEL.ROI_HEADS.NUM_CLASSES {highest}"
+        ):
             build_model(fewer)
     finally:
         for catalog in (DatasetCatalog, MetadataCatalog):

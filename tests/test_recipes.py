@@ -83,7 +83,9 @@ def test_d2_scratch_values(recipes):
     assert not recipes["d2-scratch-gn-9x"].TEST.PRECISE_BN.ENABLED
 
 
-@pytest.mark.parametrize("name,factor,warmup", [("d2-lsj-100ep", 1, 500), ("d2-lsj-200ep", 2, 1000), ("d2-lsj-400ep", 4, 2000)])
+@pytest.mark.parametrize(
+    "name,factor,warmup", [("d2-lsj-100ep", 1, 500), ("d2-lsj-200ep", 2, 1000), ("d2-lsj-400ep", 4, 2000)]
+)
 def test_lsj_values(recipes, name, factor, warmup):
     cfg = recipes[name]
     assert cfg.MASKINIT.NORM == "SyncBN" and cfg.MASKINIT.INIT == "c2"
@@ -147,7 +149,11 @@ def test_recipe_model_builds_at_tiny_scale_on_cpu(name):
 
 @pytest.mark.parametrize(
     "kwargs,flag",
-    [({"preset": "tiny"}, "--preset"), ({"path": "x.yaml"}, "--config"), ({"base": "COCO-InstanceSegmentation/mask_rcnn_R_50_FPN_1x.yaml"}, "--base")],
+    [
+        ({"preset": "tiny"}, "--preset"),
+        ({"path": "x.yaml"}, "--config"),
+        ({"base": "COCO-InstanceSegmentation/mask_rcnn_R_50_FPN_1x.yaml"}, "--base"),
+    ],
 )
 def test_recipe_refuses_preset_config_and_base(kwargs, flag):
     with pytest.raises(MaskinitError, match=f"--recipe .* {flag}"):

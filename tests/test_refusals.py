@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 import os
 from pathlib import Path
 
@@ -247,7 +246,9 @@ def test_negative_override_values_are_checked_not_read_as_options(command, tmp_p
 
 
 def test_an_unknown_option_is_one_line():
-    assert one_error_line(invoke("export-config", "--preset", "tiny", "--nrom", "GN")).endswith("no such option: --nrom")
+    assert one_error_line(invoke("export-config", "--preset", "tiny", "--nrom", "GN")).endswith(
+        "no such option: --nrom"
+    )
 
 
 # ---------------------------------------------------------------------------------------- train
@@ -301,7 +302,11 @@ def test_explain_to_a_file_is_whole_lines():
     rows = build_config(base=X101, overrides=["SOLVER.BASE_LR", "0.0003"]).differences()
     lines = result.stderr.splitlines()
     assert len(lines) == len(rows)
-    assert "MODEL.WEIGHTS: detectron2://ImageNetPretrained/FAIR/X-101-32x8d.pkl -> ''  (from scratch: nothing pretrained is loaded)" in lines
+    assert (
+        "MODEL.WEIGHTS: detectron2://ImageNetPretrained/FAIR/X-101-32x8d.pkl -> ''  "
+        "(from scratch: nothing pretrained is loaded)"
+        in lines
+    )
     assert "SOLVER.BASE_LR: 0.02 -> 0.0003  (override)" in lines
     assert not any("…" in line or "│" in line for line in lines)
 
@@ -316,11 +321,15 @@ def tiny_config(tmp_path_factory):
 
 
 @pytest.mark.parametrize("command", ["eval", "predict"])
-@pytest.mark.parametrize("device,message", [("tpu", "--device must be cpu or cuda, got 'tpu'"), ("cuda", "CUDA is not available")])
+@pytest.mark.parametrize(
+    "device,message", [("tpu", "--device must be cpu or cuda, got 'tpu'"), ("cuda", "CUDA is not available")]
+)
 def test_eval_and_predict_refuse_a_device_in_one_line(command, device, message, tiny_config, tmp_path, monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     extra = ["--input", tmp_path, "--output", tmp_path / "out"] if command == "predict" else []
-    line = one_error_line(invoke(command, "--config", tiny_config, "--weights", tmp_path / "w.pth", "--device", device, *extra))
+    line = one_error_line(
+        invoke(command, "--config", tiny_config, "--weights", tmp_path / "w.pth", "--device", device, *extra)
+    )
     assert message in line
 
 

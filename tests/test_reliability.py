@@ -3,9 +3,8 @@ resume, a full disk while saving, and no finished run overwritten."""
 
 from __future__ import annotations
 
-import errno
-import os
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -22,7 +21,16 @@ MASKINIT = str(Path(sys.executable).with_name("maskinit"))
 
 
 def data_flags(coco):
-    return ["--train-json", coco.train_json, "--train-images", coco.train_images, "--val-json", coco.val_json, "--val-images", coco.val_images]
+    return [
+        "--train-json",
+        coco.train_json,
+        "--train-images",
+        coco.train_images,
+        "--val-json",
+        coco.val_json,
+        "--val-images",
+        coco.val_images,
+    ]
 
 
 def start_training(out, coco, *extra):
@@ -52,12 +60,17 @@ def test_full_disk_during_training_stops_cleanly(tmp_path, coco, monkeypatch):
     def fail_second(obj, handle, *args, **kwargs):
         calls["n"] += 1
         if calls["n"] >= 2:
-            raise RuntimeError("[enforce fail at inline_container.cc] . PytorchStreamWriter failed writing file data/0: file write failed: No space left on device")
+            raise RuntimeError(
+                "[enforce fail at inline_container.cc] . PytorchStreamWriter failed writing file data/0: "
+                "file write failed: No space left on device"
+            )
         return real_save(obj, handle, *args, **kwargs)
 
     monkeypatch.setattr(torch, "save", fail_second)
     out = tmp_path / "full"
-    options = TrainOptions(output_dir=str(out), data=DataOptions(**vars(coco)), max_iter=6, checkpoint_period=2, progress=False)
+    options = TrainOptions(
+        output_dir=str(out), data=DataOptions(**vars(coco)), max_iter=6, checkpoint_period=2, progress=False
+    )
     with pytest.raises(MaskinitError, match="disk full") as error:
         train(load_config(preset="tiny", overrides=["SOLVER.WARMUP_ITERS", "1"]), options)
     assert "\n" not in str(error.value)
@@ -98,7 +111,14 @@ def test_sigkill_then_resume_finishes_the_run(tmp_path, coco):
     process.wait()
     kept = (out / "last_checkpoint").read_text().strip()
     torch.load(out / kept, weights_only=False)  # loadable whatever moment the kill hit
-    options = TrainOptions(output_dir=str(out), data=DataOptions(**vars(coco)), resume=True, max_iter=10, checkpoint_period=2, progress=False)
+    options = TrainOptions(
+        output_dir=str(out),
+        data=DataOptions(**vars(coco)),
+        resume=True,
+        max_iter=10,
+        checkpoint_period=2,
+        progress=False,
+    )
     summary = train(load_config(out / "config.yaml"), options)
     assert summary["status"] == "finished"
     assert summary["from_scratch"]["start_iter"] >= 4
@@ -140,7 +160,10 @@ def test_bad_annotation_refused_before_training_unless_skip_bad(tmp_path, coco):
         train(load_config(preset="tiny"), TrainOptions(output_dir=str(out), data=bad, max_iter=2, progress=False))
     assert "\n" not in str(error.value)
     assert not (out / "config.yaml").exists()  # refused before anything was written
-    summary = train(load_config(preset="tiny"), TrainOptions(output_dir=str(out), data=DataOptions(**vars(bad)), max_iter=2, progress=False, skip_bad=True))
+    summary = train(
+        load_config(preset="tiny"),
+        TrainOptions(output_dir=str(out), data=DataOptions(**vars(bad)), max_iter=2, progress=False, skip_bad=True),
+    )
     assert summary["status"] == "finished"
     assert "dropped" in (out / "log.txt").read_text() or "skip" in (out / "log.txt").read_text().lower()
 
@@ -226,7 +249,10 @@ def test_a_run_stopped_before_its_first_checkpoint_does_not_block_the_dir(tmp_pa
     (out / "config.yaml").write_text("stale: true\n")  # what a refused or killed run leaves
     (out / "log.txt").write_text("")
     (out / ".model_0000003.pth.tmp").write_bytes(b"torn")  # a kill in the middle of a save
-    summary = train(load_config(preset="tiny"), TrainOptions(output_dir=str(out), data=DataOptions(**vars(coco)), max_iter=2, progress=False))
+    summary = train(
+        load_config(preset="tiny"),
+        TrainOptions(output_dir=str(out), data=DataOptions(**vars(coco)), max_iter=2, progress=False),
+    )
     assert summary["status"] == "finished"
     assert not list(out.glob(".*.tmp"))
 
@@ -243,7 +269,10 @@ def test_two_trainings_into_one_dir_are_refused_by_a_lock(tmp_path, coco):
     try:
         assert holder.stdout.readline().strip() == "locked"
         with pytest.raises(MaskinitError, match=r"in use by another maskinit train \(pid 4242\)"):
-            train(load_config(preset="tiny"), TrainOptions(output_dir=str(out), data=DataOptions(**vars(coco)), max_iter=2, progress=False))
+            train(
+                load_config(preset="tiny"),
+                TrainOptions(output_dir=str(out), data=DataOptions(**vars(coco)), max_iter=2, progress=False),
+            )
         assert not (out / "config.yaml").exists()
     finally:
         holder.kill()
@@ -259,7 +288,10 @@ def test_resume_below_the_checkpoint_iteration_is_refused_before_anything_change
     config_before = (out / "config.yaml").read_text()
     for max_iter in (2, 4):
         with pytest.raises(MaskinitError, match=r"model_final.pth .* is at iteration 3.*nothing is left to train"):
-            train(load_config(out / "config.yaml"), TrainOptions(output_dir=str(out), max_iter=max_iter, resume=True, **options))
+            train(
+                load_config(out / "config.yaml"),
+                TrainOptions(output_dir=str(out), max_iter=max_iter, resume=True, **options),
+            )
     assert (out / "config.yaml").read_text() == config_before
     (out / "last_checkpoint").write_text("model_0000099.pth")  # names a file that is gone
     with pytest.raises(MaskinitError, match="no checkpoint to resume from"):

@@ -9,11 +9,10 @@ from types import SimpleNamespace
 
 import pytest
 from detectron2.data import DatasetCatalog
-from test_class_identity import val_set  # noqa: F401 - a fixture
-from test_validate import break_duplicate_annotation_id, broken_fixable_set, load, polygon_set, write  # noqa: F401
+from test_validate import break_duplicate_annotation_id, broken_fixable_set, load, write
 
 from maskinit import MaskinitError, load_config
-from maskinit.data import register_coco_dataset
+from maskinit.data import generate_coco_dataset, register_coco_dataset
 from maskinit.data.sources import (
     VAL_NAME,
     evaluation_data,
@@ -25,9 +24,19 @@ from maskinit.data.sources import (
 )
 from maskinit.run_options import DataOptions
 
+
+@pytest.fixture(scope="module")
+def polygon_set(tmp_path_factory):
+    return generate_coco_dataset(tmp_path_factory.mktemp("polygon"), 4, seed=3)
+
+
+@pytest.fixture(scope="module")
+def val_set(tmp_path_factory):
+    return generate_coco_dataset(tmp_path_factory.mktemp("identity"), 3, seed=31)
+
+
 # ---------------------------------------------------------------------------------------------
 # validate_data: what train and eval call before registering
-
 
 
 def test_validate_data_registers_a_cleaned_copy_with_skip_bad(tmp_path, polygon_set):
@@ -86,7 +95,7 @@ def test_resolve_data_returns_the_data_to_register_and_leaves_its_argument_alone
     assert same == explicit
 
 
-def test_resolve_data_refuses_sources_that_exclude_each_other(val_set):  # noqa: F811
+def test_resolve_data_refuses_sources_that_exclude_each_other(val_set):
     cfg = load_config(preset="tiny")
     json_file, images = str(val_set.json_file), str(val_set.image_root)
     with pytest.raises(MaskinitError, match="--dataset and --train-json/--val-json are exclusive"):
@@ -116,7 +125,9 @@ def test_recorded_data_gives_back_what_record_data_wrote(tmp_path):
 
 
 def test_evaluation_data_is_the_validation_set_or_says_there_is_none():
-    assert evaluation_data(DataOptions(val_json="v.json", val_images="i"), "run") == DataOptions(val_json="v.json", val_images="i")
+    assert evaluation_data(DataOptions(val_json="v.json", val_images="i"), "run") == DataOptions(
+        val_json="v.json", val_images="i"
+    )
     assert evaluation_data(DataOptions(dataset="a", val_dataset="b"), "run") == DataOptions(dataset="b")
     whole = DataOptions(source="folder", train_json="t.json", train_images="i")
     assert evaluation_data(whole, "run", whole_if_one_split=True) == DataOptions(val_json="t.json", val_images="i")

@@ -29,7 +29,9 @@ def test_the_split_is_by_image_seeded_and_keeps_every_annotation_once(tmp_path):
     train, held = (json.loads((tmp_path / "split" / name).read_text()) for name in (TRAIN_PART, HELD_BACK))
     original = json.loads(source.read_text())
     # the trials train on one part and are scored on the other; both read the training images
-    assert split.data.train_json == str(tmp_path / "split" / TRAIN_PART) and split.data.val_json == str(tmp_path / "split" / HELD_BACK)
+    assert split.data.train_json == str(tmp_path / "split" / TRAIN_PART) and split.data.val_json == str(
+        tmp_path / "split" / HELD_BACK
+    )
     assert split.data.train_images == split.data.val_images == str(tmp_path / "images")
     assert data.val_json == str(tmp_path / "val.json")  # the caller's options are not changed
     ids = [{i["id"] for i in part["images"]} for part in (train, held)]

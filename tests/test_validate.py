@@ -6,17 +6,15 @@ from __future__ import annotations
 import json
 import shutil
 import time
-from types import SimpleNamespace
 
 import cv2
 import numpy as np
 import pytest
-from detectron2.data import DatasetCatalog
 from PIL import Image
 from pycocotools import mask as mask_util
 
 from maskinit import MaskinitError
-from maskinit.data import generate_coco_dataset, inspect_coco, register_coco_dataset
+from maskinit.data import generate_coco_dataset, inspect_coco
 from maskinit.data.validate import (
     FATAL,
     FIXABLE,
@@ -294,7 +292,15 @@ def test_duplicates_count_distinct_ids(polygon_set):
         (lambda rle: rle.update(counts=[10, 20]), "runs cover 30 pixels"),
         (lambda rle: rle.update(counts=[-1, 128 * 128 + 1]), "non-negative"),
     ],
-    ids=["counts-int", "size-mismatch", "size-not-pair", "short-string", "bad-characters", "short-list", "negative-run"],
+    ids=[
+        "counts-int",
+        "size-mismatch",
+        "size-not-pair",
+        "short-string",
+        "bad-characters",
+        "short-list",
+        "negative-run",
+    ],
 )
 def test_malformed_rle(rle_set, breaker, detail):
     data = load(rle_set)
@@ -463,7 +469,10 @@ def test_fatal_problems_raise_one_line_naming_each_kind(tmp_path, polygon_set):
         assert "\n" not in message
         assert message.startswith(f"{path}: ")
         annotation_id = data["annotations"][0]["id"]
-        assert f"1 duplicate image id (e.g. {data['images'][0]['id']}); 1 annotation missing bbox (e.g. id {annotation_id}" in message
+        assert (
+            f"1 duplicate image id (e.g. {data['images'][0]['id']}); 1 annotation missing bbox (e.g. id {annotation_id}"
+            in message
+        )
         assert "unknown category" not in message
 
 

@@ -90,25 +90,52 @@ CASES = {
     "nan-polygon": (set_polygon_coordinate(NAN), "invalid_polygon", FIXABLE, "a non-finite coordinate (nan)"),
     "inf-polygon": (set_polygon_coordinate(INF), "invalid_polygon", FIXABLE, "a non-finite coordinate (inf)"),
     "far-polygon": (set_polygon_coordinate(1e9), "invalid_polygon", FIXABLE, "more than an image size outside"),
-    "huge-int-polygon": (set_polygon_coordinate(10**400), "invalid_polygon", FIXABLE, "more than an image size outside"),
+    "huge-int-polygon": (
+        set_polygon_coordinate(10**400),
+        "invalid_polygon",
+        FIXABLE,
+        "more than an image size outside",
+    ),
     "nan-area": (lambda d: d["annotations"][0].update(area=NAN), "annotation_non_finite", FIXABLE, "area nan"),
-    "inf-keypoint": (lambda d: d["annotations"][0].update(keypoints=[1, 2, INF]), "annotation_non_finite", FIXABLE,
-                     "keypoints[2] inf"),
+    "inf-keypoint": (
+        lambda d: d["annotations"][0].update(keypoints=[1, 2, INF]),
+        "annotation_non_finite",
+        FIXABLE,
+        "keypoints[2] inf",
+    ),
     "huge-int-box": (lambda d: d["annotations"][0].update(bbox=[10**400, 1, 2, 3]), "invalid_box", FIXABLE, "[1000"),
     "nan-iscrowd": (lambda d: d["annotations"][0].update(iscrowd=NAN), "invalid_iscrowd", FIXABLE, "iscrowd nan"),
     "string-iscrowd": (lambda d: d["annotations"][0].update(iscrowd="0"), "invalid_iscrowd", FIXABLE, "iscrowd '0'"),
     "inf-in-image": (lambda d: d["images"][0].update(gps=[1.0, -INF]), "image_non_finite", FIXABLE, "gps[1] -inf"),
     "nan-in-info": (lambda d: d.update(info={"year": NAN}), "non_finite", FATAL, "info.year nan"),
-    "nan-in-category": (lambda d: d["categories"][0].update(weight=NAN), "non_finite", FATAL, "categories[0].weight nan"),
+    "nan-in-category": (
+        lambda d: d["categories"][0].update(weight=NAN),
+        "non_finite",
+        FATAL,
+        "categories[0].weight nan",
+    ),
     "all-crowd": (all_crowd, "only_crowd", FATAL, "nothing to train on: all"),
-    "string-image-ids": (string_image_ids, "string_image_id", FATAL,
-                         "images with string ids (COCO evaluation needs integer ids) (e.g. id 'img1'"),
+    "string-image-ids": (
+        string_image_ids,
+        "string_image_id",
+        FATAL,
+        "images with string ids (COCO evaluation needs integer ids) (e.g. id 'img1'",
+    ),
     "string-annotation-ids": (string_annotation_ids, "string_annotation_id", FATAL, "annotations with string ids"),
-    "category-name-twice": (lambda d: d["categories"][1].update(name=d["categories"][0]["name"]),
-                            "duplicate_category_name", FATAL, "1 category name used twice (e.g. 'circle' (ids 1, 2))"),
+    "category-name-twice": (
+        lambda d: d["categories"][1].update(name=d["categories"][0]["name"]),
+        "duplicate_category_name",
+        FATAL,
+        "1 category name used twice (e.g. 'circle' (ids 1, 2))",
+    ),
     "bom": (with_bom, "byte_order_mark", FATAL, "starts with a UTF-8 byte-order mark"),
     "deeply-nested": (lambda files: deeply_nested(), "not_coco", FATAL, "nested too deeply to parse"),
-    "utf-16": (lambda files: files.json_file.read_text().encode("utf-16"), "not_coco", FATAL, "not valid JSON: not UTF-8 text"),
+    "utf-16": (
+        lambda files: files.json_file.read_text().encode("utf-16"),
+        "not_coco",
+        FATAL,
+        "not valid JSON: not UTF-8 text",
+    ),
     "5000-digit-number": (lambda files: b'{"images": [' + b"1" * 5000 + b"]}", "not_coco", FATAL, "not valid JSON"),
 }
 RAW = {"bom", "deeply-nested", "utf-16", "5000-digit-number"}
@@ -141,7 +168,9 @@ def test_check_data_refuses_in_one_line_naming_file_problem_and_example(tmp_path
         assert len(lines) == 1 and str(path) in lines[0] and text in lines[0], result.stderr
     else:
         assert result.exit_code == 1 and "fixable" in result.stdout, result.output
-        skipping = runner.invoke(app, ["check-data", "--json", str(path), "--images", str(files.image_root), "--skip-bad"])
+        skipping = runner.invoke(
+            app, ["check-data", "--json", str(path), "--images", str(files.image_root), "--skip-bad"]
+        )
         assert skipping.exit_code == 0, skipping.output
         line = next(line for line in skipping.stdout.splitlines() if "leaving out" in line)
         assert line.startswith(f"{path}: leaving out 1 ") and text in line, skipping.stdout

@@ -8,6 +8,7 @@ import json
 
 import cv2
 import pytest
+from conftest import save_untrained_checkpoint
 from pycocotools import mask as mask_util
 from pycocotools.coco import COCO
 
@@ -15,7 +16,6 @@ from maskinit import MaskinitError, load_config
 from maskinit.data import apply_dataset_to_cfg, generate_coco_dataset, register_coco_dataset
 from maskinit.model import build_model
 from maskinit.visualize import PREDICTIONS_FILE, predict, save_comparisons
-from conftest import save_untrained_checkpoint
 
 DATASET = "maskinit_test_vis"
 # Category ids 3, 5, ..., 11: predictions must come back with the dataset's ids, not 0..4.

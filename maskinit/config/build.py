@@ -45,7 +45,8 @@ REASONS = {
     "MODEL.ROI_BOX_HEAD.NUM_CONV": "4conv1fc box head, as Detectron2's configs/Misc/scratch_*",
     "MODEL.ROI_BOX_HEAD.NUM_FC": "4conv1fc box head, as Detectron2's configs/Misc/scratch_*",
     "MODEL.ROI_BOX_HEAD.NAME": "conv+fc box head (4conv1fc)",
-    "MODEL.ROI_BOX_HEAD.CLS_AGNOSTIC_BBOX_REG": "one box regressor for all classes: every foreground proposal trains it",
+    "MODEL.ROI_BOX_HEAD.CLS_AGNOSTIC_BBOX_REG": "one box regressor for all classes: "
+    "every foreground proposal trains it",
     "MODEL.ROI_MASK_HEAD.CLS_AGNOSTIC_MASK": "one mask for all classes: every foreground proposal trains it",
     "SOLVER.WEIGHT_DECAY": "AdamW's decoupled weight decay (the default optimizer; SGD wants about 1e-4)",
     "SOLVER.CLIP_GRADIENTS.ENABLED": "random-init heads give large early gradients: clip each parameter's at norm 1",

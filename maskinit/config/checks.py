@@ -23,7 +23,8 @@ def refuse_pretrained_settings(cfg: CfgNode, source: str) -> None:
         )
     if cfg.MODEL.BACKBONE.FREEZE_AT > 0:
         raise MaskinitError(
-            f"{source} sets MODEL.BACKBONE.FREEZE_AT={cfg.MODEL.BACKBONE.FREEZE_AT}: from scratch every stage must train (0)"
+            f"{source} sets MODEL.BACKBONE.FREEZE_AT={cfg.MODEL.BACKBONE.FREEZE_AT}: "
+            "from scratch every stage must train (0)"
         )
     for key, value in flatten(cfg).items():
         if key.endswith(".NORM") and value in REFUSED_NORMS:
@@ -47,7 +48,9 @@ def _at_least(low):
 
 def _between(low, high, low_open: bool = False, high_open: bool = False):
     return lambda value: (
-        _number(value) and (value > low if low_open else value >= low) and (value < high if high_open else value <= high)
+        _number(value)
+        and (value > low if low_open else value >= low)
+        and (value < high if high_open else value <= high)
     )
 
 
@@ -84,7 +87,11 @@ VALUE_RULES = (
     ("SOLVER.WEIGHT_DECAY", _at_least(0), "a finite number >= 0"),
     ("SOLVER.REFERENCE_WORLD_SIZE", _at_least(0), "at least 0"),
     ("MODEL.PIXEL_MEAN", lambda v: len(v) > 0 and all(_number(x) for x in v), "finite numbers"),
-    ("MODEL.PIXEL_STD", lambda v: len(v) > 0 and all(_positive(x) for x in v), "positive finite numbers (one per channel)"),
+    (
+        "MODEL.PIXEL_STD",
+        lambda v: len(v) > 0 and all(_positive(x) for x in v),
+        "positive finite numbers (one per channel)",
+    ),
     ("MODEL.RESNETS.NUM_GROUPS", _at_least(1), "at least 1"),
     ("MODEL.RESNETS.WIDTH_PER_GROUP", _at_least(1), "at least 1"),
     ("MODEL.RESNETS.RES2_OUT_CHANNELS", _at_least(1), "at least 1"),
@@ -139,7 +146,8 @@ def check_config(cfg: CfgNode) -> None:
     model = cfg.MODEL
     if len(model.PIXEL_MEAN) != len(model.PIXEL_STD):
         raise MaskinitError(
-            f"MODEL.PIXEL_MEAN and MODEL.PIXEL_STD need one value per channel each, got {len(model.PIXEL_MEAN)} and {len(model.PIXEL_STD)}"
+            "MODEL.PIXEL_MEAN and MODEL.PIXEL_STD need one value per channel each, "
+            f"got {len(model.PIXEL_MEAN)} and {len(model.PIXEL_STD)}"
         )
     resnets = model.RESNETS
     if resnets.DEPTH in (18, 34) and (resnets.RES2_OUT_CHANNELS != 64 or resnets.NUM_GROUPS != 1):
@@ -150,20 +158,32 @@ def check_config(cfg: CfgNode) -> None:
     clip = cfg.SOLVER.CLIP_GRADIENTS
     if clip.ENABLED:
         if clip.CLIP_TYPE not in ("value", "norm"):
-            raise MaskinitError(f"unknown clip type {clip.CLIP_TYPE!r} for SOLVER.CLIP_GRADIENTS.CLIP_TYPE (known: value, norm)")
+            raise MaskinitError(
+                f"unknown clip type {clip.CLIP_TYPE!r} for SOLVER.CLIP_GRADIENTS.CLIP_TYPE (known: value, norm)"
+            )
         if not _positive(clip.CLIP_VALUE):
-            raise MaskinitError(f"SOLVER.CLIP_GRADIENTS.CLIP_VALUE must be a positive finite number, got {clip.CLIP_VALUE!r}")
+            raise MaskinitError(
+                f"SOLVER.CLIP_GRADIENTS.CLIP_VALUE must be a positive finite number, got {clip.CLIP_VALUE!r}"
+            )
         if not (_positive(clip.NORM_TYPE) or clip.NORM_TYPE == math.inf):
-            raise MaskinitError(f"SOLVER.CLIP_GRADIENTS.NORM_TYPE must be positive (inf: max norm), got {clip.NORM_TYPE!r}")
+            raise MaskinitError(
+                f"SOLVER.CLIP_GRADIENTS.NORM_TYPE must be positive (inf: max norm), got {clip.NORM_TYPE!r}"
+            )
     names, ids = cfg.MASKINIT.CLASS_NAMES, cfg.MASKINIT.CLASS_IDS
     if len(names) != len(ids):
-        raise MaskinitError(f"MASKINIT.CLASS_NAMES and MASKINIT.CLASS_IDS differ in length: {len(names)} and {len(ids)}")
+        raise MaskinitError(
+            f"MASKINIT.CLASS_NAMES and MASKINIT.CLASS_IDS differ in length: {len(names)} and {len(ids)}"
+        )
     if names and len(names) != model.ROI_HEADS.NUM_CLASSES:
         raise MaskinitError(
-            f"MASKINIT.CLASS_NAMES names {len(names)} classes but MODEL.ROI_HEADS.NUM_CLASSES is {model.ROI_HEADS.NUM_CLASSES}"
+            f"MASKINIT.CLASS_NAMES names {len(names)} classes "
+            f"but MODEL.ROI_HEADS.NUM_CLASSES is {model.ROI_HEADS.NUM_CLASSES}"
         )
     if not isinstance(cfg.MASKINIT.PLATEAU.METRIC, str) or not cfg.MASKINIT.PLATEAU.METRIC:
-        raise MaskinitError(f"MASKINIT.PLATEAU.METRIC must name a metric (total_loss, segm/AP, ...), got {cfg.MASKINIT.PLATEAU.METRIC!r}")
+        raise MaskinitError(
+            "MASKINIT.PLATEAU.METRIC must name a metric (total_loss, segm/AP, ...), "
+            f"got {cfg.MASKINIT.PLATEAU.METRIC!r}"
+        )
     if cfg.MASKINIT.DATA.FORMAT:
         from ..data.formats import FORMAT_NAMES
 
@@ -173,7 +193,10 @@ def check_config(cfg: CfgNode) -> None:
     check_augment(cfg)
     check_ema(cfg)
     build_norm_variant(cfg.MASKINIT.NORM)
-    for key, spec in [("INIT", cfg.MASKINIT.INIT), *(("COMPONENT_INIT." + k, v) for k, v in cfg.MASKINIT.COMPONENT_INIT.items())]:
+    for key, spec in [
+        ("INIT", cfg.MASKINIT.INIT),
+        *(("COMPONENT_INIT." + k, v) for k, v in cfg.MASKINIT.COMPONENT_INIT.items()),
+    ]:
         if spec or key == "INIT":
             try:
                 build_initializer(spec)

@@ -50,7 +50,13 @@ def to_yaml(cfg: CfgNode, plain: bool = False) -> str:
 
 def maskinit_only_settings(cfg: CfgNode) -> list[str]:
     """`KEY=value` for each MASKINIT training/model setting that differs from stock behaviour."""
-    neutral = {"OPTIMIZER": "sgd", "LR_SCHEDULE": "step", "RPN_NORM": False, "PRIOR_PROB": 0.0, "ZERO_INIT_RESIDUAL": False}
+    neutral = {
+        "OPTIMIZER": "sgd",
+        "LR_SCHEDULE": "step",
+        "RPN_NORM": False,
+        "PRIOR_PROB": 0.0,
+        "ZERO_INIT_RESIDUAL": False,
+    }
     dropped = [f"MASKINIT.{key}={cfg.MASKINIT[key]}" for key, value in neutral.items() if cfg.MASKINIT[key] != value]
     if cfg.MASKINIT.AUGMENT.NAME != "default":
         dropped.append(f"MASKINIT.AUGMENT.NAME={cfg.MASKINIT.AUGMENT.NAME}")

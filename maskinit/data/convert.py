@@ -119,7 +119,10 @@ def write_cached(dataset: Dataset, folder: Path | None = None) -> dict[str, tupl
         digest.update(f"{name}\0{splits[name].image_root.resolve()}\0".encode() + texts[name].encode())
     folder = Path(folder) if folder is not None else cache_root()
     target = folder / f"{dataset.format}-{digest.hexdigest()[:16]}"
-    files = {name: (target / (TRAIN_FILE if name == TRAIN else VAL_FILE), splits[name].image_root.resolve()) for name in splits}
+    files = {
+        name: (target / (TRAIN_FILE if name == TRAIN else VAL_FILE), splits[name].image_root.resolve())
+        for name in splits
+    }
     if all(path.is_file() for path, _ in files.values()):
         return files
     try:
@@ -251,7 +254,12 @@ def split_file(json_file: str | Path, images: str | Path, out: str | Path, fract
     if not images.is_dir():
         raise MaskinitError(f"--images {images}: not a folder")
     data = coco_json.load_coco(json_file)
-    one = DatasetType("coco", json_file, data.get("categories") or [], {TRAIN: Split(images, data["images"], data.get("annotations") or [])})
+    one = DatasetType(
+        "coco",
+        json_file,
+        data.get("categories") or [],
+        {TRAIN: Split(images, data["images"], data.get("annotations") or [])},
+    )
     dataset, notes = split_dataset(one, fraction, seed)
     written = write_coco_folder(dataset, out)
     return written._replace(lines=notes)

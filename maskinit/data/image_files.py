@@ -170,7 +170,10 @@ def probe_image(path: str, height, width) -> tuple[tuple[str, str] | None, tuple
     except OSError as error:
         return ("unreadable_image", f"{type(error).__name__}: {error}"[:100]), None
     if (loaded_height, loaded_width) != (height, width):
-        return ("image_size_mismatch", f"{loaded_width}x{loaded_height} on disk, {width:g}x{height:g} in the JSON"), kind
+        return (
+            "image_size_mismatch",
+            f"{loaded_width}x{loaded_height} on disk, {width:g}x{height:g} in the JSON",
+        ), kind
     return None, kind
 
 

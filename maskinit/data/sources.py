@@ -179,7 +179,11 @@ def evaluation_data(data, where: str, whole_if_one_split: bool = False):
     if data.source and whole_if_one_split:
         return DataOptions(val_json=data.train_json, val_images=data.train_images)
     if data.dataset and not data.train_json and not data.source and not whole_if_one_split:
-        raise MaskinitError(f"{where}: the run validated on no dataset: give the data to evaluate on (--data, --val-json, --dataset)")
+        raise MaskinitError(
+            f"{where}: the run validated on no dataset: give the data to evaluate on (--data, --val-json, --dataset)"
+        )
     if data.dataset:
         return DataOptions(dataset=data.dataset)
-    raise MaskinitError(f"{where}: the run held no validation data: give the data to evaluate on (--data, --val-json, --dataset)")
+    raise MaskinitError(
+        f"{where}: the run held no validation data: give the data to evaluate on (--data, --val-json, --dataset)"
+    )

@@ -49,7 +49,9 @@ def hold_back(data, fraction: float, seed: int, folder: Path) -> HeldBack:
     from ..atomic import write_atomically
 
     if not 0.0 < fraction < 1.0:
-        raise MaskinitError(f"--val-fraction must be between 0 and 1 (the share of training images held back), got {fraction}")
+        raise MaskinitError(
+            f"--val-fraction must be between 0 and 1 (the share of training images held back), got {fraction}"
+        )
     if getattr(data, "dataset", None):
         raise MaskinitError("--val-fraction splits COCO files: give --train-json and --train-images, not --dataset")
     if not data.train_json:
@@ -163,7 +165,9 @@ def choose_split(coco: dict, fraction: float, seed: int, where: str = "the data"
     if alone:
         notes.append(f"only in the training part, too few images to be in both: {', '.join(alone)}")
     if no_room:
-        notes.append(f"not in the {len(held)} held-back images (a larger --val-fraction makes room): {', '.join(no_room)}")
+        notes.append(
+            f"not in the {len(held)} held-back images (a larger --val-fraction makes room): {', '.join(no_room)}"
+        )
     without = sorted(i for i in ids if i not in classes_of)
     rng.shuffle(without)
     held.update(without[:round(len(without) * fraction)])
@@ -177,6 +181,10 @@ def split_coco(coco: dict, fraction: float, seed: int, where: str = "the data") 
     def part(keep) -> dict:
         kept = [image for image in coco.get("images") or [] if keep(image["id"])]
         ids = {image["id"] for image in kept}
-        return {**coco, "images": kept, "annotations": [a for a in coco.get("annotations") or [] if a["image_id"] in ids]}
+        return {
+            **coco,
+            "images": kept,
+            "annotations": [a for a in coco.get("annotations") or [] if a["image_id"] in ids],
+        }
 
     return part(lambda i: i not in choice.held), part(lambda i: i in choice.held), choice.notes

@@ -358,7 +358,9 @@ def ensure_synthetic_dataset(
     if folder.is_dir():
         damage = cache_damage(folder)
         if damage:
-            logging.getLogger("maskinit").warning("the embedded dataset cache %s is damaged (%s): rebuilding it", folder, damage)
+            logging.getLogger("maskinit").warning(
+                "the embedded dataset cache %s is damaged (%s): rebuilding it", folder, damage
+            )
             _discard(folder)
     if not folder.is_dir():
         try:
@@ -391,7 +393,9 @@ def _discard(folder: Path) -> None:
         folder.rename(trash)
     except OSError as error:
         if folder.is_dir():
-            raise MaskinitError(f"the embedded dataset cache {folder} is damaged and cannot be replaced: delete it") from error
+            raise MaskinitError(
+                f"the embedded dataset cache {folder} is damaged and cannot be replaced: delete it"
+            ) from error
         return
     shutil.rmtree(trash, ignore_errors=True)
 

@@ -71,7 +71,9 @@ def _kinds() -> dict[str, Kind]:
         "duplicate_annotation_id": Kind(FATAL, "duplicate annotation id", "duplicate annotation ids"),
         "duplicate_category_id": Kind(FATAL, "duplicate category id", "duplicate category ids"),
         "duplicate_category_name": Kind(FATAL, "category name used twice", "category names used twice"),
-        "string_image_id": Kind(FATAL, f"image with a string id ({INTEGER_IDS})", f"images with string ids ({INTEGER_IDS})"),
+        "string_image_id": Kind(
+            FATAL, f"image with a string id ({INTEGER_IDS})", f"images with string ids ({INTEGER_IDS})"
+        ),
         "string_annotation_id": Kind(
             FATAL, f"annotation with a string id ({INTEGER_IDS})", f"annotations with string ids ({INTEGER_IDS})"
         ),
@@ -87,31 +89,53 @@ def _kinds() -> dict[str, Kind]:
         kinds[f"{section}_not_object"] = Kind(
             FATAL, f"{section} entry that is not an object", f"{section} entries that are not objects"
         )
-    kinds["annotation_missing_id"] = Kind(FATAL, "annotation without an integer id", "annotations without an integer id")
+    kinds["annotation_missing_id"] = Kind(
+        FATAL, "annotation without an integer id", "annotations without an integer id"
+    )
     for key in ANNOTATION_KEYS:
         kinds[f"annotation_missing_{key}"] = Kind(FATAL, f"annotation missing {key}", f"annotations missing {key}")
     kinds["image_missing_id"] = Kind(FATAL, "image without an integer id", "images without an integer id")
     kinds["image_missing_file_name"] = Kind(FATAL, "image without a file_name", "images without a file_name")
     for key in IMAGE_SIZE_KEYS:
-        kinds[f"image_missing_{key}"] = Kind(FATAL, f"image without a positive integer {key}", f"images without a positive integer {key}")
+        kinds[f"image_missing_{key}"] = Kind(
+            FATAL, f"image without a positive integer {key}", f"images without a positive integer {key}"
+        )
     kinds["category_missing_id"] = Kind(FATAL, "category without an integer id", "categories without an integer id")
     kinds["category_missing_name"] = Kind(FATAL, "category without a name", "categories without a name")
     kinds.update(
         unknown_image=Kind(FIXABLE, "annotation for an unknown image id", "annotations for unknown image ids"),
-        unknown_category=Kind(FIXABLE, "annotation with an unknown category id", "annotations with unknown category ids"),
-        ignore_flag=Kind(FIXABLE, "annotation with ignore=1 (Detectron2 refuses it)", "annotations with ignore=1 (Detectron2 refuses them)"),
+        unknown_category=Kind(
+            FIXABLE, "annotation with an unknown category id", "annotations with unknown category ids"
+        ),
+        ignore_flag=Kind(
+            FIXABLE,
+            "annotation with ignore=1 (Detectron2 refuses it)",
+            "annotations with ignore=1 (Detectron2 refuses them)",
+        ),
         invalid_box=Kind(FIXABLE, "empty or invalid box", "empty or invalid boxes"),
         box_outside=Kind(FIXABLE, "box entirely outside its image", "boxes entirely outside their image"),
         invalid_polygon=Kind(FIXABLE, "invalid polygon", "invalid polygons"),
-        invalid_iscrowd=Kind(FIXABLE, "annotation whose iscrowd is not 0 or 1", "annotations whose iscrowd is not 0 or 1"),
-        annotation_non_finite=Kind(FIXABLE, "annotation with a NaN or infinite number", "annotations with NaN or infinite numbers"),
-        image_non_finite=Kind(FIXABLE, "image entry with a NaN or infinite number", "image entries with NaN or infinite numbers"),
+        invalid_iscrowd=Kind(
+            FIXABLE, "annotation whose iscrowd is not 0 or 1", "annotations whose iscrowd is not 0 or 1"
+        ),
+        annotation_non_finite=Kind(
+            FIXABLE, "annotation with a NaN or infinite number", "annotations with NaN or infinite numbers"
+        ),
+        image_non_finite=Kind(
+            FIXABLE, "image entry with a NaN or infinite number", "image entries with NaN or infinite numbers"
+        ),
         invalid_rle=Kind(FIXABLE, "malformed RLE mask", "malformed RLE masks"),
-        invalid_segmentation=Kind(FIXABLE, "segmentation neither polygons nor RLE", "segmentations neither polygons nor RLE"),
+        invalid_segmentation=Kind(
+            FIXABLE, "segmentation neither polygons nor RLE", "segmentations neither polygons nor RLE"
+        ),
         missing_image_file=Kind(FIXABLE, "missing image file", "missing image files"),
         unreadable_image=Kind(FIXABLE, "unreadable or corrupt image file", "unreadable or corrupt image files"),
-        image_size_mismatch=Kind(FIXABLE, "image whose size differs from the JSON", "images whose size differs from the JSON"),
-        box_partly_outside=Kind(WARNING, "box partly outside its image (clipped)", "boxes partly outside their image (clipped)"),
+        image_size_mismatch=Kind(
+            FIXABLE, "image whose size differs from the JSON", "images whose size differs from the JSON"
+        ),
+        box_partly_outside=Kind(
+            WARNING, "box partly outside its image (clipped)", "boxes partly outside their image (clipped)"
+        ),
         crowd_annotation=Kind(INFO, "crowd annotation (iscrowd=1)", "crowd annotations (iscrowd=1)"),
         image_without_annotations=Kind(INFO, "image without annotations", "images without annotations"),
         category_without_annotations=Kind(INFO, "category without annotations", "categories without annotations"),
@@ -347,7 +371,11 @@ def _polygons_problem(polygons: list, size: tuple | None = None) -> str | None:
         return "no polygon"
     for polygon in polygons:
         if not isinstance(polygon, list):
-            return "a flat list of numbers, not a list of polygons" if _is_number(polygon) else "a polygon that is not a list"
+            return (
+                "a flat list of numbers, not a list of polygons"
+                if _is_number(polygon)
+                else "a polygon that is not a list"
+            )
         if len(polygon) < 6 or len(polygon) % 2:
             return f"a polygon of {len(polygon)} coordinates"
         if not all(map(_is_number, polygon)):
@@ -638,7 +666,9 @@ def check_coco_data(
     else:
         wrong = [key for key in REQUIRED_SECTIONS if not isinstance(coco.get(key), list)]
         if wrong:
-            found.add("not_coco", "no " + ", ".join(f"{key!r}" for key in wrong) + (" list" if len(wrong) == 1 else " lists"))
+            found.add(
+                "not_coco", "no " + ", ".join(f"{key!r}" for key in wrong) + (" list" if len(wrong) == 1 else " lists")
+            )
     if found.counts:
         report.problems = found.problems()
         return report
@@ -652,7 +682,9 @@ def check_coco_data(
             found.add(f"no_{section}")
     images = _check_images_section(coco["images"], found, report)
     category_ids = _check_categories_section(coco["categories"], found)
-    annotated_images, used_categories = _check_annotations_section(coco["annotations"], images, category_ids, found, report)
+    annotated_images, used_categories = _check_annotations_section(
+        coco["annotations"], images, category_ids, found, report
+    )
     for section, value in coco.items():
         if section not in ("images", "annotations"):  # their entries are checked one by one
             for path, number in _non_finite_numbers(value, str(section)):
@@ -766,7 +798,9 @@ def enforce_data_policy(report: DataReport, skip_bad: bool, *, can_skip: bool = 
     dropped = f"{_plural(report.annotations_dropped, 'annotation')} and {_plural(len(report.bad_image_ids), 'image')}"
     kinds = "; ".join(problem.summary() for problem in fixable)
     if not skip_bad:
-        remedy = f"Pass --skip-bad to leave out the {dropped} concerned, or fix the data" if can_skip else "Fix the data"
+        remedy = (
+            f"Pass --skip-bad to leave out the {dropped} concerned, or fix the data" if can_skip else "Fix the data"
+        )
         raise MaskinitError(f"{report.source}: {kinds}. {remedy} (maskinit check-data lists every problem)")
     if not report.trainable_annotations or len(report.bad_image_ids) >= report.num_images:
         raise MaskinitError(

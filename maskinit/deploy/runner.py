@@ -104,7 +104,9 @@ def _parse_metadata(path: Path, text: str | None) -> dict:
     except json.JSONDecodeError as error:
         raise DeployError(f"{path}: its {METADATA_KEY} metadata is not JSON ({error})") from error
     if metadata.get("export_version") != EXPORT_VERSION:
-        raise DeployError(f"{path}: export version {metadata.get('export_version')!r}, this runner reads {EXPORT_VERSION}")
+        raise DeployError(
+            f"{path}: export version {metadata.get('export_version')!r}, this runner reads {EXPORT_VERSION}"
+        )
     return metadata
 
 
@@ -190,7 +192,9 @@ def resize_pillow(image: np.ndarray, height: int, width: int) -> np.ndarray:
     except ImportError:
         return resize_pillow_numpy(image, height, width)
     if image.shape[2] == 1:
-        resized = Image.fromarray(np.ascontiguousarray(image[:, :, 0]), mode="L").resize((width, height), Image.BILINEAR)
+        resized = Image.fromarray(np.ascontiguousarray(image[:, :, 0]), mode="L").resize(
+            (width, height), Image.BILINEAR
+        )
         return np.asarray(resized)[:, :, None]
     return np.asarray(Image.fromarray(np.ascontiguousarray(image)).resize((width, height), Image.BILINEAR))
 
@@ -271,8 +275,12 @@ def paste_masks(mask_probs: np.ndarray, boxes: np.ndarray, height: int, width: i
         right, bottom = min(int(np.ceil(x1)) + 1, width), min(int(np.ceil(y1)) + 1, height)
         if right <= left or bottom <= top:
             continue
-        xs = (np.arange(left, right, dtype=np.float32) + np.float32(0.5) - x0) / (x1 - x0) * np.float32(2) - np.float32(1)
-        ys = (np.arange(top, bottom, dtype=np.float32) + np.float32(0.5) - y0) / (y1 - y0) * np.float32(2) - np.float32(1)
+        xs = (np.arange(left, right, dtype=np.float32) + np.float32(0.5) - x0) / (x1 - x0) * np.float32(2) - np.float32(
+            1
+        )
+        ys = (np.arange(top, bottom, dtype=np.float32) + np.float32(0.5) - y0) / (y1 - y0) * np.float32(2) - np.float32(
+            1
+        )
         masks[i, top:bottom, left:right] = _grid_sample(probs, ys, xs) >= threshold
     return masks
 
@@ -311,7 +319,9 @@ class ExportedModel:
         self.threads = threads
         if self.format == "onnx":
             self._session = _onnx_session(self.path, threads)
-            self.metadata = _parse_metadata(self.path, self._session.get_modelmeta().custom_metadata_map.get(METADATA_KEY))
+            self.metadata = _parse_metadata(
+                self.path, self._session.get_modelmeta().custom_metadata_map.get(METADATA_KEY)
+            )
             self._run = self._run_onnx
         else:
             self.metadata = _torchscript_metadata(self.path)
@@ -398,7 +408,9 @@ def _load_torchscript(path: Path, threads: int | None):
     try:
         module = torch.jit.load(str(path), map_location="cpu")
     except Exception as error:  # noqa: BLE001 - torch raises RuntimeError and others for a damaged archive
-        raise DeployError(f"torch {torch.__version__} cannot load {path}: {' '.join(str(error).split())[:300]}") from error
+        raise DeployError(
+            f"torch {torch.__version__} cannot load {path}: {' '.join(str(error).split())[:300]}"
+        ) from error
     return module.eval()
 
 

@@ -139,7 +139,9 @@ def read(path: Path) -> Dataset:
                 unknown = [c.get("name") for c in own if ids.get(c.get("name")) is None]
                 raise bad_file(json_file, f"categories the training file lacks: {', '.join(map(str, unknown))}")
             if any(old != new for old, new in remap.items()):
-                annotations = [{**a, "category_id": remap.get(a.get("category_id"), a.get("category_id"))} for a in annotations]
+                annotations = [
+                    {**a, "category_id": remap.get(a.get("category_id"), a.get("category_id"))} for a in annotations
+                ]
                 in_place = None
         splits[split] = Split(image_root_for(json_file, data, split), data["images"], annotations, in_place)
     return Dataset(NAME, Path(path), categories or [], splits, notes)

@@ -145,7 +145,9 @@ def sorted_images(folder: Path) -> list[Path]:
     """The pictures directly in `folder`, by name."""
     if not folder.is_dir():
         return []
-    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith("."))
+    return sorted(
+        p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".")
+    )
 
 
 def find_picture(folder: Path, stem: str) -> Path | None:
@@ -187,7 +189,9 @@ def read_label_image(path: Path) -> np.ndarray:
         if array.shape[2] in (3, 4) and all(np.array_equal(array[..., 0], array[..., c]) for c in (1, 2)):
             array = array[..., :1]  # gray stored as colour
         else:
-            raise bad_file(path, f"a label image needs one channel (each integer an instance), this one has {array.shape[2]}")
+            raise bad_file(
+                path, f"a label image needs one channel (each integer an instance), this one has {array.shape[2]}"
+            )
     array = array[..., 0]
     if array.dtype.kind == "f":
         if not np.all(np.isfinite(array)) or not np.array_equal(array, np.round(array)):
@@ -233,7 +237,9 @@ class DatasetBuilder:
             raise bad_file(named_in or picture, f"its picture {picture} is not there")
         actual = image_size(picture)
         if size is not None and tuple(int(v) for v in size) != actual and all(size):
-            raise bad_file(named_in or picture, f"says the picture is {size[1]}x{size[0]} but {picture} is {actual[1]}x{actual[0]}")
+            raise bad_file(
+                named_in or picture, f"says the picture is {size[1]}x{size[0]} but {picture} is {actual[1]}x{actual[0]}"
+            )
         try:
             file_name = picture.relative_to(part.image_root).as_posix()
         except ValueError:
@@ -310,7 +316,10 @@ class DatasetBuilder:
         if not total_images:
             raise bad_file(self.source, f"no pictures found ({self.format} layout): an empty set")
         if not total_annotations:
-            raise bad_file(self.source, f"{total_images} pictures but not one instance annotated ({self.format} layout): an empty set")
+            raise bad_file(
+                self.source,
+                f"{total_images} pictures but not one instance annotated ({self.format} layout): an empty set",
+            )
         for name, part in self.splits.items():
             if not part.images:
                 raise bad_file(self.source, f"its {name} split has no pictures: an empty set")

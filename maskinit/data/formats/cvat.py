@@ -86,11 +86,16 @@ def decode_mask(element, height: int, width: int, where) -> np.ndarray:
     except (TypeError, ValueError) as error:
         raise bad_file(where, "a mask without a readable rle, left, top, width and height") from error
     if sum(counts) != box_width * box_height or any(c < 0 for c in counts):
-        raise bad_file(where, f"a mask whose RLE covers {sum(counts)} pixels, its {box_width}x{box_height} box {box_width * box_height}")
+        raise bad_file(
+            where,
+            f"a mask whose RLE covers {sum(counts)} pixels, its {box_width}x{box_height} box {box_width * box_height}",
+        )
     values = np.arange(len(counts)) % 2 == 1  # background first
     patch = np.repeat(values, counts).reshape(box_height, box_width)
     if left < 0 or top < 0 or left + box_width > width or top + box_height > height:
-        raise bad_file(where, f"a mask box at ({left}, {top}) of {box_width}x{box_height} outside its {width}x{height} picture")
+        raise bad_file(
+            where, f"a mask box at ({left}, {top}) of {box_width}x{box_height} outside its {width}x{height} picture"
+        )
     mask = np.zeros((height, width), dtype=bool)
     mask[top:top + box_height, left:left + box_width] = patch
     return mask
@@ -105,7 +110,11 @@ def _labels(root) -> list[str]:
 
 
 def _picture(xml_file: Path, name: str) -> Path:
-    for candidate in (xml_file.parent / "images" / name, xml_file.parent / name, xml_file.parent / "images" / Path(name).name):
+    for candidate in (
+        xml_file.parent / "images" / name,
+        xml_file.parent / name,
+        xml_file.parent / "images" / Path(name).name,
+    ):
         if candidate.is_file():
             return candidate
     raise bad_file(xml_file, f"its picture {name} is not there (looked in {xml_file.parent / 'images'})")
@@ -152,10 +161,14 @@ def read_file(builder: DatasetBuilder, split: str, path: Path) -> None:
             elif shape.tag == "box":
                 x0, y0, x1, y1 = (float(shape.get(k)) for k in ("xtl", "ytl", "xbr", "ybr"))
                 box = [x0, y0, x1, y0, x1, y1, x0, y1]
-                instances.setdefault(key, entry)["polygons"].append(_turned(box, (x0 + x1) / 2, (y0 + y1) / 2, rotation))
+                instances.setdefault(key, entry)["polygons"].append(
+                    _turned(box, (x0 + x1) / 2, (y0 + y1) / 2, rotation)
+                )
             elif shape.tag == "ellipse":
                 cx, cy, rx, ry = (float(shape.get(k)) for k in ("cx", "cy", "rx", "ry"))
-                instances.setdefault(key, entry)["polygons"].append(ellipse_polygon(cx, cy, rx, ry, math.radians(rotation)))
+                instances.setdefault(key, entry)["polygons"].append(
+                    ellipse_polygon(cx, cy, rx, ry, math.radians(rotation))
+                )
             elif shape.tag == "mask":
                 instances.setdefault(key, entry)["masks"].append(decode_mask(shape, height, width, where))
             elif shape.tag in NOT_REGIONS:
@@ -170,7 +183,9 @@ def read_file(builder: DatasetBuilder, split: str, path: Path) -> None:
                 mask |= mask_util.decode(mask_util.merge(mask_util.frPyObjects(polygons, height, width))).astype(bool)
             builder.add_mask(image_id, instance["label"], mask, instance["where"])
     if left_out:
-        builder.notes.append(f"{xml_file}: {left_out} polylines, points, skeletons, cuboids or tags left out (not regions)")
+        builder.notes.append(
+            f"{xml_file}: {left_out} polylines, points, skeletons, cuboids or tags left out (not regions)"
+        )
     if test:
         builder.notes.append(f"{xml_file}: {test} images of other subsets (test, ...) left out")
 

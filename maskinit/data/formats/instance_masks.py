@@ -50,7 +50,9 @@ def _picture_for_mask(mask: Path, pictures: Path) -> Path | None:
 
 
 def _mask_files(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith("."))
+    return sorted(
+        p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".")
+    )
 
 
 def _pairs_flat(folder: Path) -> list[tuple[Path, list[Path]]] | None:
@@ -97,7 +99,9 @@ def _add_masks(builder: DatasetBuilder, split: str, picture: Path, masks: list[P
     for mask_file in masks:
         mask = read_label_image(mask_file) != 0
         if mask.shape != (height, width):
-            raise bad_file(mask_file, f"mask is {mask.shape[1]}x{mask.shape[0]} but its picture {picture} is {width}x{height}")
+            raise bad_file(
+                mask_file, f"mask is {mask.shape[1]}x{mask.shape[0]} but its picture {picture} is {width}x{height}"
+            )
         if not builder.add_mask(image_id, category, np.ascontiguousarray(mask), mask_file):
             empty.append(mask_file)
     if empty:
@@ -114,10 +118,14 @@ def read_masks(builder: DatasetBuilder, split: str, folder: Path) -> None:
         for picture_folder in folders:
             masks = _mask_files(picture_folder / "masks")
             pictures = sorted_images(picture_folder / "images")
-            picture = find_picture(picture_folder / "images", picture_folder.name) or (pictures[0] if len(pictures) == 1 else None)
+            picture = find_picture(picture_folder / "images", picture_folder.name) or (
+                pictures[0] if len(pictures) == 1 else None
+            )
             if picture is None:
                 where = masks[0] if masks else picture_folder / "masks"
-                raise bad_file(where, f"a mask file without a picture (no {picture_folder.name}.* in {picture_folder / 'images'})")
+                raise bad_file(
+                    where, f"a mask file without a picture (no {picture_folder.name}.* in {picture_folder / 'images'})"
+                )
             _add_masks(builder, split, picture, masks, category)
         return
     pairs = _pairs_flat(folder)
@@ -130,7 +138,9 @@ def read_masks(builder: DatasetBuilder, split: str, folder: Path) -> None:
         _add_masks(builder, split, picture, masks, category)
     unmasked = [p for p in sorted_images(folder / "images") if p not in {picture for picture, _ in pairs}]
     if unmasked:
-        builder.notes.append(f"{len(unmasked)} pictures in {folder / 'images'} have no mask and are left out (e.g. {unmasked[0].name})")
+        builder.notes.append(
+            f"{len(unmasked)} pictures in {folder / 'images'} have no mask and are left out (e.g. {unmasked[0].name})"
+        )
 
 
 def read(path: Path):

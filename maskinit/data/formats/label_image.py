@@ -58,9 +58,13 @@ def _load_class_map(path: Path | None) -> dict:
         data = json.loads(path.read_text())
     except (OSError, ValueError) as error:
         raise bad_file(path, f"not a readable class map ({error})") from error
-    if (not isinstance(data, dict) or not set(data) <= {"classes", "instances", "images", "scores"}
-            or not isinstance(data.get("classes", {}), dict) or not all(str(k).isdigit() for k in data.get("classes", {}))
-            or not isinstance(data.get("instances", {}), dict)):
+    if (
+        not isinstance(data, dict)
+        or not set(data) <= {"classes", "instances", "images", "scores"}
+        or not isinstance(data.get("classes", {}), dict)
+        or not all(str(k).isdigit() for k in data.get("classes", {}))
+        or not isinstance(data.get("instances", {}), dict)
+    ):
         raise bad_file(path, 'a class map is {"classes": {"1": "name", ...}, "instances": {"NAME": {"label": class}}}')
     return data
 
@@ -162,17 +166,25 @@ def read_labels(builder: DatasetBuilder, split: str, folder: Path) -> None:
         image_id = builder.add_image(split, picture, named_in=label_file)
         height, width = builder.size(image_id)
         if label.shape != (height, width):
-            raise bad_file(label_file, f"label image is {label.shape[1]}x{label.shape[0]} but its picture {picture} is {width}x{height}")
+            raise bad_file(
+                label_file,
+                f"label image is {label.shape[1]}x{label.shape[0]} but its picture {picture} is {width}x{height}",
+            )
         semantic = None
         if per_instance is None and semantic_dir is not None:
             semantic_file = find_picture(semantic_dir, label_file.stem) or find_picture(semantic_dir, picture.stem)
             if semantic_file is not None:
                 semantic = read_label_image(semantic_file)
                 if semantic.shape != label.shape:
-                    raise bad_file(semantic_file, f"semantic mask is {semantic.shape[1]}x{semantic.shape[0]}, its label image {width}x{height}")
+                    raise bad_file(
+                        semantic_file,
+                        f"semantic mask is {semantic.shape[1]}x{semantic.shape[0]}, its label image {width}x{height}",
+                    )
         own = None
         if per_instance is not None:
-            own = next((per_instance[k] for k in (label_file.stem, picture.stem, picture.name) if k in per_instance), None)
+            own = next(
+                (per_instance[k] for k in (label_file.stem, picture.stem, picture.name) if k in per_instance), None
+            )
             if own is None:
                 raise bad_file(class_map_path, f"its instances name no classes for {label_file.name}")
         for value, pixels in _instances(label):
@@ -195,7 +207,9 @@ def read_labels(builder: DatasetBuilder, split: str, folder: Path) -> None:
 
         missing = [p for p in sorted_images(pictures) if p not in labelled]
         if missing:
-            builder.notes.append(f"{len(missing)} pictures in {pictures} have no label image and are left out (e.g. {missing[0].name})")
+            builder.notes.append(
+                f"{len(missing)} pictures in {pictures} have no label image and are left out (e.g. {missing[0].name})"
+            )
 
 
 def read(path: Path) -> object:

@@ -74,7 +74,9 @@ def read(path: Path):
         for stem in listed:
             object_file = objects / f"{stem}.png"
             if stem not in known:
-                raise bad_file(root / "ImageSets" / "Segmentation" / f"{split}.txt", f"names {stem}, which has no {object_file}")
+                raise bad_file(
+                    root / "ImageSets" / "Segmentation" / f"{split}.txt", f"names {stem}, which has no {object_file}"
+                )
             class_file = classes / f"{stem}.png"
             if not class_file.is_file():
                 raise bad_file(object_file, f"has no SegmentationClass/{stem}.png beside it")
@@ -86,7 +88,9 @@ def read(path: Path):
             instance_map, class_map = read_label_image(object_file), read_label_image(class_file)
             for file, array in ((object_file, instance_map), (class_file, class_map)):
                 if array.shape != (height, width):
-                    raise bad_file(file, f"is {array.shape[1]}x{array.shape[0]} but its picture {picture} is {width}x{height}")
+                    raise bad_file(
+                        file, f"is {array.shape[1]}x{array.shape[0]} but its picture {picture} is {width}x{height}"
+                    )
             for value in np.unique(instance_map):
                 if value in (0, VOID):
                     continue

@@ -191,7 +191,10 @@ def _orphan_labels(labels_dir: Path, pictures: list[Path]) -> None:
     expected = {label_path(p).resolve() for p in pictures}
     for label_file in sorted(labels_dir.glob("*.txt")):
         if label_file.resolve() not in expected and label_file.name != "classes.txt":
-            raise bad_file(label_file, f"a label file without a picture (no {label_file.stem}.* in {labels_dir.parent.parent / 'images'})")
+            raise bad_file(
+                label_file,
+                f"a label file without a picture (no {label_file.stem}.* in {labels_dir.parent.parent / 'images'})",
+            )
 
 
 def read(path: Path):

@@ -7,7 +7,7 @@ UV := $(VENV)/bin/uv
 STAMP := $(VENV)/.maskinit-setup
 export UV_LINK_MODE ?= copy
 
-.PHONY: setup test demo bench lock clean
+.PHONY: setup test test-fast demo bench lock clean
 
 setup: $(STAMP)
 
@@ -21,6 +21,10 @@ $(STAMP): requirements.lock requirements-bootstrap.lock pyproject.toml scripts/i
 
 test: setup
 	$(PY) -m pytest -q
+
+# The unit tests alone: no training, tuning, signals or benchmark runs (those are marked slow); under a minute.
+test-fast: setup
+	$(PY) -m pytest -q -m "not slow"
 
 # The main job: train the tiny preset from scratch on the embedded synthetic set (CPU), then evaluate.
 demo: setup

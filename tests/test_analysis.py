@@ -93,6 +93,7 @@ def numpy_statistics(arrays):
 # Pixel statistics and image kinds
 
 
+@pytest.mark.slow
 def test_pixel_mean_and_std_are_those_of_the_sampled_pixels(tmp_path, tiny):
     rng = np.random.default_rng(0)
     images = [rng.normal(40 + 15 * i, 5 + 3 * i, size=(30 + 7 * i, 50 + 3 * i, 3)).clip(0, 255).astype(np.uint8) for i in range(12)]
@@ -209,6 +210,7 @@ def test_unusable_inputs_raise_one_line(tmp_path):
         analyze_coco(broken, image_dir)
 
 
+@pytest.mark.slow
 def test_the_statistics_import_no_torch(tmp_path):
     json_file, image_dir = write_coco(tmp_path, [(20, 20)], [[(1, 1, 5, 5)]])
     code = ("import sys; from maskinit.data.analysis import analyze_coco; "
@@ -220,6 +222,7 @@ def test_the_statistics_import_no_torch(tmp_path):
 # maskinit analyze-data
 
 
+@pytest.mark.slow
 def test_analyze_data_prints_both_tables_and_writes_the_plot_and_json(tmp_path, tiny):
     rng = np.random.default_rng(4)
     images = [rng.integers(0, 255, (200, 300, 3), dtype=np.uint8) for _ in range(3)]
@@ -246,6 +249,7 @@ def test_analyze_data_prints_both_tables_and_writes_the_plot_and_json(tmp_path, 
     assert written["fit"]["mode"] == "safe" and written["fit"]["step_cost"] >= 1.0
 
 
+@pytest.mark.slow
 def test_analyze_data_bad_input_is_one_red_line(tmp_path):
     json_file, _ = write_coco(tmp_path, [(20, 20)], [[(1, 1, 5, 5)]])
     result = CliRunner().invoke(app, ["analyze-data", "--json", str(json_file), "--images", str(tmp_path / "nowhere")])

@@ -118,6 +118,7 @@ def test_synthetic_annotations_write_is_atomic(tmp_path, monkeypatch):
     assert (folder / ANNOTATIONS_FILE).read_text() == OLD and leftovers(folder) == []
 
 
+@pytest.mark.slow
 def test_check_data_json_out_write_is_atomic(tmp_path, monkeypatch):
     from maskinit.cli import app
 
@@ -132,6 +133,7 @@ def test_check_data_json_out_write_is_atomic(tmp_path, monkeypatch):
     assert out.read_text() == OLD and leftovers(tmp_path) == []
 
 
+@pytest.mark.slow
 def test_predictions_json_write_is_atomic(tmp_path, monkeypatch):
     from conftest import save_untrained_checkpoint
 

@@ -118,6 +118,7 @@ def write_coco(root, images=2, categories=(3, 7), annotate=True, size=(96, 160))
     return path, root / "images"
 
 
+@pytest.mark.slow
 def test_coco_batch_reads_and_maps_with_detectron2(tmp_path):
     train_json, train_images = write_coco(tmp_path)
     cfg, batch = coco_batch(tiny(), train_json, train_images)

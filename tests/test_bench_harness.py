@@ -110,6 +110,7 @@ def test_r50_arms_name_the_runs_and_give_maskinit_sgd_its_own_lr_and_weight_deca
     assert arm_options("maskinit-adamw@2e-4", "0.0001") == ("2e-4", ["--optimizer", "adamw"])
 
 
+@pytest.mark.slow
 def test_recipe_variants_are_valid_tiny_configs_and_keep_their_explicit_schedule():
     """Every KEY VALUE variant of the recipe benchmark builds a checked tiny config that holds its values;
     the schedule probes' explicit warmup survives the rescale of a longer budget (--iters 1600)."""

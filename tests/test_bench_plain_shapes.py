@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 from pycocotools import mask as mask_util
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -24,6 +25,7 @@ def generate(folder: Path, train: int = 6, val: int = 3, seed: int = 0) -> Path:
     return folder
 
 
+@pytest.mark.slow
 def test_each_visible_mask_covers_one_flat_colour_and_instances_do_not_overlap(tmp_path):
     import cv2
 
@@ -65,6 +67,7 @@ def test_the_comparator_reads_rle_masks_as_bitmasks_and_polygons_as_stock_detect
     assert mask_format(as_set) == []  # Detectron2's default, polygon: nothing added
 
 
+@pytest.mark.slow
 def test_stock_detectron2_trains_and_evaluates_on_an_rle_set(tmp_path):
     folder = generate(tmp_path / "set", train=4, val=2)
     out = tmp_path / "run"

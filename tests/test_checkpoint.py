@@ -148,6 +148,7 @@ def test_load_weights_refusals_name_the_file(tmp_path):
         load_weights(torch.nn.Linear(3, 2), tmp_path / "other.pth")
 
 
+@pytest.mark.slow
 def test_load_trained_model_is_the_built_model_with_the_weights_in_eval_mode(tmp_path):
     cfg = load_config(preset="tiny")
     path = save_untrained_checkpoint(cfg, tmp_path)

@@ -94,6 +94,7 @@ def same(first: dict, second: dict) -> bool:
 # The classes are stored with the run
 
 
+@pytest.mark.slow
 def test_training_classes_are_stored_in_config_yaml(val_set, tmp_path):
     odd = rewrite(val_set.json_file, tmp_path / "odd.json", ids={1: 1, 2: 5, 3: 90, 4: 91, 5: 200})
     cfg = trained_cfg(register_coco_dataset("maskinit_test_id_store", odd, val_set.image_root), tmp_path)
@@ -114,6 +115,7 @@ def test_stored_classes_must_agree_with_the_model():
 # eval
 
 
+@pytest.mark.slow
 def test_val_ids_permuted_with_same_names_give_the_same_ap(val_set, replay, tmp_path):
     cfg = trained_cfg(register_coco_dataset("maskinit_test_id_train", val_set.json_file, val_set.image_root), tmp_path)
     permuted = rewrite(val_set.json_file, tmp_path / "permuted.json", ids=PERMUTED)
@@ -164,6 +166,7 @@ def test_val_names_the_model_never_learned_are_refused(val_set, replay, tmp_path
     assert "not trained on: 'hexagon', 'oval'" in message and str(renamed) in message and "\n" not in message
 
 
+@pytest.mark.slow
 def test_val_set_without_one_class_is_evaluated_on_the_others(val_set, replay, tmp_path):
     cfg = trained_cfg(register_coco_dataset("maskinit_test_id_train3", val_set.json_file, val_set.image_root), tmp_path)
     without_star = rewrite(val_set.json_file, tmp_path / "without_star.json", drop={4})
@@ -174,6 +177,7 @@ def test_val_set_without_one_class_is_evaluated_on_the_others(val_set, replay, t
     assert math.isclose(results["segm"]["AP"], float(np.mean([v for v in others if v is not None])), abs_tol=1e-6)
 
 
+@pytest.mark.slow
 def test_registered_dataset_names_are_matched_by_name_too(val_set, replay, tmp_path):
     cfg = trained_cfg(register_coco_dataset("maskinit_test_id_train4", val_set.json_file, val_set.image_root), tmp_path)
     permuted = rewrite(val_set.json_file, tmp_path / "permuted.json", ids=PERMUTED)
@@ -243,6 +247,7 @@ def test_two_categories_with_one_name_are_refused(val_set, tmp_path):
 # predict
 
 
+@pytest.mark.slow
 def test_predict_writes_the_training_ids_and_names(val_set, tmp_path):
     three = rewrite(val_set.json_file, tmp_path / "three.json", ids={1: 1, 2: 5, 3: 90}, drop={4, 5})
     name = "maskinit_test_id_predict"

@@ -33,6 +33,7 @@ def test_version():
     assert __version__ in result.output
 
 
+@pytest.mark.slow
 def test_python_dash_m_runs_the_same_cli():
     out = subprocess.run([sys.executable, "-m", "maskinit", "--version"], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
@@ -69,6 +70,7 @@ def test_export_config_to_file_with_options(tmp_path):
     assert cfg["MASKINIT"]["INIT"] == "xavier_uniform"
 
 
+@pytest.mark.slow
 def test_export_config_plain_and_explain():
     result = invoke("export-config", "--preset", "tiny", "--plain", "--explain")
     assert result.exit_code == 0, result.output
@@ -105,6 +107,7 @@ BAD = [
 ]
 
 
+@pytest.mark.slow
 def test_bad_options_exit_2_with_one_line():
     for args, message in BAD:
         result = invoke("export-config", *args)
@@ -168,6 +171,7 @@ def shown_options(*command) -> str:
     return result.output
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("command", ["check-data", "analyze-data"])
 def test_dataset_json_is_the_argument_and_json_a_hidden_alias(command, small_set, tmp_path):
     reports = {}
@@ -185,6 +189,7 @@ def test_dataset_json_is_the_argument_and_json_a_hidden_alias(command, small_set
     assert "old name" in error_line(both)
 
 
+@pytest.mark.slow
 def test_predict_writes_to_output_dir_and_output_is_a_hidden_alias(trained_run, small_set, tmp_path):
     image = sorted(small_set.image_root.iterdir())[0]
     run = ["predict", "--config", str(trained_run / "config.yaml"), "--weights", str(trained_run / "model_final.pth"),
@@ -202,6 +207,7 @@ def test_predict_writes_to_output_dir_and_output_is_a_hidden_alias(trained_run, 
     assert "old name" in error_line(invoke(*run, "--output-dir", str(tmp_path / "a"), "--output", str(tmp_path / "b")))
 
 
+@pytest.mark.slow
 def test_inspect_init_writes_json_out_and_json_is_a_hidden_alias(tmp_path):
     out = tmp_path / "init.json"
     result = invoke("inspect-init", "--preset", "tiny", "--json-out", str(out))
@@ -212,6 +218,7 @@ def test_inspect_init_writes_json_out_and_json_is_a_hidden_alias(tmp_path):
     assert "old name" in error_line(invoke("inspect-init", "--preset", "tiny", "--json-out", str(out), "--json", str(tmp_path / "x.json")))
 
 
+@pytest.mark.slow
 def test_every_command_names_outputs_one_way():
     """No visible option of any command uses an old name: --output only on export-config and export (one file)."""
     for command in ("export-config", "export", "train", "eval", "predict", "inspect-init", "check-data", "analyze-data"):

@@ -176,6 +176,7 @@ def test_num_classes_and_overrides():
     assert cfg.SOLVER.BASE_LR == 0.05
 
 
+@pytest.mark.slow
 def test_export_round_trip(tmp_path):
     out = tmp_path / "cfg.yaml"
     text = export_config(out, preset="tiny", norm="GNWS", init="xavier_uniform")
@@ -186,6 +187,7 @@ def test_export_round_trip(tmp_path):
     assert dump_yaml(again) == dump_yaml(load_config(preset="tiny", norm="GNWS", init="xavier_uniform"))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("norm", ["GN", "SyncBN"])
 def test_plain_export_loads_into_stock_detectron2_and_builds_without_frozen_bn(tmp_path, norm):
     path = tmp_path / "plain.yaml"

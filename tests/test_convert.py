@@ -131,6 +131,7 @@ def test_read_source_default_split_and_its_own_split(parts, tmp_path):
         read_source(tmp_path / "two", val_fraction=0.2)
 
 
+@pytest.mark.slow
 def test_check_data_and_analyze_data_take_data(parts, tmp_path):
     w.write_yolo(parts, tmp_path / "yolo")
     result = runner.invoke(app, ["check-data", "--data", str(tmp_path / "yolo")])

@@ -210,6 +210,7 @@ def test_build_train_mapper_wraps_with_the_training_records(registered):
         build_train_mapper(refused)
 
 
+@pytest.mark.slow
 def test_mapper_pickles_and_runs_in_spawned_loader_workers(registered, records):
     cfg = tiny(CP + "PROB", "1.0", "MASKINIT.AUGMENT.NAME", "lsj", "MASKINIT.AUGMENT.LSJ_IMAGE_SIZE", "96",
                "DATASETS.TRAIN", f"('{registered}',)")
@@ -235,6 +236,7 @@ def test_mapper_pickles_and_runs_in_spawned_loader_workers(registered, records):
         assert isinstance(item["instances"].gt_masks, BitMasks) and len(item["instances"]) > 0
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("augment", ["default", "lsj"])
 def test_training_with_copy_paste(tmp_path, monkeypatch, augment):
     files = generate_coco_dataset(tmp_path / "train", 4, seed=3)

@@ -24,6 +24,7 @@ def is_png(path) -> bool:
     return path.read_bytes()[:8] == PNG_MAGIC and cv2.imread(str(path)) is not None
 
 
+@pytest.mark.slow
 def test_a_run_s_metrics_become_a_png_with_three_panels(tmp_path):
     rows = [{"iteration": i, "total_loss": 2.0 / (i + 1), "loss_cls": 1.0 / (i + 1), "lr": 0.001 * min(1, i / 3)}
             for i in range(0, 40, 4)]
@@ -50,6 +51,7 @@ def test_no_metrics_file_means_no_plot(tmp_path):
         ([{"iteration": 1, "total_loss": 0.0, "lr": None}, {"total_loss": 2.0}], b""),  # no positive loss, no iteration
     ],
 )
+@pytest.mark.slow
 def test_bad_or_empty_metrics_still_give_a_png(tmp_path, rows, tail):
     write_metrics(tmp_path, rows, tail)
     out = plot_curves(tmp_path)

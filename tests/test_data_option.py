@@ -43,12 +43,14 @@ def run(source, tmp_path_factory):
     return out, result.output
 
 
+@pytest.mark.slow
 def test_train_names_the_format_and_the_split(run):
     _, output = run
     assert "labelme (detected: 8 LabelMe JSON files)" in output
     assert "--val-fraction 0.25 (seed 3): validating on 2 of the 8 images" in output
 
 
+@pytest.mark.slow
 def test_the_run_records_its_data(run, source):
     out, _ = run
     cfg = load_config(out / "config.yaml")
@@ -66,6 +68,7 @@ def test_the_run_records_its_data(run, source):
     assert summary["status"] == "finished"
 
 
+@pytest.mark.slow
 def test_eval_run_dir_needs_no_data_options(run):
     out, _ = run
     result = runner.invoke(app, ["eval", str(out), "--json-out", str(out / "again.json")])
@@ -76,6 +79,7 @@ def test_eval_run_dir_needs_no_data_options(run):
     assert result.exit_code == 2 and "not found" in result.output
 
 
+@pytest.mark.slow
 def test_resume_needs_no_data_options(run):
     out, _ = run
     result = runner.invoke(app, ["train", "--resume", "--output-dir", str(out), "--max-iter", "3", "--no-progress"])
@@ -84,6 +88,7 @@ def test_resume_needs_no_data_options(run):
     assert load_config(out / "config.yaml").MASKINIT.DATA.SPLIT_SEED == 3
 
 
+@pytest.mark.slow
 def test_predict_label_images_read_back_with_the_same_instances(run, source, tmp_path):
     out, _ = run
     folder, _ = source
@@ -132,6 +137,7 @@ def test_predict_label_images_read_back_with_the_same_instances(run, source, tmp
     assert checked > 0
 
 
+@pytest.mark.slow
 def test_predict_yolo_lines(run, source, tmp_path):
     out, _ = run
     folder, _ = source
@@ -167,6 +173,7 @@ def test_predict_yolo_lines(run, source, tmp_path):
         parse_line(line, number, file, len(names))
 
 
+@pytest.mark.slow
 def test_tune_takes_data(source, tmp_path):
     folder, _ = source
     result = runner.invoke(

@@ -51,6 +51,7 @@ def test_8bit_resize_is_detectron2s_pillow_resize(channels):
         assert np.array_equal(resize_pillow(image, new_h, new_w), expected.reshape(new_h, new_w, channels))
 
 
+@pytest.mark.slow
 def test_numpy_copy_of_pillow_is_exact_where_pillow_runs_horizontal_first():
     """Without Pillow: bit for bit when one side changes or both grow (the common upscale to the model's
     size), within one level otherwise (some Pillow versions run the vertical pass first)."""
@@ -65,6 +66,7 @@ def test_numpy_copy_of_pillow_is_exact_where_pillow_runs_horizontal_first():
             assert difference <= 1, ((height, width), (new_h, new_w))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("channels", [1, 2, 4, 13])
 def test_other_kinds_resize_as_detectron2s_interpolate(channels):
     for (height, width), (new_h, new_w) in SIZES:

@@ -62,6 +62,7 @@ def ratios(result):
 # ------------------------------------------------------------------------------------ measurements
 
 
+@pytest.mark.slow
 def test_default_recipe_is_ok_with_every_stage_measured(default):
     assert default.verdict == "ok" and default.stage is None, default.advice
     assert [row.name for row in default.stages] == STAGES
@@ -78,6 +79,7 @@ def test_default_recipe_is_ok_with_every_stage_measured(default):
     assert set(default.losses) >= {"loss_cls", "loss_box_reg", "loss_mask", "loss_rpn_cls", "loss_rpn_loc"}
 
 
+@pytest.mark.slow
 def test_update_size_follows_the_optimizer():
     model_cfg = tiny()
     sgd = inspect_init(load_config(preset="tiny", overrides=["MASKINIT.OPTIMIZER", "sgd"]), lr=0.02)
@@ -90,6 +92,7 @@ def test_update_size_follows_the_optimizer():
     assert 0 < stem.update_ratio <= 0.02 * stem_params**0.5 / stem.weight_norm * (1 + 1e-9)
 
 
+@pytest.mark.slow
 def test_large_init_without_norm_explodes_from_the_backbone(exploding):
     assert exploding.verdict == "exploding"
     q = ratios(exploding)
@@ -100,6 +103,7 @@ def test_large_init_without_norm_explodes_from_the_backbone(exploding):
     assert "too large" in exploding.advice and "--norm GN" in exploding.advice
 
 
+@pytest.mark.slow
 def test_small_init_without_norm_vanishes_from_the_backbone(vanishing):
     assert vanishing.verdict == "vanishing"
     q = ratios(vanishing)
@@ -109,6 +113,7 @@ def test_small_init_without_norm_vanishes_from_the_backbone(vanishing):
     assert "too small" in vanishing.advice
 
 
+@pytest.mark.slow
 def test_common_initializers_with_gn_are_ok(default):
     specs = ["lsuv", "c2", "kaiming_normal", "xavier_uniform", "orthogonal"]
     results = compare(tiny(), ",".join(specs))
@@ -120,6 +125,7 @@ def test_common_initializers_with_gn_are_ok(default):
     assert c2["backbone.bottom_up.res2.0.conv1.weight"] == "c2 (as built)"
 
 
+@pytest.mark.slow
 def test_the_lr_scales_the_update_ratio_and_a_huge_one_explodes(default):
     largest = max((row for row in default.stages if row.update_ratio), key=lambda row: row.update_ratio)
     lr = 4 * UPDATE_HIGH * default.lr / largest.update_ratio
@@ -136,6 +142,7 @@ def test_the_lr_scales_the_update_ratio_and_a_huge_one_explodes(default):
     assert "lower the LR" in result.advice
 
 
+@pytest.mark.slow
 def test_diverging_forward_is_exploding_and_json_stays_valid():
     result = inspect_init(tiny("none", "normal:std=10"))
     assert result.verdict == "exploding"
@@ -146,6 +153,7 @@ def test_diverging_forward_is_exploding_and_json_stays_valid():
     assert all(row["activation_std"] is None for row in broken)
 
 
+@pytest.mark.slow
 def test_to_json_content(default):
     payload = default.to_json()
     assert {"verdict", "stage", "advice", "stages", "params"} <= set(payload)
@@ -224,6 +232,7 @@ def test_compare_refuses_unknown_initializers_before_running():
         compare(tiny(), "kaiming_normal,magic")
 
 
+@pytest.mark.slow
 def test_plot_writes_a_png(tmp_path, default, exploding, vanishing):
     path = plot([default, exploding, vanishing], tmp_path / "sub" / "plot.png")
     assert path.read_bytes()[:8] == PNG_MAGIC
@@ -238,6 +247,7 @@ def test_plot_writes_a_png(tmp_path, default, exploding, vanishing):
 # --------------------------------------------------------------------------------------------- CLI
 
 
+@pytest.mark.slow
 def test_cli_default_recipe_ok_with_json_and_plot(tmp_path):
     out_json, out_png = tmp_path / "r.json", tmp_path / "r.png"
     result = invoke("inspect-init", "--preset", "tiny", "--json", str(out_json), "--plot", str(out_png))
@@ -252,6 +262,7 @@ def test_cli_default_recipe_ok_with_json_and_plot(tmp_path):
     assert out_png.read_bytes()[:8] == PNG_MAGIC
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("args,verdict", [(EXPLODING, "exploding"), (VANISHING, "vanishing")])
 def test_cli_problems_exit_1(args, verdict):
     result = invoke("inspect-init", "--preset", "tiny", *args)
@@ -259,6 +270,7 @@ def test_cli_problems_exit_1(args, verdict):
     assert f"{verdict} at " in result.stdout
 
 
+@pytest.mark.slow
 def test_cli_compare_side_by_side(tmp_path):
     out_json = tmp_path / "c.json"
     result = invoke("inspect-init", "--preset", "tiny", "--norm", "none", "--compare", "c2,normal:std=1.0",
@@ -272,6 +284,7 @@ def test_cli_compare_side_by_side(tmp_path):
     assert [r["verdict"] for r in payload["results"]] == ["ok", "exploding", "ok"]
 
 
+@pytest.mark.slow
 def test_cli_from_a_config_file_with_overrides(tmp_path):
     config = tmp_path / "cfg.yaml"
     assert invoke("export-config", "--preset", "tiny", "--norm", "none", "-o", str(config)).exit_code == 0
@@ -280,6 +293,7 @@ def test_cli_from_a_config_file_with_overrides(tmp_path):
     assert "exploding at" in result.stdout and "norm none" in result.stdout
 
 
+@pytest.mark.slow
 def test_cli_with_a_coco_file(tmp_path):
     train_json, train_images = write_coco(tmp_path)
     result = invoke(
@@ -288,6 +302,7 @@ def test_cli_with_a_coco_file(tmp_path):
     assert result.exit_code == 0, result.output
 
 
+@pytest.mark.slow
 def test_cli_bad_input_exits_2_with_one_line(tmp_path):
     train_json, train_images = write_coco(tmp_path)
     malformed = tmp_path / "bad.json"

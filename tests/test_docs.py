@@ -311,6 +311,7 @@ def quickstart_commands() -> list[str]:
     return command_lines(f"```{info}\n{body}```\n")
 
 
+@pytest.mark.slow
 def test_quickstart_runs_end_to_end(tmp_path):
     """The README's quickstart, as written, on a small generated set laid out as it names: each command
     exits 0 (`train` with 2 iterations on the CPU) and leaves what the next one reads."""

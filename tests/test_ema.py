@@ -147,6 +147,7 @@ def ema_run(coco, tmp_path_factory):
     return out, summary, seen
 
 
+@pytest.mark.slow
 def test_model_final_holds_the_average_and_the_raw_weights_beside_it(ema_run):
     out, summary, _ = ema_run
     assert summary["status"] == "finished"
@@ -159,6 +160,7 @@ def test_model_final_holds_the_average_and_the_raw_weights_beside_it(ema_run):
     assert len(differing) > len(final["model"]) // 2  # 4 steps at decay 0.5: the average lags the weights
 
 
+@pytest.mark.slow
 def test_the_evaluation_ran_on_the_average(ema_run):
     out, _, seen = ema_run
     final = torch.load(out / "model_final.pth", map_location="cpu", weights_only=True)
@@ -167,6 +169,7 @@ def test_the_evaluation_ran_on_the_average(ema_run):
         torch.testing.assert_close(seen[-1][name].cpu(), tensor, msg=name)
 
 
+@pytest.mark.slow
 def test_every_checkpoint_carries_the_average(ema_run):
     out, _, _ = ema_run
     periodic = torch.load(out / "model_0000001.pth", map_location="cpu", weights_only=True)
@@ -174,6 +177,7 @@ def test_every_checkpoint_carries_the_average(ema_run):
     assert periodic["trainer"]["hooks"]["EMAHook"]["average"]["n_averaged"] == 3  # the copy and 2 updates
 
 
+@pytest.mark.slow
 def test_resume_continues_from_the_raw_weights_and_keeps_the_average(ema_run, coco, tmp_path):
     import shutil
 
@@ -202,6 +206,7 @@ def test_resume_continues_from_the_raw_weights_and_keeps_the_average(ema_run, co
     assert resumed["trainer"]["hooks"]["EMAHook"]["average"]["n_averaged"] == 7  # 5 before, 2 more
 
 
+@pytest.mark.slow
 def test_maskinit_eval_scores_the_average(ema_run, coco):
     import json
 
@@ -218,6 +223,7 @@ def test_maskinit_eval_scores_the_average(ema_run, coco):
             assert (then is None and math.isnan(now)) or now == pytest.approx(then), (task, key)
 
 
+@pytest.mark.slow
 def test_two_process_ddp_keeps_one_average(coco, tmp_path):
     out = tmp_path / "ddp"
     summary = train(load_config(preset="tiny", overrides=EMA_ON),

@@ -52,6 +52,7 @@ def maskinit(*args) -> subprocess.CompletedProcess:
     return subprocess.run(command, capture_output=True, text=True, timeout=300)
 
 
+@pytest.mark.slow
 def test_a_refused_input_is_one_line_and_debug_shows_the_cause(broken_labelme):
     folder, second = broken_labelme
     plain = maskinit("check-data", "--data", folder, "--format", "labelme")

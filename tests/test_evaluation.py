@@ -89,6 +89,7 @@ def test_build_evaluator_records_its_backend(cfg, dataset):
         build_evaluator(cfg, DATASET, backend="nonsense")
 
 
+@pytest.mark.slow
 def test_evaluate_end_to_end_writes_results(cfg, checkpoint, tmp_path):
     results = evaluate(
         cfg, checkpoint, DATASET, output_dir=tmp_path / "out", json_out=tmp_path / "metrics.json",
@@ -107,6 +108,7 @@ def test_evaluate_end_to_end_writes_results(cfg, checkpoint, tmp_path):
     assert len(list((tmp_path / "vis").glob("*.png"))) == 2
 
 
+@pytest.mark.slow
 def test_evaluate_refuses_unknown_dataset_and_class_mismatch(cfg, checkpoint):
     with pytest.raises(MaskinitError, match="unknown dataset"):
         evaluate(cfg, checkpoint, "maskinit_no_such_dataset")
@@ -127,6 +129,7 @@ def one_line_error(model, weights) -> str:
     return message
 
 
+@pytest.mark.slow
 def test_bad_weights_are_named_in_one_line(cfg, checkpoint, tmp_path):
     model = build_model(cfg, data_dependent=False)  # as eval and predict build it: the weights replace any init
     assert "not found" in one_line_error(model, tmp_path / "absent.pth")
@@ -141,6 +144,7 @@ def test_bad_weights_are_named_in_one_line(cfg, checkpoint, tmp_path):
     assert "do not match this model" in one_line_error(model, foreign)
 
 
+@pytest.mark.slow
 def test_weights_of_another_config_do_not_match(cfg, checkpoint):
     other = cfg.clone()
     other.MODEL.ROI_HEADS.NUM_CLASSES = 3
@@ -148,6 +152,7 @@ def test_weights_of_another_config_do_not_match(cfg, checkpoint):
     assert "wrong shape" in message
 
 
+@pytest.mark.slow
 def test_matching_weights_load_exactly(cfg, checkpoint):
     saved = torch.load(checkpoint, map_location="cpu")["model"]
     torch.manual_seed(1)

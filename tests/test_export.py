@@ -33,6 +33,8 @@ from maskinit.predict import Detectron2Predictor
 from maskinit.train import DataOptions, TrainOptions, train
 from maskinit.visualize import _categories, predict
 
+pytestmark = pytest.mark.slow
+
 FORMATS = ("torchscript", "onnx")
 FAST = ["SOLVER.WARMUP_ITERS", "2", "TEST.DETECTIONS_PER_IMAGE", "10"]
 # name -> (data kind, norm, extra config keys)

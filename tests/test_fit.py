@@ -212,6 +212,7 @@ def colour_set(tmp_path):
     return analyze_coco(*write_coco(tmp_path, images, [grid_boxes(60, 10, 100, columns=10)] * 3))
 
 
+@pytest.mark.slow
 def test_off_fits_nothing_and_an_unknown_mode_is_refused(tiny, colour_set):
     assert fit_config(with_mode(tiny, "off"), colour_set) == []
     legacy = tiny.clone()
@@ -221,6 +222,7 @@ def test_off_fits_nothing_and_an_unknown_mode_is_refused(tiny, colour_set):
         fit_config(tiny, colour_set, mode="most")
 
 
+@pytest.mark.slow
 def test_fit_config_and_apply_fits_do_not_change_the_config(r50, colour_set):
     before = r50.dump()
     fits = fit_config(r50, colour_set)
@@ -233,6 +235,7 @@ def test_fit_config_and_apply_fits_do_not_change_the_config(r50, colour_set):
     assert apply_fits(frozen, fits)[0].is_frozen()
 
 
+@pytest.mark.slow
 def test_explicit_keys_win(tiny, colour_set):
     keep = {"INPUT.MIN_SIZE_TEST", "TEST.DETECTIONS_PER_IMAGE", "MODEL.ANCHOR_GENERATOR.SIZES"}
     fits = fit_config(tiny, colour_set)
@@ -243,6 +246,7 @@ def test_explicit_keys_win(tiny, colour_set):
     assert new.TEST.DETECTIONS_PER_IMAGE == tiny.TEST.DETECTIONS_PER_IMAGE and keep.isdisjoint(f.key for f in applied)
 
 
+@pytest.mark.slow
 def test_fit_to_data_reports_mode_cost_and_rows(tmp_path, tiny):
     json_file, image_dir = write_coco(tmp_path, [(1024, 1024)] * 3, [grid_boxes(20, 14, 60)] * 3)
     data = DataOptions(str(json_file), str(image_dir))

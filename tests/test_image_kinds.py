@@ -138,6 +138,7 @@ def run(request, tmp_path_factory):
     return kind, data, load_config(out / "config.yaml"), out, summary
 
 
+@pytest.mark.slow
 def test_train_builds_a_model_of_the_datas_channels(run):
     kind, data, cfg, out, summary = run
     channels, dtype, _ = KINDS[kind]
@@ -151,6 +152,7 @@ def test_train_builds_a_model_of_the_datas_channels(run):
         assert max(cfg.MODEL.PIXEL_MEAN) > 255
 
 
+@pytest.mark.slow
 def test_loaded_tensor_keeps_channels_and_units(run):
     kind, data, cfg, out, _ = run
     channels, dtype, _ = KINDS[kind]
@@ -166,6 +168,7 @@ def test_loaded_tensor_keeps_channels_and_units(run):
         assert float(image.max()) > 255
 
 
+@pytest.mark.slow
 def test_eval_gives_ap_numbers_and_comparisons(run, tmp_path):
     kind, data, cfg, out, _ = run
     results = evaluate_run(cfg, out / "model_final.pth", DataOptions(**vars(data)),
@@ -177,6 +180,7 @@ def test_eval_gives_ap_numbers_and_comparisons(run, tmp_path):
     assert panel.shape[1] == 2 * VIS_LONG_SIDE + 4 and panel[-VIS_LONG_SIDE:, :VIS_LONG_SIDE].std() > 10
 
 
+@pytest.mark.slow
 def test_predict_writes_drawings_and_predictions(run, tmp_path):
     kind, data, cfg, out, _ = run
     predictions = predict(cfg, out / "model_final.pth", data.val_images, tmp_path,
@@ -247,6 +251,7 @@ def test_train_refuses_mixed_kinds(mixed, tmp_path):
 # inspect-init on a 4-channel set
 
 
+@pytest.mark.slow
 def test_inspect_init_coco_batch_on_four_channels(tmp_path):
     data = kind_set(tmp_path, "band4-tiff", train_images=2, val_images=1)
     cfg, batch = coco_batch(fitted_config(data), data.train_json, data.train_images)
@@ -258,6 +263,7 @@ def test_inspect_init_coco_batch_on_four_channels(tmp_path):
         coco_batch(load_config(preset="tiny"), data.train_json, data.train_images)
 
 
+@pytest.mark.slow
 def test_inspect_init_cli_fits_the_model_to_a_grayscale_set(tmp_path):
     from typer.testing import CliRunner
 

@@ -136,6 +136,7 @@ def default_model():
     return tiny_model()
 
 
+@pytest.mark.slow
 def test_head_priors_kept(default_model):
     modules = dict(default_model.named_modules())
     report = report_of(default_model)
@@ -148,6 +149,7 @@ def test_head_priors_kept(default_model):
         assert report[name + ".weight"].init == f"prior normal(std={std})"
 
 
+@pytest.mark.slow
 def test_default_recipe_starts_classifiers_at_the_focal_prior(default_model):
     rpn = default_model.proposal_generator.rpn_head.objectness_logits
     torch.testing.assert_close(torch.sigmoid(rpn.bias), torch.full_like(rpn.bias, 0.01))
@@ -155,6 +157,7 @@ def test_default_recipe_starts_classifiers_at_the_focal_prior(default_model):
     assert all(torch.count_nonzero(dict(without.named_modules())[name].bias) == 0 for name in FOCAL_BIASED)
 
 
+@pytest.mark.slow
 def test_without_head_priors_the_initializer_applies():
     model = tiny_model("MASKINIT.HEAD_PRIORS", "False", init="normal:std=0.05")
     modules = dict(model.named_modules())
@@ -166,6 +169,7 @@ def test_without_head_priors_the_initializer_applies():
         assert report[name + ".weight"].init == "normal:std=0.05"
 
 
+@pytest.mark.slow
 def test_prior_prob_sets_focal_biases():
     p = 0.01
     model = tiny_model("MASKINIT.PRIOR_PROB", str(p))
@@ -189,6 +193,7 @@ def norm_scales(model):
     }
 
 
+@pytest.mark.slow
 def test_zero_init_residual_zeroes_only_the_last_norm_of_each_block():
     model = tiny_model("MASKINIT.ZERO_INIT_RESIDUAL", "True")
     blocks = [(name, m) for name, m in model.backbone.bottom_up.named_modules() if isinstance(m, BasicBlock)]
@@ -205,10 +210,12 @@ def test_zero_init_residual_zeroes_only_the_last_norm_of_each_block():
                 assert torch.all(sub.weight == 1)
 
 
+@pytest.mark.slow
 def test_without_zero_init_residual_every_norm_starts_at_one(default_model):
     assert all(torch.all(weight == 1) for weight in norm_scales(default_model).values())
 
 
+@pytest.mark.slow
 def test_zero_init_residual_without_norm_zeroes_the_last_conv():
     model = tiny_model("MASKINIT.ZERO_INIT_RESIDUAL", "True", norm="none")
     for module in model.backbone.bottom_up.modules():
@@ -233,6 +240,7 @@ COMPONENT_PREFIXES = {
 }
 
 
+@pytest.mark.slow
 def test_component_initializers_reach_their_parameters():
     overrides = [item for key, spec in COMPONENT_SPECS.items() for item in (f"MASKINIT.COMPONENT_INIT.{key}", spec)]
     model = tiny_model(*overrides, init="kaiming_normal")

@@ -153,6 +153,7 @@ def one_line(result) -> str:
     return lines[0]
 
 
+@pytest.mark.slow
 def test_predict_on_a_video_with_an_exported_model(run_dir, tmp_path):
     video = write_video(tmp_path / "clip.avi", frames=7)
     out = tmp_path / "out"
@@ -166,6 +167,7 @@ def test_predict_on_a_video_with_an_exported_model(run_dir, tmp_path):
     assert "clip.avi frame 6" in result.stdout and "4 images, 20 instances" in result.stdout
 
 
+@pytest.mark.slow
 def test_predict_on_a_glob_with_a_run_folder(run_dir, folder, tmp_path):
     out = tmp_path / "out"
     pattern = str(folder / "**" / "*.png")
@@ -180,6 +182,7 @@ def test_predict_on_a_glob_with_a_run_folder(run_dir, folder, tmp_path):
     assert "3 images, 15 instances" in result.stdout
 
 
+@pytest.mark.slow
 def test_the_library_takes_an_exported_model_without_a_config(run_dir, folder, tmp_path):
     """`predict(None, exported file, ...)`: the same detections as from the run's checkpoint with its config."""
     from_checkpoint = predict(load_config(run_dir / "config.yaml"), run_dir / "model_final.pth", str(folder / "*.png"),
@@ -192,6 +195,7 @@ def test_the_library_takes_an_exported_model_without_a_config(run_dir, folder, t
         np.testing.assert_allclose(a["bbox"], b["bbox"], rtol=1e-3, atol=1e-2)
 
 
+@pytest.mark.slow
 def test_model_resolution_and_its_refusals(run_dir, tmp_path):
     assert resolve_model(run_dir).config == run_dir / "config.yaml"
     assert resolve_model(run_dir).weights == run_dir / "model_final.pth"
@@ -210,6 +214,7 @@ def test_model_resolution_and_its_refusals(run_dir, tmp_path):
             resolve_model(*args)
 
 
+@pytest.mark.slow
 def test_predict_refusals_are_one_line(run_dir, tmp_path):
     base = ["--output-dir", str(tmp_path / "out")]
     line = one_line(runner.invoke(app, ["predict", str(run_dir), "--input", str(tmp_path / "*.png"), *base]))

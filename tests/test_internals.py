@@ -701,6 +701,7 @@ def untrained_tiny(tiny_cfg):
     return cfg, build_model(cfg, data_dependent=False).eval()
 
 
+@pytest.mark.slow
 def test_traced_inference(untrained_tiny):
     from detectron2.export import TracingAdapter
     from detectron2.modeling import GeneralizedRCNN
@@ -757,6 +758,7 @@ def test_resize_transform_kinds():
     )
 
 
+@pytest.mark.slow
 @pytest.mark.filterwarnings("ignore::torch.jit.TracerWarning")
 def test_onnx_group_norm_reshape(tmp_path):
     import onnx

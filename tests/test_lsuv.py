@@ -114,6 +114,7 @@ def test_bad_specs_are_refused_in_one_line(spec, message):
 # ------------------------------------------------------------------------- what LSUV does
 
 
+@pytest.mark.slow
 def test_every_rescaled_layer_has_unit_output_variance_on_the_batch(lsuv_model, batch):
     result = lsuv_model.maskinit_lsuv
     assert result.source == "the given batch" and result.images == 2
@@ -133,6 +134,7 @@ def test_every_rescaled_layer_has_unit_output_variance_on_the_batch(lsuv_model, 
     assert result.passes <= 6
 
 
+@pytest.mark.slow
 def test_report_names_lsuv_and_its_effect(lsuv_model):
     report = {line.name: line for line in lsuv_model.maskinit_init_report}
     line = report["backbone.bottom_up.res3.0.conv1.weight"]
@@ -143,6 +145,7 @@ def test_report_names_lsuv_and_its_effect(lsuv_model):
     assert report["backbone.bottom_up.res3.0.conv1.norm.weight"].lsuv is None
 
 
+@pytest.mark.slow
 def test_head_priors_are_kept(lsuv_model):
     modules = dict(lsuv_model.named_modules())
     report = {line.name: line for line in lsuv_model.maskinit_init_report}
@@ -152,6 +155,7 @@ def test_head_priors_are_kept(lsuv_model):
         assert report[name + ".weight"].init == f"prior normal(std={std})"
 
 
+@pytest.mark.slow
 def test_without_head_priors_the_predictors_are_rescaled_too(batch):
     model = build(tiny_cfg("MASKINIT.HEAD_PRIORS", "False", "MASKINIT.COMPONENT_INIT.BOX_HEAD", "c2",
                            "MASKINIT.COMPONENT_INIT.MASK_HEAD", "c2", "MASKINIT.COMPONENT_INIT.BACKBONE", "c2",
@@ -163,6 +167,7 @@ def test_without_head_priors_the_predictors_are_rescaled_too(batch):
         assert layer.status in ("rescaled", "within tol") and abs(layer.var_after - 1) < 0.1, layer
 
 
+@pytest.mark.slow
 def test_component_only_lsuv_leaves_the_others_as_their_init(batch):
     """Backbone lsuv, the rest orthogonal: every other weight is bit-identical to a plain orthogonal
     build, every backbone weight is its orthogonal init times one scale, and the RNG streams after
@@ -197,6 +202,7 @@ def test_component_only_lsuv_leaves_the_others_as_their_init(batch):
     assert all(m.training for m in model.modules())  # the mode it was built in
 
 
+@pytest.mark.slow
 def test_same_seed_same_weights_and_the_generated_batch_path():
     """Without a batch or a readable training set (the tiny preset names coco_2017_train, absent here):
     generated images, deterministically."""
@@ -212,6 +218,7 @@ def test_same_seed_same_weights_and_the_generated_batch_path():
     ]
 
 
+@pytest.mark.slow
 def test_registered_training_set_gives_the_batch(coco):
     from detectron2.data import DatasetCatalog, MetadataCatalog
 
@@ -319,6 +326,7 @@ def test_weight_standardized_convolutions_are_left_as_built():
 # ----------------------------------------------------------------------------- inspect-init
 
 
+@pytest.mark.slow
 def test_inspect_init_compare_shows_lsuv(tmp_path):
     from maskinit.diagnostics import compare, write_json
 
@@ -341,6 +349,7 @@ def test_inspect_init_compare_shows_lsuv(tmp_path):
 # -------------------------------------------------------------------------------- training
 
 
+@pytest.mark.slow
 def test_short_training_run_with_lsuv_on_the_training_batch(coco, tmp_path):
     from maskinit.train import DataOptions, TrainOptions, train
 
@@ -354,6 +363,7 @@ def test_short_training_run_with_lsuv_on_the_training_batch(coco, tmp_path):
     assert "lsuv(orthogonal):" in log  # the trainer's count of initializers
 
 
+@pytest.mark.slow
 def test_a_resumed_run_skips_the_lsuv_pass(coco, tmp_path):
     """The checkpoint replaces every weight at once on --resume: no LSUV pass (it would be wasted work)."""
     from dataclasses import replace

@@ -71,6 +71,7 @@ def test_the_full_scale_preset_on_this_cpu_is_refused_with_what_to_change(monkey
     assert check_memory(fitting).fits
 
 
+@pytest.mark.slow
 def test_training_is_refused_before_anything_is_written_unless_the_check_is_off(tmp_path, coco, monkeypatch):
     monkeypatch.setattr(machine, "available_memory", lambda device: 0.5 * GiB)
     out = tmp_path / "oom"
@@ -92,6 +93,7 @@ def test_default_preset_follows_the_device(monkeypatch):
     assert preset == "tiny" and "--device cpu" in why
 
 
+@pytest.mark.slow
 def test_bare_train_picks_the_cpu_scale_here_and_says_why(tmp_path, monkeypatch):
     import subprocess
     import sys
@@ -109,6 +111,7 @@ def test_bare_train_picks_the_cpu_scale_here_and_says_why(tmp_path, monkeypatch)
     assert "memory: estimated peak" in (out / "log.txt").read_text()  # the estimate, logged by the run
 
 
+@pytest.mark.slow
 def test_train_fits_the_config_to_the_users_data_and_records_it(tmp_path, coco):
     from maskinit.data.analysis import analyze_coco
 
@@ -127,6 +130,7 @@ def test_train_fits_the_config_to_the_users_data_and_records_it(tmp_path, coco):
     assert all(row["from"] for row in summary["fitted_to_data"])
 
 
+@pytest.mark.slow
 def test_no_fit_when_turned_off_or_resuming(tmp_path, coco):
     out = tmp_path / "plain"
     options = dict(data=DataOptions(**vars(coco)), progress=False, checkpoint_period=1)

@@ -27,6 +27,7 @@ def test_each_component_gets_its_own_init_or_the_default(tiny):
     assert specs["fpn"] == "orthogonal" and all(specs[c] == "xavier_uniform" for c in COMPONENTS if c != "fpn")
 
 
+@pytest.mark.slow
 def test_the_init_report_names_every_parameter_once(tiny):
     torch.manual_seed(0)
     model = build_model(tiny)
@@ -38,6 +39,7 @@ def test_the_init_report_names_every_parameter_once(tiny):
     assert str(next(model.parameters()).device) == tiny.MODEL.DEVICE
 
 
+@pytest.mark.slow
 def test_the_norm_variant_is_what_the_model_holds(tiny):
     gn = build_model(load_config(preset="tiny", norm="GN", init="c2"))
     assert any(isinstance(m, nn.GroupNorm) for m in gn.modules())
@@ -47,6 +49,7 @@ def test_the_norm_variant_is_what_the_model_holds(tiny):
     assert not any("Frozen" in type(m).__name__ for m in [*gn.modules(), *bn.modules()])
 
 
+@pytest.mark.slow
 def test_the_same_seed_builds_the_same_weights(tiny):
     torch.manual_seed(3)
     first = build_model(tiny).state_dict()
@@ -55,6 +58,7 @@ def test_the_same_seed_builds_the_same_weights(tiny):
     assert all(torch.equal(first[key], second[key]) for key in first)
 
 
+@pytest.mark.slow
 def test_a_model_whose_weights_a_checkpoint_replaces_skips_the_data_dependent_pass():
     cfg = load_config(preset="tiny", init="lsuv")
     model = build_model(cfg, data_dependent=False)

@@ -39,6 +39,7 @@ def norms_in(module):
         ("naiveSyncBN", NaiveSyncBatchNorm, None),
     ],
 )
+@pytest.mark.slow
 def test_variant_module_types(norm, expected_type, groups):
     model = tiny_model(norm)
     modules = dict(model.named_modules())
@@ -53,6 +54,7 @@ def test_variant_module_types(norm, expected_type, groups):
     assert not any(isinstance(m, (FrozenBatchNorm2d, nn.SyncBatchNorm)) for m in model.modules())
 
 
+@pytest.mark.slow
 def test_gnws_standardizes_exactly_the_convs_feeding_a_groupnorm():
     model = tiny_model("GNWS")
     convs = [m for m in model.modules() if isinstance(m, Conv2d)]
@@ -61,15 +63,18 @@ def test_gnws_standardizes_exactly_the_convs_feeding_a_groupnorm():
     assert all(type(m) is Conv2d for m in convs if m.norm is None)
 
 
+@pytest.mark.slow
 def test_no_norm_variant_builds_no_norm_modules():
     model = tiny_model("none")
     assert norms_in(model) == []
 
 
+@pytest.mark.slow
 def test_rpn_head_without_rpn_norm_has_no_norm():
     assert not norms_in(tiny_model("GN", "MASKINIT.RPN_NORM", "False").proposal_generator)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("norm,expected_type", [("GN", nn.GroupNorm), ("BN", nn.BatchNorm2d)])
 def test_rpn_norm_adds_a_norm_to_the_rpn_conv(norm, expected_type):
     model = tiny_model(norm, "MASKINIT.RPN_NORM", "True")

@@ -81,6 +81,7 @@ def test_export_config_with_a_plugin_module_on_sys_path(plugin, monkeypatch):
     assert cfg["MASKINIT"]["PLUGINS"] == [MODULE]
 
 
+@pytest.mark.slow
 def test_plugin_reaches_the_built_model(plugin):
     model = build_model(load_config(preset="tiny", init="my_init", norm="MyGN", plugins=[str(plugin)]))
     groups = {m.num_groups for m in model.modules() if isinstance(m, nn.GroupNorm)}
@@ -91,6 +92,7 @@ def test_plugin_reaches_the_built_model(plugin):
     assert report["backbone.bottom_up.res3.0.conv1.weight"] == "my_init"
 
 
+@pytest.mark.slow
 def test_inspect_init_with_a_plugin(plugin, tmp_path):
     out = tmp_path / "inspect.json"
     result = invoke("inspect-init", "--preset", "tiny", "--plugin", str(plugin), "--init", "my_init", "--norm", "MyGN",

@@ -127,6 +127,7 @@ def test_mmdet_values(recipes):
     assert cfg.MODEL.ROI_BOX_HEAD.POOLER_SAMPLING_RATIO == cfg.MODEL.ROI_MASK_HEAD.POOLER_SAMPLING_RATIO == 2
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(RECIPES))
 def test_recipe_model_builds_at_tiny_scale_on_cpu(name):
     from maskinit.model import build_model

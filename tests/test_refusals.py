@@ -92,6 +92,7 @@ def test_an_int_for_a_float_key_is_the_float():
     assert cfg.SOLVER.WEIGHT_DECAY == 0.0
 
 
+@pytest.mark.slow
 def test_every_preset_and_recipe_passes_the_checks():
     from maskinit.config import list_presets
     from maskinit.recipes import list_recipes

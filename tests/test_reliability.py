@@ -17,6 +17,8 @@ import torch
 from maskinit import MaskinitError, load_config
 from maskinit.train import DataOptions, TrainOptions, train
 
+pytestmark = pytest.mark.slow
+
 MASKINIT = str(Path(sys.executable).with_name("maskinit"))
 
 

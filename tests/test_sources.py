@@ -84,6 +84,7 @@ def test_validate_data_checks_val_and_keeps_good_files(tmp_path, polygon_set):
 # resolve_data and register_from_options
 
 
+@pytest.mark.slow
 def test_resolve_data_returns_the_data_to_register_and_leaves_its_argument_alone(val_set):
     given = DataOptions()  # no data: the embedded default set
     cfg, data = resolve_data(load_config(preset="tiny"), given)

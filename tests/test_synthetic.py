@@ -65,6 +65,7 @@ def test_an_image_does_not_depend_on_the_set_size(tmp_path):
     assert (small.image_root / "000002.png").read_bytes() == (large.image_root / "000002.png").read_bytes()
 
 
+@pytest.mark.slow
 def test_images_and_categories(polygon_set):
     coco, files = polygon_set
     assert [c["name"] for c in coco["categories"]] == list(CLASS_NAMES)
@@ -93,6 +94,7 @@ def test_several_instances_per_image_with_varied_sizes(polygon_set):
     assert max(areas) > 4 * min(areas)
 
 
+@pytest.mark.slow
 def test_masks_are_visible_parts_disjoint_and_occluding(rle_set):
     coco, _ = rle_set
     touching_pairs = 0

@@ -16,6 +16,8 @@ from maskinit.train import TrainOptions, train
 
 from conftest import train_options
 
+pytestmark = pytest.mark.slow
+
 # A short warmup so that these few iterations train at the real LR.
 FAST_EVAL = ["SOLVER.WARMUP_ITERS", "2"]
 

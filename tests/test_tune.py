@@ -33,6 +33,8 @@ from maskinit.tune import (
     tune,
 )
 
+pytestmark = pytest.mark.slow
+
 runner = CliRunner()
 TINY = ("--preset", "tiny", "--device", "cpu", "--max-iter", "4", "--eval-period", "2", "--ims-per-batch", "2", "--seed", "0")
 

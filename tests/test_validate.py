@@ -542,6 +542,7 @@ def test_report_to_dict_is_json(tmp_path, polygon_set):
 # Speed
 
 
+@pytest.mark.slow
 def test_100k_annotations_are_checked_in_seconds():
     rng = np.random.default_rng(0)
     num_images, num_annotations = 10_000, 100_000

@@ -156,6 +156,7 @@ def test_each_case_is_found_under_its_kind(tmp_path, files, case):
     assert not report.ok
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", CASES)
 def test_check_data_refuses_in_one_line_naming_file_problem_and_example(tmp_path, files, case):
     _, kind, severity, text = CASES[case]
@@ -264,6 +265,7 @@ def run_python(code: str, *args, cache) -> subprocess.CompletedProcess:
                           timeout=300)
 
 
+@pytest.mark.slow
 def test_check_data_never_imports_torch(tmp_path, files):
     fatal = case_file(tmp_path, files, "nan-in-info")
     code = (

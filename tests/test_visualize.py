@@ -46,6 +46,7 @@ def checkpoint(cfg, tmp_path_factory):
     return save_untrained_checkpoint(cfg, tmp_path_factory.mktemp("weights"))
 
 
+@pytest.mark.slow
 def test_save_comparisons_writes_side_by_side_pngs(cfg, tmp_path):
     model = build_model(cfg)
     paths = save_comparisons(cfg, model, DATASET, tmp_path / "vis", count=2, score_threshold=0.0)
@@ -57,6 +58,7 @@ def test_save_comparisons_writes_side_by_side_pngs(cfg, tmp_path):
     assert model.training, "drawing must leave the model's mode as it was"
 
 
+@pytest.mark.slow
 def test_predict_writes_drawings_and_coco_results(cfg, checkpoint, dataset, tmp_path):
     files, _ = dataset
     json_path = predict(cfg, checkpoint, files.image_root, tmp_path / "pred", score_threshold=0.0)
@@ -78,6 +80,7 @@ def test_predict_writes_drawings_and_coco_results(cfg, checkpoint, dataset, tmp_
     assert len(loaded.anns) == len(result["annotations"])
 
 
+@pytest.mark.slow
 def test_predict_applies_the_score_threshold(cfg, checkpoint, dataset, tmp_path):
     files, _ = dataset
     image = sorted(files.image_root.glob("*.png"))[0]
@@ -86,6 +89,7 @@ def test_predict_applies_the_score_threshold(cfg, checkpoint, dataset, tmp_path)
     assert all(annotation["score"] >= 0.999 for annotation in result["annotations"])
 
 
+@pytest.mark.slow
 def test_predict_skips_corrupt_images_in_a_folder(cfg, checkpoint, dataset, tmp_path):
     files, _ = dataset
     folder = tmp_path / "in"
@@ -99,6 +103,7 @@ def test_predict_skips_corrupt_images_in_a_folder(cfg, checkpoint, dataset, tmp_
     assert [entry["file_name"] for entry in result["skipped"]] == [str(folder / "b_corrupt.png")]
 
 
+@pytest.mark.slow
 def test_predict_errors_name_the_input(cfg, checkpoint, tmp_path):
     corrupt = tmp_path / "corrupt.jpg"
     corrupt.write_bytes(b"\xff\xd8 not really a jpeg")

@@ -108,26 +108,10 @@ def run_one(args, dataset, runs: Path, name: str, seed: int) -> dict:
         command = [
             PYTHON,
             str(Path(__file__).with_name("stock_detectron2.py")),
-            "scratch-gn",
-            str(out),
-            "--scale",
-            "r50",
-            "--lr",
-            lr,
-            "--seed",
-            str(seed),
-            "--iters",
-            str(args.iters),
-            "--eval-period",
-            str(period),
-            *saves,
+            "scratch-gn", str(out), "--scale", "r50", "--lr", lr, "--seed", str(seed), "--iters", str(args.iters),
+            "--eval-period", str(period), *saves,
             *dataset.args(),
-            "SOLVER.IMS_PER_BATCH",
-            str(args.batch),
-            "MODEL.DEVICE",
-            args.device,
-            *loader,
-            *sizes,
+            "SOLVER.IMS_PER_BATCH", str(args.batch), "MODEL.DEVICE", args.device, *loader, *sizes,
         ]
         return execute(name, "stock", command, folder, args.run_timeout, resume=[*command, "--resume"], **meta)
     warmup, step = schedule(args.iters)
@@ -169,9 +153,7 @@ def report(args, dataset, results: list[dict], stem: str) -> None:
     lines = [
         f"R50-FPN on {dataset.name}: {args.iters} iterations at batch {args.batch}, input longest side {args.size} "
         f"(training shorter side {args.train_sizes}), RoI batch {args.roi_batch or 512} per image, seeds {args.seeds}, "
-        f"{args.device}",
-        "",
-        "| run | box AP (mean) | mask AP (mean) | mask AP per seed | s/iter | status |",
+        f"{args.device}", "", "| run | box AP (mean) | mask AP (mean) | mask AP per seed | s/iter | status |",
         "|---|---|---|---|---|---|",
     ]
     for name, row in table.items():

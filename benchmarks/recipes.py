@@ -78,23 +78,9 @@ COMPARATOR = [f"d2-scratch-gn@{lr}" for lr in SWEEP]
 # no RPN norm, per-class heads, anchors 32-512), restated on top of the default so that each name
 # always trains the same config (docs/benchmarks.md).
 SGD_BASE = [
-    "--optimizer",
-    "sgd",
-    "--lr",
-    "0.02",
-    "SOLVER.WEIGHT_DECAY",
-    "0.0001",
-    "SOLVER.CLIP_GRADIENTS.ENABLED",
-    "False",
-    "MASKINIT.PRIOR_PROB",
-    "0.0",
-    "MASKINIT.RPN_NORM",
-    "False",
-    "MODEL.ROI_MASK_HEAD.CLS_AGNOSTIC_MASK",
-    "False",
-    "MODEL.ROI_BOX_HEAD.CLS_AGNOSTIC_BBOX_REG",
-    "False",
-    "MODEL.ANCHOR_GENERATOR.SIZES",
+    "--optimizer", "sgd", "--lr", "0.02", "SOLVER.WEIGHT_DECAY", "0.0001", "SOLVER.CLIP_GRADIENTS.ENABLED", "False",
+    "MASKINIT.PRIOR_PROB", "0.0", "MASKINIT.RPN_NORM", "False", "MODEL.ROI_MASK_HEAD.CLS_AGNOSTIC_MASK", "False",
+    "MODEL.ROI_BOX_HEAD.CLS_AGNOSTIC_BBOX_REG", "False", "MODEL.ANCHOR_GENERATOR.SIZES",
     "[[32],[64],[128],[256],[512]]",
 ]
 ANCHORS = ["MODEL.ANCHOR_GENERATOR.SIZES", "[[16],[32],[64],[128],[256]]"]
@@ -128,20 +114,12 @@ MASKINIT_RUNS = {
     "maskinit-wd-norm": [*SGD_BASE, "SOLVER.WEIGHT_DECAY_NORM", "0.0001"],
     "maskinit-box-2fc": [*SGD_BASE, "MODEL.ROI_BOX_HEAD.NUM_CONV", "0", "MODEL.ROI_BOX_HEAD.NUM_FC", "2"],
     "maskinit-giou": [
-        *SGD_BASE,
-        "MODEL.ROI_BOX_HEAD.BBOX_REG_LOSS_TYPE",
-        "giou",
-        "MODEL.ROI_BOX_HEAD.BBOX_REG_LOSS_WEIGHT",
-        "2.0",
+        *SGD_BASE, "MODEL.ROI_BOX_HEAD.BBOX_REG_LOSS_TYPE", "giou", "MODEL.ROI_BOX_HEAD.BBOX_REG_LOSS_WEIGHT", "2.0",
     ],
     "maskinit-anchors16": [*SGD_BASE, *ANCHORS],
     "maskinit-pos0.5": [*SGD_BASE, "MODEL.ROI_HEADS.POSITIVE_FRACTION", "0.5"],
     "maskinit-scale-aug": [
-        *SGD_BASE,
-        "INPUT.MIN_SIZE_TRAIN",
-        "(96, 112, 128, 144, 160)",
-        "INPUT.MAX_SIZE_TRAIN",
-        "160",
+        *SGD_BASE, "INPUT.MIN_SIZE_TRAIN", "(96, 112, 128, 144, 160)", "INPUT.MAX_SIZE_TRAIN", "160",
     ],
     "maskinit-score0": [*SGD_BASE, "MODEL.ROI_HEADS.SCORE_THRESH_TEST", "0.0"],
     "maskinit-cls-agnostic-mask": [*SGD_BASE, "MODEL.ROI_MASK_HEAD.CLS_AGNOSTIC_MASK", "True"],
@@ -177,10 +155,7 @@ ABLATIONS = {
     "maskinit-no-rpn-gn": ["MASKINIT.RPN_NORM", "False"],
     # one box regressor and one mask per class
     "maskinit-no-cls-agnostic": [
-        "MODEL.ROI_BOX_HEAD.CLS_AGNOSTIC_BBOX_REG",
-        "False",
-        "MODEL.ROI_MASK_HEAD.CLS_AGNOSTIC_MASK",
-        "False",
+        "MODEL.ROI_BOX_HEAD.CLS_AGNOSTIC_BBOX_REG", "False", "MODEL.ROI_MASK_HEAD.CLS_AGNOSTIC_MASK", "False",
     ],
     # Detectron2's anchors (sizes 32-512, ratios 0.5/1/2) in place of the ones fitted to the data's
     # boxes; everything else (pixel statistics, input size) still fitted
@@ -196,10 +171,7 @@ ABLATIONS = {
     "maskinit-no-lsuv": ["MASKINIT.INIT", "c2"],
     # 64 RoIs per image and the mask head's 14x14 pool (28x28 masks) in place of the preset's 96 and 7x7
     "maskinit-previous-heads": [
-        "MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE",
-        "64",
-        "MODEL.ROI_MASK_HEAD.POOLER_RESOLUTION",
-        "14",
+        "MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE", "64", "MODEL.ROI_MASK_HEAD.POOLER_RESOLUTION", "14",
     ],
     # the whole data fit off (MASKINIT.FIT_TO_DATA False): the preset's pixel statistics, 128-pixel
     # input, anchors 16-256 and detection counts. Changes the input size, so also the s/iter.
@@ -213,10 +185,7 @@ ABLATION = ["maskinit-default", *ABLATIONS]
 FIT_PARTS = {
     # the preset's pixel statistics (ImageNet's BGR mean and std) in place of the data's
     "maskinit-preset-pixels": [
-        "MODEL.PIXEL_MEAN",
-        "[103.53, 116.28, 123.675]",
-        "MODEL.PIXEL_STD",
-        "[57.375, 57.12, 58.395]",
+        "MODEL.PIXEL_MEAN", "[103.53, 116.28, 123.675]", "MODEL.PIXEL_STD", "[57.375, 57.12, 58.395]",
     ],
     # the preset's anchors (16-256, ratios 0.5/1/2) in place of the ones fitted to the data's boxes
     "maskinit-preset-anchors": [*ANCHORS, "MODEL.ANCHOR_GENERATOR.ASPECT_RATIOS", "[[0.5,1.0,2.0]]"],
@@ -232,20 +201,9 @@ PRESET_PIXELS = FIT_PARTS["maskinit-preset-pixels"]
 PRESET_ANCHOR_SIZES = ANCHORS
 PRESET_RATIOS = ["MODEL.ANCHOR_GENERATOR.ASPECT_RATIOS", "[[0.5,1.0,2.0]]"]
 PRESET_COUNTS = [
-    "TEST.DETECTIONS_PER_IMAGE",
-    "50",
-    "MODEL.RPN.POST_NMS_TOPK_TEST",
-    "100",
-    "MODEL.RPN.PRE_NMS_TOPK_TEST",
-    "200",
-    "MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE",
-    "96",
-    "MODEL.RPN.BATCH_SIZE_PER_IMAGE",
-    "256",
-    "MODEL.RPN.POST_NMS_TOPK_TRAIN",
-    "200",
-    "MODEL.RPN.PRE_NMS_TOPK_TRAIN",
-    "400",
+    "TEST.DETECTIONS_PER_IMAGE", "50", "MODEL.RPN.POST_NMS_TOPK_TEST", "100", "MODEL.RPN.PRE_NMS_TOPK_TEST", "200",
+    "MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE", "96", "MODEL.RPN.BATCH_SIZE_PER_IMAGE", "256",
+    "MODEL.RPN.POST_NMS_TOPK_TRAIN", "200", "MODEL.RPN.PRE_NMS_TOPK_TRAIN", "400",
 ]
 FIT_KEYS = {"input": PRESET_INPUT, "pixels": PRESET_PIXELS, "anchors": PRESET_ANCHOR_SIZES, "ratios": PRESET_RATIOS,
             "counts": PRESET_COUNTS}
@@ -311,35 +269,22 @@ HEAD_PROBES = {
     "maskinit-box2fc": ["MODEL.ROI_BOX_HEAD.NUM_CONV", "0", "MODEL.ROI_BOX_HEAD.NUM_FC", "2"],
     # the same head with twice the RoIs per image (128, a quarter foreground: up to 32 for the mask head)
     "maskinit-roi128-box2fc": [
-        "MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE",
-        "128",
-        "MODEL.ROI_BOX_HEAD.NUM_CONV",
-        "0",
-        "MODEL.ROI_BOX_HEAD.NUM_FC",
+        "MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE", "128", "MODEL.ROI_BOX_HEAD.NUM_CONV", "0", "MODEL.ROI_BOX_HEAD.NUM_FC",
         "2",
     ],
     # The mask head's four 64-channel convs cost ~150 ms per 64 RoIs at the 14x14 pool, ~60 at 10x10 and ~31
     # at 7x7 (28x28, 20x20 and 14x14 masks): a smaller pool pays for twice the RoIs with the 4-conv box head.
     "maskinit-roi128-mask10": [
-        "MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE",
-        "128",
-        "MODEL.ROI_MASK_HEAD.POOLER_RESOLUTION",
-        "10",
+        "MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE", "128", "MODEL.ROI_MASK_HEAD.POOLER_RESOLUTION", "10",
     ],
     "maskinit-roi128-mask7": [
-        "MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE",
-        "128",
-        "MODEL.ROI_MASK_HEAD.POOLER_RESOLUTION",
-        "7",
+        "MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE", "128", "MODEL.ROI_MASK_HEAD.POOLER_RESOLUTION", "7",
     ],
     # 128 RoIs with the 7x7 pool ran at 1.26x the comparator's s/iter one at a time (speed.py, 200 iterations):
     # the box head's convs and RoIAlign on 512 RoIs. 96 RoIs per image: 1.03x. The tiny preset's values, so
     # this trains the default's config.
     "maskinit-roi96-mask7": [
-        "MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE",
-        "96",
-        "MODEL.ROI_MASK_HEAD.POOLER_RESOLUTION",
-        "7",
+        "MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE", "96", "MODEL.ROI_MASK_HEAD.POOLER_RESOLUTION", "7",
     ],
 }
 MASKINIT_RUNS.update({name: list(options) for name, options in HEAD_PROBES.items()})
@@ -512,18 +457,8 @@ def maskinit_resume(out: Path, dataset: CocoSet, device: str, period: int) -> li
     """`maskinit train --resume` of the run in `out`, from the config it saved (the command that
     `maskinit train` itself prints when it is interrupted)."""
     return [
-        *MASKINIT,
-        "train",
-        "--config",
-        str(out / "config.yaml"),
-        "--output-dir",
-        str(out),
-        "--resume",
-        "--no-progress",
-        "--device",
-        device,
-        "--eval-period",
-        str(period),
+        *MASKINIT, "train", "--config", str(out / "config.yaml"), "--output-dir", str(out), "--resume", "--no-progress",
+        "--device", device, "--eval-period", str(period),
         *dataset.args(),
     ]
 
@@ -570,12 +505,7 @@ class Context:
                 STOCK[name][0],
                 str(out),
                 *STOCK[name][1:],
-                "--seed",
-                str(seed),
-                "--eval-period",
-                str(self.eval_period),
-                "--iters",
-                str(self.iters),
+                "--seed", str(seed), "--eval-period", str(self.eval_period), "--iters", str(self.iters),
                 *self.dataset.args(),
                 "MODEL.DEVICE",
                 self.device,
@@ -588,11 +518,7 @@ class Context:
                    "--seed", str(seed), "--max-iter", str(self.iters), "--device", self.device,
                    "--eval-period", str(self.eval_period), *self.dataset.args(), *MASKINIT_RUNS[name]]
         return execute(
-            name,
-            "maskinit",
-            command,
-            folder,
-            self.timeout,
+            name, "maskinit", command, folder, self.timeout,
             resume=maskinit_resume(out, self.dataset, self.device, self.eval_period),
             recipe=self.recipe,
             **meta,
@@ -689,11 +615,8 @@ def report(dataset: CocoSet, args, results: list[dict], names: list[str], stem: 
                          f"{row['seconds_per_iter']} | {'; '.join(row['input'])} |")
     if compared:
         lines += [
-            "",
-            f"Comparator: {compared['comparator']} (best mean mask AP of the scratch-GN LRs run).",
-            "",
-            "| | maskinit default | comparator | ratio | goal |",
-            "|---|---|---|---|---|",
+            "", f"Comparator: {compared['comparator']} (best mean mask AP of the scratch-GN LRs run).", "",
+            "| | maskinit default | comparator | ratio | goal |", "|---|---|---|---|---|",
             f"| mask AP | {compared['mask_ap'][0]} | {compared['mask_ap'][1]} | {compared['mask_ratio']}x "
             f"| >= {goal}x |",
             f"| box AP | {compared['box_ap'][0]} | {compared['box_ap'][1]} | {compared['box_ratio']}x | |",

@@ -84,13 +84,7 @@ def main() -> None:
             (
                 "recipes.py",
                 [
-                    "--all",
-                    "--device",
-                    "cuda",
-                    "--jobs",
-                    "14",
-                    "--runs-dir",
-                    str(HERE / "runs" / "gpu"),
+                    "--all", "--device", "cuda", "--jobs", "14", "--runs-dir", str(HERE / "runs" / "gpu"),
                     "--tag=-variants-gpu",
                 ],
             ),

@@ -105,24 +105,10 @@ def main() -> None:
         SCALES[args.scale]
         + budget(args.iters)
         + [
-            "MODEL.WEIGHTS",
-            "",
-            "MODEL.ROI_HEADS.NUM_CLASSES",
-            str(num_classes),
-            "SOLVER.BASE_LR",
-            str(args.lr),
-            "SEED",
-            str(args.seed),
-            "TEST.EVAL_PERIOD",
-            str(args.eval_period),
-            "SOLVER.CHECKPOINT_PERIOD",
-            str(args.checkpoint_period or 100000),
-            "DATASETS.TRAIN",
-            "('bench_train',)",
-            "DATASETS.TEST",
-            "('bench_val',)",
-            "OUTPUT_DIR",
-            args.output_dir,
+            "MODEL.WEIGHTS", "", "MODEL.ROI_HEADS.NUM_CLASSES", str(num_classes), "SOLVER.BASE_LR", str(args.lr),
+            "SEED", str(args.seed), "TEST.EVAL_PERIOD", str(args.eval_period), "SOLVER.CHECKPOINT_PERIOD",
+            str(args.checkpoint_period or 100000), "DATASETS.TRAIN", "('bench_train',)", "DATASETS.TEST",
+            "('bench_val',)", "OUTPUT_DIR", args.output_dir,
         ]
         + mask_format(dataset)
         + args.opts

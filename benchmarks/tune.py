@@ -137,13 +137,7 @@ def main() -> None:
     name = args.data.resolve().name + ("-smoke" if args.smoke else "")
     runs = args.runs / name
     common = [
-        "--preset",
-        args.preset,
-        "--device",
-        args.device,
-        "--ims-per-batch",
-        str(args.ims_per_batch),
-        "--no-progress",
+        "--preset", args.preset, "--device", args.device, "--ims-per-batch", str(args.ims_per_batch), "--no-progress",
     ]
     eval_period = max(1, trial_iters // 4)
 
@@ -161,23 +155,8 @@ def main() -> None:
         if used + trial_iters + args.final_iters > args.budget:
             break
         tune = [
-            *MASKINIT,
-            "tune",
-            *common,
-            *data,
-            "--max-iter",
-            str(trial_iters),
-            "--eval-period",
-            str(eval_period),
-            "--pruner",
-            args.pruner,
-            "--trials",
-            str(count + 1),
-            "--seed",
-            "0",
-            "--output-dir",
-            str(study),
-            *held_back,
+            *MASKINIT, "tune", *common, *data, "--max-iter", str(trial_iters), "--eval-period", str(eval_period),
+            "--pruner", args.pruner, "--trials", str(count + 1), "--seed", "0", "--output-dir", str(study), *held_back,
         ]
         if (study / "study.db").is_file():
             tune.append("--resume")
@@ -194,22 +173,10 @@ def main() -> None:
     rest = args.budget - trials_used(study)[0]
     arms = {
         "tuned": lambda seed: [
-            "--config",
-            str(best_config),
-            "--device",
-            args.device,
-            "--no-progress",
-            "--max-iter",
-            str(args.final_iters),
+            "--config", str(best_config), "--device", args.device, "--no-progress", "--max-iter", str(args.final_iters),
         ],
         "tuned_same_budget": lambda seed: [
-            "--config",
-            str(best_config),
-            "--device",
-            args.device,
-            "--no-progress",
-            "--max-iter",
-            str(rest),
+            "--config", str(best_config), "--device", args.device, "--no-progress", "--max-iter", str(rest),
         ],
         "default_same_length": lambda seed: [*common, "--max-iter", str(args.final_iters)],
         "default_same_budget": lambda seed: [*common, "--max-iter", str(args.budget)],

@@ -52,6 +52,14 @@ def coco(tmp_path_factory):
     )
 
 
+@pytest.fixture(scope="module")
+def polygon_set(tmp_path_factory):
+    """A generated COCO set of 4 images with polygon masks (files of the generator's own kind)."""
+    from maskinit.data.synthetic import generate_coco_dataset
+
+    return generate_coco_dataset(tmp_path_factory.mktemp("polygon"), 4, seed=3)
+
+
 def train_options(out, data, max_iter=6, checkpoint_period=3, **kwargs):
     """`TrainOptions` of a short, seeded, quiet run into `out` on the data options `data`."""
     from maskinit.train import DataOptions, TrainOptions

@@ -234,10 +234,7 @@ def cvat_rle(mask: np.ndarray) -> tuple[list[int], int, int, int, int]:
 def write_cvat(parts: dict, out: Path, masks: bool = False) -> None:
     """CVAT for images 1.1: annotations.xml (subsets Train and Validation) + images/; polygons or masks."""
     lines = [
-        '<?xml version="1.0" encoding="utf-8"?>',
-        "<annotations>",
-        "  <version>1.1</version>",
-        "  <meta><task><labels>",
+        '<?xml version="1.0" encoding="utf-8"?>', "<annotations>", "  <version>1.1</version>", "  <meta><task><labels>",
     ]
     categories = next(iter(parts.values()))[0]["categories"]
     lines += [f"    <label><name>{c['name']}</name><type>any</type></label>" for c in categories]

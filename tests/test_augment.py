@@ -26,17 +26,9 @@ def lsj_config(size=64, min_scale=0.1, max_scale=2.0, *extra):
     return load_config(
         preset="tiny",
         overrides=[  # the mappers alone, Copy-Paste (tiny's default) off
-            "MASKINIT.AUGMENT.COPY_PASTE.PROB",
-            "0.0",
-            "MASKINIT.AUGMENT.NAME",
-            "lsj",
-            "MASKINIT.AUGMENT.LSJ_IMAGE_SIZE",
-            str(size),
-            "MASKINIT.AUGMENT.LSJ_MIN_SCALE",
-            str(min_scale),
-            "MASKINIT.AUGMENT.LSJ_MAX_SCALE",
-            str(max_scale),
-            *extra,
+            "MASKINIT.AUGMENT.COPY_PASTE.PROB", "0.0", "MASKINIT.AUGMENT.NAME", "lsj",
+            "MASKINIT.AUGMENT.LSJ_IMAGE_SIZE", str(size), "MASKINIT.AUGMENT.LSJ_MIN_SCALE", str(min_scale),
+            "MASKINIT.AUGMENT.LSJ_MAX_SCALE", str(max_scale), *extra,
         ],
     )
 

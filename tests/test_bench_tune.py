@@ -32,16 +32,8 @@ def set_folder(tmp_path: Path) -> Path:
 
 def bench(folder: Path, tmp_path: Path, *arms: str) -> subprocess.Popen:
     command = [
-        sys.executable,
-        str(ROOT / "benchmarks" / "tune.py"),
-        str(folder),
-        "--smoke",
-        "--runs",
-        str(tmp_path / "runs"),
-        "--results",
-        str(tmp_path / "results"),
-        "--arms",
-        *arms,
+        sys.executable, str(ROOT / "benchmarks" / "tune.py"), str(folder), "--smoke", "--runs", str(tmp_path / "runs"),
+        "--results", str(tmp_path / "results"), "--arms", *arms,
     ]
     return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             env={**os.environ, "OMP_NUM_THREADS": "1"})

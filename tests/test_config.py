@@ -232,10 +232,7 @@ def test_explain_gives_a_reason_for_every_rule():
         for key, _, _, reason in build_config(preset="tiny", overrides=["SOLVER.BASE_LR", "0.01"]).differences()
     }
     for key in (
-        "MODEL.WEIGHTS",
-        "MODEL.BACKBONE.FREEZE_AT",
-        "MODEL.RESNETS.NORM",
-        "MODEL.RESNETS.STRIDE_IN_1X1",
+        "MODEL.WEIGHTS", "MODEL.BACKBONE.FREEZE_AT", "MODEL.RESNETS.NORM", "MODEL.RESNETS.STRIDE_IN_1X1",
         "MODEL.PIXEL_STD",
     ):
         assert key in rows and "preset" not in rows[key]

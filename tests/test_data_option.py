@@ -88,30 +88,21 @@ def test_resume_needs_no_data_options(run):
     assert load_config(out / "config.yaml").MASKINIT.DATA.SPLIT_SEED == 3
 
 
-@pytest.mark.slow
-def test_predict_label_images_read_back_with_the_same_instances(run, source, tmp_path):
+def predicted(run, source, tmp_path, format_name):
+    """(the run folder, the predictions folder) of `maskinit predict` of the run on the source, in a format."""
     out, _ = run
     folder, _ = source
     pred = tmp_path / "pred"
-    result = runner.invoke(
-        app,
-        [
-            "predict",
-            "--config",
-            str(out / "config.yaml"),
-            "--weights",
-            str(out / "model_final.pth"),
-            "--input",
-            str(folder),
-            "--output-dir",
-            str(pred),
-            "--format",
-            "label-image",
-            "--score-threshold",
-            "0",
-        ],
-    )
+    result = runner.invoke(app, ["predict", "--config", str(out / "config.yaml"), "--weights",
+                                 str(out / "model_final.pth"), "--input", str(folder), "--output-dir", str(pred),
+                                 "--format", format_name, "--score-threshold", "0"])
     assert result.exit_code == 0, result.output
+    return out, pred
+
+
+@pytest.mark.slow
+def test_predict_label_images_read_back_with_the_same_instances(run, source, tmp_path):
+    out, pred = predicted(run, source, tmp_path, "label-image")
     class_map = json.loads((pred / "classes.json").read_text())
     dataset = read_dataset(pred)
     assert dataset.format == "label-image"
@@ -139,28 +130,7 @@ def test_predict_label_images_read_back_with_the_same_instances(run, source, tmp
 
 @pytest.mark.slow
 def test_predict_yolo_lines(run, source, tmp_path):
-    out, _ = run
-    folder, _ = source
-    pred = tmp_path / "pred"
-    result = runner.invoke(
-        app,
-        [
-            "predict",
-            "--config",
-            str(out / "config.yaml"),
-            "--weights",
-            str(out / "model_final.pth"),
-            "--input",
-            str(folder),
-            "--output-dir",
-            str(pred),
-            "--format",
-            "yolo",
-            "--score-threshold",
-            "0",
-        ],
-    )
-    assert result.exit_code == 0, result.output
+    out, pred = predicted(run, source, tmp_path, "yolo")
     names = (pred / "classes.txt").read_text().split()
     assert names == load_config(out / "config.yaml").MASKINIT.CLASS_NAMES
     lines = [
@@ -179,21 +149,8 @@ def test_tune_takes_data(source, tmp_path):
     result = runner.invoke(
         app,
         [
-            "tune",
-            "--data",
-            str(folder),
-            "--trials",
-            "1",
-            "--output-dir",
-            str(tmp_path / "study"),
-            "--preset",
-            "tiny",
-            "--max-iter",
-            "2",
-            "--no-progress",
-            "--search-only",
-            "--search",
-            "SOLVER.WARMUP_ITERS=0,1",
+            "tune", "--data", str(folder), "--trials", "1", "--output-dir", str(tmp_path / "study"), "--preset", "tiny",
+            "--max-iter", "2", "--no-progress", "--search-only", "--search", "SOLVER.WARMUP_ITERS=0,1",
         ],
     )
     assert result.exit_code == 0, result.output

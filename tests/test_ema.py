@@ -58,16 +58,8 @@ def test_the_average_restarts_from_the_weights_after_an_lr_step():
     cfg = load_config(
         preset="tiny",
         overrides=[
-            "MASKINIT.EMA.ENABLED",
-            "True",
-            "MASKINIT.EMA.DECAY",
-            "0.9",
-            "MASKINIT.EMA.WARMUP_ITERS",
-            "2",
-            "MASKINIT.EMA.RESTART_AT_STEPS",
-            "True",
-            "SOLVER.STEPS",
-            "(3,)",
+            "MASKINIT.EMA.ENABLED", "True", "MASKINIT.EMA.DECAY", "0.9", "MASKINIT.EMA.WARMUP_ITERS", "2",
+            "MASKINIT.EMA.RESTART_AT_STEPS", "True", "SOLVER.STEPS", "(3,)",
         ],
     )
     torch.manual_seed(0)

@@ -317,14 +317,7 @@ def test_fixed_size_crop():
     pad = T.FixedSizeCrop((12, 14), pad_value=7.0, seg_pad_value=9)._get_pad(np.zeros((10, 12, 3), np.uint8))
     assert isinstance(pad, PadTransform)
     assert (pad.x0, pad.y0, pad.x1, pad.y1, pad.orig_w, pad.orig_h, pad.pad_value, pad.seg_pad_value) == (
-        0,
-        0,
-        2,
-        2,
-        12,
-        10,
-        7.0,
-        9,
+        0, 0, 2, 2, 12, 10, 7.0, 9,
     )
     get_transform = source(T.FixedSizeCrop.get_transform)
     assert (
@@ -637,16 +630,9 @@ def test_model_module_names(tiny_cfg):
     model = build_model(tiny_cfg)
     names = {name for name, _ in model.named_modules()}
     for name in (
-        "backbone.bottom_up.stem",
-        "backbone.bottom_up.res2",
-        "backbone.bottom_up.res5",
-        "backbone.fpn_lateral2",
-        "backbone.fpn_output5",
-        "backbone.top_block",
-        "proposal_generator.rpn_head.conv",
-        "roi_heads.box_head",
-        "roi_heads.box_predictor.cls_score",
-        "roi_heads.mask_head.predictor",
+        "backbone.bottom_up.stem", "backbone.bottom_up.res2", "backbone.bottom_up.res5", "backbone.fpn_lateral2",
+        "backbone.fpn_output5", "backbone.top_block", "proposal_generator.rpn_head.conv", "roi_heads.box_head",
+        "roi_heads.box_predictor.cls_score", "roi_heads.mask_head.predictor",
     ):
         assert name in names, name
     assert set(HEAD_PRIOR_STDS) <= names

@@ -53,6 +53,13 @@ def write_jpeg_or_png(path, folder: Path, suffix: str) -> Path:
     return target
 
 
+def lsj_config(augment: str, scale: float, *overrides):
+    """The tiny preset without Copy-Paste, `augment` (default or lsj) and LSJ at a 64-pixel square, one scale."""
+    return load_config(preset="tiny", overrides=[
+        *NO_COPY_PASTE, "MASKINIT.AUGMENT.NAME", augment, "MASKINIT.AUGMENT.LSJ_IMAGE_SIZE", "64",
+        "MASKINIT.AUGMENT.LSJ_MIN_SCALE", str(scale), "MASKINIT.AUGMENT.LSJ_MAX_SCALE", str(scale), *overrides])
+
+
 @pytest.mark.parametrize("channels", [1, 2, 4, 16])
 @pytest.mark.parametrize("dtype", ["uint8", "uint16", "float32"])
 @pytest.mark.parametrize("augment", ["default", "lsj"])
@@ -66,26 +73,9 @@ def test_augmentations_take_every_channel_count_and_type(tmp_path, channels, dty
     record = {"file_name": str(path), "height": 60, "width": 90, "image_id": 1, "annotations": [
         {"bbox": [20, 10, 30, 20], "bbox_mode": 1, "category_id": 0, "iscrowd": 0,
          "segmentation": [[20, 10, 50, 10, 50, 30, 20, 30]]}]}
-    cfg = load_config(
-        preset="tiny",
-        overrides=[
-            *NO_COPY_PASTE,
-            "MODEL.PIXEL_MEAN",
-            str([float(array.mean())] * channels),
-            "MODEL.PIXEL_STD",
-            str([1.0] * channels),
-            "INPUT.FORMAT",
-            "L" if channels == 1 else "BGR",
-            "MASKINIT.AUGMENT.NAME",
-            augment,
-            "MASKINIT.AUGMENT.LSJ_IMAGE_SIZE",
-            "64",
-            "MASKINIT.AUGMENT.LSJ_MIN_SCALE",
-            "1.5",
-            "MASKINIT.AUGMENT.LSJ_MAX_SCALE",
-            "1.5",
-        ],
-    )  # LSJ: 60 x 90 -> 64 x 96, cropped to 64 x 64 (the object stays in)
+    pixels = ["MODEL.PIXEL_MEAN", str([float(array.mean())] * channels), "MODEL.PIXEL_STD", str([1.0] * channels),
+              "INPUT.FORMAT", "L" if channels == 1 else "BGR"]
+    cfg = lsj_config(augment, 1.5, *pixels)  # LSJ: 60 x 90 -> 64 x 96, cropped to 64 x 64 (the object stays in)
     mapper = build_train_mapper(cfg)
     for seed in range(3):
         np.random.seed(seed)
@@ -97,9 +87,8 @@ def test_augmentations_take_every_channel_count_and_type(tmp_path, channels, dty
         else:
             assert tuple(image.shape[1:]) == ResizeShortestEdge.get_output_shape(60, 90, 128, 128) == (85, 128)
         assert image.dtype == (torch.uint8 if dtype == "uint8" and channels == 1 else torch.float32)
-        assert float(image.float().max()) <= float(array.max()) * 1.001 and float(image.float().max()) > 0.9 * float(
-            array.max()
-        )
+        highest = float(image.float().max())
+        assert 0.9 * float(array.max()) < highest <= float(array.max()) * 1.001
         assert len(item["instances"]) == 1
 
 
@@ -111,24 +100,7 @@ def test_lsj_pads_other_kinds_with_the_data_mean(tmp_path):
     record = {"file_name": str(path), "height": 40, "width": 40, "image_id": 1, "annotations": [
         {"bbox": [5, 5, 15, 15], "bbox_mode": 1, "category_id": 0, "iscrowd": 0,
          "segmentation": [[5, 5, 20, 5, 20, 20, 5, 20]]}]}
-    cfg = load_config(
-        preset="tiny",
-        overrides=[
-            *NO_COPY_PASTE,
-            "MODEL.PIXEL_MEAN",
-            "[31000.0, 32000.0]",
-            "MODEL.PIXEL_STD",
-            "[9000.0, 9000.0]",
-            "MASKINIT.AUGMENT.NAME",
-            "lsj",
-            "MASKINIT.AUGMENT.LSJ_IMAGE_SIZE",
-            "64",
-            "MASKINIT.AUGMENT.LSJ_MIN_SCALE",
-            "0.5",
-            "MASKINIT.AUGMENT.LSJ_MAX_SCALE",
-            "0.5",
-        ],
-    )
+    cfg = lsj_config("lsj", 0.5, "MODEL.PIXEL_MEAN", "[31000.0, 32000.0]", "MODEL.PIXEL_STD", "[9000.0, 9000.0]")
     image = build_train_mapper(cfg)(record)["image"]
     assert tuple(image.shape) == (2, 64, 64)
     assert (image[0, 40:] == 31000).all() and (image[1, 40:] == 32000).all()  # 40x40 at scale 0.5 of 64: 32 rows

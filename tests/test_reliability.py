@@ -24,14 +24,8 @@ MASKINIT = str(Path(sys.executable).with_name("maskinit"))
 
 def data_flags(coco):
     return [
-        "--train-json",
-        coco.train_json,
-        "--train-images",
-        coco.train_images,
-        "--val-json",
-        coco.val_json,
-        "--val-images",
-        coco.val_images,
+        "--train-json", coco.train_json, "--train-images", coco.train_images, "--val-json", coco.val_json,
+        "--val-images", coco.val_images,
     ]
 
 

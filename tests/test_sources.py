@@ -26,11 +26,6 @@ from maskinit.run_options import DataOptions
 
 
 @pytest.fixture(scope="module")
-def polygon_set(tmp_path_factory):
-    return generate_coco_dataset(tmp_path_factory.mktemp("polygon"), 4, seed=3)
-
-
-@pytest.fixture(scope="module")
 def val_set(tmp_path_factory):
     return generate_coco_dataset(tmp_path_factory.mktemp("identity"), 3, seed=31)
 

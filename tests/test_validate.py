@@ -32,11 +32,6 @@ from maskinit.data.validate import (
 
 
 @pytest.fixture(scope="module")
-def polygon_set(tmp_path_factory):
-    return generate_coco_dataset(tmp_path_factory.mktemp("polygon"), 4, seed=3)
-
-
-@pytest.fixture(scope="module")
 def rle_set(tmp_path_factory):
     return generate_coco_dataset(tmp_path_factory.mktemp("rle"), 4, seed=3, mask_format="rle")
 
@@ -293,13 +288,7 @@ def test_duplicates_count_distinct_ids(polygon_set):
         (lambda rle: rle.update(counts=[-1, 128 * 128 + 1]), "non-negative"),
     ],
     ids=[
-        "counts-int",
-        "size-mismatch",
-        "size-not-pair",
-        "short-string",
-        "bad-characters",
-        "short-list",
-        "negative-run",
+        "counts-int", "size-mismatch", "size-not-pair", "short-string", "bad-characters", "short-list", "negative-run",
     ],
 )
 def test_malformed_rle(rle_set, breaker, detail):

@@ -91,10 +91,7 @@ CASES = {
     "inf-polygon": (set_polygon_coordinate(INF), "invalid_polygon", FIXABLE, "a non-finite coordinate (inf)"),
     "far-polygon": (set_polygon_coordinate(1e9), "invalid_polygon", FIXABLE, "more than an image size outside"),
     "huge-int-polygon": (
-        set_polygon_coordinate(10**400),
-        "invalid_polygon",
-        FIXABLE,
-        "more than an image size outside",
+        set_polygon_coordinate(10**400), "invalid_polygon", FIXABLE, "more than an image size outside",
     ),
     "nan-area": (lambda d: d["annotations"][0].update(area=NAN), "annotation_non_finite", FIXABLE, "area nan"),
     "inf-keypoint": (
@@ -116,9 +113,7 @@ CASES = {
     ),
     "all-crowd": (all_crowd, "only_crowd", FATAL, "nothing to train on: all"),
     "string-image-ids": (
-        string_image_ids,
-        "string_image_id",
-        FATAL,
+        string_image_ids, "string_image_id", FATAL,
         "images with string ids (COCO evaluation needs integer ids) (e.g. id 'img1'",
     ),
     "string-annotation-ids": (string_annotation_ids, "string_annotation_id", FATAL, "annotations with string ids"),

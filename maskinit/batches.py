@@ -144,7 +144,8 @@ def coco_batch(
 
     from .data.coco import apply_dataset_to_cfg, register_coco_dataset
     from .data.mapper import ImageMapper
-    from .data.validate import enforce_data_policy, load_and_check_coco
+    from .data.report import enforce_data_policy
+    from .data.validate import load_and_check_coco
 
     _, report = load_and_check_coco(train_json, check_images=False)
     enforce_data_policy(report, skip_bad=False, can_skip=False)

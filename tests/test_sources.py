@@ -9,7 +9,8 @@ from types import SimpleNamespace
 
 import pytest
 from detectron2.data import DatasetCatalog
-from test_validate import break_duplicate_annotation_id, broken_fixable_set, load, write
+from test_report import broken_fixable_set
+from test_validate import break_duplicate_annotation_id, load, write
 
 from maskinit import MaskinitError, load_config
 from maskinit.data import generate_coco_dataset, register_coco_dataset

@@ -17,15 +17,9 @@ from maskinit import MaskinitError
 from maskinit.cli import app
 from maskinit.config import load_config
 from maskinit.data import generate_coco_dataset, inspect_coco
+from maskinit.data.report import FATAL, FIXABLE, clean_coco_data, enforce_data_policy
 from maskinit.data.sources import validate_data
-from maskinit.data.validate import (
-    FATAL,
-    FIXABLE,
-    check_coco,
-    check_coco_data,
-    clean_coco_data,
-    enforce_data_policy,
-)
+from maskinit.data.validate import check_coco, check_coco_data
 from maskinit.train import DataOptions, TrainOptions, train
 
 NAN, INF = float("nan"), float("inf")

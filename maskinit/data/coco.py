@@ -58,7 +58,8 @@ class DatasetInfo:
 def _read_json(json_file: Path) -> dict:
     """The parsed file, read as `check-data` reads it (UTF-8 without BOM, any nesting depth refused
     in one line), so that both accept the same files."""
-    from .validate import DataReport, read_coco_file
+    from .report import DataReport
+    from .validate import read_coco_file
 
     data = read_coco_file(json_file)  # raises MaskinitError for a missing file or a directory
     if isinstance(data, DataReport):

@@ -198,7 +198,8 @@ def write_coco_folder(dataset: Dataset, out: str | Path, copy_images: bool = Fal
     """The dataset as `out/train.json` (+ `out/val.json`): file names relative to `out` (the pictures
     referenced where they are, or copied under `out/images/<split>/`), checked (`check_coco`: a fatal
     problem is refused and nothing is written), written to a temporary folder and renamed into place."""
-    from .validate import check_coco, enforce_data_policy
+    from .report import enforce_data_policy
+    from .validate import check_coco
 
     out = Path(out).resolve()
     temporary = _temporary_beside(out)

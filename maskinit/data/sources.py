@@ -102,8 +102,9 @@ def validate_data(data, skip_bad: bool, *, check_images: bool = True, clean_dir=
     embedded default set are not checked.
     """
     from .convert import resolve_source
+    from .report import enforce_data_policy
     from .synthetic import default_cache_root
-    from .validate import enforce_data_policy, load_and_check_coco, write_clean_copy
+    from .validate import load_and_check_coco, write_clean_copy
 
     data, lines = resolve_source(data)  # a --data source: its COCO files (converted once, cached)
     if getattr(data, "dataset", None):

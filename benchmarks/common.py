@@ -150,19 +150,32 @@ def synthetic_set(heldout: bool = False) -> CocoSet:
                    Path(val.json_file), Path(val.image_root), synthetic=True)
 
 
-def fitted_input(dataset: CocoSet, preset: str, cache: Path) -> list[str]:
-    """The INPUT.* sizes `maskinit train --preset PRESET` fits to the set (from `maskinit analyze-data`,
-    cached in `cache`), as KEY VALUE options for a stock Detectron2 config: the comparator then sees
-    the images at the size maskinit's default trains and tests on."""
+# What the comparator gets of maskinit's default on a set: its input sizes and its per-image budget.
+COMPARATOR_KEYS = (
+    "INPUT.MIN_SIZE_TRAIN", "INPUT.MAX_SIZE_TRAIN", "INPUT.MIN_SIZE_TEST", "INPUT.MAX_SIZE_TEST",
+    "MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE", "MODEL.RPN.BATCH_SIZE_PER_IMAGE", "MODEL.RPN.PRE_NMS_TOPK_TRAIN",
+    "MODEL.RPN.POST_NMS_TOPK_TRAIN", "MODEL.RPN.PRE_NMS_TOPK_TEST", "MODEL.RPN.POST_NMS_TOPK_TEST",
+    "TEST.DETECTIONS_PER_IMAGE",
+)
+
+
+def comparator_settings(dataset: CocoSet, preset: str, cache: Path) -> list[str]:
+    """The input sizes and the per-image budget (sampled RoIs, proposals, detections) of `maskinit train
+    --preset PRESET` on this set (its config as fitted to the training set by the default fit, cached in
+    `cache`), as KEY VALUE options for a stock Detectron2 config: the comparator then sees the images at
+    the size maskinit's default trains and tests on, with as many RoIs, proposals and detections."""
     cached = read_json(cache)
     if not cached:
-        out = cache.with_suffix(".analysis.json")
-        code = run([*MASKINIT, "analyze-data", str(dataset.train_json), "--images", str(dataset.train_images),
-                    "--preset", preset, "--json-out", str(out)], cache.with_suffix(".log"))
-        analysis = read_json(out)
-        if code or not analysis:
-            raise SystemExit(f"maskinit analyze-data failed on {dataset.name} (see {cache.with_suffix('.log')})")
-        cached = {fit["key"]: fit["value"] for fit in analysis["fits"] if fit["key"].startswith("INPUT.")}
+        sys.path.insert(0, str(ROOT))
+        from maskinit.cfgkeys import get_key
+        from maskinit.config import load_config
+        from maskinit.data.fit import fit_to_data
+        from maskinit.run_options import DataOptions
+
+        fitted, _ = fit_to_data(
+            load_config(preset=preset), DataOptions(str(dataset.train_json), str(dataset.train_images))
+        )
+        cached = {key: get_key(fitted, key) for key in COMPARATOR_KEYS}
         write_json(cache, cached)
     options = []
     for key, value in cached.items():

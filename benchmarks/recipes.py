@@ -48,8 +48,8 @@ from common import (  # noqa: E402
     SEEDS,
     CocoSet,
     budget,
+    comparator_settings,
     eval_period,
-    fitted_input,
     input_sizes,
     parse_data,
     read_json,
@@ -192,24 +192,22 @@ FIT_PARTS = {
 }
 MASKINIT_RUNS.update({name: list(options) for name, options in FIT_PARTS.items()})
 
-# The data fit key by key (--only these): every fitted key at the preset's input size (the input sizes
-# pinned to the tiny preset's 128 px), then each other key switched back to the preset's value alone; at the
-# fitted input size, each key switched back alone. Explicit KEY VALUE options: the fit keeps them.
+# The data fit key by key (--only these): the default (--fit safe) with one group of fitted keys switched back
+# to the tiny preset's values, and the other modes. Explicit KEY VALUE options: the fit keeps them. With the
+# RoI batch pinned, a crowded set's s/iter budget goes to the input size instead.
 PRESET_INPUT = ["INPUT.MIN_SIZE_TRAIN", "(128,)", "INPUT.MAX_SIZE_TRAIN", "128", "INPUT.MIN_SIZE_TEST", "128",
                 "INPUT.MAX_SIZE_TEST", "128"]
 PRESET_PIXELS = FIT_PARTS["maskinit-preset-pixels"]
 PRESET_ANCHOR_SIZES = ANCHORS
 PRESET_RATIOS = ["MODEL.ANCHOR_GENERATOR.ASPECT_RATIOS", "[[0.5,1.0,2.0]]"]
-PRESET_COUNTS = [
-    "TEST.DETECTIONS_PER_IMAGE", "50", "MODEL.RPN.POST_NMS_TOPK_TEST", "100", "MODEL.RPN.PRE_NMS_TOPK_TEST", "200",
-    "MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE", "96", "MODEL.RPN.BATCH_SIZE_PER_IMAGE", "256",
-    "MODEL.RPN.POST_NMS_TOPK_TRAIN", "200", "MODEL.RPN.PRE_NMS_TOPK_TRAIN", "400",
-]
+PRESET_TEST_COUNTS = ["TEST.DETECTIONS_PER_IMAGE", "50", "MODEL.RPN.POST_NMS_TOPK_TEST", "100",
+                      "MODEL.RPN.PRE_NMS_TOPK_TEST", "200"]
+PRESET_ROI_BATCH = ["MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE", "96", "MODEL.RPN.BATCH_SIZE_PER_IMAGE", "256",
+                    "MODEL.RPN.POST_NMS_TOPK_TRAIN", "200", "MODEL.RPN.PRE_NMS_TOPK_TRAIN", "400"]
 FIT_KEYS = {"input": PRESET_INPUT, "pixels": PRESET_PIXELS, "anchors": PRESET_ANCHOR_SIZES, "ratios": PRESET_RATIOS,
-            "counts": PRESET_COUNTS}
+            "test-counts": PRESET_TEST_COUNTS, "roi-batch": PRESET_ROI_BATCH}
 FIT_ABLATION = {f"maskinit-fit-preset-{key}": list(options) for key, options in FIT_KEYS.items()}
-FIT_ABLATION.update({f"maskinit-fit-preset-input-{key}": [*PRESET_INPUT, *options]
-                     for key, options in FIT_KEYS.items() if key != "input"})
+FIT_ABLATION.update({"maskinit-fit-full": ["MASKINIT.FIT", "full"], "maskinit-fit-off": ["MASKINIT.FIT", "off"]})
 MASKINIT_RUNS.update(FIT_ABLATION)
 
 # Ingredients, each added alone to the default. Copy-Paste and LSUV are on in the tiny preset, so
@@ -486,7 +484,9 @@ class Context:
         if args.comparator_input == "tiny":
             self.stock_suffix = "" if dataset.synthetic else "-128px"
         elif not dataset.synthetic:  # the synthetic sets are 128-pixel images: the fit keeps 128
-            self.stock_input = fitted_input(dataset, "tiny", args.runs_dir / dataset.name / "fitted-input-tiny.json")
+            self.stock_input = comparator_settings(
+                dataset, "tiny", args.runs_dir / dataset.name / "comparator-settings-tiny.json"
+            )
 
     def stock_name(self, name: str) -> str:
         return name + self.stock_suffix

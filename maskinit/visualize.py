@@ -274,8 +274,8 @@ def predict(
         "annotations": annotations,
         "skipped": skipped,
     }
+    if output_format != "coco":  # the folder then reads back as a dataset of that format alone
+        return _write_class_map(output_dir, output_format, list(names), labels, Path(input_path))
     json_path = output_dir / PREDICTIONS_FILE
     write_atomically(json_path, json.dumps(coco))
-    if output_format != "coco":
-        return _write_class_map(output_dir, output_format, list(names), labels, Path(input_path))
     return json_path

@@ -224,24 +224,19 @@ def test_documented_command_parses_against_the_cli(page, line):
     assert check_command(line) == [], f"{page}: {check_command(line)}"
 
 
-@pytest.mark.parametrize(
-    ("line", "problem"),
-    [
-        ("maskinit train --preset tiny --no-such-option 3", "has no option --no-such-option"),  # renamed or removed
-        (
-            "maskinit predict --config c.yaml --weights w.pth --input x --output pred/",
-            "has no option --output",
-        ),  # an old name
-        ("maskinit train --preset tiny2 --device cpu", "unknown preset 'tiny2'"),
-        ("maskinit export-config --recipe d2-scratch-gn-12x", "unknown recipe 'd2-scratch-gn-12x'"),
-        ("maskinit fit --preset tiny", "no command 'fit'"),
-        ("maskinit train --preset tiny SOLVER.NO_SUCH_KEY 1", "unknown config key SOLVER.NO_SUCH_KEY"),
-        ("maskinit train --preset tiny SOLVER.BASE_LR", "must be KEY VALUE pairs"),
-        ("maskinit eval --weights w.pth", "--config is required"),
-        ("maskinit train --max-iter many", "'--max-iter'"),  # click's own parse of the value
-        ("maskinit check-data a.json b.json --images x", "takes no argument 'b.json'"),
-    ],
-)
+@pytest.mark.parametrize(("line", "problem"), [
+    ("maskinit train --preset tiny --no-such-option 3", "has no option --no-such-option"),  # renamed or removed
+    ("maskinit predict --config c.yaml --weights w.pth --input x --output pred/",
+     "has no option --output"),  # an old name
+    ("maskinit train --preset tiny2 --device cpu", "unknown preset 'tiny2'"),
+    ("maskinit export-config --recipe d2-scratch-gn-12x", "unknown recipe 'd2-scratch-gn-12x'"),
+    ("maskinit fit --preset tiny", "no command 'fit'"),
+    ("maskinit train --preset tiny SOLVER.NO_SUCH_KEY 1", "unknown config key SOLVER.NO_SUCH_KEY"),
+    ("maskinit train --preset tiny SOLVER.BASE_LR", "must be KEY VALUE pairs"),
+    ("maskinit predict --weights w.pth", "--input is required"),
+    ("maskinit train --max-iter many", "'--max-iter'"),  # click's own parse of the value
+    ("maskinit check-data a.json b.json --images x", "takes no argument 'b.json'"),
+])
 def test_a_stale_example_fails(line, problem):
     problems = check_command(line)
     assert len(problems) == 1 and problem in problems[0], problems
@@ -318,16 +313,16 @@ def test_quickstart_runs_end_to_end(tmp_path):
     from maskinit.data.synthetic import generate_coco_dataset
 
     commands = quickstart_commands()
-    assert [shlex.split(line)[1] for line in commands] == ["check-data", "train", "eval", "predict"]
+    assert [shlex.split(line)[1] for line in commands] == ["check-data", "train", "eval", "predict", "export"]
     data = tmp_path / "my_data"
     for split, count, seed, first in (("train", 6, 1, 1), ("val", 3, 2, 100)):
         generated = generate_coco_dataset(tmp_path / "generated" / split, count, seed=seed, first_image_id=first)
         data.mkdir(exist_ok=True)
         shutil.copy(generated.json_file, data / f"{split}.json")
         shutil.copytree(generated.image_root, data / split)
-    (data / "new").mkdir()
+    (tmp_path / "new_images").mkdir()
     for image in sorted((data / "val").iterdir())[:2]:
-        shutil.copy(image, data / "new" / image.name)
+        shutil.copy(image, tmp_path / "new_images" / image.name)
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
            "OMP_NUM_THREADS": "1"}
     for line in commands:
@@ -343,3 +338,4 @@ def test_quickstart_runs_end_to_end(tmp_path):
     assert (run / "model_final.pth").is_file() and (run / "config.yaml").is_file()
     assert (run / "predictions" / "predictions.json").is_file()
     assert len(list((run / "predictions").glob("*.png"))) == 2
+    assert (tmp_path / "mine.onnx").is_file() and (tmp_path / "mine.onnx.json").is_file()

@@ -4,7 +4,7 @@ Three modes (`MASKINIT.FIT`, `--fit`):
 
 - `safe` (the default): only what cannot leave a run worse off than the preset, at about the preset's
   cost. The pixel statistics (every image kind needs its own); anchors that keep the preset's and add
-  sizes where the boxes fall outside them; aspect ratios that keep the preset's and add the elongated
+  larger sizes where the large objects outgrow them; aspect ratios that keep the preset's and add the elongated
   boxes' ratios; test-time detections and proposals for crowded images; and, within SAFE_STEP_COST of
   the preset's estimated s/iter, a larger input for small objects and more sampled RoIs for crowded
   images. What the budget leaves out is said, with what `full` would do and its cost.
@@ -43,8 +43,6 @@ ANCHOR_PERCENTILES = (2, 98)
 ANCHOR_REACH = math.sqrt(2)
 # FPN levels differ twofold in stride, and so do their anchors (Detectron2's rule).
 ANCHOR_STEP = 2.0
-# The stride of P2: a smaller anchor no longer tiles the image.
-MIN_ANCHOR_SIZE = 4
 # Aspect ratios (height / width, Detectron2's convention): the boxes' 10th and 90th percentiles are added
 # to the preset's ratios when they lie beyond them by more than this factor.
 RATIO_PERCENTILES = (10, 50, 90)
@@ -288,31 +286,23 @@ def _train_sizes(preset_sizes: Sequence[int], size: int) -> tuple[int, ...]:
 
 
 def anchor_sizes(preset: Sequence[Sequence[int]], sides: np.ndarray) -> tuple[list[list[int]], str]:
-    """The preset's anchor sizes per FPN level, with one more size on every level where the boxes (p2 to
-    p98 of their sides) fall outside what the preset covers: half each level's size when the small objects
-    are smaller than the smallest anchor / ANCHOR_REACH, twice it when the large ones are larger than the
-    largest x ANCHOR_REACH (never below P2's stride). Each level keeps its size-to-stride ratio, so the
-    anchors tile every level's grid as densely as the preset's (Detectron2 wants as many sizes per level)."""
+    """The preset's anchor sizes per FPN level, with one more size on every level, twice each level's, where
+    the large objects (p98 of the box sides) are larger than the largest anchor x ANCHOR_REACH. Each level
+    keeps its size-to-stride ratio, so the anchors tile every level's grid as densely as the preset's
+    (Detectron2 wants as many sizes per level). Small objects keep the preset's anchors: sizes fitted down
+    to them (the smallest anchor at the p2 box, x2 per level) measured worse on every set, the small nuclei
+    included (docs/benchmarks.md, "Data fit against the preset"), since the coarse levels' anchors then fall
+    to a fraction of their stride and match few objects."""
     low, high = (float(v) for v in np.percentile(sides, ANCHOR_PERCENTILES))
     levels = [list(level) for level in preset]
     smallest, largest = min(min(level) for level in levels), max(max(level) for level in levels)
     lower, upper = ANCHOR_PERCENTILES
     reason = f"p{lower}-p{upper} of box sides sqrt(w*h) at the test size: {low:.1f}-{high:.1f} px"
-    below, above = low < smallest / ANCHOR_REACH, high > largest * ANCHOR_REACH
-    if below and not above:
-        half = [max(MIN_ANCHOR_SIZE, int(round(level[0] / ANCHOR_STEP))) for level in levels]
-        if half[0] < levels[0][0]:
-            levels = [[small, *level] for small, level in zip(half, levels)]
-            reason += f"; the preset's anchors {smallest}-{largest} and half of each level's, for the small objects"
-    elif above and not below:
-        levels = [[*level, int(round(level[-1] * ANCHOR_STEP))] for level in levels]
+    if high > largest * ANCHOR_REACH:
+        levels = [[*level, round(level[-1] * ANCHOR_STEP)] for level in levels]
         reason += f"; the preset's anchors {smallest}-{largest} and twice each level's, for the large objects"
-    elif below and above:
-        levels = [[max(MIN_ANCHOR_SIZE, int(round(level[0] / ANCHOR_STEP))), *level, int(round(level[-1] * ANCHOR_STEP))]
-                  for level in levels]
-        reason += f"; the preset's anchors {smallest}-{largest}, half and twice each level's, for the small and large objects"
     else:
-        reason += f": within the preset's anchors {smallest}-{largest} (x{ANCHOR_REACH:.2f}), kept"
+        reason += f": the large ones within the preset's anchors {smallest}-{largest} (x{ANCHOR_REACH:.2f}), kept"
     return levels, reason
 
 

@@ -112,3 +112,19 @@ def replay_detector(json_file) -> ReplayDetector:
         instances.pred_masks = torch.from_numpy(np.stack(masks)) if masks else empty
         predictions[image["id"]] = instances
     return ReplayDetector(predictions)
+
+
+@pytest.fixture(autouse=True)
+def no_handler_on_a_closed_stream():
+    """A training run inside CliRunner logs to the runner's captured stream, which is closed when the
+    command returns; a later test's log line would then fail to be written ("--- Logging error ---" on
+    stderr). Handlers left on a closed stream are removed after each test."""
+    import logging
+
+    yield
+    for name in ("maskinit", "detectron2", "fvcore", "d2"):
+        logger = logging.getLogger(name)
+        for handler in list(logger.handlers):
+            stream = getattr(handler, "stream", None)
+            if stream is not None and getattr(stream, "closed", False):
+                logger.removeHandler(handler)

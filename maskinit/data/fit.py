@@ -393,7 +393,15 @@ def fit_config(cfg, analysis: DataAnalysis, keep: Iterable[str] = frozenset(), m
                                          f"{PROPOSALS_PER_DETECTION} x {detections} detections per image: the box head keeps only proposals"):
         fit(key, value, reason)
 
-    # Sampled RoIs for crowded images (they cost training time: within the budget in safe mode).
+    # Input sizes first: for small objects a larger input paid more than more RoIs at the same cost
+    # (nuclei_tissue, seed 0: 19.7 mask AP at 160 px and 96 RoIs, 19.2 at 128 px and 150 RoIs, at a lower
+    # measured s/iter).
+    base = with_keys(cfg, {fit.key: fit.value for fit in fits})
+    if not keep & set(INPUT_KEYS):
+        for key, value, reason in _input_fits(cfg, base, analysis, mode):
+            fit(key, value, reason)
+
+    # Sampled RoIs for crowded images (they cost training time: in safe mode, within what the budget has left).
     crowd = [(key, value, reason) for key, value, reason in _crowd_batches(cfg, analysis) if key not in keep]
     base = with_keys(cfg, {fit.key: fit.value for fit in fits})
     if crowd:
@@ -415,12 +423,6 @@ def fit_config(cfg, analysis: DataAnalysis, keep: Iterable[str] = frozenset(), m
             for key, value, reason in _proposals(cfg, "TRAIN", int(math.ceil(wanted * post / batch)),
                                                  f"RoI batch {batch} -> {wanted}: training proposals at the preset's {post / batch:g} per RoI"):
                 fit(key, value, reason)
-    base = with_keys(cfg, {fit.key: fit.value for fit in fits})
-
-    # Input sizes.
-    if not keep & set(INPUT_KEYS):
-        for key, value, reason in _input_fits(cfg, base, analysis, mode):
-            fit(key, value, reason)
     if config_get(cfg, "MASKINIT.AUGMENT.NAME") == "lsj" and "INPUT.MAX_SIZE_TRAIN" in values:
         fit("MASKINIT.AUGMENT.LSJ_IMAGE_SIZE", values["INPUT.MAX_SIZE_TRAIN"], "large-scale jitter square: the fitted training max size")
 

@@ -1,0 +1,124 @@
+"""The "data fit against the preset" tables of docs/benchmarks.md, from the recipe benchmark's result files.
+
+For each set (`recipes.py --data NAME=PATH --tag=-fit ...`, one result file `recipes-NAME-fit.json` holding
+every run of the set): the default (`--fit safe`), the fit off and `--fit full` (mask and box AP, mean over
+the seeds that ran, the seeds, the input size), Detectron2's scratch-GN recipe at its best LR at the
+default's input sizes and per-image budget, the ratio, and the estimated s/iter of each maskinit config
+against the preset's on the set (machine.step_seconds, the same estimate `train` prints). A second table
+gives each fitted group of keys switched back to the preset alone (`maskinit-fit-preset-*`, seed 0),
+as the difference in mask AP to the default of the same seed.
+
+Usage: python benchmarks/fit_table.py [--results benchmarks/results] [--sets NAME ...] [--out FILE.md]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent))
+
+ARMS = {"maskinit-default": "default (safe)", "maskinit-fit-off": "fit off", "maskinit-fit-full": "--fit full"}
+ABLATED = {
+    "maskinit-fit-preset-input": "input size",
+    "maskinit-fit-preset-pixels": "pixel statistics",
+    "maskinit-fit-preset-ratios": "aspect ratios",
+    "maskinit-fit-preset-anchors": "anchor sizes",
+    "maskinit-fit-preset-test-counts": "detections and test proposals",
+    "maskinit-fit-preset-roi-batch": "sampled RoIs",
+}
+
+
+def estimated_cost(result: dict, name: str) -> float | None:
+    """The estimated s/iter of the run's config over the tiny preset's on its training set."""
+    from maskinit.config import load_config
+    from maskinit.data.analysis import analyze_coco
+    from maskinit.data.fit import relative_cost
+
+    run = next((r for r in result["runs"] if r["name"] == name), None)
+    if not run or not run.get("command"):
+        return None
+    out = Path(run["command"][run["command"].index("--output-dir") + 1])
+    if not (out / "config.yaml").is_file():
+        return None
+    data = result["data"]
+    analysis = analyze_coco(data["train_json"], data["train_images"])
+    return relative_cost(analysis, load_config(out / "config.yaml"), load_config(preset="tiny"))
+
+
+def mean(values: list[float]) -> str:
+    return f"{statistics.mean(values):.1f}" if values else "-"
+
+
+def seeds(row: dict) -> str:
+    return ", ".join(str(s) for s in row["seeds"])
+
+
+def main_table(results: dict[str, dict]) -> list[str]:
+    lines = ["| set | run | mask AP | box AP | seeds | input (train / test) | est. s/iter vs preset |",
+             "|---|---|---|---|---|---|---|"]
+    for name, result in results.items():
+        table = result["table"]
+        for arm, label in ARMS.items():
+            row = table.get(arm)
+            if not row:
+                continue
+            cost = estimated_cost(result, arm)
+            lines.append(f"| {name} | {label} | {row['mask_ap_mean']:.1f} | {row['box_ap_mean']:.1f} | {seeds(row)} | "
+                         f"{'; '.join(row['input'])} | {f'{cost:.2f}x' if cost else '-'} |")
+        compared = result.get("comparison")
+        if compared:
+            best = table[compared["comparator"]]
+            lr = compared["comparator"].split("@")[1]
+            lines.append(f"| {name} | Detectron2 scratch GN, LR {lr} (the default's input and per-image budget) | "
+                         f"{best['mask_ap_mean']:.1f} | {best['box_ap_mean']:.1f} | {seeds(best)} | {'; '.join(best['input'])} | |")
+            lines.append(f"| {name} | **default / Detectron2** | **{compared['mask_ratio']}x** | {compared['box_ratio']}x | | | |")
+    return lines
+
+
+def ablation_table(results: dict[str, dict]) -> list[str]:
+    names = list(results)
+    lines = ["| switched back to the preset | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
+    for arm, label in ABLATED.items():
+        cells = []
+        for name in names:
+            table = results[name]["table"]
+            row, default = table.get(arm), table.get("maskinit-default")
+            if not row or not default or 0 not in row["seeds"]:
+                cells.append("-")
+                continue
+            ours = default["mask_ap"][default["seeds"].index(0)]
+            theirs = row["mask_ap"][row["seeds"].index(0)]
+            cells.append(f"{theirs - ours:+.1f}")
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--results", type=Path, default=HERE / "results")
+    parser.add_argument("--sets", nargs="*", default=["nuclei_tissue", "nuclei_gray", "balloons", "pedestrians", "rice_leaf"])
+    parser.add_argument("--out", type=Path, default=None)
+    args = parser.parse_args()
+    results = {}
+    for name in args.sets:
+        path = args.results / f"recipes-{name}-fit.json"
+        if path.is_file():
+            results[name] = json.loads(path.read_text())
+        else:
+            print(f"{name}: {path} not found, left out", file=sys.stderr)
+    lines = ["Mask and box AP at 400 iterations (mean over the seeds listed):", "", *main_table(results), "",
+             "Each group of fitted keys switched back to the preset's values alone, mask AP minus the default's (seed 0):",
+             "", *ablation_table(results)]
+    text = "\n".join(lines) + "\n"
+    if args.out:
+        args.out.write_text(text)
+    print(text)
+
+
+if __name__ == "__main__":
+    main()

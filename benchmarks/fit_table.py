@@ -75,8 +75,10 @@ def main_table(results: dict[str, dict]) -> list[str]:
             best = table[compared["comparator"]]
             lr = compared["comparator"].split("@")[1]
             lines.append(f"| {name} | Detectron2 scratch GN, LR {lr} (the default's input and per-image budget) | "
-                         f"{best['mask_ap_mean']:.1f} | {best['box_ap_mean']:.1f} | {seeds(best)} | {'; '.join(best['input'])} | |")
-            lines.append(f"| {name} | **default / Detectron2** | **{compared['mask_ratio']}x** | {compared['box_ratio']}x | | | |")
+                         f"{best['mask_ap_mean']:.1f} | {best['box_ap_mean']:.1f} | {seeds(best)} | "
+                         f"{'; '.join(best['input'])} | |")
+            lines.append(f"| {name} | **default / Detectron2** | **{compared['mask_ratio']}x** | "
+                         f"{compared['box_ratio']}x | | | |")
     return lines
 
 
@@ -101,7 +103,8 @@ def ablation_table(results: dict[str, dict]) -> list[str]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--results", type=Path, default=HERE / "results")
-    parser.add_argument("--sets", nargs="*", default=["nuclei_tissue", "nuclei_gray", "balloons", "pedestrians", "rice_leaf"])
+    parser.add_argument("--sets", nargs="*",
+                        default=["nuclei_tissue", "nuclei_gray", "balloons", "pedestrians", "rice_leaf"])
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
     results = {}
@@ -112,7 +115,8 @@ def main() -> None:
         else:
             print(f"{name}: {path} not found, left out", file=sys.stderr)
     lines = ["Mask and box AP at 400 iterations (mean over the seeds listed):", "", *main_table(results), "",
-             "Each group of fitted keys switched back to the preset's values alone, mask AP minus the default's (seed 0):",
+             "Each group of fitted keys switched back to the preset's values alone, "
+             "mask AP minus the default's (seed 0):",
              "", *ablation_table(results)]
     text = "\n".join(lines) + "\n"
     if args.out:

@@ -276,6 +276,16 @@ def run_without(blocked: set[str], code: str, cwd: Path) -> subprocess.Completed
     return result
 
 
+def shared_threshold(run: Path, images: list[np.ndarray]) -> float:
+    """One score threshold for all `images`, in a clear gap between the scores Detectron2's model gives them
+    (at threshold 0, top TEST.DETECTIONS_PER_IMAGE each) and with detections above it: a run trained for a few
+    iterations scores low, so a fixed threshold may pass nothing."""
+    scores = np.concatenate([prediction.scores.numpy() for prediction in expected_on(run, images, 0.0)])
+    threshold = separated_threshold(scores, len(scores) + 1)
+    assert threshold is not None, sorted(scores.tolist())
+    return threshold
+
+
 def expected_on(run: Path, images: list[np.ndarray], threshold: float) -> list:
     predictor = detectron2_predictor(run)
     set_threshold(predictor, threshold)
@@ -295,15 +305,16 @@ def test_onnx_runs_with_numpy_and_onnxruntime_only(trained, exported, tmp_path):
     for i, image in enumerate(images):
         np.save(tmp_path / f"image{i}.npy", image)
         names.append(f"image{i}.npy")
+    threshold = shared_threshold(run, images)
     code = ("import runpy, sys\n"
-            f"sys.argv = ['maskinit_runner.py', {str(model_file)!r}, '--score-threshold', '0.2', *{names!r}]\n"
+            f"sys.argv = ['maskinit_runner.py', {str(model_file)!r}, '--score-threshold', '{threshold}', *{names!r}]\n"
             "try:\n    runpy.run_path('maskinit_runner.py', run_name='__main__')\n"
             "except SystemExit as stop:\n    assert not stop.code, stop.code\n"
             "assert not {'torch', 'detectron2', 'maskinit', 'cv2'} & {m.split('.')[0] for m in sys.modules}\n")
     result = run_without({"detectron2", "maskinit", "torch", "torchvision", "cv2"}, code, tmp_path)
     lines = [json.loads(line) for line in result.stdout.splitlines()]
     compared = 0
-    for line, expected in zip(lines, expected_on(run, images, 0.2), strict=True):
+    for line, expected in zip(lines, expected_on(run, images, threshold), strict=True):
         assert len(line["scores"]) == len(expected)
         np.testing.assert_allclose(np.asarray(line["boxes"]).reshape(-1, 4), expected.pred_boxes.tensor.numpy(),
                                    rtol=1e-3, atol=1e-2)
@@ -341,20 +352,21 @@ def test_the_20_line_script_of_the_docs_runs_with_onnxruntime_and_numpy_only(tra
     script = text.split("### The runner in two dozen lines")[1].split("```python\n")[1].split("```")[0]
     assert len(script.strip().splitlines()) <= 25
     (tmp_path / "simple_runner.py").write_text(script)
-    _, data = trained("gn")
+    run, data = trained("gn")
     path = exported("gn", "onnx").path
     model = load(path)
     compared = 0
-    for i, image_path in enumerate(sorted(Path(data.val_images).iterdir())):
-        image = read_image(image_path)
+    images = [read_image(image_path) for image_path in sorted(Path(data.val_images).iterdir())]
+    threshold = shared_threshold(run, images)
+    for i, image in enumerate(images):
         np.save(tmp_path / f"image{i}.npy", image)
         code = ("import runpy, sys\n"
-                f"sys.argv = ['simple_runner.py', {str(path)!r}, 'image{i}.npy', '0.2']\n"
+                f"sys.argv = ['simple_runner.py', {str(path)!r}, 'image{i}.npy', '{threshold}']\n"
                 "runpy.run_path('simple_runner.py', run_name='__main__')\n")
         lines = run_without(
             {"detectron2", "maskinit", "torch", "torchvision", "cv2", "PIL"}, code, tmp_path
         ).stdout.splitlines()
-        found = model(image, 0.2)
+        found = model(image, threshold)
         assert len(lines) == len(found)
         for line, box, name, area in zip(
             lines, found.boxes, model.class_names(found.classes), found.masks.sum(axis=(1, 2))

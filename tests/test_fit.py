@@ -177,7 +177,8 @@ def test_crowded_images_get_detections_and_test_proposals_and_rois_within_the_bu
     assert relative_cost(analysis, new, tiny) <= SAFE_STEP_COST + 1e-9
     full = fitted(fit_config(with_mode(tiny, "full"), analysis))
     assert full["MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE"] * tiny.MODEL.ROI_HEADS.POSITIVE_FRACTION >= 128 > safe_batch / 4
-    assert full["MODEL.RPN.POST_NMS_TOPK_TRAIN"] > values["MODEL.RPN.POST_NMS_TOPK_TRAIN"] > tiny.MODEL.RPN.POST_NMS_TOPK_TRAIN
+    topk = "MODEL.RPN.POST_NMS_TOPK_TRAIN"
+    assert full[topk] > values[topk] > tiny.MODEL.RPN.POST_NMS_TOPK_TRAIN
     assert values["MODEL.RPN.BATCH_SIZE_PER_IMAGE"] * tiny.MODEL.RPN.POSITIVE_FRACTION >= 160
     report = fit_report(tiny, new, analysis, fits)
     assert any("sampled RoIs per image" in line for line in report.held_back)

@@ -240,7 +240,7 @@ def test_sigterm_before_training_exits_cleanly_and_leaves_the_dir_usable(tmp_pat
     stdout, stderr = process.communicate(timeout=60)
     assert process.returncode == 2, stderr
     assert "Traceback" not in stdout + stderr
-    assert "SIGTERM" in stderr and len([line for line in stderr.splitlines() if line.strip()]) == 1, stderr
+    assert "SIGTERM" in stderr and len(ending(stderr)) == 1, stderr
     process = start_training(out, coco, "--max-iter", "2")  # the same command again is not refused
     stdout, stderr = process.communicate(timeout=300)
     assert process.returncode == 0, stderr

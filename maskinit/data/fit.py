@@ -20,12 +20,13 @@ run's data, `fit_report` the cost of a fitted config against the preset's on the
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Iterable, Sequence
 
 import numpy as np
 
-from ..cfgkeys import get_key as config_get, with_keys
+from ..cfgkeys import get_key as config_get
+from ..cfgkeys import with_keys
 from ..errors import MaskinitError
 from .analysis import DataAnalysis, analyze_coco, resize_factors, scaled_box_sides
 
@@ -142,7 +143,8 @@ def train_pixels(analysis: DataAnalysis, cfg) -> float:
 def mask_rois(analysis: DataAnalysis, cfg) -> float:
     """Mean foreground RoIs per training image the mask head trains on (FOREGROUND_PER_OBJECT per object,
     at most the RoI batch's positive fraction)."""
-    batch = config_get(cfg, "MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE") * config_get(cfg, "MODEL.ROI_HEADS.POSITIVE_FRACTION")
+    batch = (config_get(cfg, "MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE")
+             * config_get(cfg, "MODEL.ROI_HEADS.POSITIVE_FRACTION"))
     return float(np.mean(np.minimum(batch, FOREGROUND_PER_OBJECT * analysis.instances_per_image)))
 
 
@@ -195,8 +197,10 @@ def _pixel_fits(cfg, analysis: DataAnalysis) -> list[Fit]:
             notes.append(f"{name} {value:.3g} raised to {floor:.4g} ({MIN_STD_SHARE:g} of the largest)")
         else:
             fitted.append(_significant(value, PIXEL_DIGITS))
-    fits = [Fit("MODEL.PIXEL_MEAN", [_significant(v, PIXEL_DIGITS) for v in mean], f"pixel mean per channel of {where}"),
-            Fit("MODEL.PIXEL_STD", fitted, f"pixel std per channel of {where}" + (f"; {', '.join(notes)}" if notes else ""))]
+    std_reason = f"pixel std per channel of {where}" + (f"; {', '.join(notes)}" if notes else "")
+    rounded = [_significant(v, PIXEL_DIGITS) for v in mean]
+    fits = [Fit("MODEL.PIXEL_MEAN", rounded, f"pixel mean per channel of {where}"),
+            Fit("MODEL.PIXEL_STD", fitted, std_reason)]
     if analysis.channels == 1 and config_get(cfg, "INPUT.FORMAT") not in (None, "L"):
         fits.append(Fit("INPUT.FORMAT", "L", "one-channel images: Detectron2's grayscale format"))
     return fits
@@ -332,19 +336,22 @@ def _crowd_batches(cfg, analysis: DataAnalysis) -> list[tuple[str, int, str]]:
     counts = analysis.instances_per_image
     crowd = int(math.ceil(np.percentile(counts, CROWD_PERCENTILE)))
     out = []
-    for head, key in (("ROI", "MODEL.ROI_HEADS"), ("RPN", "MODEL.RPN")):
-        batch, fraction = int(config_get(cfg, f"{key}.BATCH_SIZE_PER_IMAGE")), float(config_get(cfg, f"{key}.POSITIVE_FRACTION"))
+    for key in ("MODEL.ROI_HEADS", "MODEL.RPN"):
+        batch = int(config_get(cfg, f"{key}.BATCH_SIZE_PER_IMAGE"))
+        fraction = float(config_get(cfg, f"{key}.POSITIVE_FRACTION"))
         if fraction * batch < crowd and batch < MAX_ROI_BATCH:
             wanted = min(int(math.ceil(crowd / fraction)), MAX_ROI_BATCH)
             out.append((f"{key}.BATCH_SIZE_PER_IMAGE", wanted,
-                        f"{CROWD_PERCENTILE}th percentile of instances per image: {crowd}; {batch} x {fraction:g} positive "
-                        f"fraction gives only {fraction * batch:g} positives per image (at most {MAX_ROI_BATCH})"))
+                        f"{CROWD_PERCENTILE}th percentile of instances per image: {crowd}; {batch} x {fraction:g} "
+                        f"positive fraction gives only {fraction * batch:g} positives per image "
+                        f"(at most {MAX_ROI_BATCH})"))
     return out
 
 
 def _proposals(cfg, phase: str, needed: int, reason: str) -> list[tuple[str, int, str]]:
     """RPN.POST_NMS_TOPK_<phase> raised to `needed` (and PRE_NMS_TOPK_<phase> at the preset's pre/post ratio)."""
-    post, pre = int(config_get(cfg, f"MODEL.RPN.POST_NMS_TOPK_{phase}")), int(config_get(cfg, f"MODEL.RPN.PRE_NMS_TOPK_{phase}"))
+    post = int(config_get(cfg, f"MODEL.RPN.POST_NMS_TOPK_{phase}"))
+    pre = int(config_get(cfg, f"MODEL.RPN.PRE_NMS_TOPK_{phase}"))
     if post >= needed:
         return []
     out = [(f"MODEL.RPN.POST_NMS_TOPK_{phase}", needed, reason)]
@@ -386,11 +393,12 @@ def fit_config(cfg, analysis: DataAnalysis, keep: Iterable[str] = frozenset(), m
     preset_detections = int(config_get(cfg, "TEST.DETECTIONS_PER_IMAGE"))
     wanted = int(math.ceil(most * DETECTION_MARGIN))
     if wanted > preset_detections:
+        crowded = analysis.file_names[int(np.argmax(counts))]
         fit("TEST.DETECTIONS_PER_IMAGE", wanted,
-            f"largest instance count {most} ({analysis.file_names[int(np.argmax(counts))]}) x {DETECTION_MARGIN:g} = {wanted}")
+            f"largest instance count {most} ({crowded}) x {DETECTION_MARGIN:g} = {wanted}")
     detections = wanted if "TEST.DETECTIONS_PER_IMAGE" in values else int(config_get(cfg, "TEST.DETECTIONS_PER_IMAGE"))
-    for key, value, reason in _proposals(cfg, "TEST", PROPOSALS_PER_DETECTION * detections,
-                                         f"{PROPOSALS_PER_DETECTION} x {detections} detections per image: the box head keeps only proposals"):
+    why = f"{PROPOSALS_PER_DETECTION} x {detections} detections per image: the box head keeps only proposals"
+    for key, value, reason in _proposals(cfg, "TEST", PROPOSALS_PER_DETECTION * detections, why):
         fit(key, value, reason)
 
     # Input sizes first: for small objects a larger input paid more than more RoIs at the same cost
@@ -418,13 +426,15 @@ def fit_config(cfg, analysis: DataAnalysis, keep: Iterable[str] = frozenset(), m
                     continue
             fit(key, value, reason)
         if "MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE" in values:
-            batch, wanted = int(config_get(cfg, "MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE")), values["MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE"]
+            batch = int(config_get(cfg, "MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE"))
+            wanted = values["MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE"]
             post = int(config_get(cfg, "MODEL.RPN.POST_NMS_TOPK_TRAIN"))
-            for key, value, reason in _proposals(cfg, "TRAIN", int(math.ceil(wanted * post / batch)),
-                                                 f"RoI batch {batch} -> {wanted}: training proposals at the preset's {post / batch:g} per RoI"):
+            why = f"RoI batch {batch} -> {wanted}: training proposals at the preset's {post / batch:g} per RoI"
+            for key, value, reason in _proposals(cfg, "TRAIN", int(math.ceil(wanted * post / batch)), why):
                 fit(key, value, reason)
     if config_get(cfg, "MASKINIT.AUGMENT.NAME") == "lsj" and "INPUT.MAX_SIZE_TRAIN" in values:
-        fit("MASKINIT.AUGMENT.LSJ_IMAGE_SIZE", values["INPUT.MAX_SIZE_TRAIN"], "large-scale jitter square: the fitted training max size")
+        fit("MASKINIT.AUGMENT.LSJ_IMAGE_SIZE", values["INPUT.MAX_SIZE_TRAIN"],
+            "large-scale jitter square: the fitted training max size")
 
     if analysis.num_instances:
         # Anchors and aspect ratios, at the input size the model will see at test time.
@@ -466,7 +476,8 @@ def _input_fits(cfg, base, analysis: DataAnalysis, mode: str) -> list[tuple[str,
         train_min, train_max, train_reason, train_max_reason = _full_input_size(
             analysis, int(config_get(cfg, "INPUT.MAX_SIZE_TRAIN")), "MAX_SIZE_TRAIN")
         preset_train = list(config_get(cfg, "INPUT.MIN_SIZE_TRAIN"))
-        jitter = f"; the preset's jitter {min(preset_train) / max(preset_train):.2f}-1 x" if len(set(preset_train)) > 1 else ""
+        jitter = (f"; the preset's jitter {min(preset_train) / max(preset_train):.2f}-1 x"
+                  if len(set(preset_train)) > 1 else "")
         return [("INPUT.MIN_SIZE_TRAIN", _train_sizes(preset_train, train_min), train_reason + jitter),
                 ("INPUT.MAX_SIZE_TRAIN", train_max, train_max_reason),
                 ("INPUT.MIN_SIZE_TEST", test_min, test_reason), ("INPUT.MAX_SIZE_TEST", test_max, test_max_reason)]
@@ -535,7 +546,8 @@ def apply_fits(cfg, fits: Iterable[Fit], keep: Iterable[str] = frozenset()):
     return result, applied
 
 
-def fit_report(cfg, fitted, analysis: DataAnalysis, fits: Sequence[Fit], keep: Iterable[str] = frozenset()) -> FitReport:
+def fit_report(cfg, fitted, analysis: DataAnalysis, fits: Sequence[Fit],
+               keep: Iterable[str] = frozenset()) -> FitReport:
     """`fitted` (the config with `fits` applied) against the preset `cfg` on this data: the estimated cost,
     and in safe mode what `full` would add (the input size, the sampled RoIs) and at what cost."""
     mode = fit_mode(cfg)
@@ -548,9 +560,10 @@ def fit_report(cfg, fitted, analysis: DataAnalysis, fits: Sequence[Fit], keep: I
         full, _ = apply_fits(cfg, fit_config(cfg, analysis, keep=keep, mode="full"), keep=keep)
         parts = []
         size, max_size = config_get(fitted, "INPUT.MIN_SIZE_TEST"), config_get(fitted, "INPUT.MAX_SIZE_TEST")
-        if config_get(full, "INPUT.MIN_SIZE_TEST") != size and _small_side(analysis, size, max_size) < MIN_OBJECT_PIXELS:
-            parts.append(f"input {config_get(full, 'INPUT.MIN_SIZE_TEST')}/{config_get(full, 'INPUT.MAX_SIZE_TEST')} px "
-                         f"(p{SMALL_OBJECT_PERCENTILE} of box sides {_small_side(analysis, size, max_size):.1f} px here)")
+        small = _small_side(analysis, size, max_size)
+        if config_get(full, "INPUT.MIN_SIZE_TEST") != size and small < MIN_OBJECT_PIXELS:
+            larger = f"{config_get(full, 'INPUT.MIN_SIZE_TEST')}/{config_get(full, 'INPUT.MAX_SIZE_TEST')}"
+            parts.append(f"input {larger} px (p{SMALL_OBJECT_PERCENTILE} of box sides {small:.1f} px here)")
         roi = "MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE"
         if config_get(full, roi) > config_get(fitted, roi):
             parts.append(f"{config_get(full, roi)} sampled RoIs per image")
@@ -585,5 +598,6 @@ def _jsonable(value):
 
 
 def fit_rows(cfg, fits: Iterable[Fit]) -> list[tuple[str, object, object, str]]:
-    """(key, the config's value, the fitted value, reason) for each fit; tuples as lists, so that equal values compare equal."""
+    """(key, the config's value, the fitted value, reason) for each fit; tuples as lists, so that equal values
+    compare equal."""
     return [(fit.key, _jsonable(config_get(cfg, fit.key)), _jsonable(fit.value), fit.reason) for fit in fits]

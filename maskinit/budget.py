@@ -91,8 +91,14 @@ def measure_seconds_per_iter(cfg, iterations: int = PROBE_ITERATIONS, warmup: in
     return seconds
 
 
-def run_length(cfg, epochs: float | None = None, seconds: float | None = None, explicit_keys=frozenset(),
-               world_size: int = 1, seconds_per_iter: float | None = None):
+def run_length(
+    cfg,
+    epochs: float | None = None,
+    seconds: float | None = None,
+    explicit_keys=frozenset(),
+    world_size: int = 1,
+    seconds_per_iter: float | None = None,
+):
     """(`cfg` with SOLVER.MAX_ITER from `epochs` or `seconds`, the lines saying how): an epoch is the
     training images over SOLVER.IMS_PER_BATCH; a time budget is divided by the seconds per iteration
     measured here (`seconds_per_iter` when already known). The LR steps, warmup and weight-average window
@@ -117,12 +123,19 @@ def run_length(cfg, epochs: float | None = None, seconds: float | None = None, e
             probe.SOLVER.IMS_PER_BATCH = max(1, batch // max(1, world_size))
             seconds_per_iter = measure_seconds_per_iter(probe)
         iterations = max(1, int(seconds / seconds_per_iter))
-        line = (f"--time {describe_duration(seconds)}: {iterations} iterations at {seconds_per_iter:.3f} s/iter measured here "
-                f"over {PROBE_ITERATIONS} iterations ({iterations * batch / images:.1f} epochs of {images} images); "
-                "evaluations come on top")
+        line = (
+            f"--time {describe_duration(seconds)}: {iterations} iterations at {seconds_per_iter:.3f} s/iter "
+            "measured here "
+            f"over {PROBE_ITERATIONS} iterations ({iterations * batch / images:.1f} epochs of {images} images); "
+            "evaluations come on top"
+        )
     result = cfg.clone()
     result.defrost()
-    rescale_to_max_iter(result, iterations, keep_steps="SOLVER.STEPS" in explicit_keys,
-                        keep_warmup="SOLVER.WARMUP_ITERS" in explicit_keys,
-                        keep_ema=bool({"MASKINIT.EMA.DECAY", "MASKINIT.EMA.WARMUP_ITERS"} & set(explicit_keys)))
+    rescale_to_max_iter(
+        result,
+        iterations,
+        keep_steps="SOLVER.STEPS" in explicit_keys,
+        keep_warmup="SOLVER.WARMUP_ITERS" in explicit_keys,
+        keep_ema=bool({"MASKINIT.EMA.DECAY", "MASKINIT.EMA.WARMUP_ITERS"} & set(explicit_keys)),
+    )
     return result, [line]

@@ -57,15 +57,29 @@ def write_coco(root, images, boxes, suffix=".png", categories=("thing",), extra_
         save_image(image_dir / name, array)
         entries.append({"id": number, "file_name": name, "height": int(array.shape[0]), "width": int(array.shape[1])})
         for x, y, w, h, *category in image_boxes:
-            annotations.append({"id": len(annotations) + 1, "image_id": number, "category_id": (category[0] if category else 0) + 1,
-                                "bbox": [x, y, w, h], "area": w * h, "iscrowd": 0, "segmentation": rectangle(x, y, w, h)})
+            annotations.append(
+                {
+                    "id": len(annotations) + 1,
+                    "image_id": number,
+                    "category_id": (category[0] if category else 0) + 1,
+                    "bbox": [x, y, w, h],
+                    "area": w * h,
+                    "iscrowd": 0,
+                    "segmentation": rectangle(x, y, w, h),
+                }
+            )
     for annotation in extra_annotations:
         annotations.append({"id": len(annotations) + 1, **annotation})
     json_file = root / "train.json"
-    json_file.write_text(json.dumps({
-        "images": entries, "annotations": annotations,
-        "categories": [{"id": index + 1, "name": name} for index, name in enumerate(categories)],
-    }))
+    json_file.write_text(
+        json.dumps(
+            {
+                "images": entries,
+                "annotations": annotations,
+                "categories": [{"id": index + 1, "name": name} for index, name in enumerate(categories)],
+            }
+        )
+    )
     return json_file, image_dir
 
 
@@ -96,7 +110,10 @@ def numpy_statistics(arrays):
 @pytest.mark.slow
 def test_pixel_mean_and_std_are_those_of_the_sampled_pixels(tmp_path, tiny):
     rng = np.random.default_rng(0)
-    images = [rng.normal(40 + 15 * i, 5 + 3 * i, size=(30 + 7 * i, 50 + 3 * i, 3)).clip(0, 255).astype(np.uint8) for i in range(12)]
+    images = [
+        rng.normal(40 + 15 * i, 5 + 3 * i, size=(30 + 7 * i, 50 + 3 * i, 3)).clip(0, 255).astype(np.uint8)
+        for i in range(12)
+    ]
     json_file, image_dir = write_coco(tmp_path, images, [[(2, 2, 10, 10)]] * 12)
     analysis = analyze_coco(json_file, image_dir, sample=5, seed=3)
     assert analysis.num_sampled == 5 and (analysis.channels, analysis.dtype) == (3, "uint8")
@@ -175,12 +192,26 @@ def test_rgb_input_format_gets_the_channels_in_rgb_order(tmp_path, tiny):
 
 
 def test_crowd_regions_and_bad_annotations_are_left_out(tmp_path):
-    crowd = {"image_id": 1, "category_id": 2, "bbox": [0, 0, 10, 10], "area": 100, "iscrowd": 1,
-             "segmentation": {"size": [64, 64], "counts": [0, 100, 3996]}}
-    bad_box = {"image_id": 1, "category_id": 1, "bbox": [5, 5, 0, 8], "area": 0, "iscrowd": 0, "segmentation": rectangle(5, 5, 1, 8)}
+    crowd = {
+        "image_id": 1,
+        "category_id": 2,
+        "bbox": [0, 0, 10, 10],
+        "area": 100,
+        "iscrowd": 1,
+        "segmentation": {"size": [64, 64], "counts": [0, 100, 3996]},
+    }
+    bad_box = {
+        "image_id": 1,
+        "category_id": 1,
+        "bbox": [5, 5, 0, 8],
+        "area": 0,
+        "iscrowd": 0,
+        "segmentation": rectangle(5, 5, 1, 8),
+    }
     boxes = [[(1, 1, 8, 8, 0), (20, 20, 10, 10, 1)], [(3, 3, 6, 6, 1)]]
-    json_file, image_dir = write_coco(tmp_path, [(64, 64)] * 2, boxes, categories=("cat", "dog", "emu"),
-                                      extra_annotations=[crowd, bad_box])
+    json_file, image_dir = write_coco(
+        tmp_path, [(64, 64)] * 2, boxes, categories=("cat", "dog", "emu"), extra_annotations=[crowd, bad_box]
+    )
     analysis = analyze_coco(json_file, image_dir)
     assert analysis.num_instances == 3 and analysis.num_crowd == 1 and analysis.num_left_out == 1
     assert analysis.class_counts == {"cat": 1, "dog": 2, "emu": 0}
@@ -189,8 +220,14 @@ def test_crowd_regions_and_bad_annotations_are_left_out(tmp_path):
 
 
 def test_rle_instance_masks_mean_bitmask(tmp_path):
-    rle = {"image_id": 1, "category_id": 1, "bbox": [0, 0, 10, 10], "area": 100, "iscrowd": 0,
-           "segmentation": {"size": [64, 64], "counts": [0, 100, 3996]}}
+    rle = {
+        "image_id": 1,
+        "category_id": 1,
+        "bbox": [0, 0, 10, 10],
+        "area": 100,
+        "iscrowd": 0,
+        "segmentation": {"size": [64, 64], "counts": [0, 100, 3996]},
+    }
     json_file, image_dir = write_coco(tmp_path, [(64, 64)], [[]], extra_annotations=[rle])
     assert analyze_coco(json_file, image_dir).mask_format == "bitmask"
 
@@ -213,9 +250,14 @@ def test_unusable_inputs_raise_one_line(tmp_path):
 @pytest.mark.slow
 def test_the_statistics_import_no_torch(tmp_path):
     json_file, image_dir = write_coco(tmp_path, [(20, 20)], [[(1, 1, 5, 5)]])
-    code = ("import sys; from maskinit.data.analysis import analyze_coco; "
-            f"analyze_coco({str(json_file)!r}, {str(image_dir)!r}); print(sorted({{'torch', 'detectron2'}} & set(sys.modules)))")
-    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip() == "[]"
+    code = (
+        "import sys; from maskinit.data.analysis import analyze_coco; "
+        f"analyze_coco({str(json_file)!r}, {str(image_dir)!r}); "
+        "print(sorted({'torch', 'detectron2'} & set(sys.modules)))"
+    )
+    assert (
+        subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip() == "[]"
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -229,8 +271,22 @@ def test_analyze_data_prints_both_tables_and_writes_the_plot_and_json(tmp_path, 
     boxes = [grid_boxes(6, 20, 40, columns=3, ratio=2.0) + [(10, 100, 60, 60, 1)] for _ in range(3)]
     json_file, image_dir = write_coco(tmp_path, images, boxes, categories=("pedestrian", "balloon"))
     plot, out = tmp_path / "analysis.png", tmp_path / "analysis.json"
-    result = CliRunner().invoke(app, ["analyze-data", "--json", str(json_file), "--images", str(image_dir),
-                                      "--preset", "tiny", "--plot", str(plot), "--json-out", str(out)])
+    result = CliRunner().invoke(
+        app,
+        [
+            "analyze-data",
+            "--json",
+            str(json_file),
+            "--images",
+            str(image_dir),
+            "--preset",
+            "tiny",
+            "--plot",
+            str(plot),
+            "--json-out",
+            str(out),
+        ],
+    )
     assert result.exit_code == 0, result.output
     assert "pixel mean" in result.stdout and "pedestrian 18" in result.stdout and "box height/width" in result.stdout
     expected = fit_config(tiny, analyze_coco(json_file, image_dir))
@@ -241,11 +297,16 @@ def test_analyze_data_prints_both_tables_and_writes_the_plot_and_json(tmp_path, 
     image = cv2.imread(str(plot))
     assert image.shape[0] > 400 and image.shape[1] > 800 and image.std() > 10  # a drawn figure, not a blank
     written = json.loads(out.read_text())
-    assert written["statistics"]["channels"] == 3 and written["statistics"]["class_counts"] == {"pedestrian": 18, "balloon": 3}
+    assert written["statistics"]["channels"] == 3 and written["statistics"]["class_counts"] == {
+        "pedestrian": 18,
+        "balloon": 3,
+    }
     assert [(row["key"], row["value"]) for row in written["fits"]] == [
         (fit.key, list(fit.value) if isinstance(fit.value, tuple) else fit.value) for fit in expected
     ]
-    assert next(row for row in written["fits"] if row["key"] == "MODEL.PIXEL_MEAN")["preset"] == list(tiny.MODEL.PIXEL_MEAN)
+    assert next(row for row in written["fits"] if row["key"] == "MODEL.PIXEL_MEAN")["preset"] == list(
+        tiny.MODEL.PIXEL_MEAN
+    )
     assert written["fit"]["mode"] == "safe" and written["fit"]["step_cost"] >= 1.0
 
 

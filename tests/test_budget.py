@@ -15,8 +15,20 @@ from maskinit.cli import app
 from maskinit.errors import MaskinitError
 
 
-@pytest.mark.parametrize("text, seconds", [("90", 90), ("45s", 45), ("30m", 1800), ("30min", 1800), ("2h", 7200),
-                                           ("1h30m", 5400), ("1.5h", 5400), ("2d", 172800), (" 1H 5M ", 3900)])
+@pytest.mark.parametrize(
+    "text, seconds",
+    [
+        ("90", 90),
+        ("45s", 45),
+        ("30m", 1800),
+        ("30min", 1800),
+        ("2h", 7200),
+        ("1h30m", 5400),
+        ("1.5h", 5400),
+        ("2d", 172800),
+        (" 1H 5M ", 3900),
+    ],
+)
 def test_durations(text, seconds):
     assert parse_duration(text) == seconds
 
@@ -32,8 +44,16 @@ def test_describe_duration():
 
 
 def data_flags(coco) -> list[str]:
-    return ["--train-json", coco.train_json, "--train-images", coco.train_images, "--val-json", coco.val_json,
-            "--val-images", coco.val_images]
+    return [
+        "--train-json",
+        coco.train_json,
+        "--train-images",
+        coco.train_images,
+        "--val-json",
+        coco.val_json,
+        "--val-images",
+        coco.val_images,
+    ]
 
 
 def run(args):
@@ -49,8 +69,21 @@ def run_process(args):
 @pytest.mark.slow
 def test_epochs_set_the_iterations_from_the_training_images(tmp_path, coco):
     out = tmp_path / "epochs"
-    result = run_process(["train", "--preset", "tiny", "--output-dir", out, "--no-progress", "--epochs", "1.5", "--fit", "off",
-                          *data_flags(coco)])
+    result = run_process(
+        [
+            "train",
+            "--preset",
+            "tiny",
+            "--output-dir",
+            out,
+            "--no-progress",
+            "--epochs",
+            "1.5",
+            "--fit",
+            "off",
+            *data_flags(coco),
+        ]
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     images = len(json.loads(open(coco.train_json).read())["images"])
     expected = -(-3 * images // (2 * 4))  # ceil(1.5 x images / batch 4)
@@ -63,7 +96,9 @@ def test_epochs_set_the_iterations_from_the_training_images(tmp_path, coco):
 @pytest.mark.slow
 def test_time_sets_the_iterations_from_a_measured_step(tmp_path, coco):
     out = tmp_path / "timed"
-    result = run_process(["train", "--preset", "tiny", "--output-dir", out, "--no-progress", "--time", "25s", *data_flags(coco)])
+    result = run_process(
+        ["train", "--preset", "tiny", "--output-dir", out, "--no-progress", "--time", "25s", *data_flags(coco)]
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     summary = json.loads((out / "run_summary.json").read_text())
     line = next(line for line in result.stderr.splitlines() if line.startswith("--time 25s:"))
@@ -73,14 +108,17 @@ def test_time_sets_the_iterations_from_a_measured_step(tmp_path, coco):
     assert "data fit safe: estimated" in result.stderr
 
 
-@pytest.mark.parametrize("extra, message", [
-    (["--max-iter", "5", "--epochs", "1"], "--max-iter and --epochs each set the run's length: give one"),
-    (["--time", "1h", "--epochs", "1"], "--epochs and --time each set the run's length: give one"),
-    (["--time", "1h", "--resume"], "--time measures this machine before a new run"),
-    (["--time", "soon"], "--time 'soon' is not a duration"),
-    (["--epochs", "0"], "--epochs must be a positive number"),
-    (["--fit", "most"], "unknown fit mode 'most' for MASKINIT.FIT (known: off, safe, full)"),
-])
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--max-iter", "5", "--epochs", "1"], "--max-iter and --epochs each set the run's length: give one"),
+        (["--time", "1h", "--epochs", "1"], "--epochs and --time each set the run's length: give one"),
+        (["--time", "1h", "--resume"], "--time measures this machine before a new run"),
+        (["--time", "soon"], "--time 'soon' is not a duration"),
+        (["--epochs", "0"], "--epochs must be a positive number"),
+        (["--fit", "most"], "unknown fit mode 'most' for MASKINIT.FIT (known: off, safe, full)"),
+    ],
+)
 def test_length_and_fit_refusals_are_one_line(tmp_path, coco, extra, message):
     out = tmp_path / "refused"
     result = run(["train", "--preset", "tiny", "--output-dir", out, "--no-progress", *data_flags(coco), *extra])

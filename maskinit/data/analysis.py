@@ -19,7 +19,7 @@ import numpy as np
 
 from ..cfgkeys import get_key as config_get
 from ..errors import MaskinitError
-from .images import image_kind, read_image
+from .images import describe_kind, image_kind, read_image
 
 # Images read for the pixel statistics: the mean and std of a set's pixels settle within about 1 %
 # long before 100 images (each image holds 10^4 to 10^6 pixels); reading every image of a big set
@@ -98,27 +98,49 @@ class DataAnalysis:
             ("images", f"{self.num_images}"),
             ("image height (min / median / max)", _spread(heights)),
             ("image width (min / median / max)", _spread(widths)),
-            ("instances", f"{self.num_instances} (+{self.num_crowd} crowd)" if self.num_crowd else f"{self.num_instances}"),
+            (
+                "instances",
+                f"{self.num_instances} (+{self.num_crowd} crowd)" if self.num_crowd else f"{self.num_instances}",
+            ),
         ]
         if self.num_left_out:
             rows.append(("left out (bad annotations, see check-data)", f"{self.num_left_out}"))
         if self.num_instances:
             sides, ratios = self.box_sides, self.box_ratios
             rows += [
-                ("box side sqrt(w*h) (p2 / p5 / median / p98)", " / ".join(f"{v:.1f}" for v in np.percentile(sides, (2, 5, 50, 98)))),
-                ("box height/width (p10 / median / p90)", " / ".join(f"{v:.2f}" for v in np.percentile(ratios, RATIO_PERCENTILES))),
+                (
+                    "box side sqrt(w*h) (p2 / p5 / median / p98)",
+                    " / ".join(f"{v:.1f}" for v in np.percentile(sides, (2, 5, 50, 98))),
+                ),
+                (
+                    "box height/width (p10 / median / p90)",
+                    " / ".join(f"{v:.2f}" for v in np.percentile(ratios, RATIO_PERCENTILES)),
+                ),
             ]
         most = int(np.argmax(counts))
         rows += [
-            ("instances per image (min / median / p90 / max)",
-             f"{counts.min()} / {np.median(counts):g} / {np.percentile(counts, CROWD_PERCENTILE):g} / {counts.max()} ({self.file_names[most]})"),
+            (
+                "instances per image (min / median / p90 / max)",
+                f"{counts.min()} / {np.median(counts):g} / {np.percentile(counts, CROWD_PERCENTILE):g} / "
+                f"{counts.max()} ({self.file_names[most]})",
+            ),
             ("images without instances", f"{int((counts == 0).sum())}"),
             ("classes", f"{len(self.class_counts)}: {_balance(self.class_counts)}"),
             ("mask format", self.mask_format),
-            ("image kind", f"{self.channels} channel{'s' if self.channels > 1 else ''} ({'/'.join(self.channel_names)}), {self.dtype}"),
-            (f"pixel mean ({self.num_sampled} of {self.num_images} images)", _per_channel(self.channel_names, self.pixel_mean)),
+            (
+                "image kind",
+                f"{self.channels} channel{'s' if self.channels > 1 else ''} ({'/'.join(self.channel_names)}), "
+                f"{self.dtype}",
+            ),
+            (
+                f"pixel mean ({self.num_sampled} of {self.num_images} images)",
+                _per_channel(self.channel_names, self.pixel_mean),
+            ),
             ("pixel std", _per_channel(self.channel_names, self.pixel_std)),
-            ("pixel min / max", _per_channel(self.channel_names, [f"{a:g}..{b:g}" for a, b in zip(self.pixel_min, self.pixel_max)])),
+            (
+                "pixel min / max",
+                _per_channel(self.channel_names, [f"{a:g}..{b:g}" for a, b in zip(self.pixel_min, self.pixel_max)]),
+            ),
         ]
         return rows
 
@@ -156,8 +178,12 @@ class DataAnalysis:
 def _quantiles(values: np.ndarray) -> dict:
     if len(values) == 0:
         return {}
-    points = dict(zip(("min", "p2", "p5", "p10", "median", "p90", "p98", "max"),
-                      np.percentile(values, (0, 2, 5, 10, 50, 90, 98, 100)).tolist()))
+    points = dict(
+        zip(
+            ("min", "p2", "p5", "p10", "median", "p90", "p98", "max"),
+            np.percentile(values, (0, 2, 5, 10, 50, 90, 98, 100)).tolist(),
+        )
+    )
     return {key: round(value, 4) for key, value in points.items()}
 
 
@@ -166,7 +192,9 @@ def _spread(values: np.ndarray) -> str:
 
 
 def _per_channel(names: Sequence[str], values: Sequence) -> str:
-    return ", ".join(f"{name} {value if isinstance(value, str) else f'{value:.4g}'}" for name, value in zip(names, values))
+    return ", ".join(
+        f"{name} {value if isinstance(value, str) else f'{value:.4g}'}" for name, value in zip(names, values)
+    )
 
 
 def _balance(class_counts: dict[str, int]) -> str:
@@ -204,11 +232,6 @@ def _load_coco(json_file: Path) -> tuple[dict, int]:
     return coco, report.annotations_dropped
 
 
-def _describe_kind(kind: tuple[int, str]) -> str:
-    channels, dtype = kind
-    return f"{channels}-channel {dtype}"
-
-
 def _pixel_statistics(paths: Sequence[Path], seed: int) -> dict:
     """Mean and std per channel over every pixel of the images (each image's own mean and variance,
     combined exactly), min and max, and a histogram of a random subsample of the pixels."""
@@ -222,8 +245,8 @@ def _pixel_statistics(paths: Sequence[Path], seed: int) -> dict:
             first_kind, first_path = kind, path
         elif kind != first_kind:
             raise MaskinitError(
-                f"images of different kinds: {first_path} is {_describe_kind(first_kind)}, {path} is "
-                f"{_describe_kind(kind)}; one model takes one kind of image (convert them to one)"
+                f"images of different kinds: {first_path} is {describe_kind(first_kind)}, {path} is "
+                f"{describe_kind(kind)}; one model takes one kind of image (convert them to one)"
             )
         if array.dtype.kind == "f" and not np.isfinite(array).all():
             raise MaskinitError(f"image {path} has NaN or infinite pixels")
@@ -249,14 +272,20 @@ def _pixel_statistics(paths: Sequence[Path], seed: int) -> dict:
     pixels = np.concatenate(subsample, axis=1).astype(np.float64)
     histogram = np.stack([np.histogram(channel, edges)[0] for channel in pixels])
     return dict(
-        channels=first_kind[0], dtype=first_kind[1],
-        pixel_mean=tuple(mean.tolist()), pixel_std=tuple(np.sqrt(variance).tolist()),
-        pixel_min=tuple(np.min(minima, axis=0).tolist()), pixel_max=tuple(np.max(maxima, axis=0).tolist()),
-        pixel_histogram=histogram, pixel_bin_edges=edges,
+        channels=first_kind[0],
+        dtype=first_kind[1],
+        pixel_mean=tuple(mean.tolist()),
+        pixel_std=tuple(np.sqrt(variance).tolist()),
+        pixel_min=tuple(np.min(minima, axis=0).tolist()),
+        pixel_max=tuple(np.max(maxima, axis=0).tolist()),
+        pixel_histogram=histogram,
+        pixel_bin_edges=edges,
     )
 
 
-def analyze_coco(json_file: str | Path, image_root: str | Path, sample: int | None = DEFAULT_SAMPLE, seed: int = 0) -> DataAnalysis:
+def analyze_coco(
+    json_file: str | Path, image_root: str | Path, sample: int | None = DEFAULT_SAMPLE, seed: int = 0
+) -> DataAnalysis:
     """Measure a COCO instances training set: sizes and boxes from the JSON, image kind and pixel
     statistics from `sample` images drawn with `seed` (None, or at least the number of images: all).
 
@@ -327,7 +356,9 @@ def scaled_box_sides(analysis: DataAnalysis, min_size: float, max_size: float) -
 # Output
 
 
-def write_analysis_json(path: str | Path, analysis: DataAnalysis, rows: Iterable[tuple] = (), fit: dict | None = None) -> Path:
+def write_analysis_json(
+    path: str | Path, analysis: DataAnalysis, rows: Iterable[tuple] = (), fit: dict | None = None
+) -> Path:
     """The statistics and the fitted keys (`rows`: key, preset value, fitted value, reason) as JSON;
     `fit`: the fit's mode and cost (`FitReport.to_dict`)."""
     from ..atomic import write_atomically
@@ -344,7 +375,7 @@ def write_analysis_json(path: str | Path, analysis: DataAnalysis, rows: Iterable
     try:
         return write_atomically(path, json.dumps(payload, indent=2) + "\n")
     except OSError as error:
-        raise MaskinitError(f"cannot write {path}: {error.strerror}") from None
+        raise MaskinitError(f"cannot write {path}: {error.strerror}") from error
 
 
 def plot_analysis(path: str | Path, analysis: DataAnalysis, cfg=None, fitted: dict | None = None) -> Path:
@@ -360,18 +391,37 @@ def plot_analysis(path: str | Path, analysis: DataAnalysis, cfg=None, fitted: di
 
     shapes, repeats = np.unique(analysis.image_sizes, axis=0, return_counts=True)
     sizes.scatter(shapes[:, 1], shapes[:, 0], s=12 * np.sqrt(repeats), alpha=0.5)
-    sizes.set(title=f"image sizes ({analysis.num_images} images, {len(shapes)} distinct; area ~ count)",
-              xlabel="width (px)", ylabel="height (px)")
+    sizes.set(
+        title=f"image sizes ({analysis.num_images} images, {len(shapes)} distinct; area ~ count)",
+        xlabel="width (px)",
+        ylabel="height (px)",
+    )
 
     settings = []
     if cfg is not None:
-        settings.append(("config", "tab:gray", "--", config_get(cfg, "INPUT.MIN_SIZE_TEST"), config_get(cfg, "INPUT.MAX_SIZE_TEST"),
-                         config_get(cfg, "MODEL.ANCHOR_GENERATOR.SIZES"), config_get(cfg, "MODEL.ANCHOR_GENERATOR.ASPECT_RATIOS")))
+        settings.append(
+            (
+                "config",
+                "tab:gray",
+                "--",
+                config_get(cfg, "INPUT.MIN_SIZE_TEST"),
+                config_get(cfg, "INPUT.MAX_SIZE_TEST"),
+                config_get(cfg, "MODEL.ANCHOR_GENERATOR.SIZES"),
+                config_get(cfg, "MODEL.ANCHOR_GENERATOR.ASPECT_RATIOS"),
+            )
+        )
         if fitted:
-            settings.append(("fitted", "tab:blue", "-",
-                             fitted.get("INPUT.MIN_SIZE_TEST", settings[0][3]), fitted.get("INPUT.MAX_SIZE_TEST", settings[0][4]),
-                             fitted.get("MODEL.ANCHOR_GENERATOR.SIZES", settings[0][5]),
-                             fitted.get("MODEL.ANCHOR_GENERATOR.ASPECT_RATIOS", settings[0][6])))
+            settings.append(
+                (
+                    "fitted",
+                    "tab:blue",
+                    "-",
+                    fitted.get("INPUT.MIN_SIZE_TEST", settings[0][3]),
+                    fitted.get("INPUT.MAX_SIZE_TEST", settings[0][4]),
+                    fitted.get("MODEL.ANCHOR_GENERATOR.SIZES", settings[0][5]),
+                    fitted.get("MODEL.ANCHOR_GENERATOR.ASPECT_RATIOS", settings[0][6]),
+                )
+            )
     if analysis.num_instances:
         if not settings:
             sides = analysis.box_sides
@@ -384,25 +434,38 @@ def plot_analysis(path: str | Path, analysis: DataAnalysis, cfg=None, fitted: di
             for index, size in enumerate(value for level in anchors for value in level):
                 boxes.axvline(size, color=colour, linestyle=style, label=f"{name} anchors" if index == 0 else None)
             for index, ratio in enumerate(value for level in aspect for value in level):
-                ratios.axvline(ratio, color=colour, linestyle=style, label=f"{name} aspect ratios" if index == 0 else None)
+                ratios.axvline(
+                    ratio, color=colour, linestyle=style, label=f"{name} aspect ratios" if index == 0 else None
+                )
         boxes.set_xscale("log")
         ratio_values = analysis.box_ratios
-        ratios.hist(ratio_values, bins=np.geomspace(ratio_values.min(), ratio_values.max() * 1.01, 40), color="tab:green", alpha=0.6)
+        ratios.hist(
+            ratio_values,
+            bins=np.geomspace(ratio_values.min(), ratio_values.max() * 1.01, 40),
+            color="tab:green",
+            alpha=0.6,
+        )
         ratios.set_xscale("log")
         boxes.legend(fontsize="small")
         if settings:
             ratios.legend(fontsize="small")
-    boxes.set(title=f"box sides sqrt(w*h) ({analysis.num_instances} instances)", xlabel="px (input scale)", ylabel="boxes")
+    boxes.set(
+        title=f"box sides sqrt(w*h) ({analysis.num_instances} instances)", xlabel="px (input scale)", ylabel="boxes"
+    )
     ratios.set(title="box height / width", xlabel="height / width", ylabel="boxes")
 
     per_image = analysis.instances_per_image
-    counts.hist(per_image, bins=np.arange(per_image.max() + 2) - 0.5 if per_image.max() < 60 else 40, color="tab:orange")
+    counts.hist(
+        per_image, bins=np.arange(per_image.max() + 2) - 0.5 if per_image.max() < 60 else 40, color="tab:orange"
+    )
     counts.set(title="instances per image", xlabel="instances", ylabel="images")
 
     ranked = sorted(analysis.class_counts.items(), key=lambda item: -item[1])
     shown = ranked[:40]
     classes.barh(range(len(shown)), [count for _, count in shown], color="tab:purple")
-    classes.set_yticks(range(len(shown)), [name for name, _ in shown], fontsize="small" if len(shown) <= 20 else "x-small")
+    classes.set_yticks(
+        range(len(shown)), [name for name, _ in shown], fontsize="small" if len(shown) <= 20 else "x-small"
+    )
     classes.invert_yaxis()
     more = f", {len(ranked) - len(shown)} more not shown" if len(ranked) > len(shown) else ""
     classes.set(title=f"class balance ({len(ranked)} classes{more})", xlabel="instances")
@@ -411,7 +474,11 @@ def plot_analysis(path: str | Path, analysis: DataAnalysis, cfg=None, fitted: di
     colours = {"B": "tab:blue", "G": "tab:green", "R": "tab:red", "gray": "black", "A": "tab:gray"}
     for name, histogram in zip(analysis.channel_names, analysis.pixel_histogram):
         pixels.plot(centres, histogram, label=name, color=colours.get(name))
-    pixels.set(title=f"pixel values ({analysis.dtype}, {analysis.num_sampled} sampled images)", xlabel="value", ylabel="pixels (subsample)")
+    pixels.set(
+        title=f"pixel values ({analysis.dtype}, {analysis.num_sampled} sampled images)",
+        xlabel="value",
+        ylabel="pixels (subsample)",
+    )
     pixels.legend(fontsize="small")
 
     from ..curves import save_figure

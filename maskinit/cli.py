@@ -25,12 +25,27 @@ from pathlib import Path
 from typing import List, Optional
 
 import typer
-from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
 from . import __version__
 from .errors import Interrupted, MaskinitError, signal_name
+from .printing import (
+    SEVERITY_STYLES,
+    ap_text,
+    console,
+    err_console,
+    number,
+    param_text,
+    print_ap_table,
+    print_data_lines,
+    print_key_rows,
+    print_plan,
+    print_trials_table,
+    print_written,
+    summary_table,
+    verdict_line,
+)
 
 app = typer.Typer(
     add_completion=False,
@@ -38,8 +53,6 @@ app = typer.Typer(
     help="Train Mask R-CNN from scratch on Detectron2.",
     pretty_exceptions_enable=False,
 )
-console = Console()
-err_console = Console(stderr=True)
 STATE = {"debug": False}
 # detectron2.model_zoo imports pkg_resources; setuptools<81 is pinned, its notice is noise here.
 warnings.filterwarnings("ignore", message="pkg_resources is deprecated")
@@ -137,20 +150,6 @@ IMS_PER_BATCH_HELP = ("Total batch; iterations rescale against it, the LR linear
                       "square root for Adam/AdamW.")
 
 
-def print_key_rows(title: str, rows, columns: tuple[str, str, str], out: Console) -> None:
-    """(key, old, new, reason) rows: a table on a terminal, one line per key otherwise (a table is cut at 80 columns)."""
-    if out.is_terminal:
-        table = Table(title=escape(title))
-        table.add_column("key", no_wrap=True)
-        for column in columns:
-            table.add_column(column, overflow="fold")
-        for key, old, new, reason in rows:
-            table.add_row(escape(key), escape(str(old)), escape(str(new)), escape(reason))
-        out.print(table)
-    else:
-        out.file.write("".join(line + "\n" for line in ([title + ":"] if title else []) + explain_lines(rows)))
-
-
 def renamed(value, old_value, name: str, old_name: str, required: bool = False):
     """The value given under an option's name or under its old, hidden one (not two different ones)."""
     if value is not None and old_value is not None and value != old_value:
@@ -159,12 +158,6 @@ def renamed(value, old_value, name: str, old_name: str, required: bool = False):
     if value is None and required:
         raise MaskinitError(f"{name} is required")
     return value
-
-
-def explain_lines(differences) -> list[str]:
-    """`--explain` rows as plain lines, for a stderr that is not a terminal (a table would be cut at 80 columns)."""
-    shown = lambda value: "''" if value == "" else str(value)  # noqa: E731 - an empty value stays visible
-    return [f"{key}: {shown(old)} -> {shown(new)}  ({reason})" for key, old, new, reason in differences]
 
 
 @app.command("export-config", context_settings=OVERRIDES_CONTEXT)
@@ -243,35 +236,6 @@ def list_command(
     console.print(table)
 
 
-AP_KEYS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
-
-
-def ap_text(value) -> str:
-    """AP as a percentage with one decimal; '-' where nothing could be measured (NaN or null)."""
-    return "-" if value is None or value != value else f"{value:.1f}"
-
-
-def print_ap_table(results: dict) -> None:
-    """Box and mask AP side by side, then AP per category."""
-    tasks = [task for task in ("bbox", "segm") if task in results]
-    table = Table(title="COCO AP")
-    table.add_column("task")
-    for key in AP_KEYS:
-        table.add_column(key, justify="right")
-    for task in tasks:
-        table.add_row(task, *(ap_text(results[task].get(key)) for key in AP_KEYS))
-    console.print(table)
-    categories = sorted({k[3:] for task in tasks for k in results[task] if k.startswith("AP-")})
-    if categories:
-        table = Table(title="AP per category")
-        table.add_column("category")
-        for task in tasks:
-            table.add_column(f"{task} AP", justify="right")
-        for name in categories:
-            table.add_row(name, *(ap_text(results[task].get("AP-" + name)) for task in tasks))
-        console.print(table)
-
-
 def data_options(data=None, format=None, val_fraction=None, split_seed=0, **paths):
     """The data options of a command: `--data` (with --format, --val-fraction, --split-seed) or the COCO
     paths and registered names; `--data` and the others exclude each other."""
@@ -288,11 +252,6 @@ def data_options(data=None, format=None, val_fraction=None, split_seed=0, **path
         flags = ", ".join("--" + name.replace("_", "-") for name in given)
         raise MaskinitError(f"--data and {flags} exclude each other: give the data one way")
     return DataOptions(source=str(data), format=format, val_fraction=val_fraction, split_seed=split_seed)
-
-
-def print_data_lines(lines) -> None:
-    for line in lines:
-        err_console.print(escape(line), highlight=False, soft_wrap=True)
 
 
 def resolved_data(data):
@@ -408,21 +367,6 @@ def train(
     console.print(f"outputs in {output_dir}/: config.yaml, model_final.pth, metrics.json, eval.json, curves.png, run_summary.json")
 
 
-def print_fit(fit, out: Console) -> None:
-    """The keys a data fit set (a table on a terminal), its mode and estimated cost, and what it held back."""
-    if fit.rows:
-        print_key_rows(f"keys fitted to the training data (--fit {fit.mode})", fit.rows, ("preset", "fitted", "from"), out)
-    for line in fit.lines():
-        out.print(escape(line), highlight=False, soft_wrap=True)
-
-
-def print_plan(plan) -> None:
-    """What `train` prints once the run is checked, before it starts: the data fit and the run's length."""
-    print_fit(plan.fit, err_console)
-    for line in plan.length:
-        err_console.print(escape(line), highlight=False, soft_wrap=True)
-
-
 def shares_options(source, exclude=()):
     """Give a command the options of `source` (another command) that it does not declare itself, but
     `exclude`: the shared ones arrive in its `**kwargs`, and are declared (help, defaults) once."""
@@ -441,34 +385,6 @@ def shares_options(source, exclude=()):
 
 # the `train` options a tuning trial cannot take: a trial is one process, and each trial has its own folder
 TUNE_EXCLUDED = ("from_scratch", "num_gpus", "num_machines", "machine_rank", "dist_url", "overwrite", "time", "split_seed")
-
-
-def _param_text(params: dict) -> str:
-    """A trial's parameters, short: lr_adamw 0.00161 -> lr 0.00161."""
-    shown = []
-    for name, value in params.items():
-        for prefix in ("lr_", "weight_decay_"):
-            if name.startswith(prefix) and name[len(prefix):] in ("sgd", "adam", "adamw"):
-                name = prefix[:-1]
-        name = {"weight_decay": "wd", "warmup_fraction": "warmup", "clip_grad": "clip"}.get(name, name)
-        shown.append(f"{name} {value:.3g}" if isinstance(value, float) else f"{name} {value}")
-    return ", ".join(shown)
-
-
-def print_trials_table(result) -> None:
-    table = Table(title=f"study {escape(result.study_name)}: {len(result.trials)} trials")
-    for column in ("trial", "state", "mask AP", "parameters", "time", "note"):
-        table.add_column(column, justify="right" if column in ("trial", "mask AP", "time") else "left",
-                         overflow="fold", no_wrap=column in ("trial", "state"))
-    styles = {"complete": "green", "pruned": "yellow", "diverged": "red", "failed": "red"}
-    best = result.best.number if result.best else None
-    for row in result.trials:
-        style = styles.get(row.state, "dim")
-        number = f"[bold]{row.number}*[/]" if row.number == best else str(row.number)
-        time_text = f"{row.seconds:.0f} s" if row.seconds is not None else "-"
-        table.add_row(number, f"[{style}]{row.state}[/]", ap_text(row.ap), escape(_param_text(row.params)), time_text,
-                      escape(row.note))
-    console.print(table)
 
 
 @app.command("tune", context_settings=OVERRIDES_CONTEXT)
@@ -524,7 +440,7 @@ def tune_command(
     if result.best is None:
         err_console.print("[bold red]no trial completed[/]: nothing to retrain", highlight=False)
         raise typer.Exit(1)
-    console.print(f"best: trial {result.best.number}, mask AP {ap_text(result.best.ap)} ({escape(_param_text(result.best.params))})",
+    console.print(f"best: trial {result.best.number}, mask AP {ap_text(result.best.ap)} ({escape(param_text(result.best.params))})",
                   highlight=False, soft_wrap=True)
     console.print(f"best config: {result.best_config}\nretrain with: {result.retrain_command}", highlight=False, soft_wrap=True)
 
@@ -533,18 +449,6 @@ def _gpu_count() -> int:
     import torch
 
     return torch.cuda.device_count() if torch.cuda.is_available() else 0
-
-
-def _number(value, digits: int = 3) -> str:
-    if value is None:
-        return "-"
-    return f"{value:.{digits}g}" if value == value and abs(value) != float("inf") else "non-finite"
-
-
-def _verdict_line(result) -> str:
-    color = "green" if result.ok else "red"
-    where = f" at {result.stage}" if result.stage else ""
-    return f"[bold {color}]{result.verdict}[/]{where} ({result.init}, norm {result.norm}): {result.advice}"
 
 
 @app.command("inspect-init", context_settings=OVERRIDES_CONTEXT)
@@ -590,7 +494,7 @@ def inspect_init_command(
             table.add_column(result.init, justify="right", overflow="fold")
         for index, row in enumerate(results[0].stages):
             cells = [result.stages[index] for result in results]
-            table.add_row(row.name, *(f"{_number(c.activation_std, 2)} / {_number(c.grad_norm, 2)}" for c in cells))
+            table.add_row(row.name, *(f"{number(c.activation_std, 2)} / {number(c.grad_norm, 2)}" for c in cells))
         table.add_row("verdict", *(f"{r.verdict}" + (f" at {r.stage}" if r.stage else "") for r in results))
         console.print(table)
     else:
@@ -600,11 +504,11 @@ def inspect_init_command(
         for column in ("stage", "act mean", "act std", "std / input", "grad norm", "step / |w|"):
             table.add_column(column, justify="left" if column == "stage" else "right")
         for row in result.stages:
-            table.add_row(row.name, _number(row.activation_mean), _number(row.activation_std),
-                          _number(result.relative_std(row)), _number(row.grad_norm), _number(row.update_ratio))
+            table.add_row(row.name, number(row.activation_mean), number(row.activation_std),
+                          number(result.relative_std(row)), number(row.grad_norm), number(row.update_ratio))
         console.print(table)
     for result in results:
-        console.print(_verdict_line(result), highlight=False, soft_wrap=True)
+        console.print(verdict_line(result), highlight=False, soft_wrap=True)
     if json_out is not None:
         err_console.print(f"wrote {write_json(results if compare else results[0], json_out)}")
     if plot is not None:
@@ -675,24 +579,6 @@ def run_files(run_dir: Optional[Path], config: Optional[Path], weights: Optional
 
 
 MODEL_ARGUMENT_HELP = "A run folder (its config.yaml and model_final.pth) or a file from maskinit export."
-SUMMARY_ROWS = 50  # rows of predict's per-image table; the rest is counted (every image is in predictions.json)
-
-
-def _summary_table(rows: list[dict]) -> Table:
-    table = Table(title="predictions")
-    for column in ("image", "size", "instances", "classes", "best score", "ms"):
-        table.add_column(column, justify="right" if column in ("instances", "best score", "ms") else "left", overflow="fold")
-    for row in rows[:SUMMARY_ROWS]:
-        if "error" in row:
-            table.add_row(escape(row["file"]), "-", "-", f"[red]skipped[/]: {escape(row['error'])}", "-", "-")
-            continue
-        classes = ", ".join(f"{escape(name)} {count}" for name, count in row["classes"].items())
-        best = "-" if row["best_score"] is None else f"{row['best_score']:.2f}"
-        table.add_row(escape(row["file"]), f"{row['width']}x{row['height']}", str(row["instances"]), classes, best,
-                      f"{1000 * row['seconds']:.0f}")
-    if len(rows) > SUMMARY_ROWS:
-        table.add_row(f"... {len(rows) - SUMMARY_ROWS} more", "", "", "", "", "")
-    return table
 
 
 @app.command()
@@ -751,7 +637,7 @@ def predict(
         path = run_prediction(cfg, source.weights, input, output_dir, score_threshold=score_threshold,
                               recursive=recursive, every=every, progress=advance, threads=threads,
                               output_format=format)
-    console.print(_summary_table(rows))
+    console.print(summary_table(rows))
     done = [row for row in rows if "error" not in row]
     seconds = sum(row["seconds"] for row in done)
     rate = f", {len(done) / seconds:.1f} images/s" if seconds > 0 else ""
@@ -803,9 +689,6 @@ def export_command(
         table.add_row(key, escape(value))
     console.print(table)
     console.print(f"settings beside it in {result.metadata_path}", highlight=False, soft_wrap=True)
-
-
-SEVERITY_STYLES = {"fatal": "bold red", "fixable": "yellow", "warning": "magenta", "info": "dim"}
 
 
 def data_files(data: Path, format: Optional[str], val_fraction: Optional[float] = None, split_seed: int = 0) -> list[tuple[str, Path, Path]]:
@@ -861,7 +744,7 @@ def check_one(json_file: Path, images: Optional[Path], skip_bad: bool, no_images
         try:
             write_atomically(json_out, json.dumps(report.to_dict(), indent=2))
         except OSError as error:
-            raise MaskinitError(f"cannot write {json_out}: {error.strerror}") from None
+            raise MaskinitError(f"cannot write {json_out}: {error.strerror}") from error
     if report.fatal:
         enforce_data_policy(report, skip_bad)  # raises: one line naming every fatal kind
     if report.problems:
@@ -942,19 +825,6 @@ def analyze_data_command(
         err_console.print(f"wrote {write_analysis_json(json_out, analysis, report.rows, report.to_dict())}")
     if plot is not None:
         err_console.print(f"wrote {plot_analysis(plot, analysis, cfg, {f.key: f.value for f in applied})}")
-
-
-def print_written(written) -> None:
-    """What `convert` and `split` wrote: the notes, each file with its counts and check verdict."""
-    print_data_lines(written.lines)
-    for split, path in written.files.items():
-        report = written.reports.get(split)
-        verdict = ""
-        if report is not None:
-            verdict = "; check-data: ok" if report.ok else "; check-data: " + "; ".join(p.summary() for p in report.problems.values()
-                                                                                      if p.severity in ("fixable", "warning"))
-            verdict = f" ({report.num_images} images, {report.num_annotations} annotations{verdict})"
-        console.print(f"wrote {escape(str(path))}{escape(verdict)}", highlight=False, soft_wrap=True)
 
 
 @app.command("convert")

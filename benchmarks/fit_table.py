@@ -37,7 +37,7 @@ def estimated_cost(result: dict, name: str) -> float | None:
     """The estimated s/iter of the run's config over the tiny preset's on its training set."""
     from maskinit.config import load_config
     from maskinit.data.analysis import analyze_coco
-    from maskinit.data.fit import relative_cost
+    from maskinit.data.cost import relative_cost
 
     run = next((r for r in result["runs"] if r["name"] == name), None)
     if not run or not run.get("command"):

@@ -8,6 +8,7 @@ import pytest
 
 from maskinit.config import load_config
 from maskinit.data.analysis import analyze_coco, scaled_box_sides
+from maskinit.data.cost import relative_cost
 from maskinit.data.fit import (
     ANCHOR_REACH,
     MIN_OBJECT_PIXELS,
@@ -20,7 +21,6 @@ from maskinit.data.fit import (
     fit_config,
     fit_report,
     fit_to_data,
-    relative_cost,
 )
 from maskinit.errors import MaskinitError
 from maskinit.run_options import DataOptions

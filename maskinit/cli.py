@@ -22,7 +22,7 @@ import signal
 import sys
 import warnings
 from pathlib import Path
-from typing import List, Optional
+from typing import Annotated, List, Optional
 
 import typer
 from rich.markup import escape
@@ -146,6 +146,14 @@ FORMAT_HELP = "The format of --data, when detection cannot tell: coco, label-ima
 VAL_FRACTION_HELP = ("Share of the images of a --data source with one split held back for validation (seeded, by image; "
                      "default 0.2; 0: none); a source with a val split keeps it.")
 SPLIT_SEED_HELP = "Seed of the --val-fraction split (the same seed holds back the same images)."
+# Options several commands share, declared once (typer reads the help and the flag from the annotation).
+Overrides = Annotated[Optional[List[str]], typer.Argument(help=OVERRIDES_HELP)]
+Preset = Annotated[Optional[str], typer.Option(help=PRESET_HELP)]
+Norm = Annotated[Optional[str], typer.Option(help=NORM_HELP)]
+Init = Annotated[Optional[str], typer.Option(help=INIT_HELP)]
+Plugins = Annotated[Optional[List[str]], typer.Option(help=PLUGIN_HELP)]
+DataFormat = Annotated[Optional[str], typer.Option("--format", help=FORMAT_HELP)]
+SplitSeed = Annotated[int, typer.Option("--split-seed", help=SPLIT_SEED_HELP)]
 IMS_PER_BATCH_HELP = ("Total batch; iterations rescale against it, the LR linearly for SGD and by the "
                       "square root for Adam/AdamW.")
 
@@ -163,17 +171,17 @@ def renamed(value, old_value, name: str, old_name: str, required: bool = False):
 @app.command("export-config", context_settings=OVERRIDES_CONTEXT)
 @handles_errors
 def export_config_command(
-    overrides: Optional[List[str]] = typer.Argument(None, help=OVERRIDES_HELP),
+    overrides: Overrides = None,
     config: Optional[Path] = typer.Option(None, "--config", help="A complete config (from export-config) to start from."),
     base: Optional[str] = typer.Option(None, help="Detectron2 model-zoo config name or local YAML (default: Mask R-CNN R50-FPN 3x); a stated base keeps its backbone (depth, groups, width)."),
-    preset: Optional[str] = typer.Option(None, help=PRESET_HELP),
+    preset: Preset = None,
     recipe: Optional[str] = typer.Option(None, help=RECIPE_HELP),
-    norm: Optional[str] = typer.Option(None, help=NORM_HELP),
-    init: Optional[str] = typer.Option(None, help=INIT_HELP),
+    norm: Norm = None,
+    init: Init = None,
     schedule: Optional[str] = typer.Option(None, help="Detectron2 schedule 1x|3x|6x|9x (1x = 90k iterations at batch 16)."),
     ims_per_batch: Optional[int] = typer.Option(None, help=IMS_PER_BATCH_HELP),
     num_classes: Optional[int] = typer.Option(None, help="Number of object classes."),
-    plugin: Optional[List[str]] = typer.Option(None, help=PLUGIN_HELP),
+    plugin: Plugins = None,
     output: Optional[Path] = typer.Option(None, "-o", "--output", help="Write here instead of stdout."),
     plain: bool = typer.Option(False, help="Only keys stock Detectron2 knows (for tools/train_net.py)."),
     explain: bool = typer.Option(False, help="Print every key that differs from the base, with the reason."),
@@ -199,7 +207,7 @@ def export_config_command(
 @app.command("list")
 @handles_errors
 def list_command(
-    plugin: Optional[List[str]] = typer.Option(None, help=PLUGIN_HELP),
+    plugin: Plugins = None,
 ):
     """List presets, published recipes (with their COCO AP), norm variants and initializers."""
     from .recipes import RECIPES, list_presets, list_recipes
@@ -302,15 +310,15 @@ def train_setup(overrides, config, preset, recipe, norm, init, schedule, plugin,
 @app.command(context_settings=OVERRIDES_CONTEXT)
 @handles_errors
 def train(
-    overrides: Optional[List[str]] = typer.Argument(None, help=OVERRIDES_HELP),
+    overrides: Overrides = None,
     from_scratch: bool = typer.Option(True, "--from-scratch", show_default=False, help="Always on, with or without the flag: maskinit only trains from random weights and never loads pretrained ones (there is no --no-from-scratch)."),
     config: Optional[Path] = typer.Option(None, "--config", help="Config from export-config."),
-    preset: Optional[str] = typer.Option(None, help=PRESET_HELP),
+    preset: Preset = None,
     recipe: Optional[str] = typer.Option(None, help=RECIPE_HELP),
-    norm: Optional[str] = typer.Option(None, help=NORM_HELP),
-    init: Optional[str] = typer.Option(None, help=INIT_HELP),
+    norm: Norm = None,
+    init: Init = None,
     schedule: Optional[str] = typer.Option(None, help="Detectron2 schedule 1x|3x|6x|9x."),
-    plugin: Optional[List[str]] = typer.Option(None, help=PLUGIN_HELP),
+    plugin: Plugins = None,
     train_json: Optional[str] = typer.Option(None, help="COCO instances JSON for training."),
     train_images: Optional[str] = typer.Option(None, help="Image folder for --train-json."),
     val_json: Optional[str] = typer.Option(None, help="COCO instances JSON for evaluation."),
@@ -318,9 +326,9 @@ def train(
     dataset: Optional[str] = typer.Option(None, help="A dataset name Detectron2 registers (e.g. coco_2017_train)."),
     val_dataset: Optional[str] = typer.Option(None, help="Registered dataset name to evaluate on (with --dataset)."),
     data: Optional[Path] = typer.Option(None, "--data", help=DATA_HELP),
-    format: Optional[str] = typer.Option(None, "--format", help=FORMAT_HELP),
+    format: DataFormat = None,
     val_fraction: Optional[float] = typer.Option(None, "--val-fraction", help=VAL_FRACTION_HELP),
-    split_seed: int = typer.Option(0, "--split-seed", help=SPLIT_SEED_HELP),
+    split_seed: SplitSeed = 0,
     output_dir: Path = typer.Option(Path("output"), help="Where config, checkpoints, metrics and eval go."),
     max_iter: Optional[int] = typer.Option(None, help="Iterations; LR steps and warmup rescale unless given explicitly."),
     ims_per_batch: Optional[int] = typer.Option(None, help=IMS_PER_BATCH_HELP),
@@ -454,13 +462,13 @@ def _gpu_count() -> int:
 @app.command("inspect-init", context_settings=OVERRIDES_CONTEXT)
 @handles_errors
 def inspect_init_command(
-    overrides: Optional[List[str]] = typer.Argument(None, help=OVERRIDES_HELP),
+    overrides: Overrides = None,
     config: Optional[Path] = typer.Option(None, "--config", help="A complete config (from export-config) to start from."),
     base: Optional[str] = typer.Option(None, help="Detectron2 model-zoo config name or local YAML."),
-    preset: Optional[str] = typer.Option(None, help=PRESET_HELP),
-    norm: Optional[str] = typer.Option(None, help=NORM_HELP),
-    init: Optional[str] = typer.Option(None, help=INIT_HELP),
-    plugin: Optional[List[str]] = typer.Option(None, help=PLUGIN_HELP),
+    preset: Preset = None,
+    norm: Norm = None,
+    init: Init = None,
+    plugin: Plugins = None,
     train_json: Optional[Path] = typer.Option(None, help="COCO instances JSON: inspect on its first images (default: a synthetic batch)."),
     train_images: Optional[Path] = typer.Option(None, help="Image folder for --train-json."),
     lr: Optional[float] = typer.Option(None, help="LR of the update ratio lr*|grad|/|w| (default SOLVER.BASE_LR)."),
@@ -526,15 +534,15 @@ def eval_command(
     val_images: Optional[str] = typer.Option(None, help="Image folder for --val-json."),
     dataset: Optional[str] = typer.Option(None, help="A dataset name Detectron2 registers (e.g. coco_2017_val)."),
     data: Optional[Path] = typer.Option(None, "--data", help="Annotations in any format maskinit reads: its val split (or all of it) is evaluated."),
-    format: Optional[str] = typer.Option(None, "--format", help=FORMAT_HELP),
+    format: DataFormat = None,
     val_fraction: Optional[float] = typer.Option(None, "--val-fraction", help="Evaluate on the part of a one-split --data source that train held back with this fraction (and --split-seed)."),
-    split_seed: int = typer.Option(0, "--split-seed", help=SPLIT_SEED_HELP),
+    split_seed: SplitSeed = 0,
     device: Optional[str] = typer.Option(None, help="cpu or cuda."),
     num_gpus: int = typer.Option(1, help="Processes (GPUs, or CPU processes over gloo)."),
     json_out: Optional[Path] = typer.Option(None, help="Write Detectron2's result dict here."),
     vis_dir: Optional[Path] = typer.Option(None, help="Write ground truth | prediction PNGs here."),
     vis_count: int = typer.Option(8, help="How many images --vis-dir draws."),
-    plugin: Optional[List[str]] = typer.Option(None, help=PLUGIN_HELP),
+    plugin: Plugins = None,
     skip_bad: bool = typer.Option(False, help="Drop bad annotations and images instead of refusing the data."),
 ):
     """COCO box and mask AP of a trained model: `maskinit eval RUN_DIR` on the data the run validated on."""
@@ -596,7 +604,7 @@ def predict(
     format: str = typer.Option("coco", "--format", help="coco: predictions.json (RLE masks); label-image: labels/NAME.png (16-bit instance labels) + classes.json; yolo: labels/NAME.txt (YOLO-seg) + classes.txt."),
     device: Optional[str] = typer.Option(None, help="cpu or cuda (a checkpoint's model; an exported one runs on the CPU)."),
     threads: Optional[int] = typer.Option(None, help="Threads of an exported model's runtime (onnxruntime or torch)."),
-    plugin: Optional[List[str]] = typer.Option(None, help=PLUGIN_HELP),
+    plugin: Plugins = None,
     progress: Optional[bool] = typer.Option(None, "--progress/--no-progress", help="Progress bar (default: on a terminal)."),
 ):
     """Predict instances on unlabeled images or video frames: PNG drawings and the predictions as COCO JSON, label images or YOLO-seg."""
@@ -656,7 +664,7 @@ def export_command(
     output: Path = typer.Option(..., "-o", "--output", help="The file to write; its settings also go beside it as FILE.json."),
     score_threshold: float = typer.Option(0.5, help="The exported model's default score threshold (an input of the graph)."),
     no_check: bool = typer.Option(False, "--no-check", help="Write without comparing the exported model with Detectron2's."),
-    plugin: Optional[List[str]] = typer.Option(None, help=PLUGIN_HELP),
+    plugin: Plugins = None,
 ):
     """Export a trained model as TorchScript or ONNX, to run without Detectron2 (maskinit.deploy, docs/deploy.md)."""
     from .config import load_config
@@ -708,7 +716,7 @@ def check_data_command(
     json_option: Optional[Path] = typer.Option(None, "--json", hidden=True, help="Old form of the JSON argument."),
     images: Optional[Path] = typer.Option(None, "--images", help="Folder the JSON's file_names are relative to."),
     data: Optional[Path] = typer.Option(None, "--data", help="Annotations in any format maskinit reads (instead of JSON): each split converted and checked."),
-    format: Optional[str] = typer.Option(None, "--format", help=FORMAT_HELP),
+    format: DataFormat = None,
     skip_bad: bool = typer.Option(False, "--skip-bad", help="Accept fixable problems: show what training with --skip-bad leaves out, exit 0."),
     no_images: bool = typer.Option(False, "--no-images", help="Check the JSON only, not the image files."),
     json_out: Optional[Path] = typer.Option(None, "--json-out", help="Write the report as JSON here."),
@@ -783,7 +791,7 @@ def analyze_data_command(
     json_option: Optional[Path] = typer.Option(None, "--json", hidden=True, help="Old form of the JSON argument."),
     images: Optional[Path] = typer.Option(None, "--images", help="Folder the JSON's file_names are relative to."),
     data: Optional[Path] = typer.Option(None, "--data", help="Annotations in any format maskinit reads (instead of JSON): its training split is measured."),
-    format: Optional[str] = typer.Option(None, "--format", help=FORMAT_HELP),
+    format: DataFormat = None,
     preset: Optional[str] = typer.Option(None, help=PRESET_HELP + " The fitted keys are shown against it (default r50-fpn)."),
     config: Optional[Path] = typer.Option(None, "--config", help="A complete config (from export-config) to fit against instead of a preset."),
     sample: int = typer.Option(100, help="Images read for the image kind and pixel statistics (a deterministic sample; 0: all)."),
@@ -832,7 +840,7 @@ def analyze_data_command(
 def convert_command(
     source: Path = typer.Argument(..., metavar="SRC", help="Annotations in any format maskinit reads (a folder, data.yaml, JSON or XML file)."),
     output: Path = typer.Option(..., "-o", "--output", help="The COCO folder to write (new or empty): train.json, val.json, images/ with --copy-images."),
-    format: Optional[str] = typer.Option(None, "--format", help=FORMAT_HELP),
+    format: DataFormat = None,
     val_fraction: Optional[float] = typer.Option(None, "--val-fraction", help="Hold back this share of a one-split source's images as val.json (seeded, by image)."),
     seed: int = typer.Option(0, "--seed", help="Seed of the --val-fraction split."),
     copy_images: bool = typer.Option(False, "--copy-images", help="Copy the pictures under OUTPUT/images/ (default: referenced where they are)."),

@@ -70,8 +70,8 @@ def join_group(global_rank: int, world: int, local_rank: int, local_size: int, i
     import torch.distributed as dist
     from detectron2.utils import comm
 
-    if cuda:
-        torch.cuda.set_device(local_rank)
+    if cuda:  # GPU `local_rank` of those CUDA_VISIBLE_DEVICES shows (one each when a scheduler hides the others)
+        torch.cuda.set_device(local_rank % max(1, torch.cuda.device_count()))
     try:
         dist.init_process_group(backend="nccl" if cuda else "gloo", init_method=init_method, world_size=world,
                                 rank=global_rank, timeout=timedelta(seconds=timeout))

@@ -136,6 +136,21 @@ def test_sigterm_to_one_machine_ends_every_machine_with_a_checkpoint(tmp_path, c
     assert (out / summary["checkpoint"]).is_file()
 
 
+def test_two_machines_resume_a_run_from_its_shared_folder(tmp_path, coco):
+    out = tmp_path / "resumed"
+    first = [sys.executable, "-m", "maskinit", "train", *QUICK, "--output-dir", str(out), "--max-iter", "2",
+             *data_flags(coco)]
+    [(code, _, stderr)] = finish([start(first)])
+    assert code == 0 and (out / "last_checkpoint").is_file(), stderr[-3000:]
+    port = free_port()
+    runs = [start(machine_command(out, rank, port, coco, "--resume", "--max-iter", "3")) for rank in (0, 1)]
+    for code, stdout, stderr in finish(runs):
+        assert code == 0 and "trained 3 iterations" in stdout, stderr[-3000:]
+    summary = json.loads((out / "run_summary.json").read_text())
+    assert summary["world_size"] == 2 and summary["from_scratch"]["start_iter"] == 2
+    assert summary["from_scratch"]["resumed_from_own_checkpoint"]
+
+
 def test_sigterm_while_waiting_for_a_missing_machine_ends_at_once(tmp_path, coco):
     out = tmp_path / "alone"
     run = start(machine_command(out, 0, free_port(), coco, "--max-iter", "2"))
@@ -186,3 +201,15 @@ def test_each_process_measures_its_own_gpu(monkeypatch):
     monkeypatch.setenv("LOCAL_RANK", "1")
     assert machine.available_memory("cuda") == GiB and asked == [1]
     assert machine.available_memory("cuda:0") == GiB and asked == [1, 0]
+
+
+def test_only_the_first_process_of_machine_0_leads_the_output_folder(monkeypatch):
+    from maskinit.run_dir import leads_run
+    from maskinit.run_options import TrainOptions
+
+    monkeypatch.delenv("RANK", raising=False)
+    monkeypatch.delenv("SLURM_PROCID", raising=False)
+    assert leads_run(TrainOptions(num_machines=2, machine_rank=0))
+    assert not leads_run(TrainOptions(num_machines=2, machine_rank=1))
+    monkeypatch.setenv("RANK", "1")  # torchrun's second process
+    assert not leads_run(TrainOptions())

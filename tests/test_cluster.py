@@ -12,6 +12,7 @@ import socket
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -134,6 +135,32 @@ def test_sigterm_to_one_machine_ends_every_machine_with_a_checkpoint(tmp_path, c
     summary = json.loads((out / "run_summary.json").read_text())
     assert summary["status"] == "interrupted" and summary["signal"] == "SIGTERM"
     assert (out / summary["checkpoint"]).is_file()
+
+
+def rank_process(launcher: subprocess.Popen) -> int:
+    """The PID of the training process a `maskinit train` launcher started (multiprocessing's spawn)."""
+    children = Path(f"/proc/{launcher.pid}/task/{launcher.pid}/children").read_text().split()
+    for pid in children:
+        if "spawn_main" in Path(f"/proc/{pid}/cmdline").read_text():
+            return int(pid)
+    raise AssertionError(f"no training process among {children}")
+
+
+def test_sigint_to_one_rank_ends_every_machine_with_a_checkpoint(tmp_path, coco):
+    out, port = tmp_path / "stopped", free_port()
+    runs = [start(machine_command(out, rank, port, coco, "--max-iter", "300", "--checkpoint-period", "1000"))
+            for rank in (0, 1)]
+    log = out / "log.txt"
+    started = wait_for(lambda: log.is_file() and "Starting training from iteration" in log.read_text())
+    assert started, finish(runs, timeout=5)
+    time.sleep(1)
+    os.kill(rank_process(runs[0]), signal.SIGINT)  # global rank 0 itself, not its launcher
+    for code, _, stderr in finish(runs, timeout=60):
+        lines = error_lines(stderr)
+        assert code == EXIT_CODES["SIGINT"] == 130, stderr[-3000:]
+        assert len(lines) == 1 and "SIGINT" in lines[0] and "resume with: maskinit train" in lines[0], stderr[-3000:]
+    summary = json.loads((out / "run_summary.json").read_text())
+    assert summary["status"] == "interrupted" and (out / summary["checkpoint"]).is_file()
 
 
 def test_two_machines_resume_a_run_from_its_shared_folder(tmp_path, coco):

@@ -1,7 +1,8 @@
 """The `maskinit` command line: parses options, calls the library, prints with rich.
 
 Every command is a thin wrapper over a plain function; a `MaskinitError` becomes one red line and
-exit code 2 (`--debug` shows the traceback instead).
+the exit code of its kind, `errors.EXIT_CODES`: 2 for bad input, 1 for a failed run, 3 for a diverged
+one, 130/143 for SIGINT/SIGTERM (`--debug` shows the traceback instead).
 
 One vocabulary for every command (an older name stays as a hidden alias):
 - a COCO dataset given by its role is `--train-json/--train-images` or `--val-json/--val-images`; a
@@ -29,7 +30,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from . import __version__
-from .errors import Interrupted, MaskinitError, signal_name
+from .errors import Interrupted, MaskinitError, exit_code, signal_name
 from .printing import (
     SEVERITY_STYLES,
     ap_text,
@@ -64,7 +65,7 @@ def fail(message: str, code: int = 2) -> None:
 
 
 def handles_errors(command):
-    """Turn `MaskinitError` (and bad files) into one red line and exit 2."""
+    """Turn `MaskinitError` (and bad files) into one red line and the exit code of its kind (`EXIT_CODES`)."""
 
     @functools.wraps(command)
     def wrapper(*args, **kwargs):
@@ -75,11 +76,11 @@ def handles_errors(command):
         except MaskinitError as error:
             if STATE["debug"]:
                 raise
-            fail(str(error))
+            fail(str(error), exit_code(error))
         except KeyboardInterrupt as interrupt:  # Ctrl-C, or SIGTERM (see `main`)
             if STATE["debug"]:
                 raise
-            fail(f"interrupted by {signal_name(interrupt)}")
+            fail(f"interrupted by {signal_name(interrupt)}", exit_code(interrupt))
 
     return wrapper
 
@@ -337,7 +338,8 @@ def train(
     num_gpus: int = typer.Option(1, help="Processes per machine (GPUs, or CPU processes over gloo with --device cpu)."),
     num_machines: int = typer.Option(1, help="Machines."),
     machine_rank: int = typer.Option(0, help="This machine's rank."),
-    dist_url: str = typer.Option("auto", help="Rendezvous URL for several processes (tcp://HOST:PORT)."),
+    dist_url: str = typer.Option("auto", help="Rendezvous URL for several processes (tcp://HOST:PORT of machine 0)."),
+    dist_timeout: float = typer.Option(1800, help="Seconds the processes wait for each other (joining, and in collective calls) before the run ends saying which are missing."),
     resume: bool = typer.Option(False, help="Continue the run in --output-dir from its last checkpoint."),
     overwrite: bool = typer.Option(False, help="Replace a run already in --output-dir: its checkpoints, metrics, log and evaluation are removed (other files stay)."),
     amp: Optional[bool] = typer.Option(None, "--amp/--no-amp", help="Mixed precision (bf16 where supported, else fp16; off on CPU)."),
@@ -362,17 +364,19 @@ def train(
     summary = run_training(cfg, options, explicit_keys=explicit_keys, announce=print_plan)
     for warning in summary.get("warnings", ()):
         err_console.print(f"[bold yellow]warning:[/] {escape(warning)}", highlight=False, soft_wrap=True)
-    if "eval" in summary:
+    if "eval" in summary:  # every machine prints rank 0's results, whatever folder it was given
         import json
 
-        print_ap_table(json.loads((output_dir / "eval.json").read_text()))
+        written = output_dir / "eval.json"
+        print_ap_table(json.loads(written.read_text()) if written.is_file() else summary["eval"])
     speed = f"{summary['seconds_per_iter']:.3f} s/iter" if summary.get("seconds_per_iter") else "speed not measured"
     console.print(
         f"trained {summary['iterations']} iterations in {summary['seconds']:.0f} s "
         f"({speed}); from scratch: "
         f"{summary['from_scratch']['pretrained_tensors_loaded']} pretrained tensors loaded"
     )
-    console.print(f"outputs in {output_dir}/: config.yaml, model_final.pth, metrics.json, eval.json, curves.png, run_summary.json")
+    console.print(f"outputs in {summary.get('output_dir', output_dir)}/: config.yaml, model_final.pth, metrics.json, eval.json, "
+                  "curves.png, run_summary.json")
 
 
 def shares_options(source, exclude=()):
@@ -392,7 +396,8 @@ def shares_options(source, exclude=()):
 
 
 # the `train` options a tuning trial cannot take: a trial is one process, and each trial has its own folder
-TUNE_EXCLUDED = ("from_scratch", "num_gpus", "num_machines", "machine_rank", "dist_url", "overwrite", "time", "split_seed")
+TUNE_EXCLUDED = ("from_scratch", "num_gpus", "num_machines", "machine_rank", "dist_url", "dist_timeout", "overwrite", "time",
+                 "split_seed")
 
 
 @app.command("tune", context_settings=OVERRIDES_CONTEXT)

@@ -206,14 +206,23 @@ class StopOnSignal(HookBase):
     before it is complete, so its checkpoint is saved (the final one is already on disk).
     """
 
-    def __init__(self):
+    def __init__(self, repeat_window: float = 0.0):
         self.requested: int | None = None
         self.saving = False
+        # with several processes one signal can arrive twice: a terminal's Ctrl-C or a scheduler's SIGTERM
+        # reaches both a launcher and its processes, and the launcher forwards it; the same signal again
+        # within `repeat_window` seconds of the first counts once
+        self.repeat_window = repeat_window
+        self._first_at = 0.0
 
     def handle(self, signum, frame):
         if self.saving:
             return
         first = self.requested is None
+        if not first and signum == self.requested and time.monotonic() - self._first_at < self.repeat_window:
+            return
+        if first:
+            self._first_at = time.monotonic()
         self.requested = signum if first else self.requested
         if EVALUATION.running and first:
             raise TrainingInterrupted(self.trainer.iter, _signal_name(signum), None, during="evaluation")

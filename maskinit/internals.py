@@ -140,6 +140,11 @@ Entries (`where` is the maskinit code that relies on it):
   -1), which onnxruntime refuses for an empty batch (a mask head on zero boxes).
 - `torchscript_extra_files_layout`: deploy.runner reads `torch.jit.save(..., _extra_files=)` entries
   from the archive as `<archive name>/extra/<file>` with `zipfile` (no torch needed to read the settings).
+- `distributed_worker`: launcher.join_group and launcher.launch re-state Detectron2's `launch` and its
+  private `detectron2.engine.launch._distributed_worker`: global rank = machine rank x processes per
+  machine + local rank, `init_process_group(init_method=dist_url, world_size=, rank=, timeout=)`, then
+  `comm.create_local_process_group(processes per machine)` and `comm.synchronize()`; with gloo for a CPU
+  run, `torch.cuda.set_device(local rank)` before the join, and the children's PIDs known to the parent.
 """
 
 from __future__ import annotations
@@ -245,4 +250,5 @@ REACHES: dict[str, Reach] = {
         "export.ShapedGroupNorm", "torch.onnx (TorchScript-based exporter) aten::group_norm"
     ),
     "torchscript_extra_files_layout": Reach("deploy.runner.read_metadata", "torch.jit.save(_extra_files=)"),
+    "distributed_worker": Reach("launcher.join_group, launcher.launch", "detectron2.engine.launch._distributed_worker"),
 }

@@ -160,11 +160,16 @@ def ema_bytes(cfg) -> float:
 
 
 def available_memory(device: str) -> float | None:
-    """Bytes a new process may use: free memory of the GPU on CUDA, MemAvailable (else free pages) on CPU."""
+    """Bytes a new process may use: free memory of its GPU on CUDA, MemAvailable (else free pages) on CPU.
+
+    A process's GPU is the device's index when it names one, else its local rank (`LOCAL_RANK` under
+    torchrun, the process's place on its machine): GPU `LOCAL_RANK` among those CUDA_VISIBLE_DEVICES shows."""
     if device.startswith("cuda"):
         import torch
 
-        index = int(device.split(":")[1]) if ":" in device else 0
+        from .ranks import local_rank
+
+        index = int(device.split(":")[1]) if ":" in device else local_rank() % max(1, torch.cuda.device_count())
         return float(torch.cuda.mem_get_info(index)[0])
     try:
         with open("/proc/meminfo") as handle:
@@ -179,29 +184,32 @@ def available_memory(device: str) -> float | None:
         return None
 
 
-def estimate_memory(cfg, processes_here: int = 1) -> MemoryEstimate:
-    """The estimate for one training process of `cfg`, `processes_here` of them sharing this machine."""
-    world = max(1, processes_here)
+def estimate_memory(cfg, processes_here: int = 1, world: int | None = None) -> MemoryEstimate:
+    """The estimate for one training process of `cfg`, `processes_here` of them sharing this machine and
+    `world` in all (default `processes_here`): each process holds SOLVER.IMS_PER_BATCH / `world` images."""
+    here = max(1, processes_here)
+    world = max(1, world or here)
     images = max(1, cfg.SOLVER.IMS_PER_BATCH // world)
     cuda = cfg.MODEL.DEVICE.startswith("cuda")
     image = per_image_bytes(cfg)
     base = (CUDA_CONTEXT if cuda else _nearest(BASE_BYTES, cfg.MODEL.RESNETS.DEPTH)) + ema_bytes(cfg)
     available = available_memory(cfg.MODEL.DEVICE)
     if available is not None and not cuda:
-        available /= world  # processes on one machine share its RAM; each GPU has its own memory
+        available /= here  # processes on one machine share its RAM; each GPU has its own memory
     return MemoryEstimate(base + images * image, available, cfg.MODEL.DEVICE, images, largest_input(cfg), image)
 
 
-def check_memory(cfg, processes_here: int = 1) -> MemoryEstimate:
+def check_memory(cfg, processes_here: int = 1, world: int | None = None) -> MemoryEstimate:
     """The estimate; a `MaskinitError` naming what to change when it exceeds the memory available."""
-    estimate = estimate_memory(cfg, processes_here)
+    world = max(1, world or processes_here)
+    estimate = estimate_memory(cfg, processes_here, world)
     if estimate.fits:
         return estimate
     base = estimate.peak_bytes - estimate.images_per_process * estimate.per_image_bytes
     fitting = int((estimate.available_bytes - base) // estimate.per_image_bytes)
     changes = []
     if fitting >= 1:
-        changes.append(f"--ims-per-batch {fitting * max(1, processes_here)}")
+        changes.append(f"--ims-per-batch {fitting * world}")
     if cfg.MODEL.RESNETS.DEPTH >= 50 and not cfg.MODEL.DEVICE.startswith("cuda"):
         changes.append("--preset tiny (the CPU scale)")
     changes.append(f"smaller inputs (INPUT.MIN_SIZE_TRAIN / INPUT.MAX_SIZE_TRAIN, now up to {max(estimate.input_shape)} pixels)")

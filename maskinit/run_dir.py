@@ -1,6 +1,10 @@
 """A run's output directory: the files a run writes, what marks a directory as holding a run, the
 refusals before one is overwritten, the lock that keeps a second training out, and the
-leftovers of a killed run."""
+leftovers of a killed run.
+
+With several processes (and machines) one of them leads: the first process of machine 0 (`leads_run`)
+checks, locks and writes the dir, once per run; the others never lock or refuse it, whether they were
+given the same folder (shared storage) or their own, and write only their per-rank log files."""
 
 from __future__ import annotations
 
@@ -34,6 +38,14 @@ RUN_OUTPUTS = ("model_*.pth", "last_checkpoint", EVAL_FILE, SUMMARY_FILE, "metri
                "events.out.tfevents.*", "curves.png", "inference")
 
 
+def leads_run(options: TrainOptions) -> bool:
+    """True in the process that checks, locks and writes the output dir: machine 0's launching process
+    (rank 0 under torchrun or srun)."""
+    from .ranks import global_rank
+
+    return options.machine_rank == 0 and global_rank() == 0
+
+
 def holds_run(out: Path) -> bool:
     return out.is_dir() and any(any(out.glob(marker)) for marker in RUN_MARKERS)
 
@@ -54,11 +66,9 @@ def prepare_output_dir(options: TrainOptions) -> Path:
 
 
 def check_output_dir(out: Path, options: TrainOptions, max_iter: int) -> None:
-    """A dir that holds a run is refused unless resuming or overwriting; `--resume` needs a checkpoint
-    to continue from, before `max_iter`."""
-    # under torchrun every rank gets here; rank 0 decides, before the others could see its files
-    first_rank = int(os.environ.get("RANK", 0)) == 0
-    if first_rank and holds_run(out) and not (options.resume or options.overwrite):
+    """A dir that holds a run is refused unless resuming or overwriting (by the leading process alone: the
+    others may share its folder); `--resume` needs a checkpoint to continue from, before `max_iter`."""
+    if leads_run(options) and holds_run(out) and not (options.resume or options.overwrite):
         raise MaskinitError(f"output dir {out} already holds a run: pass --resume to continue it or --overwrite to replace it")
     if options.resume:
         checkpoint = last_checkpoint(out)
@@ -74,9 +84,8 @@ def check_output_dir(out: Path, options: TrainOptions, max_iter: int) -> None:
 
 def remove_stale_files(out: Path) -> None:
     """Temporary files a killed run left (a half-written checkpoint), removed once the dir is locked."""
-    if int(os.environ.get("RANK", 0)) == 0:
-        for stale in [*out.glob(".*.tmp"), *out.glob(".maskinit-write-test-*")]:
-            stale.unlink(missing_ok=True)
+    for stale in [*out.glob(".*.tmp"), *out.glob(".maskinit-write-test-*")]:
+        stale.unlink(missing_ok=True)
 
 
 def remove_replaced_run(out: Path) -> list[str]:
@@ -84,8 +93,6 @@ def remove_replaced_run(out: Path) -> list[str]:
     and every check has passed; anything else in the dir is the user's and stays. Returns the names removed."""
     import shutil
 
-    if int(os.environ.get("RANK", 0)) != 0:
-        return []
     removed = []
     for pattern in RUN_OUTPUTS:
         for path in sorted(out.glob(pattern)):
@@ -104,11 +111,8 @@ def output_dir_lock(out: Path):
     """Hold `out/.maskinit.lock` for the run: a second training into the same dir is refused.
 
     An advisory `flock`, released by the kernel when the process ends however it ends, so a killed
-    run never leaves the dir locked. Under torchrun only rank 0 takes it.
+    run never leaves the dir locked. Taken by the run's leading process alone (`leads_run`).
     """
-    if int(os.environ.get("RANK", 0)) != 0:
-        yield
-        return
     import fcntl
 
     handle = open(out / LOCK_FILE, "a+")

@@ -70,6 +70,8 @@ class TrainOptions:
     num_machines: int = 1
     machine_rank: int = 0
     dist_url: str = "auto"
+    # seconds the processes of a run wait for each other (the join, collective calls) before it ends
+    dist_timeout: float = 1800.0
     resume: bool = False
     overwrite: bool = False
     amp: bool | None = None
@@ -203,5 +205,9 @@ def validate_run_config(cfg: CfgNode, options: TrainOptions) -> None:
         raise MaskinitError("--num-gpus and --num-machines must be at least 1")
     if not 0 <= options.machine_rank < options.num_machines:
         raise MaskinitError(f"--machine-rank must be in [0, {options.num_machines}), got {options.machine_rank}")
+    if not options.dist_timeout > 0:
+        raise MaskinitError(f"--dist-timeout must be a positive number of seconds, got {options.dist_timeout:g}")
+    if options.num_machines > 1 and not str(options.dist_url).startswith(("tcp://", "file://")):
+        raise MaskinitError(f"--dist-url must be tcp://HOST:PORT of machine 0 with several machines, got {options.dist_url!r}")
     if cfg.SOLVER.IMS_PER_BATCH % world:
         raise MaskinitError(f"SOLVER.IMS_PER_BATCH {cfg.SOLVER.IMS_PER_BATCH} is not divisible by {world} processes")

@@ -3,7 +3,9 @@
 This module is the sequence of a run and its one-line outcome: the run options applied
 (`run_options`), the data checked and fitted (`data.sources`, `data.analysis`), the memory checked
 (`machine`), the output dir made safe (`run_dir`), the processes launched (`worker`, which builds the
-`trainer.Trainer`); then any ending but a finished run becomes one `MaskinitError`.
+`trainer.Trainer`); then any ending but a finished run becomes one `MaskinitError` of its kind (its exit
+code: `errors.EXIT_CODES`). On several machines each runs `train`; the first process of machine 0 leads
+(checks, locks and writes the output dir) and every machine ends with rank 0's ending.
 
 The run is proven from scratch: `MODEL.WEIGHTS` must be empty, every checkpoint file read is
 recorded, and when not resuming the model's weights are fingerprinted before and after Detectron2's
@@ -12,6 +14,7 @@ recorded, and when not resuming the model's weights are fingerprinted before and
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import shlex
@@ -25,7 +28,7 @@ from detectron2.config import CfgNode
 from .atomic import write_atomically
 from .config import check_config, dump_yaml
 from .data.fit import FitReport, fit_to_data
-from .errors import Interrupted, MaskinitError, signal_name
+from .errors import Interrupted, MaskinitError, RunDiverged, RunFailed, RunInterrupted, signal_name
 from .machine import check_memory
 from .run_dir import (
     CONFIG_FILE,
@@ -34,6 +37,7 @@ from .run_dir import (
     SUMMARY_FILE,
     check_output_dir,
     check_resume_config,
+    leads_run,
     output_dir_lock,
     prepare_output_dir,
     read_summary,
@@ -77,7 +81,7 @@ def train(cfg: CfgNode, options: TrainOptions | None = None, explicit_keys: set[
         summary = read_summary(Path(options.output_dir))
         when = ("after training ended: the outputs in " + str(options.output_dir) + " are what it wrote"
                 if summary.get("status") not in (None, "running") else "before training started: nothing was trained or saved")
-        raise MaskinitError(f"interrupted by {signal_name(interrupt)} {when}") from None
+        raise RunInterrupted(f"interrupted by {signal_name(interrupt)} {when}", signal_name(interrupt)) from None
     finally:
         restore()
 
@@ -116,49 +120,62 @@ def _train(cfg: CfgNode, options: TrainOptions, explicit_keys, hooks: Sequence =
             f"MODEL.ROI_HEADS.NUM_CLASSES {stated_classes} was given, but the training data has "
             f"{cfg.MODEL.ROI_HEADS.NUM_CLASSES} categories: drop the override (the number of classes follows the data)"
         )
+    processes_here, world = processes(options)
     if cfg.MASKINIT.MEMORY_CHECK:
-        check_memory(cfg, processes_here=options.num_gpus)
-    cfg, length = run_length(cfg, options.epochs, options.time_budget, explicit_keys, options.num_gpus * options.num_machines)
+        check_memory(cfg, processes_here=processes_here, world=world)
+    cfg, length = run_length(cfg, options.epochs, options.time_budget, explicit_keys, world)
     if announce is not None:
         announce(RunPlan(cfg, fit, tuple(length)))
-    out = prepare_output_dir(options)
+    lead = leads_run(options)
+    out = prepare_output_dir(options) if lead else Path(options.output_dir)  # the others write per-rank logs only
     check_output_dir(out, options, cfg.SOLVER.MAX_ITER)  # a refused run leaves the dir as it was
-    with output_dir_lock(out):
-        check_output_dir(out, options, cfg.SOLVER.MAX_ITER)  # again: a run that held the lock may have ended
-        remove_stale_files(out)
-        if options.overwrite:
-            remove_replaced_run(out)
-        config_path = out / CONFIG_FILE
-        if continues_saved:
-            check_resume_config(config_path, cfg, RESUME_CLASS_KEYS)
-        if int(os.environ.get("RANK", 0)) == 0:  # under torchrun every rank runs train(); one writes
+    with output_dir_lock(out) if lead else contextlib.nullcontext():
+        if lead:
+            check_output_dir(out, options, cfg.SOLVER.MAX_ITER)  # again: a run that held the lock may have ended
+            remove_stale_files(out)
+            if options.overwrite:
+                remove_replaced_run(out)
+            config_path = out / CONFIG_FILE
+            if continues_saved:
+                check_resume_config(config_path, cfg, RESUME_CLASS_KEYS)
             (out / SUMMARY_FILE).unlink(missing_ok=True)
             write_atomically(config_path, dump_yaml(cfg))
         cfg.freeze()
         # the workers train on the data as resolved (cleaned copies, the embedded default's paths);
         # the commands printed at the end name the data as the user gave it
-        launch_workers(cfg, replace(options, data=data), out, fit, checked.notes, hooks)
-    return outcome(read_summary(out), options, out)
+        ending = launch_workers(cfg, replace(options, data=data), fit, checked.notes, hooks)
+    return outcome(ending or read_summary(out), options, out)
+
+
+def processes(options: TrainOptions) -> tuple[int, int]:
+    """How many processes of the run share this machine, and how many it has in all (a launcher's
+    variables under torchrun or srun, else --num-gpus and --num-machines)."""
+    from .ranks import world_size
+    from .worker import torchrun_env
+
+    if torchrun_env():
+        return int(os.environ.get("LOCAL_WORLD_SIZE", 1)), world_size()
+    return options.num_gpus, options.num_gpus * options.num_machines
 
 
 def outcome(summary: dict, options: TrainOptions, out: Path) -> dict:
     """The summary of a finished run; a `MaskinitError` saying why for any other ending."""
     status = summary.get("status")
     if status == "interrupted":
-        raise MaskinitError(interruption_message(summary, options))
+        raise RunInterrupted(interruption_message(summary, options), summary.get("signal") or "SIGINT")
     if status == "failed":
-        raise MaskinitError(summary["error"])
+        raise RunFailed(summary["error"])
     if status == "stopped":
-        raise MaskinitError(f"training stopped at iteration {summary.get('iteration')}: {summary.get('reason')}")
+        raise RunFailed(f"training stopped at iteration {summary.get('iteration')}: {summary.get('reason')}")
     if status == "diverged":
         kept = (f"last finite checkpoint kept: {summary['checkpoint']}" if summary.get("checkpoint")
                 else "no checkpoint had been saved yet")
-        raise MaskinitError(
+        raise RunDiverged(
             f"training diverged at iteration {summary.get('iteration')}: non-finite {', '.join(summary['terms'])}; "
             f"{kept}; try a lower --lr, a longer --warmup-iters, --clip-grad 1.0, or a GN/SyncBN norm"
         )
     if status != "finished":
-        raise MaskinitError(f"training did not finish (see {out / 'log.txt'})")
+        raise RunFailed(f"training did not finish (see {out / 'log.txt'})")
     return summary
 
 
@@ -182,8 +199,9 @@ def resume_command(options: TrainOptions) -> str:
     """The exact command that continues this run (`options` as the user gave them: no data options
     for the embedded default set)."""
     out = options.output_dir
-    parts = ["maskinit", "train", "--config", f"{out}/{CONFIG_FILE}", "--output-dir", str(out), "--resume",
-             *options.data.as_flags()]
+    # a machine with a folder of its own has no config.yaml: it trains the config machine 0 sends
+    config = ["--config", f"{out}/{CONFIG_FILE}"] if (Path(out) / CONFIG_FILE).is_file() else []
+    parts = ["maskinit", "train", *config, "--output-dir", str(out), "--resume", *options.data.as_flags()]
     if options.num_gpus > 1 or options.num_machines > 1:
         parts += ["--num-gpus", str(options.num_gpus), "--num-machines", str(options.num_machines),
                   "--machine-rank", str(options.machine_rank), "--dist-url", options.dist_url]

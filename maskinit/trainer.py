@@ -65,7 +65,9 @@ class Trainer(DefaultTrainer):
         optimizer = self.build_optimizer(cfg, model)
         data_loader = self.build_train_loader(cfg)
         cuda = cfg.MODEL.DEVICE.startswith("cuda")
-        model = create_ddp_model(model, broadcast_buffers=False, device_ids=[comm.get_local_rank()] if cuda else None)
+        # the GPU the process took when it joined (its local rank among the GPUs CUDA_VISIBLE_DEVICES shows)
+        device_ids = [torch.cuda.current_device()] if cuda else None
+        model = create_ddp_model(model, broadcast_buffers=False, device_ids=device_ids)
         if cfg.SOLVER.AMP.ENABLED:
             dtype = amp_dtype(cfg)  # bf16 needs no loss scaling
             scaler = torch.amp.GradScaler("cuda", enabled=dtype == torch.float16)

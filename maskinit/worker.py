@@ -1,7 +1,8 @@
-"""The process entry of a training run: `launch_workers` starts `worker` in this process, under torchrun,
-or in `--num-gpus` x `--num-machines` processes; each `worker` (one rank) sets up logging and seeds,
-audits that nothing pretrained is loaded, trains, evaluates and records how the run ended in
-`run_summary.json`, whatever the ending (finished, diverged, interrupted, failed)."""
+"""The process entry of a training run: `launch_workers` starts `worker` in this process, under torchrun
+(or srun), or in `--num-gpus` processes on each of `--num-machines` machines (`launcher`); each `worker`
+(one rank) trains the config of rank 0, sets up logging and seeds, audits that nothing pretrained is
+loaded, trains, evaluates and records how the run ended in `run_summary.json` (rank 0 alone), whatever
+the ending (finished, diverged, interrupted, failed), and returns that ending on every rank."""
 
 from __future__ import annotations
 
@@ -16,7 +17,6 @@ from pathlib import Path
 
 import torch
 from detectron2.config import CfgNode
-from detectron2.engine import launch
 from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 
@@ -24,8 +24,9 @@ from .checkpoint import last_checkpoint, weights_fingerprint, write_failure
 from .data.fit import FitReport
 from .errors import MaskinitError, one_line, signal_name
 from .hooks import StopRequested, TrainingInterrupted
+from .launcher import GroupPlan, free_port, join_group, launch
 from .machine import estimate_memory
-from .run_dir import EVAL_FILE, SUMMARY_FILE, read_summary, write_json
+from .run_dir import EVAL_FILE, SUMMARY_FILE, write_json
 from .run_options import TrainOptions
 from .trainer import Trainer
 
@@ -36,6 +37,9 @@ DIVERGED = re.compile(r"Loss became infinite or NaN at iteration=(\d+)")
 # numpy 2 prints the loss dict's values as np.float64(nan)
 BAD_TERM = re.compile(r"'(\w+)': (?:np\.float(?:32|64)\()?(nan|inf|-inf)")
 BAD_WEIGHTS = re.compile(r"weights became non-finite at iteration (\d+): (\d+ of \d+)")
+# With several processes, the same signal again within this many seconds is the first one delivered twice
+# (to a launcher that forwards it and to its processes), not a second signal that stops at once.
+REPEATED_SIGNAL_SECONDS = 1.0
 
 
 def divergence_message(error: FloatingPointError, output_dir: str, iteration: int) -> dict:
@@ -53,8 +57,9 @@ def divergence_message(error: FloatingPointError, output_dir: str, iteration: in
 
 
 def worker(cfg: CfgNode, options: TrainOptions, fit: FitReport | None = None, data_notes: Sequence[str] = (),
-           hooks: Sequence = ()) -> None:
-    """One training process (rank): set up logging and seeds, train, evaluate, record the summary.
+           hooks: Sequence = ()) -> dict:
+    """One training process (rank): set up logging and seeds, train, evaluate, record the summary (rank 0);
+    returns rank 0's summary on every rank. `cfg`: rank 0's is trained (each rank keeps its own OUTPUT_DIR);
     `fit`: the data fit (its keys as (key, preset value, fitted value, reason) rows, its mode and cost);
     `data_notes`: what the data check dropped or cleaned (logged, and kept in the summary);
     `hooks`: extra Detectron2 hooks, after maskinit's own."""
@@ -62,6 +67,7 @@ def worker(cfg: CfgNode, options: TrainOptions, fit: FitReport | None = None, da
 
     from .data.sources import register_from_options
 
+    cfg = config_of_rank_0(cfg)
     rank = comm.get_rank()
     quiet_third_party_notices()
     setup_logger(cfg.OUTPUT_DIR, distributed_rank=rank, name="detectron2", abbrev_name="d2")
@@ -76,7 +82,7 @@ def worker(cfg: CfgNode, options: TrainOptions, fit: FitReport | None = None, da
         for handler in logging.getLogger(name).handlers:
             if not isinstance(handler, logging.FileHandler):
                 handler.addFilter(no_console_traceback)
-    estimate = estimate_memory(cfg, comm.get_local_size())
+    estimate = estimate_memory(cfg, comm.get_local_size(), world=comm.get_world_size())
     (logger.warning if estimate.tight else logger.info)("memory: %s", estimate.describe())
     fit = fit or FitReport("off")
     for key, old, new, reason in fit.rows:
@@ -119,6 +125,9 @@ def worker(cfg: CfgNode, options: TrainOptions, fit: FitReport | None = None, da
             logger.info("from scratch: no tensor loaded from any checkpoint (weights fingerprint unchanged)")
     started = time.perf_counter()
     status = {"status": "running"}
+    summary = None
+    if comm.get_world_size() > 1:
+        trainer.stop_on_signal.repeat_window = REPEATED_SIGNAL_SECONDS
     restore = install_signal_handlers(trainer.stop_on_signal.handle)
     try:
         trainer.train()
@@ -177,7 +186,40 @@ def worker(cfg: CfgNode, options: TrainOptions, fit: FitReport | None = None, da
         from .curves import plot_curves
 
         plot_curves(Path(cfg.OUTPUT_DIR))
-    comm.synchronize()  # under torchrun every rank then reads the summary rank 0 wrote
+    return ending_of_rank_0(summary, status)
+
+
+def config_of_rank_0(cfg: CfgNode) -> CfgNode:
+    """The config rank 0 fitted and checked, on every rank (each machine may have fitted its own to its own
+    copy of the data, or be an older checkout): all ranks must train the same. Each keeps its OUTPUT_DIR."""
+    if comm.get_world_size() == 1:
+        return cfg
+    import torch.distributed as dist
+
+    shared = [cfg if comm.is_main_process() else None]
+    dist.broadcast_object_list(shared, src=0)
+    if comm.is_main_process():
+        return cfg
+    ours = shared[0].clone()
+    ours.defrost()
+    ours.OUTPUT_DIR = cfg.OUTPUT_DIR
+    ours.freeze()
+    return ours
+
+
+def ending_of_rank_0(summary: dict | None, status: dict) -> dict:
+    """Rank 0's summary (what it wrote to run_summary.json), on every rank: each machine ends as the run did."""
+    if comm.get_world_size() == 1:
+        return summary
+    import torch.distributed as dist
+
+    shared = [summary if comm.is_main_process() else None]
+    try:
+        dist.broadcast_object_list(shared, src=0)
+    except RuntimeError as error:  # rank 0 is gone: this rank's own ending is all there is
+        return {**status, "status": status["status"] if status["status"] != "finished" else "failed",
+                "error": f"lost rank 0 at the end of the run: {one_line(error)[:200]}"}
+    return shared[0]
 
 
 def no_console_traceback(record: logging.LogRecord) -> bool:
@@ -200,45 +242,42 @@ def quiet_third_party_notices() -> None:
 
 
 def torchrun_env() -> bool:
+    """True in a process that torchrun (or srun with torchrun's variables) started, one of several."""
     return "LOCAL_RANK" in os.environ and "WORLD_SIZE" in os.environ and int(os.environ["WORLD_SIZE"]) > 1
 
 
-def run_under_torchrun(cfg: CfgNode, options: TrainOptions, fit: FitReport | None = None, data_notes: Sequence[str] = ()) -> None:
-    """torchrun started the processes: join its process group and run this rank."""
-    import torch.distributed as dist
+def run_under_torchrun(cfg: CfgNode, options: TrainOptions, fit: FitReport | None = None,
+                       data_notes: Sequence[str] = ()) -> dict:
+    """torchrun started the processes: join its process group (env://) and run this rank; its ending."""
+    join_group(int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), int(os.environ["LOCAL_RANK"]),
+               int(os.environ.get("LOCAL_WORLD_SIZE", 1)), "env://", options.dist_timeout,
+               cfg.MODEL.DEVICE.startswith("cuda"))
+    try:
+        return worker(cfg, options, fit, data_notes)
+    finally:
+        import torch.distributed as dist
 
-    local_rank = int(os.environ["LOCAL_RANK"])
-    cuda = cfg.MODEL.DEVICE.startswith("cuda")
-    if cuda:
-        torch.cuda.set_device(local_rank)
-    dist.init_process_group(backend="nccl" if cuda else "gloo", init_method="env://")
-    comm.create_local_process_group(int(os.environ.get("LOCAL_WORLD_SIZE", 1)))
-    comm.synchronize()
-    worker(cfg, options, fit, data_notes)
+        if dist.is_initialized():
+            dist.destroy_process_group()
 
 
-def launch_workers(cfg: CfgNode, options: TrainOptions, out: Path, fit: FitReport | None = None, data_notes: Sequence[str] = (),
-                   hooks: Sequence = ()) -> None:
-    """Run `worker` in this process, under torchrun, or in `--num-gpus` x `--num-machines` processes.
-    Extra `hooks` need the one process: they cannot be sent to others."""
+def launch_workers(cfg: CfgNode, options: TrainOptions, fit: FitReport | None = None, data_notes: Sequence[str] = (),
+                   hooks: Sequence = ()) -> dict:
+    """Run `worker` in this process, under torchrun, or in `--num-gpus` processes of each of `--num-machines`
+    machines; returns rank 0's ending (its summary). Extra `hooks` need the one process: they cannot be
+    sent to others."""
     world = options.num_gpus * options.num_machines
     if hooks and (world > 1 or torchrun_env()):
         raise MaskinitError("extra training hooks run in one process only: use --num-gpus 1 without torchrun")
     if torchrun_env():
-        run_under_torchrun(cfg, options, fit, data_notes)
-        return
+        return run_under_torchrun(cfg, options, fit, data_notes)
+    if world == 1:
+        return worker(cfg, options, fit, list(data_notes), list(hooks))
     dist_url = options.dist_url
-    if world > 1 and dist_url == "auto" and options.num_machines > 1:
-        raise MaskinitError("--dist-url tcp://HOST:PORT is required with several machines")
-    # with several processes, the children handle SIGINT/SIGTERM; the parent waits for them
-    restore = install_signal_handlers(signal.SIG_IGN) if world > 1 else (lambda: None)
-    try:
-        launch(worker, options.num_gpus, options.num_machines, options.machine_rank, dist_url, args=(cfg, options, fit, list(data_notes), list(hooks)))
-    except MaskinitError:
-        raise
-    except Exception as error:  # a child process failed: its status file says why when it can
-        summary = read_summary(out)
-        if summary.get("status") in (None, "running", "finished"):
-            raise MaskinitError(f"training failed: {type(error).__name__}: {str(error).strip().splitlines()[-1][:300]}") from error
-    finally:
-        restore()
+    if dist_url == "auto":
+        if options.num_machines > 1:
+            raise MaskinitError("--dist-url tcp://HOST:PORT is required with several machines")
+        dist_url = f"tcp://127.0.0.1:{free_port()}"
+    plan = GroupPlan(options.num_gpus, options.num_machines, options.machine_rank, dist_url, options.dist_timeout,
+                     cfg.MODEL.DEVICE.startswith("cuda"))
+    return launch(worker, plan, args=(cfg, options, fit, list(data_notes), list(hooks)))

@@ -11,7 +11,17 @@ from pathlib import Path
 import format_writers as w
 import pytest
 
-from maskinit.errors import Interrupted, MaskinitError, one_line, signal_name
+from maskinit.errors import (
+    EXIT_CODES,
+    Interrupted,
+    MaskinitError,
+    RunDiverged,
+    RunFailed,
+    RunInterrupted,
+    exit_code,
+    one_line,
+    signal_name,
+)
 
 
 def test_one_line_is_the_first_line_or_the_type():
@@ -31,6 +41,17 @@ def test_interrupts_name_their_signal():
 def test_maskinit_error_is_an_exception_with_its_message():
     error = MaskinitError("data/train.json: no images")
     assert isinstance(error, Exception) and str(error) == "data/train.json: no images"
+
+
+def test_each_ending_has_the_exit_code_a_scheduler_acts_on():
+    assert EXIT_CODES == {"failed": 1, "bad_input": 2, "diverged": 3, "SIGINT": 130, "SIGTERM": 143}
+    assert exit_code(MaskinitError("bad option")) == 2
+    assert exit_code(RunFailed("crashed")) == 1
+    assert exit_code(RunDiverged("NaN")) == 3
+    assert exit_code(RunInterrupted("stopped", "SIGTERM")) == 143
+    assert exit_code(RunInterrupted("stopped", "SIGINT")) == 130
+    assert exit_code(Interrupted("SIGTERM")) == 143 and exit_code(KeyboardInterrupt()) == 130
+    assert all(isinstance(error, MaskinitError) for error in (RunFailed(""), RunDiverged(""), RunInterrupted("")))
 
 
 @pytest.fixture(scope="module")

@@ -303,3 +303,15 @@ def test_a_signal_during_an_evaluation_stops_it_at_once():
     hook.trainer = trainer_with(EventStorage(0))
     hook.handle(signal.SIGTERM, None)  # outside an evaluation: only the flag
     assert hook.requested == signal.SIGTERM
+
+
+def test_with_several_processes_one_signal_delivered_twice_counts_once():
+    """A terminal's Ctrl-C (or a scheduler's SIGTERM) reaches a launcher and its processes, and the launcher
+    forwards it: the same signal again within the window is that one signal, another one stops at once."""
+    hook = StopOnSignal(repeat_window=60.0)
+    hook.trainer = trainer_with(EventStorage(0))
+    hook.handle(signal.SIGTERM, None)
+    hook.handle(signal.SIGTERM, None)  # the forwarded copy: still only the flag
+    assert hook.requested == signal.SIGTERM
+    with pytest.raises(KeyboardInterrupt):
+        hook.handle(signal.SIGINT, None)

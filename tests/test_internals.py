@@ -766,3 +766,18 @@ def test_torchscript_extra_files_layout(tmp_path):
     torch.jit.save(torch.jit.script(torch.nn.Identity()), str(path), _extra_files={"maskinit.json": "{}"})
     with zipfile.ZipFile(path) as archive:
         assert [n for n in archive.namelist() if n.endswith("/extra/maskinit.json")] == ["m/extra/maskinit.json"]
+
+
+def test_distributed_worker():
+    import importlib
+
+    launch_module = importlib.import_module("detectron2.engine.launch")  # the package exports the function `launch`
+    # maskinit.launcher re-states these steps: the same global rank, join, local group and barrier
+    lines = body_lines(launch_module._distributed_worker)
+    assert "global_rank = machine_rank * num_gpus_per_machine + local_rank" in lines
+    assert any("dist.init_process_group(backend='NCCL' if has_gpu else 'GLOO', init_method=dist_url, "
+               "world_size=world_size, rank=global_rank, timeout=timeout)" in line for line in lines)
+    assert "comm.create_local_process_group(num_gpus_per_machine)" in lines
+    assert lines[-2:] == ["comm.synchronize()", "main_func(*args)"]
+    assert parameters(launch_module.launch) == ["main_func", "num_gpus_per_machine", "num_machines", "machine_rank",
+                                                "dist_url", "args", "timeout"]

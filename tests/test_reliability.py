@@ -94,7 +94,7 @@ def test_signal_saves_a_checkpoint_and_prints_the_resume_command(tmp_path, coco,
     process.send_signal(signum)
     stdout, stderr = process.communicate(timeout=60)
     assert time.monotonic() - sent < 30
-    assert process.returncode == 2, stderr
+    assert process.returncode == 128 + signum, stderr  # 130 for SIGINT, 143 for SIGTERM (errors.EXIT_CODES)
     assert "Traceback" not in stderr
     lines = ending(stderr)
     assert len(lines) == 1 and "resume with: maskinit train" in lines[0], stderr
@@ -179,7 +179,7 @@ def test_interrupt_prints_no_traceback_anywhere(tmp_path, coco):
     time.sleep(1)
     process.send_signal(signal.SIGINT)
     stdout, stderr = process.communicate(timeout=60)
-    assert process.returncode == 2
+    assert process.returncode == 130
     assert "Traceback" not in stdout + stderr and "Exception during training" not in stdout + stderr
     assert "resume with" in stderr
 
@@ -193,7 +193,7 @@ def test_two_quick_interrupts_save_a_checkpoint_or_offer_no_resume(tmp_path, coc
     time.sleep(0.05)
     process.send_signal(signal.SIGINT)
     stdout, stderr = process.communicate(timeout=60)
-    assert process.returncode == 2
+    assert process.returncode == 130
     assert "Traceback" not in stdout + stderr
     lines = ending(stderr)
     assert len(lines) == 1 and "SIGINT" in lines[0], stderr
@@ -222,7 +222,7 @@ def test_interrupt_during_the_final_evaluation_stops_it(tmp_path, coco):
     process.send_signal(signal.SIGINT)
     stdout, stderr = process.communicate(timeout=120)
     assert time.monotonic() - sent < 20
-    assert process.returncode == 2, stderr
+    assert process.returncode == 130, stderr
     assert "Traceback" not in stdout + stderr
     assert "during the final evaluation" in stderr and "maskinit eval" in stderr
     assert (out / "model_final.pth").is_file()
@@ -238,7 +238,7 @@ def test_sigterm_before_training_exits_cleanly_and_leaves_the_dir_usable(tmp_pat
     assert wait_for(lambda: out.is_dir(), timeout=300), process.communicate()
     process.send_signal(signal.SIGTERM)
     stdout, stderr = process.communicate(timeout=60)
-    assert process.returncode == 2, stderr
+    assert process.returncode == 143, stderr
     assert "Traceback" not in stdout + stderr
     assert "SIGTERM" in stderr and len(ending(stderr)) == 1, stderr
     process = start_training(out, coco, "--max-iter", "2")  # the same command again is not refused
@@ -308,6 +308,7 @@ def test_divergence_keeps_only_a_finite_checkpoint_that_resumes(tmp_path, coco):
     options = dict(data=DataOptions(**vars(coco)), checkpoint_period=1, progress=False, seed=0)
     with pytest.raises(MaskinitError, match=r"training diverged at iteration \d+") as error:
         train(cfg, TrainOptions(output_dir=str(out), max_iter=30, lr=5.0, **options))
+    assert error.value.exit_code == 3  # a diverged run (errors.EXIT_CODES)
     summary = json.loads((out / "run_summary.json").read_text())
     for checkpoint in out.glob("model_*.pth"):
         state = torch.load(checkpoint, weights_only=False)["model"]

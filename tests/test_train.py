@@ -149,6 +149,7 @@ def test_divergence_stops_with_one_line_and_keeps_the_checkpoint(coco, tmp_path)
         train(cfg, options(out, coco, max_iter=30, checkpoint_period=1, lr=5.0))
     message = str(error.value)
     assert "\n" not in message and "--lr" in message
+    assert error.value.exit_code == 3  # the CLI's exit code for a diverged run (errors.EXIT_CODES)
     summary = json.loads((out / "run_summary.json").read_text())
     assert summary["status"] == "diverged"
     if summary["checkpoint"]:

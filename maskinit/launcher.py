@@ -1,0 +1,204 @@
+"""A run's processes on several machines: start this machine's share, join them into one torch process
+group with the other machines', forward SIGINT/SIGTERM to them, and return what the run's first
+process (global rank 0) says about how the run ended.
+
+`launch(main, plan, args)` runs `main(*args)` in `plan.per_machine` processes of this machine (global ranks
+`machine_rank * per_machine + local rank`), after each joined the process group at `plan.dist_url`;
+`join_group` is the join alone, for processes that a launcher started (torchrun, srun).
+
+Hand-written in place of Detectron2's `detectron2.engine.launch` (about 20 lines of it re-stated with
+changes), because a cluster needs four things it does not do:
+- signals: `launch` hides its children behind `torch.multiprocessing.start_processes`, so the parent cannot
+  forward SIGTERM/SIGINT to them; here the parent knows each child's PID and forwards every signal, and the
+  children start with default signal handling (never an inherited SIG_IGN);
+- the backend: `launch` picks NCCL whenever CUDA is present; a `--device cpu` run needs gloo on any machine;
+- the ending: `launch` returns nothing from its children; here each machine returns rank 0's ending, so that
+  every machine exits with the run's exit code, whatever output folder it was given;
+- a missing machine or an unreachable `--dist-url`: `launch` waits in its children until a traceback;
+  here the join has the run's `--dist-timeout` and ends with one line saying who is missing.
+It keeps Detectron2's conventions: `detectron2.utils.comm.create_local_process_group` after the join, and
+`torch.cuda.set_device(local rank)` before it on GPUs.
+"""
+
+from __future__ import annotations
+
+import os
+import queue as queues
+import signal
+import socket
+import time
+from dataclasses import dataclass
+from datetime import timedelta
+
+from .errors import EXIT_CODES, Interrupted, MaskinitError, RunFailed, one_line, signal_name
+
+# How long the other processes of this machine may go on after one of them failed, before they are killed:
+# they normally end at once (their collective calls fail when a peer is gone).
+FAILURE_GRACE_SECONDS = 30.0
+
+
+@dataclass(frozen=True)
+class GroupPlan:
+    """Where this machine's processes sit in the run: `per_machine` processes on each of `num_machines`
+    machines, this one `machine_rank`; they meet at `dist_url` (tcp://HOST:PORT of machine 0) within
+    `timeout` seconds; `cuda`: one GPU per process (NCCL), else gloo on CPU."""
+
+    per_machine: int
+    num_machines: int
+    machine_rank: int
+    dist_url: str
+    timeout: float = 1800.0
+    cuda: bool = False
+
+    @property
+    def world(self) -> int:
+        return self.per_machine * self.num_machines
+
+
+def free_port() -> int:
+    """A TCP port free on this host now (for a one-machine run's rendezvous)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def join_group(global_rank: int, world: int, local_rank: int, local_size: int, init_method: str, timeout: float,
+               cuda: bool) -> None:
+    """Join the run's process group as `global_rank` of `world` (`local_rank` of `local_size` on this machine);
+    a `RunFailed` saying which processes are missing when they do not all join within `timeout` seconds."""
+    import torch
+    import torch.distributed as dist
+    from detectron2.utils import comm
+
+    if cuda:  # GPU `local_rank` of those CUDA_VISIBLE_DEVICES shows (one each when a scheduler hides the others)
+        torch.cuda.set_device(local_rank % max(1, torch.cuda.device_count()))
+    try:
+        dist.init_process_group(backend="nccl" if cuda else "gloo", init_method=init_method, world_size=world,
+                                rank=global_rank, timeout=timedelta(seconds=timeout))
+        comm.create_local_process_group(local_size)
+        comm.synchronize()
+    except (RuntimeError, ValueError, OSError) as error:  # torch's DistStoreError, DistNetworkError, timeouts
+        where = init_method if init_method != "env://" else (
+            f"{os.environ.get('MASTER_ADDR', '?')}:{os.environ.get('MASTER_PORT', '?')}")
+        raise RunFailed(
+            f"process {global_rank} of {world} could not join the run at {where} within --dist-timeout {timeout:g} s: "
+            f"{one_line(error)[:200]}; start every machine with the same --num-machines and --dist-url "
+            "(machine 0's address and a free port) and check that it is reachable"
+        ) from error
+
+
+def _raise_interrupted(signum, frame):
+    raise Interrupted(signal.Signals(signum).name)
+
+
+def _child(local_rank: int, main, args: tuple, plan: GroupPlan, messages) -> None:
+    """One process of this machine: default signal handling, the join, `main(*args)`; every ending reported."""
+    for sig in (signal.SIGINT, signal.SIGTERM):  # never SIG_IGN inherited from whoever started the launcher
+        signal.signal(sig, _raise_interrupted)
+    global_rank = plan.machine_rank * plan.per_machine + local_rank
+    joined = False
+    try:
+        join_group(global_rank, plan.world, local_rank, plan.per_machine, plan.dist_url, plan.timeout, plan.cuda)
+        joined = True
+        messages.put(("joined", local_rank))
+        result = main(*args)
+        messages.put(("ended", local_rank, result))
+    except KeyboardInterrupt as interrupt:
+        for sig in (signal.SIGINT, signal.SIGTERM):  # the same signal forwarded again: it is ending already
+            signal.signal(sig, signal.SIG_IGN)
+        messages.put(("interrupted", local_rank, signal_name(interrupt)))
+    except MaskinitError as error:
+        messages.put(("error", local_rank, error.kind, str(error)))
+    except Exception as error:  # a bug: one line here; the worker logged its traceback where it could
+        message = f"training failed: {type(error).__name__}: {one_line(error)[:300]}"
+        messages.put(("error", local_rank, "failed", message))
+    finally:
+        if joined:
+            import torch.distributed as dist
+
+            if dist.is_initialized():
+                dist.destroy_process_group()
+
+
+def launch(main, plan: GroupPlan, args: tuple = ()):
+    """Run `main(*args)` in this machine's `plan.per_machine` processes of the run; returns what it
+    returned in this machine's first process (the run's ending, the same on every machine).
+
+    SIGINT and SIGTERM sent to this process are forwarded to its children, which stop with a checkpoint;
+    a child that has not joined the group yet (waiting for a missing machine) has nothing to save and is
+    killed. A child's failure is a `MaskinitError` of its kind; a signal before training, `Interrupted`.
+    """
+    import torch.multiprocessing as mp
+
+    context = mp.get_context("spawn")
+    messages = context.Queue()
+    children = [context.Process(target=_child, args=(rank, main, args, plan, messages), daemon=False)
+                for rank in range(plan.per_machine)]
+    received: list[int] = []
+
+    def forward(signum, frame):
+        received.append(signum)
+        for child in children:
+            if child.pid is not None and child.exitcode is None:
+                os.kill(child.pid, signum)
+
+    old = {sig: signal.signal(sig, forward) for sig in (signal.SIGINT, signal.SIGTERM)}
+    reports: dict[int, tuple] = {}
+    joined: set[int] = set()
+    try:
+        for child in children:
+            child.start()
+        failed_at = None
+        while any(child.exitcode is None for child in children):
+            _drain(messages, reports, joined, wait=0.2)
+            if received:
+                for rank, child in enumerate(children):
+                    if rank not in joined and child.exitcode is None:
+                        child.kill()  # still waiting for the others: nothing to save
+            ended_badly = any(child.exitcode not in (None, 0) for child in children) or any(
+                report[0] == "error" for report in reports.values())
+            if ended_badly and failed_at is None:
+                failed_at = time.monotonic()
+            if failed_at is not None and time.monotonic() - failed_at > FAILURE_GRACE_SECONDS:
+                for child in children:
+                    if child.exitcode is None:
+                        child.kill()
+        for child in children:
+            child.join()
+        _drain(messages, reports, joined, wait=0.5, until_empty=True)
+    finally:
+        for sig, handler in old.items():
+            signal.signal(sig, handler)
+    return _result(reports, children, received)
+
+
+def _drain(messages, reports: dict, joined: set, wait: float, until_empty: bool = False) -> None:
+    while True:
+        try:
+            message = messages.get(timeout=wait)
+        except queues.Empty:
+            return
+        if message[0] == "joined":
+            joined.add(message[1])
+        else:
+            reports.setdefault(message[1], message)
+        if not until_empty:
+            wait = 0.0
+
+
+def _result(reports: dict, children, received: list[int]):
+    """The first process's ending; else why the processes ended."""
+    first = reports.get(0)
+    if first is not None and first[0] == "ended":
+        return first[2]
+    errors = [report for report in (first, *reports.values()) if report is not None and report[0] == "error"]
+    if errors:
+        _, _, kind, message = errors[0]
+        error = MaskinitError(message) if kind == "bad_input" else RunFailed(message)
+        error.kind = kind if kind in EXIT_CODES else "failed"
+        raise error
+    interrupted = [report for report in reports.values() if report[0] == "interrupted"]
+    if interrupted or received:
+        raise Interrupted(interrupted[0][2] if interrupted else signal.Signals(received[0]).name)
+    codes = ", ".join(str(child.exitcode) for child in children)
+    raise RunFailed(f"training failed: the run's processes on this machine ended without a word (exit codes {codes})")

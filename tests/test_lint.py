@@ -12,7 +12,7 @@ FOLDERS = ("maskinit", "tests", "benchmarks")
 LEFT_OUT = {
     "maskinit/budget.py", "maskinit/cli.py", "maskinit/data/analysis.py",
     "maskinit/devices.py", "maskinit/machine.py", "maskinit/run_dir.py", "maskinit/run_options.py",
-    "maskinit/train.py", "maskinit/tune.py", "maskinit/worker.py",
+    "maskinit/train.py", "maskinit/worker.py",
     "tests/test_analysis.py", "tests/test_budget.py", "tests/test_cli.py", "tests/test_devices.py",
     "tests/test_machine.py", "tests/test_train.py", "tests/test_tune.py",
 }

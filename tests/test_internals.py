@@ -773,6 +773,7 @@ def test_torchscript_extra_files_layout(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.filterwarnings("ignore:Heartbeat of storage")  # the test's own ask(), outside optimize
 def test_optuna_base_heartbeat(tmp_path):
     import optuna
     from optuna.storages._heartbeat import BaseHeartbeat, is_heartbeat_enabled

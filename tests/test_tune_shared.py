@@ -136,6 +136,7 @@ def postgres():
 
 
 @pytest.mark.slow
+@pytest.mark.filterwarnings("ignore:XDG_RUNTIME_DIR")  # pgserver's runtime folder: /tmp where it is not set
 def test_three_workers_share_a_postgresql_study_and_a_killed_workers_trial_runs_again(coco, postgres, tmp_path):
     """Three `maskinit tune` processes, as on three machines: one PostgreSQL study (a plain postgresql://
     URL: the installed driver is used), an output folder each. Worker 0 is SIGKILLed in a trial: the

@@ -143,7 +143,7 @@ def best_config_text(source: Path, base_cfg: CfgNode) -> str:
 
 def write_best_config(best, out: Path, base_cfg: CfgNode, study_name: str = "maskinit") -> Path:
     """The best trial's config as `<out>/best_config.yaml`, ready for `maskinit train --config`: the text
-    the study keeps with the trial (a study of an earlier version: the trial folder's config.yaml), under
+    the study keeps with the trial (a trial without it: its folder's config.yaml), under
     a header naming the trial. The same bytes from every worker of the study."""
     from ..atomic import write_atomically
 

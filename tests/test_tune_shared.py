@@ -1,7 +1,8 @@
 """`maskinit tune` across machines: workers that share one study only through its storage (a real
 PostgreSQL server started by pgserver, or Optuna's journal file), each with an output folder of its
 own. A worker SIGKILLed in the middle of a trial: the trial is failed and run again by another
-worker, no trial is lost or run twice, and every worker writes the same best_config.yaml. Workers
+worker, no trial is lost or run twice, and every worker writes the same best_config.yaml; a trial
+of a worker killed on another machine is failed by the heartbeat after the grace period. Workers
 on the scheduler's GPUs; a missing driver and an unreachable server refused in one line, nothing
 written. Trials are 4 iterations of the tiny preset on the generated COCO set, evaluated every 2."""
 
@@ -24,11 +25,14 @@ from typer.testing import CliRunner
 from maskinit.cli import app
 from maskinit.errors import MaskinitError
 from maskinit.tune import (
+    HOST,
     PID,
     POSTGRES_EXTRA,
     SURPLUS,
     allocated_gpus,
     database_url,
+    fail_dead_trials,
+    fail_stale_trials,
     open_storage,
     sampler_seed,
     worker_env,
@@ -272,3 +276,48 @@ def test_an_unreachable_database_is_one_line_and_nothing_is_written(coco, tmp_pa
     assert "secret" not in outcome.output and not out.exists()
     journal = runner.invoke(app, [*command, "--storage", f"journal://{tmp_path}/no/x.log"])
     assert journal.exit_code == 2 and "does not exist" in journal.output and not out.exists(), journal.output
+
+
+# ------------------------------------------------------------------------------------------ the heartbeat
+
+KILLED_ELSEWHERE = """
+import os, signal, sys, threading
+import optuna
+from maskinit.tune import HOST, PID, open_storage
+
+study = optuna.load_study(study_name="shared", storage=open_storage(sys.argv[1], 2))
+
+def objective(trial):
+    trial.suggest_float("x", 0, 1)
+    trial.set_user_attr(HOST, "another-machine")
+    trial.set_user_attr(PID, os.getpid())
+    threading.Timer(1.5, os.kill, (os.getpid(), signal.SIGKILL)).start()  # after a heartbeat or two
+    threading.Event().wait()
+
+study.optimize(objective, n_trials=1)
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.filterwarnings("ignore:XDG_RUNTIME_DIR")
+@pytest.mark.parametrize("kind", ["journal", "postgresql"])
+def test_a_trial_killed_on_another_machine_is_failed_and_queued_again_after_the_grace_period(kind, tmp_path, request):
+    """Only the heartbeat can tell that a worker on another machine went away (its process id means
+    nothing here): its trial is failed once the grace period has passed, and queued again."""
+    url = f"journal://{tmp_path / 'study.journal'}" if kind == "journal" else request.getfixturevalue("postgres")
+    storage = open_storage(url, 2)
+    optuna.create_study(storage=storage, study_name="shared")
+    done = subprocess.run([sys.executable, "-c", KILLED_ELSEWHERE, url], capture_output=True, text=True, timeout=120)
+    assert done.returncode == -signal.SIGKILL, done.stderr[-2000:]
+    study = optuna.load_study(study_name="shared", storage=storage)
+    [trial] = study.get_trials()
+    assert trial.state == optuna.trial.TrialState.RUNNING and trial.user_attrs[HOST] == "another-machine"
+    assert fail_dead_trials(study) == []  # not this machine's process: left to the heartbeat
+    deadline = time.monotonic() + 30
+    while not (queued := fail_stale_trials(study)) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert queued == [0]
+    failed, retry = study.get_trials()
+    assert failed.state == optuna.trial.TrialState.FAIL and retry.state == optuna.trial.TrialState.WAITING
+    assert retry.params == failed.params and HOST not in retry.user_attrs
+    assert fail_stale_trials(study) == [] and len(study.get_trials()) == 2  # failed and queued once

@@ -66,9 +66,9 @@ def database_url(url: str) -> str:
 
     try:
         parsed = make_url(url)
-    except ArgumentError:
+    except ArgumentError as error:
         raise MaskinitError(f"--storage {url!r}: not a database URL (postgresql://user:password@host/db, "
-                            "sqlite:///FILE) or a journal file (journal:///PATH)") from None
+                            "sqlite:///FILE) or a journal file (journal:///PATH)") from error
     if parsed.get_backend_name() != "postgresql":
         return url
     default = parsed.get_driver_name()
@@ -128,7 +128,7 @@ def open_storage(url: str, grace_period: int = GRACE_PERIOD, attempts: int = 5):
                 if attempt + 1 < attempts and any(words in str(error) for words in SCHEMA_RACE):
                     time.sleep(0.2 * (attempt + 1))
                     continue
-                raise MaskinitError(f"cannot open the study storage {shown_url(url)}: {one_line(error)}") from None
+                raise MaskinitError(f"cannot open the study storage {shown_url(url)}: {one_line(error)}") from error
 
 
 def open_journal(path: str, grace_period: int = GRACE_PERIOD):
@@ -141,7 +141,7 @@ def open_journal(path: str, grace_period: int = GRACE_PERIOD):
         return _heartbeat_journal_class()(str(Path(path).expanduser()), heartbeat_interval(grace_period), grace_period,
                                           retry_trial)
     except OSError as error:
-        raise MaskinitError(f"cannot open the journal file {path}: {error.strerror}") from None
+        raise MaskinitError(f"cannot open the journal file {path}: {error.strerror}") from error
 
 
 def _heartbeat_journal_class():

@@ -342,7 +342,9 @@ def test_workers_launches_processes_that_share_one_study(coco, tmp_path):
     assert "worker 0 (CPU, 1 thread(s))" in text and "worker 1 (CPU, 1 thread(s))" in text
     assert (out / "worker-0.log").is_file() and (out / "worker-1.log").is_file()
     trials = optuna.load_study(study_name="maskinit", storage=open_storage(storage_url(out, None))).get_trials()
-    assert all(t.user_attrs.get(SURPLUS) for t in trials if t.state != optuna.trial.TrialState.COMPLETE)
+    logs = "".join((out / f"worker-{i}.log").read_text()[-3000:] for i in range(2))
+    assert all(t.user_attrs.get(SURPLUS) for t in trials if t.state != optuna.trial.TrialState.COMPLETE), (
+        [(t.number, t.state.name, {k: v for k, v in t.user_attrs.items() if k != "config"}) for t in trials], logs)
     trials = [t for t in trials if t.state == optuna.trial.TrialState.COMPLETE]
     assert len(trials) == 3
     assert len({t.user_attrs[PID] for t in trials}) == 2  # both workers ran trials

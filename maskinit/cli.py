@@ -412,7 +412,8 @@ def tune_command(
     baseline: bool = typer.Option(True, help="A new study's first trial runs the config's own values (the preset and your options), so the best is never a config that measured worse than where you started."),
     eval_period: Optional[int] = typer.Option(None, help="Evaluate (and maybe prune) each trial every N iterations (default: a quarter of the run)."),
     val_fraction: Optional[float] = typer.Option(None, help="Score the trials on this share of the training images, held back from their training (seeded split in OUTPUT_DIR/split/FRACTION-seedN/), so the search never selects on the validation set you report on; also tunes a set that has none."),
-    storage: Optional[str] = typer.Option(None, help="Database URL several `maskinit tune` processes share (postgresql://..., mysql://...; sqlite:///FILE on one machine). Default: study.db in --output-dir."),
+    storage: Optional[str] = typer.Option(None, help="Study storage several `maskinit tune` workers share: a database URL (postgresql://user:password@host/db with `pip install maskinit[postgres]`, mysql://...; sqlite:///FILE on one machine) or a journal file on a shared filesystem (journal:///PATH, or a path ending .log/.journal). Default: study.db in --output-dir."),
+    grace_period: int = typer.Option(180, help="Seconds without a heartbeat after which a running trial's worker is taken for dead: its trial is failed and run again by another worker (any machine)."),
     study_name: Optional[str] = typer.Option(None, help="Study name in --storage (default: the output dir's name)."),
     output_dir: Path = typer.Option(Path("output/tune"), help="The study's folder: trial-NNNN/ per trial, study.db, trials.json, best_config.yaml, plots/."),
     resume: bool = typer.Option(False, help="Continue the study in --output-dir (finished trials are kept; killed ones run again)."),
@@ -429,14 +430,14 @@ def tune_command(
     if workers is None:
         workers = max(1, _gpu_count()) if (options.device or "cuda").startswith("cuda") else 1
     kwargs = dict(explicit_keys=explicit_keys, storage=storage, study_name=study_name, pruner=pruner,
-                  default_space=not search_only)
+                  default_space=not search_only, grace_period=grace_period)
     if workers != 1:  # run_workers refuses fewer than 1
         def started(index, pid, place, log):
             err_console.print(f"worker {index} ({place}): pid {pid}, log {log}", highlight=False, soft_wrap=True)
 
         run_workers(workers, sys.argv[1:], output_dir, storage or storage_url(output_dir, None),
                     study_name_for(output_dir, storage, study_name), resume=resume, default_storage=storage is None,
-                    device=options.device, gpus=_gpu_count(), on_start=started)
+                    device=options.device, gpus=_gpu_count(), grace_period=grace_period, on_start=started)
         result = study_report(cfg, options, search or (), **kwargs)
     else:
         result = tune(cfg, options, search or (), trials, timeout, resume=resume, baseline=baseline,

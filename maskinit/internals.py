@@ -1,11 +1,11 @@
-"""Every place maskinit relies on Detectron2 or fvcore internals, in one list.
+"""Every place maskinit relies on Detectron2, fvcore or Optuna internals, in one list.
 
 Internals here means: a private name (a leading `_`), a module global patched at run time, a public
 function whose body maskinit re-states with changes, a message or a logger name it matches, or a
 behaviour that is not part of the documented API (an ordering, a default, an id mapping).
 
 Checked against **Detectron2 0.7.2** and **fvcore 0.1.5.post20221221** (with iopath 0.1.9, torch
-2.13.0, Pillow 13.0.0 and onnxruntime 1.32.0). `tests/test_internals.py` has one test per entry, named
+2.13.0, Pillow 13.0.0, onnxruntime 1.32.0 and Optuna 5.0.0). `tests/test_internals.py` has one test per entry, named
 `test_<entry>`: it checks that the upstream thing still has the shape relied on (a signature, the re-stated
 source lines, an attribute, a behaviour), so that an upgrade that moves one of them fails there, by name,
 instead of deep in a training run. When upgrading, run that file first, then update the versions above.
@@ -145,6 +145,13 @@ Entries (`where` is the maskinit code that relies on it):
   machine + local rank, `init_process_group(init_method=dist_url, world_size=, rank=, timeout=)`, then
   `comm.create_local_process_group(processes per machine)` and `comm.synchronize()`; with gloo for a CPU
   run, `torch.cuda.set_device(local rank)` before the join, and the children's PIDs known to the parent.
+- `optuna_base_heartbeat`: tune.storage.HeartbeatJournalStorage subclasses Optuna's private
+  `optuna.storages._heartbeat.BaseHeartbeat` (`record_heartbeat(trial_id)`, `_get_stale_trial_ids(study_id)`,
+  `get_heartbeat_interval()`, `get_heartbeat_stale_trial_callback()`): `Study.optimize` beats and
+  `fail_stale_trials` fails stale trials only for a storage that is one, and `JournalStorage` is not.
+- `optuna_retry_history`: tune.storage.retry_trial writes, and tune.report.trial_row and
+  tune.storage.fail_stale_trials read, the `failed_trial` and `retry_history` system attributes in the
+  format of `RetryHeartbeatStaleTrialCallback` (its `retried_trial_number` and `retry_history`).
 """
 
 from __future__ import annotations
@@ -251,4 +258,8 @@ REACHES: dict[str, Reach] = {
     ),
     "torchscript_extra_files_layout": Reach("deploy.runner.read_metadata", "torch.jit.save(_extra_files=)"),
     "distributed_worker": Reach("launcher.join_group, launcher.launch", "detectron2.engine.launch._distributed_worker"),
+    "optuna_base_heartbeat": Reach("tune.storage.HeartbeatJournalStorage", "optuna.storages._heartbeat.BaseHeartbeat"),
+    "optuna_retry_history": Reach(
+        "tune.storage.retry_trial, tune.report.trial_row", "optuna.storages.RetryHeartbeatStaleTrialCallback"
+    ),
 }

@@ -781,3 +781,55 @@ def test_distributed_worker():
     assert lines[-2:] == ["comm.synchronize()", "main_func(*args)"]
     assert parameters(launch_module.launch) == ["main_func", "num_gpus_per_machine", "num_machines", "machine_rank",
                                                 "dist_url", "args", "timeout"]
+
+
+# ---------------------------------------------------------------------------------------------
+# Optuna
+
+
+@pytest.mark.slow
+@pytest.mark.filterwarnings("ignore:Heartbeat of storage")  # the test's own ask(), outside optimize
+def test_optuna_base_heartbeat(tmp_path):
+    import optuna
+    from optuna.storages._heartbeat import BaseHeartbeat, is_heartbeat_enabled
+
+    from maskinit.tune.storage import open_journal
+
+    assert BaseHeartbeat.__abstractmethods__ == {
+        "record_heartbeat", "_get_stale_trial_ids", "get_heartbeat_interval", "get_heartbeat_stale_trial_callback"}
+    assert parameters(BaseHeartbeat._get_stale_trial_ids) == ["self", "study_id"]
+    assert not issubclass(optuna.storages.JournalStorage, BaseHeartbeat)  # else the subclass is not needed
+    storage = open_journal(str(tmp_path / "study.log"), grace_period=2)
+    assert is_heartbeat_enabled(storage)
+    # the optimize loop fails stale trials first, then beats while the objective runs
+    optimize_source = inspect.getsource(optuna.study._optimize._run_trial)
+    assert "fail_stale_trials(study)" in optimize_source and "get_heartbeat_thread(trial._trial_id" in optimize_source
+    study = optuna.create_study(storage=storage, study_name="s")
+    stale = study.ask()  # no heartbeat yet: not stale
+    storage.record_heartbeat(stale._trial_id)
+    assert storage._get_stale_trial_ids(study._study_id) == []
+    import time
+
+    time.sleep(2.5)
+    assert storage._get_stale_trial_ids(study._study_id) == [stale._trial_id]
+
+
+@pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning")
+def test_optuna_retry_history():
+    import optuna
+    from optuna.storages import RetryHeartbeatStaleTrialCallback
+
+    from maskinit.tune.storage import retry_trial
+
+    for callback in (RetryHeartbeatStaleTrialCallback(), retry_trial):
+        study = optuna.create_study()
+        first = study.ask({"x": optuna.distributions.FloatDistribution(0, 1)})
+        study.tell(first, state=optuna.trial.TrialState.FAIL)
+        callback(study, study.trials[0])
+        retried = study.trials[1]
+        again = study.ask()
+        study.tell(again, state=optuna.trial.TrialState.FAIL)
+        callback(study, study.trials[1])
+        assert retried.params == study.trials[0].params
+        assert RetryHeartbeatStaleTrialCallback.retried_trial_number(study.trials[2]) == 0
+        assert RetryHeartbeatStaleTrialCallback.retry_history(study.trials[2]) == [0, 1]

@@ -69,6 +69,11 @@ def world_size() -> int:
     return _from_environment(WORLD_SIZE_VARIABLES, 1)
 
 
+def under_torchrun() -> bool:
+    """True in a process that torchrun (or srun with torchrun's variables) started, one of several."""
+    return "LOCAL_RANK" in os.environ and _from_environment(("WORLD_SIZE",), 1) > 1
+
+
 def is_main_process() -> bool:
     """True on the process that writes what a run writes once (rank 0)."""
     return global_rank() == 0

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 from detectron2.config import CfgNode
 
 from .atomic import write_atomically
+from .cfgkeys import get_key
 from .checkpoint import checkpoint_iteration, last_checkpoint
 from .errors import MaskinitError
 from .evaluation import json_safe
@@ -61,7 +62,7 @@ def prepare_output_dir(options: TrainOptions) -> Path:
         probe.write_text("")
         probe.unlink()
     except OSError as error:
-        raise MaskinitError(f"output dir {out} is not writable: {error.strerror}") from None
+        raise MaskinitError(f"output dir {out} is not writable: {error.strerror}") from error
     return out
 
 
@@ -119,12 +120,12 @@ def output_dir_lock(out: Path):
     try:
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
+        except BlockingIOError as error:
             handle.seek(0)
             holder = handle.read().strip() or "another process"
             raise MaskinitError(
                 f"output dir {out} is in use by another maskinit train ({holder}): wait for it to end or choose another --output-dir"
-            ) from None
+            ) from error
         handle.seek(0)
         handle.truncate()
         handle.write(f"pid {os.getpid()}")
@@ -156,9 +157,7 @@ def check_resume_config(path: Path, cfg: CfgNode, keys: tuple[str, ...] = RESUME
 
     saved = load_config(path)
     for key in keys:
-        old, new = saved, cfg
-        for part in key.split("."):
-            old, new = old[part], new[part]
+        old, new = get_key(saved, key), get_key(cfg, key)
         if isinstance(old, (list, tuple)):
             if not old:  # a run saved before the key existed
                 continue

@@ -12,6 +12,7 @@ from detectron2.config import CfgNode
 from .config import ADAPTIVE_OPTIMIZERS, check_config
 from .devices import set_device
 from .errors import MaskinitError
+from .ranks import under_torchrun
 
 logger = logging.getLogger("maskinit")
 
@@ -115,6 +116,7 @@ def rescale_to_max_iter(cfg: CfgNode, max_iter: int, keep_steps: bool, keep_warm
 
 def apply_run_options(cfg: CfgNode, options: TrainOptions, explicit_keys: set[str] = frozenset()) -> CfgNode:
     """Write the run options into the config, so that `config.yaml` says exactly what ran."""
+    from .cfgkeys import with_keys
     from .config import apply_ims_per_batch, config_value
 
     cfg = cfg.clone()
@@ -124,9 +126,7 @@ def apply_run_options(cfg: CfgNode, options: TrainOptions, explicit_keys: set[st
     if options.ims_per_batch is not None:
         given = {key: config_value(cfg, key) for key in SCALED_WITH_BATCH & set(explicit_keys)}
         apply_ims_per_batch(cfg, options.ims_per_batch)
-        for key, value in given.items():  # a value the user set is kept as set
-            *path, last = key.split(".")
-            config_value(cfg, ".".join(path))[last] = value
+        cfg = with_keys(cfg, given)  # a value the user set is kept as set
     if options.lr is not None:
         if not 0 < options.lr < 10:
             raise MaskinitError(f"--lr must be in (0, 10), got {options.lr}")
@@ -139,7 +139,7 @@ def apply_run_options(cfg: CfgNode, options: TrainOptions, explicit_keys: set[st
                                         ("--time", options.time_budget)) if value is not None]
     if len(lengths) > 1:
         raise MaskinitError(f"{' and '.join(lengths)} each set the run's length: give one")
-    if options.time_budget is not None and (options.resume or options.num_machines > 1 or _under_torchrun()):
+    if options.time_budget is not None and (options.resume or options.num_machines > 1 or under_torchrun()):
         raise MaskinitError("--time measures this machine before a new run: with --resume, several machines or torchrun, "
                             "use --max-iter or --epochs")
     if options.fit is not None:
@@ -179,12 +179,6 @@ def apply_run_options(cfg: CfgNode, options: TrainOptions, explicit_keys: set[st
     validate_run_config(cfg, options)
     warn_optimizer_mismatch(cfg)
     return cfg
-
-
-def _under_torchrun() -> bool:
-    import os
-
-    return "LOCAL_RANK" in os.environ and int(os.environ.get("WORLD_SIZE", 1)) > 1
 
 
 def warn_optimizer_mismatch(cfg: CfgNode) -> None:

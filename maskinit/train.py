@@ -81,7 +81,7 @@ def train(cfg: CfgNode, options: TrainOptions | None = None, explicit_keys: set[
         summary = read_summary(Path(options.output_dir))
         when = ("after training ended: the outputs in " + str(options.output_dir) + " are what it wrote"
                 if summary.get("status") not in (None, "running") else "before training started: nothing was trained or saved")
-        raise RunInterrupted(f"interrupted by {signal_name(interrupt)} {when}", signal_name(interrupt)) from None
+        raise RunInterrupted(f"interrupted by {signal_name(interrupt)} {when}", signal_name(interrupt)) from interrupt
     finally:
         restore()
 
@@ -150,10 +150,9 @@ def _train(cfg: CfgNode, options: TrainOptions, explicit_keys, hooks: Sequence =
 def processes(options: TrainOptions) -> tuple[int, int]:
     """How many processes of the run share this machine, and how many it has in all (a launcher's
     variables under torchrun or srun, else --num-gpus and --num-machines)."""
-    from .ranks import world_size
-    from .worker import torchrun_env
+    from .ranks import under_torchrun, world_size
 
-    if torchrun_env():
+    if under_torchrun():
         return int(os.environ.get("LOCAL_WORLD_SIZE", 1)), world_size()
     return options.num_gpus, options.num_gpus * options.num_machines
 

@@ -26,6 +26,7 @@ from .errors import MaskinitError, one_line, signal_name
 from .hooks import StopRequested, TrainingInterrupted
 from .launcher import GroupPlan, free_port, join_group, launch
 from .machine import estimate_memory
+from .ranks import under_torchrun
 from .run_dir import EVAL_FILE, SUMMARY_FILE, write_json
 from .run_options import TrainOptions
 from .trainer import Trainer
@@ -241,11 +242,6 @@ def quiet_third_party_notices() -> None:
     logging.getLogger("torch.fx._symbolic_trace").setLevel(logging.ERROR)
 
 
-def torchrun_env() -> bool:
-    """True in a process that torchrun (or srun with torchrun's variables) started, one of several."""
-    return "LOCAL_RANK" in os.environ and "WORLD_SIZE" in os.environ and int(os.environ["WORLD_SIZE"]) > 1
-
-
 def run_under_torchrun(cfg: CfgNode, options: TrainOptions, fit: FitReport | None = None,
                        data_notes: Sequence[str] = ()) -> dict:
     """torchrun started the processes: join its process group (env://) and run this rank; its ending."""
@@ -267,9 +263,9 @@ def launch_workers(cfg: CfgNode, options: TrainOptions, fit: FitReport | None = 
     machines; returns rank 0's ending (its summary). Extra `hooks` need the one process: they cannot be
     sent to others."""
     world = options.num_gpus * options.num_machines
-    if hooks and (world > 1 or torchrun_env()):
+    if hooks and (world > 1 or under_torchrun()):
         raise MaskinitError("extra training hooks run in one process only: use --num-gpus 1 without torchrun")
-    if torchrun_env():
+    if under_torchrun():
         return run_under_torchrun(cfg, options, fit, data_notes)
     if world == 1:
         return worker(cfg, options, fit, list(data_notes), list(hooks))

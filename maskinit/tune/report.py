@@ -94,8 +94,8 @@ def study_report(cfg: CfgNode, options: TrainOptions, search: Sequence[str] = ()
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     try:
         study = optuna.load_study(study_name=name, storage=open_storage(url, grace_period))
-    except KeyError:
-        raise MaskinitError(f"no study {name!r} in {shown_url(url)}") from None
+    except KeyError as error:
+        raise MaskinitError(f"no study {name!r} in {shown_url(url)}") from error
     space = build_space(cfg, options, search, explicit_keys, defaults=default_space)
     return report(study, shown_url(url), out, cfg, options, space, [], [])
 
@@ -113,7 +113,7 @@ def report(study, shown: str, out: Path, cfg: CfgNode, options: TrainOptions, sp
     try:
         write_atomically(out / TRIALS_FILE, json.dumps([row.__dict__ for row in rows], indent=2, default=str))
     except OSError as error:
-        raise MaskinitError(f"cannot write {out / TRIALS_FILE}: {error.strerror}") from None
+        raise MaskinitError(f"cannot write {out / TRIALS_FILE}: {error.strerror}") from error
     complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
     if complete:
         best = max(complete, key=lambda t: (t.value, -t.number))
@@ -136,7 +136,7 @@ def best_config_text(source: Path, base_cfg: CfgNode) -> str:
     try:
         data = yaml.safe_load(source.read_text())
     except OSError as error:
-        raise MaskinitError(f"cannot read the trial's config {source}: {error.strerror}") from None
+        raise MaskinitError(f"cannot read the trial's config {source}: {error.strerror}") from error
     data.setdefault("TEST", {})["EVAL_PERIOD"] = base_cfg.TEST.EVAL_PERIOD
     return yaml.safe_dump(data, default_flow_style=False, sort_keys=True)
 
@@ -156,7 +156,7 @@ def write_best_config(best, out: Path, base_cfg: CfgNode, study_name: str = "mas
     try:
         write_atomically(path, header + text)
     except OSError as error:
-        raise MaskinitError(f"cannot write {path}: {error.strerror}") from None
+        raise MaskinitError(f"cannot write {path}: {error.strerror}") from error
     return path
 
 

@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from ..cfgkeys import MISSING, get_key
 from ..errors import MaskinitError
 
 if TYPE_CHECKING:
@@ -107,11 +108,9 @@ def parse_search(spec: str, cfg: CfgNode) -> SearchDimension:
     key, values = key.strip(), values.strip()
     if not sep or not key or not values:
         raise MaskinitError(f"--search {spec!r}: expected KEY=low:high[:log|:int] or KEY=a,b,c")
-    node = cfg
-    for part in key.split("."):
-        if not isinstance(node, dict) or part not in node:
-            raise MaskinitError(f"--search {spec!r}: unknown config key {key}")
-        node = node[part]
+    node = get_key(cfg, key, MISSING)
+    if node is MISSING:
+        raise MaskinitError(f"--search {spec!r}: unknown config key {key}")
     if isinstance(node, dict):
         raise MaskinitError(f"--search {spec!r}: {key} is a section of the config, not a key")
     if ":" in values:
@@ -123,8 +122,8 @@ def parse_search(spec: str, cfg: CfgNode) -> SearchDimension:
             raise MaskinitError(f"--search {spec!r}: {key} holds {node!r}, not a number: give choices (a,b,c)")
         try:
             low, high = float(parts[0]), float(parts[1])
-        except ValueError:
-            raise MaskinitError(f"--search {spec!r}: low and high must be numbers") from None
+        except ValueError as error:
+            raise MaskinitError(f"--search {spec!r}: low and high must be numbers") from error
         if not (math.isfinite(low) and math.isfinite(high)) or low >= high:
             raise MaskinitError(f"--search {spec!r}: need finite low < high, got {low:g} and {high:g}")
         log = "log" in flags

@@ -248,7 +248,7 @@ def tune(
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as error:
-        raise MaskinitError(f"output dir {out} is not writable: {error.strerror}") from None
+        raise MaskinitError(f"output dir {out} is not writable: {error.strerror}") from error
     if val_fraction is not None:  # the trials' data: a split of the training set, the same in every worker;
         # checked before the study is created, in a folder of its own fraction and seed (a refused --resume
         # with another split leaves the study's files as they were)
@@ -335,14 +335,14 @@ def tune(
                 trial.set_user_attr("last_ap", hook.reported[max(hook.reported)])
             if hook.pruned:
                 trial.set_user_attr("pruned", hook.pruned)
-                raise optuna.TrialPruned(hook.pruned) from None
+                raise optuna.TrialPruned(hook.pruned) from error
             if summary.get("status") == "interrupted" or str(error).startswith("interrupted by"):
                 trial.set_user_attr("interrupted", True)
-                raise StudyInterrupted(trial_interruption(summary, trial.number, str(error))) from None
+                raise StudyInterrupted(trial_interruption(summary, trial.number, str(error))) from error
             diverged = hook.diverged or summary.get("status") == "diverged"
             trial.set_user_attr(FAILURE, "diverged" if diverged else "failed")
             trial.set_user_attr(ERROR, str(error)[:500])
-            raise TrialFailed(str(error)) from None
+            raise TrialFailed(str(error)) from error
         finally:
             _drop_new_handlers(handlers)
             gc.collect()
@@ -389,7 +389,7 @@ def tune(
                 raise
             again = f" (trial {trial.number} runs again from its start)" if trial is not None else ""
             raise StudyInterrupted(f"{error}; the study is kept in {shown}: run the same maskinit tune command with "
-                                   f"--resume to continue it{again}") from None
+                                   f"--resume to continue it{again}") from error
         trial = current.get("trial")
         if trial is None:
             continue

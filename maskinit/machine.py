@@ -5,7 +5,8 @@ with no message at all. The estimate of one training process's peak memory is fi
 peaks (`benchmarks/memory.py`: CPU, peak resident memory of 3 training iterations of a fresh
 process; `benchmarks/results/memory.json`):
 
-    peak ~ BASE(backbone) + images per process x (PER_ROI x ROIs x box-head width x heads + PER_PIXEL(backbone) x pixels)
+    peak ~ BASE(backbone)
+           + images per process x (PER_ROI x ROIs x box-head width x heads + PER_PIXEL(backbone) x pixels)
 
 where `heads` is 1 at Detectron2's pools (7x7 box, 14x14 mask) and follows the mask pool's area for
 the mask head's share of the per-RoI activations, counted, not fitted: a third for the box head (four convs on
@@ -67,7 +68,11 @@ def default_preset(device: str | None = None) -> tuple[str, str]:
         if torch.cuda.is_available():
             return "r50-fpn", "a CUDA GPU is here: preset r50-fpn (ResNet-50 FPN); --preset tiny is the CPU scale"
     why = "--device cpu" if device == "cpu" else "no CUDA GPU here"
-    return "tiny", f"{why}: preset tiny, the CPU scale (ResNet-18 FPN, small inputs); on a GPU the default is r50-fpn (--preset chooses)"
+    return (
+        "tiny",
+        f"{why}: preset tiny, the CPU scale (ResNet-18 FPN, small inputs); "
+        "on a GPU the default is r50-fpn (--preset chooses)",
+    )
 
 
 @dataclass(frozen=True)
@@ -93,8 +98,10 @@ class MemoryEstimate:
         height, width = self.input_shape
         available = "unknown" if self.available_bytes is None else f"{self.available_bytes / GiB:.1f} GiB available"
         where = "GPU memory" if self.device.startswith("cuda") else "RAM"
-        return (f"estimated peak {self.peak_bytes / GiB:.1f} GiB of {where} per process "
-                f"({self.images_per_process} images of up to {height}x{width} pixels), {available}")
+        return (
+            f"estimated peak {self.peak_bytes / GiB:.1f} GiB of {where} per process "
+            f"({self.images_per_process} images of up to {height}x{width} pixels), {available}"
+        )
 
 
 def largest_input(cfg) -> tuple[int, int]:
@@ -121,8 +128,12 @@ def per_image_bytes(cfg) -> float:
     # about half of a step's pixel-proportional activations sit in the backbone, half in the FPN and RPN
     scale = 0.5 * widen + 0.5 * cfg.MODEL.FPN.OUT_CHANNELS / measured_fpn
     pixels = _nearest(PER_PIXEL, resnets.DEPTH) * scale * height * width
-    rois = (PER_ROI_CHANNEL * cfg.MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE * max(cfg.MODEL.ROI_BOX_HEAD.CONV_DIM, 64)
-            * roi_heads_share(cfg))
+    rois = (
+        PER_ROI_CHANNEL
+        * cfg.MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE
+        * max(cfg.MODEL.ROI_BOX_HEAD.CONV_DIM, 64)
+        * roi_heads_share(cfg)
+    )
     return pixels + rois + copy_paste_bytes(cfg)
 
 
@@ -130,8 +141,12 @@ def step_seconds(pixels: float, rois: float, mask_rois: float, mask_pool: int) -
     """Estimated seconds of one training step (STEP_COST): `pixels` padded input pixels, `rois` sampled RoIs
     and `mask_rois` foreground RoIs per image, the mask head's RoIAlign at `mask_pool`."""
     cost = STEP_COST
-    return (cost["fixed"] + cost["per_pixel"] * pixels + cost["per_roi"] * rois
-            + cost["per_mask_roi"] * mask_rois * (mask_pool / 7) ** 2)
+    return (
+        cost["fixed"]
+        + cost["per_pixel"] * pixels
+        + cost["per_roi"] * rois
+        + cost["per_mask_roi"] * mask_rois * (mask_pool / 7) ** 2
+    )
 
 
 def roi_heads_share(cfg) -> float:
@@ -212,7 +227,9 @@ def check_memory(cfg, processes_here: int = 1, world: int | None = None) -> Memo
         changes.append(f"--ims-per-batch {fitting * world}")
     if cfg.MODEL.RESNETS.DEPTH >= 50 and not cfg.MODEL.DEVICE.startswith("cuda"):
         changes.append("--preset tiny (the CPU scale)")
-    changes.append(f"smaller inputs (INPUT.MIN_SIZE_TRAIN / INPUT.MAX_SIZE_TRAIN, now up to {max(estimate.input_shape)} pixels)")
+    changes.append(
+        f"smaller inputs (INPUT.MIN_SIZE_TRAIN / INPUT.MAX_SIZE_TRAIN, now up to {max(estimate.input_shape)} pixels)"
+    )
     raise MaskinitError(
         f"this run would not fit in memory: {estimate.describe()}; use {', or '.join(changes)} "
         "(MASKINIT.MEMORY_CHECK False skips this check)"

@@ -35,8 +35,17 @@ LOCK_FILE = ".maskinit.lock"
 # What a run writes into its dir besides config.yaml: what `--overwrite` removes before the new run starts,
 # so that nothing of the replaced run mixes with the new one (Detectron2 appends to metrics.json and
 # log.txt, and a longer old run would leave later checkpoints that `last_checkpoint` no longer names).
-RUN_OUTPUTS = ("model_*.pth", "last_checkpoint", EVAL_FILE, SUMMARY_FILE, "metrics.json", "log.txt",
-               "events.out.tfevents.*", "curves.png", "inference")
+RUN_OUTPUTS = (
+    "model_*.pth",
+    "last_checkpoint",
+    EVAL_FILE,
+    SUMMARY_FILE,
+    "metrics.json",
+    "log.txt",
+    "events.out.tfevents.*",
+    "curves.png",
+    "inference",
+)
 
 
 def leads_run(options: TrainOptions) -> bool:
@@ -70,16 +79,21 @@ def check_output_dir(out: Path, options: TrainOptions, max_iter: int) -> None:
     """A dir that holds a run is refused unless resuming or overwriting (by the leading process alone: the
     others may share its folder); `--resume` needs a checkpoint to continue from, before `max_iter`."""
     if leads_run(options) and holds_run(out) and not (options.resume or options.overwrite):
-        raise MaskinitError(f"output dir {out} already holds a run: pass --resume to continue it or --overwrite to replace it")
+        raise MaskinitError(
+            f"output dir {out} already holds a run: pass --resume to continue it or --overwrite to replace it"
+        )
     if options.resume:
         checkpoint = last_checkpoint(out)
         if checkpoint is None:
-            raise MaskinitError(f"--resume but {out} has no checkpoint to resume from (no last_checkpoint naming a file there)")
+            raise MaskinitError(
+                f"--resume but {out} has no checkpoint to resume from (no last_checkpoint naming a file there)"
+            )
         start = checkpoint_iteration(out / checkpoint) + 1
         if start >= max_iter:
             raise MaskinitError(
                 f"--resume: {checkpoint} in {out} is at iteration {start - 1}, and SOLVER.MAX_ITER is {max_iter}: "
-                f"nothing is left to train; pass --max-iter above {start} to train further (or evaluate it with maskinit eval)"
+                f"nothing is left to train; pass --max-iter above {start} to train further "
+                "(or evaluate it with maskinit eval)"
             )
 
 
@@ -124,7 +138,8 @@ def output_dir_lock(out: Path):
             handle.seek(0)
             holder = handle.read().strip() or "another process"
             raise MaskinitError(
-                f"output dir {out} is in use by another maskinit train ({holder}): wait for it to end or choose another --output-dir"
+                f"output dir {out} is in use by another maskinit train ({holder}): "
+                "wait for it to end or choose another --output-dir"
             ) from error
         handle.seek(0)
         handle.truncate()
@@ -145,13 +160,21 @@ def read_summary(out: Path) -> dict:
 
 
 # What a resumed run must share with the run it continues: the model's shape, known from the config...
-RESUME_MODEL_KEYS = ("MODEL.RESNETS.DEPTH", "MASKINIT.NORM", "MODEL.FPN.OUT_CHANNELS", "MODEL.ROI_BOX_HEAD.NUM_CONV",
-                     "MODEL.ROI_BOX_HEAD.FC_DIM", "MODEL.ROI_MASK_HEAD.CONV_DIM")
+RESUME_MODEL_KEYS = (
+    "MODEL.RESNETS.DEPTH",
+    "MASKINIT.NORM",
+    "MODEL.FPN.OUT_CHANNELS",
+    "MODEL.ROI_BOX_HEAD.NUM_CONV",
+    "MODEL.ROI_BOX_HEAD.FC_DIM",
+    "MODEL.ROI_MASK_HEAD.CONV_DIM",
+)
 # ...and its classes, known once the data is read.
 RESUME_CLASS_KEYS = ("MODEL.ROI_HEADS.NUM_CLASSES", "MASKINIT.CLASS_NAMES")
 
 
-def check_resume_config(path: Path, cfg: CfgNode, keys: tuple[str, ...] = RESUME_MODEL_KEYS + RESUME_CLASS_KEYS) -> None:
+def check_resume_config(
+    path: Path, cfg: CfgNode, keys: tuple[str, ...] = RESUME_MODEL_KEYS + RESUME_CLASS_KEYS
+) -> None:
     """A resumed run must build the same model it saved."""
     from .config import load_config
 
@@ -163,7 +186,9 @@ def check_resume_config(path: Path, cfg: CfgNode, keys: tuple[str, ...] = RESUME
                 continue
             old, new = list(old), list(new)
         if old != new:
-            raise MaskinitError(f"--resume: {key} is {new} now but {old} in the saved run ({path}); use a new --output-dir")
+            raise MaskinitError(
+                f"--resume: {key} is {new} now but {old} in the saved run ({path}); use a new --output-dir"
+            )
 
 
 def resumed_config(path: Path, given: CfgNode, options: TrainOptions, explicit_keys) -> CfgNode:

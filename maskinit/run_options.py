@@ -17,8 +17,16 @@ from .ranks import under_torchrun
 logger = logging.getLogger("maskinit")
 
 # The keys `--ims-per-batch` scales (`config.apply_ims_per_batch`): one given as `KEY VALUE` is kept.
-SCALED_WITH_BATCH = frozenset({"SOLVER.BASE_LR", "SOLVER.MAX_ITER", "SOLVER.STEPS", "SOLVER.WARMUP_ITERS",
-                               "SOLVER.CHECKPOINT_PERIOD", "TEST.EVAL_PERIOD"})
+SCALED_WITH_BATCH = frozenset(
+    {
+        "SOLVER.BASE_LR",
+        "SOLVER.MAX_ITER",
+        "SOLVER.STEPS",
+        "SOLVER.WARMUP_ITERS",
+        "SOLVER.CHECKPOINT_PERIOD",
+        "TEST.EVAL_PERIOD",
+    }
+)
 
 
 @dataclass
@@ -52,9 +60,14 @@ class DataOptions:
                 flags += ["--split-seed", str(self.split_seed)]
             return flags
         flags = []
-        for flag, value in (("--train-json", self.train_json), ("--train-images", self.train_images),
-                            ("--val-json", self.val_json), ("--val-images", self.val_images),
-                            ("--dataset", self.dataset), ("--val-dataset", self.val_dataset)):
+        for flag, value in (
+            ("--train-json", self.train_json),
+            ("--train-images", self.train_images),
+            ("--val-json", self.val_json),
+            ("--val-images", self.val_images),
+            ("--dataset", self.dataset),
+            ("--val-dataset", self.val_dataset),
+        ):
             if value:
                 flags += [flag, str(value)]
         return flags
@@ -95,7 +108,9 @@ class TrainOptions:
     data: DataOptions = field(default_factory=DataOptions)
 
 
-def rescale_to_max_iter(cfg: CfgNode, max_iter: int, keep_steps: bool, keep_warmup: bool, keep_ema: bool = False) -> None:
+def rescale_to_max_iter(
+    cfg: CfgNode, max_iter: int, keep_steps: bool, keep_warmup: bool, keep_ema: bool = False
+) -> None:
     """A shorter or longer run keeps the shape of its schedules: the LR steps (and warmup) scale with
     it, and so do the weight average's window 1 / (1 - MASKINIT.EMA.DECAY) and its warmup."""
     if max_iter < 1:
@@ -135,19 +150,30 @@ def apply_run_options(cfg: CfgNode, options: TrainOptions, explicit_keys: set[st
         if options.warmup_iters < 0:
             raise MaskinitError(f"--warmup-iters must be >= 0, got {options.warmup_iters}")
         cfg.SOLVER.WARMUP_ITERS = options.warmup_iters
-    lengths = [flag for flag, value in (("--max-iter", options.max_iter), ("--epochs", options.epochs),
-                                        ("--time", options.time_budget)) if value is not None]
+    lengths = [
+        flag
+        for flag, value in (
+            ("--max-iter", options.max_iter),
+            ("--epochs", options.epochs),
+            ("--time", options.time_budget),
+        )
+        if value is not None
+    ]
     if len(lengths) > 1:
         raise MaskinitError(f"{' and '.join(lengths)} each set the run's length: give one")
     if options.time_budget is not None and (options.resume or options.num_machines > 1 or under_torchrun()):
-        raise MaskinitError("--time measures this machine before a new run: with --resume, several machines or torchrun, "
-                            "use --max-iter or --epochs")
+        raise MaskinitError(
+            "--time measures this machine before a new run: with --resume, several machines or torchrun, "
+            "use --max-iter or --epochs"
+        )
     if options.fit is not None:
         cfg.MASKINIT.FIT = options.fit
         cfg.MASKINIT.FIT_TO_DATA = True
     if options.max_iter is not None:
         rescale_to_max_iter(
-            cfg, options.max_iter, keep_steps="SOLVER.STEPS" in explicit_keys,
+            cfg,
+            options.max_iter,
+            keep_steps="SOLVER.STEPS" in explicit_keys,
             keep_warmup=options.warmup_iters is not None or "SOLVER.WARMUP_ITERS" in explicit_keys,
             keep_ema=bool({"MASKINIT.EMA.DECAY", "MASKINIT.EMA.WARMUP_ITERS"} & set(explicit_keys)),
         )
@@ -185,9 +211,13 @@ def warn_optimizer_mismatch(cfg: CfgNode) -> None:
     """SGD and AdamW want LRs and weight decays 10-500x apart; a switch of one alone is a likely mistake."""
     adaptive = cfg.MASKINIT.OPTIMIZER in ADAPTIVE_OPTIMIZERS
     if adaptive and cfg.SOLVER.BASE_LR > 0.01:
-        logger.warning("LR %g is an SGD value; %s usually wants 1e-4 to 2e-3 (--lr)", cfg.SOLVER.BASE_LR, cfg.MASKINIT.OPTIMIZER)
+        logger.warning(
+            "LR %g is an SGD value; %s usually wants 1e-4 to 2e-3 (--lr)", cfg.SOLVER.BASE_LR, cfg.MASKINIT.OPTIMIZER
+        )
     if not adaptive and cfg.SOLVER.WEIGHT_DECAY > 1e-3:
-        logger.warning("weight decay %g is an AdamW value; SGD usually wants 1e-4 (SOLVER.WEIGHT_DECAY)", cfg.SOLVER.WEIGHT_DECAY)
+        logger.warning(
+            "weight decay %g is an AdamW value; SGD usually wants 1e-4 (SOLVER.WEIGHT_DECAY)", cfg.SOLVER.WEIGHT_DECAY
+        )
     if not adaptive and cfg.SOLVER.BASE_LR <= 1e-3:
         logger.warning("LR %g is an AdamW value; SGD usually wants 0.01 to 0.04 (--lr)", cfg.SOLVER.BASE_LR)
 
@@ -202,6 +232,8 @@ def validate_run_config(cfg: CfgNode, options: TrainOptions) -> None:
     if not options.dist_timeout > 0:
         raise MaskinitError(f"--dist-timeout must be a positive number of seconds, got {options.dist_timeout:g}")
     if options.num_machines > 1 and not str(options.dist_url).startswith(("tcp://", "file://")):
-        raise MaskinitError(f"--dist-url must be tcp://HOST:PORT of machine 0 with several machines, got {options.dist_url!r}")
+        raise MaskinitError(
+            f"--dist-url must be tcp://HOST:PORT of machine 0 with several machines, got {options.dist_url!r}"
+        )
     if cfg.SOLVER.IMS_PER_BATCH % world:
         raise MaskinitError(f"SOLVER.IMS_PER_BATCH {cfg.SOLVER.IMS_PER_BATCH} is not divisible by {world} processes")

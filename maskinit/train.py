@@ -63,8 +63,13 @@ class RunPlan:
     length: tuple[str, ...] = ()
 
 
-def train(cfg: CfgNode, options: TrainOptions | None = None, explicit_keys: set[str] = frozenset(),
-          hooks: Sequence = (), announce: Callable[[RunPlan], None] | None = None) -> dict:
+def train(
+    cfg: CfgNode,
+    options: TrainOptions | None = None,
+    explicit_keys: set[str] = frozenset(),
+    hooks: Sequence = (),
+    announce: Callable[[RunPlan], None] | None = None,
+) -> dict:
     """Train from scratch and evaluate; returns the run summary (also in `run_summary.json`).
 
     Every way it ends other than a finished run is a `MaskinitError` saying why in one line,
@@ -79,8 +84,11 @@ def train(cfg: CfgNode, options: TrainOptions | None = None, explicit_keys: set[
         return _train(cfg, options, explicit_keys, hooks, announce)
     except KeyboardInterrupt as interrupt:  # outside the training loop, which stops on signals by itself
         summary = read_summary(Path(options.output_dir))
-        when = ("after training ended: the outputs in " + str(options.output_dir) + " are what it wrote"
-                if summary.get("status") not in (None, "running") else "before training started: nothing was trained or saved")
+        when = (
+            "after training ended: the outputs in " + str(options.output_dir) + " are what it wrote"
+            if summary.get("status") not in (None, "running")
+            else "before training started: nothing was trained or saved"
+        )
         raise RunInterrupted(f"interrupted by {signal_name(interrupt)} {when}", signal_name(interrupt)) from interrupt
     finally:
         restore()
@@ -108,13 +116,18 @@ def _train(cfg: CfgNode, options: TrainOptions, explicit_keys, hooks: Sequence =
     if continues_saved:  # a resumed run goes on with the config it was fitted with (and checked) at its start
         check_resume_config(saved_config, requested, RESUME_MODEL_KEYS)
         cfg = resumed_config(saved_config, cfg, options, explicit_keys)
-        logger.info("resuming with the config saved in %s (fitted to the data at the run's start), "
-                    "the command's run options and KEY VALUE overrides on top", saved_config)
+        logger.info(
+            "resuming with the config saved in %s (fitted to the data at the run's start), "
+            "the command's run options and KEY VALUE overrides on top",
+            saved_config,
+        )
     else:
         cfg, fit = fit_to_data(requested, checked.data, keep=explicit_keys)
         check_config(cfg)
     cfg, data = resolve_data(cfg, checked.data)
-    cfg = record_data(cfg, options.data)  # config.yaml says which data: --resume and `eval RUN_DIR` need no data options
+    cfg = record_data(
+        cfg, options.data
+    )  # config.yaml says which data: --resume and `eval RUN_DIR` need no data options
     if "MODEL.ROI_HEADS.NUM_CLASSES" in explicit_keys and stated_classes != cfg.MODEL.ROI_HEADS.NUM_CLASSES:
         raise MaskinitError(
             f"MODEL.ROI_HEADS.NUM_CLASSES {stated_classes} was given, but the training data has "
@@ -167,8 +180,11 @@ def outcome(summary: dict, options: TrainOptions, out: Path) -> dict:
     if status == "stopped":
         raise RunFailed(f"training stopped at iteration {summary.get('iteration')}: {summary.get('reason')}")
     if status == "diverged":
-        kept = (f"last finite checkpoint kept: {summary['checkpoint']}" if summary.get("checkpoint")
-                else "no checkpoint had been saved yet")
+        kept = (
+            f"last finite checkpoint kept: {summary['checkpoint']}"
+            if summary.get("checkpoint")
+            else "no checkpoint had been saved yet"
+        )
         raise RunDiverged(
             f"training diverged at iteration {summary.get('iteration')}: non-finite {', '.join(summary['terms'])}; "
             f"{kept}; try a lower --lr, a longer --warmup-iters, --clip-grad 1.0, or a GN/SyncBN norm"
@@ -182,16 +198,22 @@ def interruption_message(summary: dict, options: TrainOptions) -> str:
     """What an interrupt left: a checkpoint and the command that resumes from it, or nothing to resume."""
     name, iteration, saved = summary.get("signal"), summary.get("iteration"), summary.get("checkpoint")
     if summary.get("during") == "evaluation" and saved == "model_final.pth":
-        return (f"interrupted by {name} during the final evaluation: training finished and model_final.pth is saved; "
-                f"evaluate it with: {eval_command(options)}")
+        return (
+            f"interrupted by {name} during the final evaluation: training finished and model_final.pth is saved; "
+            f"evaluate it with: {eval_command(options)}"
+        )
     where = "during the evaluation" if summary.get("during") == "evaluation" else "at iteration"
     if saved:
-        return f"interrupted by {name} {where} {iteration}: checkpoint {saved} saved; resume with: {resume_command(options)}"
+        return (f"interrupted by {name} {where} {iteration}: checkpoint {saved} saved; "
+                f"resume with: {resume_command(options)}")
     previous = summary.get("previous_checkpoint")
     if previous:
-        return (f"interrupted by {name} at iteration {iteration} (a second signal: nothing saved now); the last checkpoint "
-                f"is {previous}; resume from it with: {resume_command(options)}")
-    return f"interrupted by {name} at iteration {iteration}, before any checkpoint: nothing to resume; run the same command to start again"
+        return (
+            f"interrupted by {name} at iteration {iteration} (a second signal: nothing saved now); the last checkpoint "
+            f"is {previous}; resume from it with: {resume_command(options)}"
+        )
+    return (f"interrupted by {name} at iteration {iteration}, before any checkpoint: nothing to resume; "
+            "run the same command to start again")
 
 
 def resume_command(options: TrainOptions) -> str:
@@ -202,8 +224,16 @@ def resume_command(options: TrainOptions) -> str:
     config = ["--config", f"{out}/{CONFIG_FILE}"] if (Path(out) / CONFIG_FILE).is_file() else []
     parts = ["maskinit", "train", *config, "--output-dir", str(out), "--resume", *options.data.as_flags()]
     if options.num_gpus > 1 or options.num_machines > 1:
-        parts += ["--num-gpus", str(options.num_gpus), "--num-machines", str(options.num_machines),
-                  "--machine-rank", str(options.machine_rank), "--dist-url", options.dist_url]
+        parts += [
+            "--num-gpus",
+            str(options.num_gpus),
+            "--num-machines",
+            str(options.num_machines),
+            "--machine-rank",
+            str(options.machine_rank),
+            "--dist-url",
+            options.dist_url,
+        ]
     return " ".join(shlex.quote(part) for part in parts)
 
 
@@ -214,7 +244,11 @@ def eval_command(options: TrainOptions) -> str:
         return " ".join(shlex.quote(part) for part in ["maskinit", "eval", str(out)])
     parts = ["maskinit", "eval", "--config", f"{out}/{CONFIG_FILE}", "--weights", f"{out}/model_final.pth"]
     data = options.data
-    for flag, value in (("--val-json", data.val_json), ("--val-images", data.val_images), ("--dataset", data.val_dataset)):
+    for flag, value in (
+        ("--val-json", data.val_json),
+        ("--val-images", data.val_images),
+        ("--dataset", data.val_dataset),
+    ):
         if value:
             parts += [flag, str(value)]
     return " ".join(shlex.quote(part) for part in parts)

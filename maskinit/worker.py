@@ -57,8 +57,13 @@ def divergence_message(error: FloatingPointError, output_dir: str, iteration: in
     return {"iteration": iteration, "terms": terms, "checkpoint": last_checkpoint(output_dir)}
 
 
-def worker(cfg: CfgNode, options: TrainOptions, fit: FitReport | None = None, data_notes: Sequence[str] = (),
-           hooks: Sequence = ()) -> dict:
+def worker(
+    cfg: CfgNode,
+    options: TrainOptions,
+    fit: FitReport | None = None,
+    data_notes: Sequence[str] = (),
+    hooks: Sequence = (),
+) -> dict:
     """One training process (rank): set up logging and seeds, train, evaluate, record the summary (rank 0);
     returns rank 0's summary on every rank. `cfg`: rank 0's is trained (each rank keeps its own OUTPUT_DIR);
     `fit`: the data fit (its keys as (key, preset value, fitted value, reason) rows, its mode and cost);
@@ -121,7 +126,9 @@ def worker(cfg: CfgNode, options: TrainOptions, fit: FitReport | None = None, da
         raise MaskinitError(f"pretrained tensors were loaded from {foreign}: refusing to train")
     if comm.is_main_process():
         if resumed:
-            logger.info("from scratch: resumed own checkpoint at iteration %d; no pretrained tensor loaded", trainer.start_iter)
+            logger.info(
+                "from scratch: resumed own checkpoint at iteration %d; no pretrained tensor loaded", trainer.start_iter
+            )
         else:
             logger.info("from scratch: no tensor loaded from any checkpoint (weights fingerprint unchanged)")
     started = time.perf_counter()
@@ -141,22 +148,39 @@ def worker(cfg: CfgNode, options: TrainOptions, fit: FitReport | None = None, da
             final = Path(cfg.OUTPUT_DIR) / "model_final.pth"
             finished = trainer.iter >= trainer.max_iter - 1 and final.is_file()
             checkpoint = final.name if finished else trainer.stop_on_signal.save_here()
-        status = {"status": "interrupted", "signal": stop.signal_name, "iteration": stop.iteration,
-                  "checkpoint": checkpoint, "during": stop.during}
+        status = {
+            "status": "interrupted",
+            "signal": stop.signal_name,
+            "iteration": stop.iteration,
+            "checkpoint": checkpoint,
+            "during": stop.during,
+        }
     except StopRequested as stop:
         status = {"status": "stopped", "reason": str(stop), "iteration": trainer.iter}
     except KeyboardInterrupt as interrupt:  # a second signal: stopped mid-iteration, nothing new saved
-        status = {"status": "interrupted", "signal": signal_name(interrupt), "iteration": trainer.iter, "checkpoint": None,
-                  "during": "training", "previous_checkpoint": last_checkpoint(cfg.OUTPUT_DIR)}
+        status = {
+            "status": "interrupted",
+            "signal": signal_name(interrupt),
+            "iteration": trainer.iter,
+            "checkpoint": None,
+            "during": "training",
+            "previous_checkpoint": last_checkpoint(cfg.OUTPUT_DIR),
+        }
     except MaskinitError as error:
         status = {"status": "failed", "error": str(error)}
     except OSError as error:  # e.g. a full disk under Detectron2's metric writers
-        status = {"status": "failed", "error": f"training stopped at iteration {trainer.iter}: cannot write to "
-                  f"{cfg.OUTPUT_DIR} ({write_failure(error, Path(cfg.OUTPUT_DIR))})"}
+        status = {
+            "status": "failed",
+            "error": f"training stopped at iteration {trainer.iter}: cannot write to "
+            f"{cfg.OUTPUT_DIR} ({write_failure(error, Path(cfg.OUTPUT_DIR))})",
+        }
     except Exception as error:  # a bug, not the user's input: one line here, the traceback in log.txt
         logger.error("training failed", exc_info=True)
-        status = {"status": "failed", "error": f"training failed at iteration {trainer.iter}: {type(error).__name__}: "
-                  f"{one_line(error)[:300]} (traceback in {Path(cfg.OUTPUT_DIR) / 'log.txt'})"}
+        status = {
+            "status": "failed",
+            "error": f"training failed at iteration {trainer.iter}: {type(error).__name__}: "
+            f"{one_line(error)[:300]} (traceback in {Path(cfg.OUTPUT_DIR) / 'log.txt'})",
+        }
     finally:
         restore()
         if comm.is_main_process():
@@ -181,7 +205,9 @@ def worker(cfg: CfgNode, options: TrainOptions, fit: FitReport | None = None, da
             results = getattr(trainer, "_last_eval_results", None)
             if status["status"] == "finished" and results:
                 write_json(Path(cfg.OUTPUT_DIR) / EVAL_FILE, results)
-                summary["eval"] = {task: {k: v for k, v in metrics.items() if "-" not in k} for task, metrics in results.items()}
+                summary["eval"] = {
+                    task: {k: v for k, v in metrics.items() if "-" not in k} for task, metrics in results.items()
+                }
             write_json(summary_path, summary)
     if comm.is_main_process() and status["status"] == "finished":
         from .curves import plot_curves
@@ -218,8 +244,11 @@ def ending_of_rank_0(summary: dict | None, status: dict) -> dict:
     try:
         dist.broadcast_object_list(shared, src=0)
     except RuntimeError as error:  # rank 0 is gone: this rank's own ending is all there is
-        return {**status, "status": status["status"] if status["status"] != "finished" else "failed",
-                "error": f"lost rank 0 at the end of the run: {one_line(error)[:200]}"}
+        return {
+            **status,
+            "status": status["status"] if status["status"] != "finished" else "failed",
+            "error": f"lost rank 0 at the end of the run: {one_line(error)[:200]}",
+        }
     return shared[0]
 
 
@@ -242,12 +271,19 @@ def quiet_third_party_notices() -> None:
     logging.getLogger("torch.fx._symbolic_trace").setLevel(logging.ERROR)
 
 
-def run_under_torchrun(cfg: CfgNode, options: TrainOptions, fit: FitReport | None = None,
-                       data_notes: Sequence[str] = ()) -> dict:
+def run_under_torchrun(
+    cfg: CfgNode, options: TrainOptions, fit: FitReport | None = None, data_notes: Sequence[str] = ()
+) -> dict:
     """torchrun started the processes: join its process group (env://) and run this rank; its ending."""
-    join_group(int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), int(os.environ["LOCAL_RANK"]),
-               int(os.environ.get("LOCAL_WORLD_SIZE", 1)), "env://", options.dist_timeout,
-               cfg.MODEL.DEVICE.startswith("cuda"))
+    join_group(
+        int(os.environ["RANK"]),
+        int(os.environ["WORLD_SIZE"]),
+        int(os.environ["LOCAL_RANK"]),
+        int(os.environ.get("LOCAL_WORLD_SIZE", 1)),
+        "env://",
+        options.dist_timeout,
+        cfg.MODEL.DEVICE.startswith("cuda"),
+    )
     try:
         return worker(cfg, options, fit, data_notes)
     finally:
@@ -257,8 +293,13 @@ def run_under_torchrun(cfg: CfgNode, options: TrainOptions, fit: FitReport | Non
             dist.destroy_process_group()
 
 
-def launch_workers(cfg: CfgNode, options: TrainOptions, fit: FitReport | None = None, data_notes: Sequence[str] = (),
-                   hooks: Sequence = ()) -> dict:
+def launch_workers(
+    cfg: CfgNode,
+    options: TrainOptions,
+    fit: FitReport | None = None,
+    data_notes: Sequence[str] = (),
+    hooks: Sequence = (),
+) -> dict:
     """Run `worker` in this process, under torchrun, or in `--num-gpus` processes of each of `--num-machines`
     machines; returns rank 0's ending (its summary). Extra `hooks` need the one process: they cannot be
     sent to others."""
@@ -274,6 +315,12 @@ def launch_workers(cfg: CfgNode, options: TrainOptions, fit: FitReport | None = 
         if options.num_machines > 1:
             raise MaskinitError("--dist-url tcp://HOST:PORT is required with several machines")
         dist_url = f"tcp://127.0.0.1:{free_port()}"
-    plan = GroupPlan(options.num_gpus, options.num_machines, options.machine_rank, dist_url, options.dist_timeout,
-                     cfg.MODEL.DEVICE.startswith("cuda"))
+    plan = GroupPlan(
+        options.num_gpus,
+        options.num_machines,
+        options.machine_rank,
+        dist_url,
+        options.dist_timeout,
+        cfg.MODEL.DEVICE.startswith("cuda"),
+    )
     return launch(worker, plan, args=(cfg, options, fit, list(data_notes), list(hooks)))

@@ -8,8 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from maskinit import MaskinitError, load_config
-from maskinit import machine
+from maskinit import MaskinitError, load_config, machine
 from maskinit.machine import check_memory, default_preset, estimate_memory
 from maskinit.train import DataOptions, TrainOptions, train
 
@@ -19,9 +18,21 @@ GiB = 2**30
 
 def sized(preset, side, batch):
     # as benchmarks/memory.py measured it: Copy-Paste off (its bitmasks are counted on top, not calibrated)
-    return load_config(preset=preset, overrides=[
-        "INPUT.MIN_SIZE_TRAIN", f"({side},)", "INPUT.MAX_SIZE_TRAIN", str(side), "SOLVER.IMS_PER_BATCH", str(batch),
-        "MODEL.DEVICE", "cpu", "MASKINIT.AUGMENT.COPY_PASTE.PROB", "0.0"])
+    return load_config(
+        preset=preset,
+        overrides=[
+            "INPUT.MIN_SIZE_TRAIN",
+            f"({side},)",
+            "INPUT.MAX_SIZE_TRAIN",
+            str(side),
+            "SOLVER.IMS_PER_BATCH",
+            str(batch),
+            "MODEL.DEVICE",
+            "cpu",
+            "MASKINIT.AUGMENT.COPY_PASTE.PROB",
+            "0.0",
+        ],
+    )
 
 
 def test_the_estimate_matches_every_measured_peak_within_5_percent():
@@ -46,14 +57,44 @@ def test_ema_and_copy_paste_are_counted(monkeypatch):
     (a byte per pixel, up to twice MAX_INSTANCES instances) to each image."""
     monkeypatch.setattr(machine, "available_memory", lambda device: 16.0 * GiB)
     plain = estimate_memory(sized("r50-fpn", 512, 4))
-    ema = estimate_memory(load_config(preset="r50-fpn", overrides=[
-        "INPUT.MIN_SIZE_TRAIN", "(512,)", "INPUT.MAX_SIZE_TRAIN", "512", "SOLVER.IMS_PER_BATCH", "4", "MODEL.DEVICE", "cpu",
-        "MASKINIT.EMA.ENABLED", "True"]))
+    ema = estimate_memory(
+        load_config(
+            preset="r50-fpn",
+            overrides=[
+                "INPUT.MIN_SIZE_TRAIN",
+                "(512,)",
+                "INPUT.MAX_SIZE_TRAIN",
+                "512",
+                "SOLVER.IMS_PER_BATCH",
+                "4",
+                "MODEL.DEVICE",
+                "cpu",
+                "MASKINIT.EMA.ENABLED",
+                "True",
+            ],
+        )
+    )
     assert ema.peak_bytes - plain.peak_bytes == pytest.approx(4 * 45.4e6)  # r50-fpn: 45.4 M parameters
     assert ema.per_image_bytes == plain.per_image_bytes
-    pasted = estimate_memory(load_config(preset="r50-fpn", overrides=[
-        "INPUT.MIN_SIZE_TRAIN", "(512,)", "INPUT.MAX_SIZE_TRAIN", "512", "SOLVER.IMS_PER_BATCH", "4", "MODEL.DEVICE", "cpu",
-        "MASKINIT.AUGMENT.COPY_PASTE.PROB", "0.5", "MASKINIT.AUGMENT.COPY_PASTE.MAX_INSTANCES", "30"]))
+    pasted = estimate_memory(
+        load_config(
+            preset="r50-fpn",
+            overrides=[
+                "INPUT.MIN_SIZE_TRAIN",
+                "(512,)",
+                "INPUT.MAX_SIZE_TRAIN",
+                "512",
+                "SOLVER.IMS_PER_BATCH",
+                "4",
+                "MODEL.DEVICE",
+                "cpu",
+                "MASKINIT.AUGMENT.COPY_PASTE.PROB",
+                "0.5",
+                "MASKINIT.AUGMENT.COPY_PASTE.MAX_INSTANCES",
+                "30",
+            ],
+        )
+    )
     assert pasted.per_image_bytes - plain.per_image_bytes == pytest.approx(2 * 30 * 512 * 512)
     assert pasted.peak_bytes - plain.peak_bytes == pytest.approx(4 * 2 * 30 * 512 * 512)
 
@@ -79,7 +120,10 @@ def test_training_is_refused_before_anything_is_written_unless_the_check_is_off(
     with pytest.raises(MaskinitError, match="would not fit in memory"):
         train(load_config(preset="tiny"), TrainOptions(output_dir=str(out), **options))
     assert not out.exists()
-    summary = train(load_config(preset="tiny", overrides=["MASKINIT.MEMORY_CHECK", "False"]), TrainOptions(output_dir=str(out), **options))
+    summary = train(
+        load_config(preset="tiny", overrides=["MASKINIT.MEMORY_CHECK", "False"]),
+        TrainOptions(output_dir=str(out), **options),
+    )
     assert summary["status"] == "finished"
 
 
@@ -101,9 +145,23 @@ def test_bare_train_picks_the_cpu_scale_here_and_says_why(tmp_path, monkeypatch)
     monkeypatch.setenv("MASKINIT_CACHE", str(tmp_path / "cache"))
     out = tmp_path / "bare"
     maskinit = str(Path(sys.executable).with_name("maskinit"))
-    process = subprocess.run([maskinit, "train", "--from-scratch", "--output-dir", str(out), "--max-iter", "1",
-                              "--no-progress", "MODEL.ROI_HEADS.SCORE_THRESH_TEST", "0.9"],
-                             capture_output=True, text=True, timeout=600)
+    process = subprocess.run(
+        [
+            maskinit,
+            "train",
+            "--from-scratch",
+            "--output-dir",
+            str(out),
+            "--max-iter",
+            "1",
+            "--no-progress",
+            "MODEL.ROI_HEADS.SCORE_THRESH_TEST",
+            "0.9",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert process.returncode == 0, process.stderr[-2000:]
     assert "preset tiny" in process.stderr and "no CUDA GPU here" in process.stderr
     cfg = load_config(out / "config.yaml")
@@ -117,9 +175,11 @@ def test_train_fits_the_config_to_the_users_data_and_records_it(tmp_path, coco):
 
     out = tmp_path / "fitted"
     stated_std = ["MODEL.PIXEL_STD", "[50.0, 50.0, 50.0]"]
-    summary = train(load_config(preset="tiny", overrides=stated_std),
-                    TrainOptions(output_dir=str(out), data=DataOptions(**vars(coco)), max_iter=1, progress=False),
-                    explicit_keys={"MODEL.PIXEL_STD"})
+    summary = train(
+        load_config(preset="tiny", overrides=stated_std),
+        TrainOptions(output_dir=str(out), data=DataOptions(**vars(coco)), max_iter=1, progress=False),
+        explicit_keys={"MODEL.PIXEL_STD"},
+    )
     fitted = {row["key"]: row for row in summary["fitted_to_data"]}
     measured = analyze_coco(coco.train_json, coco.train_images)
     assert "MODEL.PIXEL_MEAN" in fitted and "MODEL.PIXEL_STD" not in fitted  # the override wins
@@ -134,11 +194,15 @@ def test_train_fits_the_config_to_the_users_data_and_records_it(tmp_path, coco):
 def test_no_fit_when_turned_off_or_resuming(tmp_path, coco):
     out = tmp_path / "plain"
     options = dict(data=DataOptions(**vars(coco)), progress=False, checkpoint_period=1)
-    summary = train(load_config(preset="tiny", overrides=["MASKINIT.FIT_TO_DATA", "False"]),
-                    TrainOptions(output_dir=str(out), max_iter=1, **options))
+    summary = train(
+        load_config(preset="tiny", overrides=["MASKINIT.FIT_TO_DATA", "False"]),
+        TrainOptions(output_dir=str(out), max_iter=1, **options),
+    )
     assert summary["fitted_to_data"] == []
     assert list(load_config(out / "config.yaml").MODEL.PIXEL_MEAN) == list(load_config(preset="tiny").MODEL.PIXEL_MEAN)
     fitted = tmp_path / "fitted"
     train(load_config(preset="tiny"), TrainOptions(output_dir=str(fitted), max_iter=1, **options))
-    resumed = train(load_config(fitted / "config.yaml"), TrainOptions(output_dir=str(fitted), max_iter=2, resume=True, **options))
+    resumed = train(
+        load_config(fitted / "config.yaml"), TrainOptions(output_dir=str(fitted), max_iter=2, resume=True, **options)
+    )
     assert resumed["fitted_to_data"] == []

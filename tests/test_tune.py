@@ -37,7 +37,20 @@ from maskinit.tune import (
 pytestmark = pytest.mark.slow
 
 runner = CliRunner()
-TINY = ("--preset", "tiny", "--device", "cpu", "--max-iter", "4", "--eval-period", "2", "--ims-per-batch", "2", "--seed", "0")
+TINY = (
+    "--preset",
+    "tiny",
+    "--device",
+    "cpu",
+    "--max-iter",
+    "4",
+    "--eval-period",
+    "2",
+    "--ims-per-batch",
+    "2",
+    "--seed",
+    "0",
+)
 
 
 @pytest.fixture(scope="module")
@@ -46,13 +59,22 @@ def tiny_cfg():
 
 
 def data_args(coco) -> list[str]:
-    return ["--train-json", coco.train_json, "--train-images", coco.train_images,
-            "--val-json", coco.val_json, "--val-images", coco.val_images]
+    return [
+        "--train-json",
+        coco.train_json,
+        "--train-images",
+        coco.train_images,
+        "--val-json",
+        coco.val_json,
+        "--val-images",
+        coco.val_images,
+    ]
 
 
 def tiny_options(coco, out: Path, **changes) -> TrainOptions:
-    return TrainOptions(output_dir=str(out), max_iter=4, eval_period=2, ims_per_batch=2, device="cpu", seed=0,
-                        data=coco, **changes)
+    return TrainOptions(
+        output_dir=str(out), max_iter=4, eval_period=2, ims_per_batch=2, device="cpu", seed=0, data=coco, **changes
+    )
 
 
 # ------------------------------------------------------------------------------------------ specs and space
@@ -69,20 +91,23 @@ def test_search_specs_parse_ranges_and_choices(tiny_cfg):
     assert parse_search("SOLVER.CLIP_GRADIENTS.ENABLED=True,False", tiny_cfg).choices == (True, False)
 
 
-@pytest.mark.parametrize("spec, message", [
-    ("SOLVER.NO_SUCH_KEY=1:2", "unknown config key SOLVER.NO_SUCH_KEY"),
-    ("SOLVER=1:2", "a section of the config"),
-    ("SOLVER.BASE_LR", "expected KEY=low:high"),
-    ("SOLVER.BASE_LR=", "expected KEY=low:high"),
-    ("SOLVER.BASE_LR=0.1:0.01", "need finite low < high"),
-    ("SOLVER.BASE_LR=0:0.1:log", "a log range needs low > 0"),
-    ("SOLVER.BASE_LR=a:b", "low and high must be numbers"),
-    ("SOLVER.BASE_LR=1e-3:1e-2:cube", "optionally :log and/or :int"),
-    ("SOLVER.WARMUP_ITERS=0.5:10", "takes integers"),
-    ("MASKINIT.OPTIMIZER=1:2", "not a number"),
-    ("SOLVER.BASE_LR=fast,slow", "is not a float"),
-    ("SOLVER.BASE_LR=0.1,0.1", "given twice"),
-])
+@pytest.mark.parametrize(
+    "spec, message",
+    [
+        ("SOLVER.NO_SUCH_KEY=1:2", "unknown config key SOLVER.NO_SUCH_KEY"),
+        ("SOLVER=1:2", "a section of the config"),
+        ("SOLVER.BASE_LR", "expected KEY=low:high"),
+        ("SOLVER.BASE_LR=", "expected KEY=low:high"),
+        ("SOLVER.BASE_LR=0.1:0.01", "need finite low < high"),
+        ("SOLVER.BASE_LR=0:0.1:log", "a log range needs low > 0"),
+        ("SOLVER.BASE_LR=a:b", "low and high must be numbers"),
+        ("SOLVER.BASE_LR=1e-3:1e-2:cube", "optionally :log and/or :int"),
+        ("SOLVER.WARMUP_ITERS=0.5:10", "takes integers"),
+        ("MASKINIT.OPTIMIZER=1:2", "not a number"),
+        ("SOLVER.BASE_LR=fast,slow", "is not a float"),
+        ("SOLVER.BASE_LR=0.1,0.1", "given twice"),
+    ],
+)
 def test_bad_search_specs_are_refused_in_one_line(tiny_cfg, spec, message):
     with pytest.raises(MaskinitError, match=message) as error:
         parse_search(spec, tiny_cfg)
@@ -104,8 +129,12 @@ def test_default_space_is_conditional_on_the_optimizer_and_fixed_by_options(tiny
         assert low <= values["SOLVER.BASE_LR"] <= high
         assert 0 <= values["SOLVER.WARMUP_ITERS"] <= 12  # at most 0.3 of 40 iterations
         study.tell(trial, 0.0)
-    fixed = build_space(tiny_cfg, replace(options, optimizer="sgd", lr=0.02), ["SOLVER.WARMUP_ITERS=0:10"],
-                        explicit_keys={"SOLVER.WEIGHT_DECAY"})
+    fixed = build_space(
+        tiny_cfg,
+        replace(options, optimizer="sgd", lr=0.02),
+        ["SOLVER.WARMUP_ITERS=0:10"],
+        explicit_keys={"SOLVER.WEIGHT_DECAY"},
+    )
     assert fixed.defaults == ("clip_grad",) and [d.key for d in fixed.dimensions] == ["SOLVER.WARMUP_ITERS"]
     with pytest.raises(MaskinitError, match="nothing to search"):
         build_space(tiny_cfg, options, defaults=False)
@@ -117,10 +146,13 @@ def test_the_baseline_point_is_the_configs_own_values_where_the_space_holds_them
     options = TrainOptions(max_iter=400)
     space = build_space(tiny_cfg, options)
     point = space.baseline(tiny_cfg)
-    assert point == {"optimizer": "adamw", "lr_adamw": pytest.approx(tiny_cfg.SOLVER.BASE_LR),
-                     "weight_decay_adamw": pytest.approx(tiny_cfg.SOLVER.WEIGHT_DECAY),
-                     "warmup_fraction": pytest.approx(tiny_cfg.SOLVER.WARMUP_ITERS / 400),
-                     "clip_grad": tiny_cfg.SOLVER.CLIP_GRADIENTS.CLIP_VALUE}
+    assert point == {
+        "optimizer": "adamw",
+        "lr_adamw": pytest.approx(tiny_cfg.SOLVER.BASE_LR),
+        "weight_decay_adamw": pytest.approx(tiny_cfg.SOLVER.WEIGHT_DECAY),
+        "warmup_fraction": pytest.approx(tiny_cfg.SOLVER.WARMUP_ITERS / 400),
+        "clip_grad": tiny_cfg.SOLVER.CLIP_GRADIENTS.CLIP_VALUE,
+    }
     # the point suggests exactly the config's values
     study = optuna.create_study(direction="maximize")
     study.enqueue_trial(point)
@@ -134,7 +166,11 @@ def test_the_baseline_point_is_the_configs_own_values_where_the_space_holds_them
     odd.defrost()
     odd.SOLVER.CLIP_GRADIENTS.CLIP_VALUE = 3.0
     odd.SOLVER.WARMUP_ITERS = 300
-    searched = build_space(odd, options, ["SOLVER.GAMMA=0.2:0.5", f"MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE=32,{odd.MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE}"])
+    searched = build_space(
+        odd,
+        options,
+        ["SOLVER.GAMMA=0.2:0.5", f"MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE=32,{odd.MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE}"],
+    )
     point = searched.baseline(odd)
     assert "clip_grad" not in point and "warmup_fraction" not in point and "SOLVER.GAMMA" not in point
     assert point["MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE"] == odd.MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE
@@ -157,9 +193,11 @@ def test_the_median_pruner_waits_for_half_the_run(tiny_cfg):
 
 
 def test_help_lists_tune_without_importing_optuna_or_torch():
-    code = ("import sys; from typer.testing import CliRunner; from maskinit.cli import app; "
-            "out = CliRunner().invoke(app, ['--help']).output; assert 'tune' in out, out; "
-            "print(sorted(m for m in ('optuna', 'torch') if m in sys.modules))")
+    code = (
+        "import sys; from typer.testing import CliRunner; from maskinit.cli import app; "
+        "out = CliRunner().invoke(app, ['--help']).output; assert 'tune' in out, out; "
+        "print(sorted(m for m in ('optuna', 'torch') if m in sys.modules))"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[]"
@@ -188,12 +226,22 @@ def test_a_study_runs_its_trials_and_writes_the_best_config_and_plots(study):
     assert (out / STUDY_FILE).is_file() and len(json.loads((out / "trials.json").read_text())) == 3
     assert result.best is not None and result.best_config == out / "best_config.yaml"
     # trial 0 ran the preset's own values (with the study's run options); the sampler drew the others
-    assert "the config's own values" in result.trials[0].note and all("own values" not in row.note for row in result.trials[1:])
+    assert "the config's own values" in result.trials[0].note and all(
+        "own values" not in row.note for row in result.trials[1:]
+    )
     first = load_config(out / "trial-0000" / "config.yaml")
     plain = apply_run_options(cfg, options)  # what `maskinit train` with the same options runs: batch 2, 4 iterations
-    keys = ("MASKINIT.OPTIMIZER", "SOLVER.BASE_LR", "SOLVER.WEIGHT_DECAY", "SOLVER.WARMUP_ITERS", "SOLVER.CLIP_GRADIENTS.CLIP_VALUE")
+    keys = (
+        "MASKINIT.OPTIMIZER",
+        "SOLVER.BASE_LR",
+        "SOLVER.WEIGHT_DECAY",
+        "SOLVER.WARMUP_ITERS",
+        "SOLVER.CLIP_GRADIENTS.CLIP_VALUE",
+    )
     assert plain.SOLVER.BASE_LR != cfg.SOLVER.BASE_LR  # the LR scaled with the batch: the baseline follows it
-    assert {key: config_value(first, key) for key in keys} == pytest.approx({key: config_value(plain, key) for key in keys})
+    assert {key: config_value(first, key) for key in keys} == pytest.approx(
+        {key: config_value(plain, key) for key in keys}
+    )
     best = load_config(result.best_config)
     assert best.TEST.EVAL_PERIOD == cfg.TEST.EVAL_PERIOD  # the pruning period is not kept
     trial_cfg = load_config(Path(result.best.output_dir) / "config.yaml")
@@ -205,8 +253,16 @@ def test_a_study_runs_its_trials_and_writes_the_best_config_and_plots(study):
 
 def test_the_best_config_retrains_with_maskinit_train(study, coco, tmp_path):
     _, _, result = study
-    command = ["train", "--config", str(result.best_config), "--max-iter", "2", "--output-dir", str(tmp_path / "best"),
-               *data_args(coco)]
+    command = [
+        "train",
+        "--config",
+        str(result.best_config),
+        "--max-iter",
+        "2",
+        "--output-dir",
+        str(tmp_path / "best"),
+        *data_args(coco),
+    ]
     outcome = runner.invoke(app, command)
     assert outcome.exit_code == 0, outcome.output
     assert json.loads((tmp_path / "best" / "run_summary.json").read_text())["status"] == "finished"
@@ -254,8 +310,20 @@ def test_a_hopeless_trial_is_pruned_at_an_evaluation(coco, tiny_cfg, tmp_path):
 
 def test_a_diverged_trial_is_recorded_failed_and_the_study_goes_on(coco, tmp_path):
     out = tmp_path / "diverged"
-    command = ["tune", *TINY, "--trials", "1", "--optimizer", "adamw", "--search", "SOLVER.BASE_LR=1000.0",
-               "--search-only", "--output-dir", str(out), *data_args(coco)]
+    command = [
+        "tune",
+        *TINY,
+        "--trials",
+        "1",
+        "--optimizer",
+        "adamw",
+        "--search",
+        "SOLVER.BASE_LR=1000.0",
+        "--search-only",
+        "--output-dir",
+        str(out),
+        *data_args(coco),
+    ]
     outcome = runner.invoke(app, command)
     assert outcome.exit_code == 1, outcome.output  # no trial completed: nothing to retrain
     assert "diverged" in outcome.output and "no trial completed" in outcome.output
@@ -265,22 +333,58 @@ def test_a_diverged_trial_is_recorded_failed_and_the_study_goes_on(coco, tmp_pat
 
 def test_no_baseline_leaves_the_first_trial_to_the_sampler(coco, tiny_cfg, tmp_path):
     out = tmp_path / "sampled"
-    outcome = runner.invoke(app, ["tune", *TINY, "--trials", "1", "--pruner", "none", "--no-baseline",
-                                  "--output-dir", str(out), *data_args(coco)])
+    outcome = runner.invoke(
+        app,
+        [
+            "tune",
+            *TINY,
+            "--trials",
+            "1",
+            "--pruner",
+            "none",
+            "--no-baseline",
+            "--output-dir",
+            str(out),
+            *data_args(coco),
+        ],
+    )
     assert outcome.exit_code == 0, outcome.output
     [row] = json.loads((out / "trials.json").read_text())
     assert row["state"] == "complete" and "own values" not in row["note"]
-    baseline = build_space(tiny_cfg, tiny_options(coco, out)).baseline(apply_run_options(tiny_cfg, tiny_options(coco, out)))
+    baseline = build_space(tiny_cfg, tiny_options(coco, out)).baseline(
+        apply_run_options(tiny_cfg, tiny_options(coco, out))
+    )
     assert row["params"] != pytest.approx(baseline)
 
 
 def test_two_worker_processes_share_one_sqlite_study(coco, tmp_path):
     out = tmp_path / "shared"
     url = f"sqlite:///{tmp_path / 'shared.db'}"
-    command = [sys.executable, "-m", "maskinit", "tune", *TINY, "--trials", "3", "--pruner", "none", "--workers", "1",
-               "--storage", url, "--study-name", "shared", "--output-dir", str(out), *data_args(coco)]
+    command = [
+        sys.executable,
+        "-m",
+        "maskinit",
+        "tune",
+        *TINY,
+        "--trials",
+        "3",
+        "--pruner",
+        "none",
+        "--workers",
+        "1",
+        "--storage",
+        url,
+        "--study-name",
+        "shared",
+        "--output-dir",
+        str(out),
+        *data_args(coco),
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    workers = [subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for _ in range(2)]
+    workers = [
+        subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        for _ in range(2)
+    ]
     outputs = [worker.communicate(timeout=600)[0] for worker in workers]
     assert [worker.returncode for worker in workers] == [0, 0], outputs[0][-2000:] + outputs[1][-2000:]
     trials = optuna.load_study(study_name="shared", storage=open_storage(url)).get_trials()
@@ -320,12 +424,16 @@ def test_worker_command_line_drops_the_launchers_own_options():
 
     argv = ["tune", "--resume", "--workers", "4", "--storage=sqlite:///x.db", "--study-name", "s", "--lr", "0.1"]
     assert _without_options(argv, flags=("--resume",), valued=("--workers", "--storage", "--study-name")) == [
-        "tune", "--lr", "0.1"]
+        "tune",
+        "--lr",
+        "0.1",
+    ]
 
 
 def test_workers_refusals_are_one_line(coco, tmp_path):
-    outcome = runner.invoke(app, ["tune", *TINY, "--trials", "1", "--workers", "0", "--output-dir", str(tmp_path / "w0"),
-                                  *data_args(coco)])
+    outcome = runner.invoke(
+        app, ["tune", *TINY, "--trials", "1", "--workers", "0", "--output-dir", str(tmp_path / "w0"), *data_args(coco)]
+    )
     assert outcome.exit_code == 2 and "--workers 0: needs at least 1" in outcome.output
     assert "Traceback" not in outcome.output
 
@@ -334,9 +442,25 @@ def test_workers_launches_processes_that_share_one_study(coco, tmp_path):
     """`--workers 2` on CPU: two worker processes (an equal share of the cores each, or the user's
     OMP_NUM_THREADS) run the study's trials; the launcher then reports the whole study."""
     out = tmp_path / "launched"
-    command = [sys.executable, "-m", "maskinit", "tune", *TINY, "--trials", "3", "--pruner", "none", "--workers", "2",
-               "--output-dir", str(out), *data_args(coco)]
-    outcome = subprocess.run(command, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=600)
+    command = [
+        sys.executable,
+        "-m",
+        "maskinit",
+        "tune",
+        *TINY,
+        "--trials",
+        "3",
+        "--pruner",
+        "none",
+        "--workers",
+        "2",
+        "--output-dir",
+        str(out),
+        *data_args(coco),
+    ]
+    outcome = subprocess.run(
+        command, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=600
+    )
     text = outcome.stdout + outcome.stderr
     assert outcome.returncode == 0, text[-3000:]
     assert "worker 0 (CPU, 1 thread(s))" in text and "worker 1 (CPU, 1 thread(s))" in text
@@ -344,7 +468,9 @@ def test_workers_launches_processes_that_share_one_study(coco, tmp_path):
     trials = optuna.load_study(study_name="maskinit", storage=open_storage(storage_url(out, None))).get_trials()
     logs = "".join((out / f"worker-{i}.log").read_text()[-3000:] for i in range(2))
     assert all(t.user_attrs.get(SURPLUS) for t in trials if t.state != optuna.trial.TrialState.COMPLETE), (
-        [(t.number, t.state.name, {k: v for k, v in t.user_attrs.items() if k != "config"}) for t in trials], logs)
+        [(t.number, t.state.name, {k: v for k, v in t.user_attrs.items() if k != "config"}) for t in trials],
+        logs,
+    )
     started = len(trials)  # the complete ones and any that stood down
     trials = [t for t in trials if t.state == optuna.trial.TrialState.COMPLETE]
     assert len(trials) == 3
@@ -355,13 +481,35 @@ def test_workers_launches_processes_that_share_one_study(coco, tmp_path):
     # the same command again without --resume: refused, the study kept
     again = subprocess.run(command, capture_output=True, text=True, timeout=120)
     assert again.returncode == 2 and "already holds a study" in again.stdout + again.stderr
-    assert len(optuna.load_study(study_name="maskinit", storage=open_storage(storage_url(out, None))).get_trials()) == started
+    assert (
+        len(optuna.load_study(study_name="maskinit", storage=open_storage(storage_url(out, None))).get_trials())
+        == started
+    )
 
 
 def test_ctrl_c_stops_the_study_in_one_line_and_resume_runs_the_trial_again(coco, tmp_path):
     out = tmp_path / "stopped"
-    command = [sys.executable, "-m", "maskinit", "tune", "--trials", "1", "--output-dir", str(out), "--no-progress",
-               *data_args(coco), *TINY[:-6], "--max-iter", "40", "--eval-period", "20", "--ims-per-batch", "2", "--seed", "0"]
+    command = [
+        sys.executable,
+        "-m",
+        "maskinit",
+        "tune",
+        "--trials",
+        "1",
+        "--output-dir",
+        str(out),
+        "--no-progress",
+        *data_args(coco),
+        *TINY[:-6],
+        "--max-iter",
+        "40",
+        "--eval-period",
+        "20",
+        "--ims-per-batch",
+        "2",
+        "--seed",
+        "0",
+    ]
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     log = out / "trial-0000" / "log.txt"
     deadline = time.monotonic() + 120
@@ -377,20 +525,25 @@ def test_ctrl_c_stops_the_study_in_one_line_and_resume_runs_the_trial_again(coco
     assert "interrupted by SIGINT" in lines[0] and "of trial 0" in lines[0], lines[0]
     assert "maskinit tune" in lines[0] and "--resume" in lines[0] and "maskinit train" not in lines[0]
     assert str(out / STUDY_FILE) in lines[0]
-    stopped, queued = optuna.load_study(study_name="maskinit", storage=open_storage(storage_url(out, None))).get_trials()
+    stopped, queued = optuna.load_study(
+        study_name="maskinit", storage=open_storage(storage_url(out, None))
+    ).get_trials()
     assert stopped.state == optuna.trial.TrialState.FAIL and stopped.user_attrs.get("interrupted") is True
     assert queued.state == optuna.trial.TrialState.WAITING and queued.params == stopped.params  # queued for --resume
 
     # the same options with --resume: the interrupted trial's parameters run again
-    resumed = tune(load_config(preset="tiny"), replace(tiny_options(coco, out), max_iter=40, eval_period=20), trials=1, resume=True)
+    resumed = tune(
+        load_config(preset="tiny"), replace(tiny_options(coco, out), max_iter=40, eval_period=20), trials=1, resume=True
+    )
     states = {row.number: row for row in resumed.trials}
     assert states[0].state == "interrupted" and states[1].state == "complete" and "retry of trial 0" in states[1].note
     assert states[1].params == states[0].params
 
 
 def test_workers_racing_to_create_a_new_database_both_open_it(tmp_path, monkeypatch):
-    """Two workers started together on a new database both create its tables (https://github.com/optuna/optuna/issues/1092); the
-    one that loses the race gets "table ... already exists" and must open the storage again, not fail."""
+    """Two workers started together on a new database both create its tables
+    (https://github.com/optuna/optuna/issues/1092); the one that loses the race gets "table ... already exists"
+    and must open the storage again, not fail."""
     real = optuna.storages.RDBStorage
     calls = []
 
@@ -419,26 +572,72 @@ def test_val_fraction_scores_the_trials_on_held_back_training_images(coco, tiny_
     """--val-fraction: the trials train on part of the training images and are evaluated on the rest; the
     validation set given is never read by the search, and the retrain command names the user's data."""
     out = tmp_path / "held-back"
-    outcome = runner.invoke(app, ["tune", *TINY, "--trials", "1", "--pruner", "none", "--val-fraction", "0.25",
-                                  "--output-dir", str(out), *data_args(coco)])
+    outcome = runner.invoke(
+        app,
+        [
+            "tune",
+            *TINY,
+            "--trials",
+            "1",
+            "--pruner",
+            "none",
+            "--val-fraction",
+            "0.25",
+            "--output-dir",
+            str(out),
+            *data_args(coco),
+        ],
+    )
     assert outcome.exit_code == 0, outcome.output
-    assert "trials train on 6 of the 8 training images and are scored on the other 2" in " ".join(outcome.output.split())
+    assert "trials train on 6 of the 8 training images and are scored on the other 2" in " ".join(
+        outcome.output.split()
+    )
     [row] = json.loads((out / "trials.json").read_text())
     assert row["state"] == "complete"
     log = (out / "trial-0000" / "log.txt").read_text()
-    assert str(out / "split" / "0.25-seed0" / "held-back.json") in log and str(out / "split" / "0.25-seed0" / "train-part.json") in log
+    assert (
+        str(out / "split" / "0.25-seed0" / "held-back.json") in log
+        and str(out / "split" / "0.25-seed0" / "train-part.json") in log
+    )
     assert coco.val_json not in log
     held = json.loads((out / "split" / "0.25-seed0" / "held-back.json").read_text())
     assert len(held["images"]) == 2 and all(image["id"] < 100 for image in held["images"])  # training images
     assert f"--val-json {coco.val_json}" in " ".join(outcome.output.split())  # retrain: the user's own data
     # the split is part of what the study searched: resuming with another fraction is refused
-    again = runner.invoke(app, ["tune", *TINY, "--trials", "2", "--val-fraction", "0.5", "--resume",
-                                "--output-dir", str(out), *data_args(coco)])
+    again = runner.invoke(
+        app,
+        [
+            "tune",
+            *TINY,
+            "--trials",
+            "2",
+            "--val-fraction",
+            "0.5",
+            "--resume",
+            "--output-dir",
+            str(out),
+            *data_args(coco),
+        ],
+    )
     assert again.exit_code == 2 and "val_fraction" in again.output
-    assert (out / "split" / "0.25-seed0" / "held-back.json").read_text() == json.dumps(held)  # the study's split untouched
+    assert (out / "split" / "0.25-seed0" / "held-back.json").read_text() == json.dumps(
+        held
+    )  # the study's split untouched
     # a fraction that cannot split is refused before any study exists
-    bad = runner.invoke(app, ["tune", *TINY, "--trials", "1", "--val-fraction", "1.5", "--output-dir", str(tmp_path / "bad"),
-                              *data_args(coco)])
+    bad = runner.invoke(
+        app,
+        [
+            "tune",
+            *TINY,
+            "--trials",
+            "1",
+            "--val-fraction",
+            "1.5",
+            "--output-dir",
+            str(tmp_path / "bad"),
+            *data_args(coco),
+        ],
+    )
     assert bad.exit_code == 2 and "--val-fraction must be between 0 and 1" in bad.output
     assert not (tmp_path / "bad" / "study.db").exists()
 
@@ -446,8 +645,22 @@ def test_val_fraction_scores_the_trials_on_held_back_training_images(coco, tiny_
 def test_val_fraction_tunes_a_set_without_a_validation_split(coco, tmp_path):
     out = tmp_path / "no-val"
     train_only = ["--train-json", coco.train_json, "--train-images", coco.train_images]
-    outcome = runner.invoke(app, ["tune", *TINY, "--trials", "1", "--pruner", "none", "--val-fraction", "0.25",
-                                  "--output-dir", str(out), *train_only])
+    outcome = runner.invoke(
+        app,
+        [
+            "tune",
+            *TINY,
+            "--trials",
+            "1",
+            "--pruner",
+            "none",
+            "--val-fraction",
+            "0.25",
+            "--output-dir",
+            str(out),
+            *train_only,
+        ],
+    )
     assert outcome.exit_code == 0, outcome.output
     [row] = json.loads((out / "trials.json").read_text())
     assert row["state"] == "complete" and row["ap"] is not None  # scored on the 2 held-back training images

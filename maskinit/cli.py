@@ -356,9 +356,19 @@ def train(
     fit: Optional[str] = typer.Option(None, help=FIT_HELP),
     epochs: Optional[float] = typer.Option(None, help="The run's length in passes over the training images (instead of --max-iter)."),
     time: Optional[str] = typer.Option(None, "--time", help="The run's length as training time on this machine (2h, 90m, 1h30m): the iterations that fit at the s/iter measured here first (instead of --max-iter)."),
+    launcher: str = typer.Option("none", help="slurm: submit this run as a SLURM job through submitit (one task per GPU; requeued and resumed after preemption); none: run here."),
+    nodes: int = typer.Option(1, help="--launcher slurm: nodes of the job."),
+    gpus_per_node: int = typer.Option(1, help="--launcher slurm: GPUs (one task each) per node."),
+    partition: Optional[str] = typer.Option(None, help="--launcher slurm: the SLURM partition."),
+    time_limit: str = typer.Option("1h", help="--launcher slurm: the job's time limit (90m, 24h); the run saves and requeues before it."),
 ):
     """Train Mask R-CNN from scratch with Detectron2's trainer, then evaluate."""
-    cfg, options, explicit_keys = train_setup(**locals())  # first: locals() are exactly the parameters
+    params = dict(locals())  # first: locals() are exactly the parameters
+    launch = {name: params.pop(name) for name in ("launcher", "nodes", "gpus_per_node", "partition", "time_limit")}
+    cfg, options, explicit_keys = train_setup(**params)
+    if launch["launcher"] != "none":
+        submit_to_slurm(launch, Path(options.output_dir) / "slurm")
+        return
     from .train import train as run_training
 
     summary = run_training(cfg, options, explicit_keys=explicit_keys, announce=print_plan)
@@ -379,6 +389,25 @@ def train(
                   "curves.png, run_summary.json")
 
 
+def submit_to_slurm(launch: dict, folder: Path) -> None:
+    """`train --launcher slurm`: the same `maskinit train` arguments, submitted as one SLURM job."""
+    import math
+
+    from .budget import parse_duration
+    from .slurm import SlurmOptions, submit
+
+    if launch["launcher"] != "slurm":
+        raise MaskinitError(f"--launcher {launch['launcher']}: expected slurm or none")
+    if "train" not in sys.argv:
+        raise MaskinitError("--launcher slurm submits the command line it was given: run it as maskinit train ...")
+    minutes = math.ceil(parse_duration(launch["time_limit"]) / 60)
+    options = SlurmOptions(nodes=launch["nodes"], gpus_per_node=launch["gpus_per_node"],
+                           partition=launch["partition"], time_limit_min=minutes, folder=str(folder))
+    job = submit(sys.argv[sys.argv.index("train") + 1:], options)
+    console.print(f"submitted SLURM job {job.job_id}: {options.nodes} node(s) x {options.gpus_per_node} task(s), "
+                  f"{minutes} min; its logs are in {options.folder}/", highlight=False, soft_wrap=True)
+
+
 def shares_options(source, exclude=()):
     """Give a command the options of `source` (another command) that it does not declare itself, but
     `exclude`: the shared ones arrive in its `**kwargs`, and are declared (help, defaults) once."""
@@ -397,7 +426,7 @@ def shares_options(source, exclude=()):
 
 # the `train` options a tuning trial cannot take: a trial is one process, and each trial has its own folder
 TUNE_EXCLUDED = ("from_scratch", "num_gpus", "num_machines", "machine_rank", "dist_url", "dist_timeout", "overwrite", "time",
-                 "split_seed")
+                 "split_seed", "launcher", "nodes", "gpus_per_node", "partition", "time_limit")
 
 
 @app.command("tune", context_settings=OVERRIDES_CONTEXT)

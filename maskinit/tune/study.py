@@ -18,7 +18,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ..errors import MaskinitError
+from ..errors import MaskinitError, RunInterrupted
 from .report import TuneResult, best_config_text, report
 from .space import SearchSpace, _coerce, build_space
 from .storage import (
@@ -118,8 +118,9 @@ class TrialFailed(Exception):
     """A trial that ended by itself without a result (diverged, an error): recorded as failed; the study goes on."""
 
 
-class StudyInterrupted(MaskinitError):
-    """A signal stopped the trial running: the study stops, the trial is queued again for --resume."""
+class StudyInterrupted(RunInterrupted):
+    """A signal stopped the trial running: the study stops, the trial is queued again for --resume (the exit
+    code of the signal, as a training run's)."""
 
 
 def trial_interruption(summary: dict, number: int, error: str) -> str:
@@ -338,7 +339,8 @@ def tune(
                 raise optuna.TrialPruned(hook.pruned) from error
             if summary.get("status") == "interrupted" or str(error).startswith("interrupted by"):
                 trial.set_user_attr("interrupted", True)
-                raise StudyInterrupted(trial_interruption(summary, trial.number, str(error))) from error
+                raise StudyInterrupted(trial_interruption(summary, trial.number, str(error)),
+                                       getattr(error, "signal_name", "SIGINT")) from error
             diverged = hook.diverged or summary.get("status") == "diverged"
             trial.set_user_attr(FAILURE, "diverged" if diverged else "failed")
             trial.set_user_attr(ERROR, str(error)[:500])
@@ -389,7 +391,7 @@ def tune(
                 raise
             again = f" (trial {trial.number} runs again from its start)" if trial is not None else ""
             raise StudyInterrupted(f"{error}; the study is kept in {shown}: run the same maskinit tune command with "
-                                   f"--resume to continue it{again}") from error
+                                   f"--resume to continue it{again}", error.signal_name) from error
         trial = current.get("trial")
         if trial is None:
             continue

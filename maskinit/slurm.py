@@ -128,7 +128,7 @@ def executor(options: SlurmOptions):
     try:
         import submitit
     except ImportError as error:
-        raise MaskinitError("--launcher slurm needs submitit: pip install submitit") from error
+        raise MaskinitError("--launcher slurm needs submitit: pip install submitit (or maskinit[slurm])") from error
     if options.nodes < 1 or options.gpus_per_node < 1:
         raise MaskinitError("--nodes and --gpus-per-node must be at least 1")
     if options.time_limit_min < 1:

@@ -88,3 +88,10 @@ def test_a_preempted_job_is_requeued_and_finishes_from_its_checkpoint(tmp_path, 
     assert summary["status"] == "finished" and summary["iterations"] == 40
     assert "interrupted by SIGTERM at iteration" in job.stderr() and "saved; resume with" in job.stderr()
     assert "resumed own checkpoint at iteration" in log.read_text()  # the requeued start continued the run
+
+
+def test_without_submitit_the_slurm_launcher_is_refused_in_one_line(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "submitit", None)  # an environment without submitit: its import fails
+    with pytest.raises(MaskinitError, match=r"--launcher slurm needs submitit: pip install submitit"):
+        executor(SlurmOptions(folder=str(tmp_path / "jobs")))
+    assert not (tmp_path / "jobs").exists()

@@ -127,16 +127,38 @@ def postgres():
     folder = tempfile.mkdtemp(prefix="pg", dir="/tmp")  # short: a unix socket path has ~100 characters
     try:
         server = pgserver.get_server(folder, cleanup_mode="stop")
-    except Exception as error:  # noqa: BLE001 - the reason is printed with the skip
+    except Exception as error:  # noqa: BLE001 - any reason fails the test: pgserver is in the test extra and the lock
         shutil.rmtree(folder, ignore_errors=True)
-        print(f"PostgreSQL cannot start here: {error}")
-        pytest.skip(f"PostgreSQL cannot start here: {error}")
+        pytest.fail(f"PostgreSQL (pgserver) cannot start here: {error}")
     yield server.get_uri()
     server.cleanup()
     shutil.rmtree(folder, ignore_errors=True)
 
 
 # ------------------------------------------------------------------------------------------ shared studies
+
+
+def workers_with_one_killed(coco, url: str, storage, count: int, trials: int, tmp_path: Path):
+    """`count` workers on one study, an output folder each ("machine-N"); worker 0 is SIGKILLed in a trial and
+    the others run the study to its end. Returns the folders and the killed trial's number."""
+    outs = [tmp_path / f"machine-{index}" for index in range(count)]
+    logs = [tmp_path / f"worker-{index}.log" for index in range(count)]
+    workers = [start(tune_command(coco, out, url, trials), log) for out, log in zip(outs, logs)]
+    try:
+        killed = kill_in_a_trial(workers[0], outs[0], storage)
+        finish(workers[1:], logs[1:])
+    finally:
+        for worker in workers:
+            if worker.poll() is None:
+                worker.kill()
+    return outs, killed
+
+
+def late_worker(coco, out: Path, url: str, trials: int) -> None:
+    """A worker started once the study is done: it runs no trial and ends with exit 0."""
+    late = subprocess.run(tune_command(coco, out, url, trials), capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert late.returncode == 0, late.stdout[-2000:] + late.stderr[-2000:]
 
 
 @pytest.mark.slow
@@ -146,20 +168,9 @@ def test_three_workers_share_a_postgresql_study_and_a_killed_workers_trial_runs_
     URL: the installed driver is used), an output folder each. Worker 0 is SIGKILLed in a trial: the
     heartbeat (or, on its own machine, its gone process) gets the trial failed and run again."""
     storage = open_storage(postgres, int(GRACE))
-    outs = [tmp_path / f"machine-{index}" for index in range(3)]
-    logs = [tmp_path / f"worker-{index}.log" for index in range(3)]
-    workers = [start(tune_command(coco, out, postgres, 9), log) for out, log in zip(outs, logs)]
-    try:
-        killed = kill_in_a_trial(workers[0], outs[0], storage)
-        finish(workers[1:], logs[1:])
-    finally:
-        for worker in workers:
-            if worker.poll() is None:
-                worker.kill()
+    outs, killed = workers_with_one_killed(coco, postgres, storage, 3, 9, tmp_path)
     # a worker that joins once the study is done writes the same best config (no folder shared)
-    late = subprocess.run(tune_command(coco, tmp_path / "late", postgres, 9), capture_output=True, text=True,
-                          timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
-    assert late.returncode == 0, late.stdout[-2000:] + late.stderr[-2000:]
+    late_worker(coco, tmp_path / "late", postgres, 9)
     check_shared_study(storage, 9, killed, [outs[1], outs[2], tmp_path / "late"])
     assert not list((tmp_path / "late").glob("trial-*"))  # the late worker ran no trial
 
@@ -171,19 +182,8 @@ def test_two_workers_share_a_journal_file_and_a_killed_workers_trial_runs_again(
     journal.parent.mkdir()
     url = f"journal://{journal}"
     storage = open_storage(url, int(GRACE))
-    outs = [tmp_path / f"machine-{index}" for index in range(2)]
-    logs = [tmp_path / f"worker-{index}.log" for index in range(2)]
-    workers = [start(tune_command(coco, out, url, 4), log) for out, log in zip(outs, logs)]
-    try:
-        killed = kill_in_a_trial(workers[0], outs[0], storage)
-        finish(workers[1:], logs[1:])
-    finally:
-        for worker in workers:
-            if worker.poll() is None:
-                worker.kill()
-    late = subprocess.run(tune_command(coco, tmp_path / "late", str(journal), 4), capture_output=True, text=True,
-                          timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})  # a plain .journal path
-    assert late.returncode == 0, late.stdout[-2000:] + late.stderr[-2000:]
+    outs, killed = workers_with_one_killed(coco, url, storage, 2, 4, tmp_path)
+    late_worker(coco, tmp_path / "late", str(journal), 4)  # a plain .journal path
     check_shared_study(open_storage(url, int(GRACE)), 4, killed, [outs[1], tmp_path / "late"])
 
 

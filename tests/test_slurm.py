@@ -95,3 +95,15 @@ def test_without_submitit_the_slurm_launcher_is_refused_in_one_line(tmp_path, mo
     with pytest.raises(MaskinitError, match=r"--launcher slurm needs submitit: pip install submitit"):
         executor(SlurmOptions(folder=str(tmp_path / "jobs")))
     assert not (tmp_path / "jobs").exists()
+
+
+def test_an_unknown_launcher_is_refused_in_one_line(tmp_path):
+    from typer.testing import CliRunner
+
+    from maskinit.cli import app
+
+    out = tmp_path / "run"
+    outcome = CliRunner().invoke(app, ["train", "--preset", "tiny", "--device", "cpu", "--output-dir", str(out),
+                                       "--launcher", "pbs"])
+    assert outcome.exit_code == 2 and "--launcher pbs: expected slurm or none" in outcome.output
+    assert not out.exists()

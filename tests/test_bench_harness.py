@@ -5,6 +5,7 @@ for a training run, so the harness logic is tested without training."""
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 
@@ -287,3 +288,27 @@ def test_speed_times_a_named_variant_at_the_given_length_and_refuses_an_unknown_
     with pytest.raises(SystemExit) as stopped:
         speed.main()
     assert stopped.value.code == 2 and len(calls) == 1
+
+
+def test_a_report_keeps_the_earlier_runs_of_its_set_that_this_call_did_not_redo(tmp_path):
+    from recipes import earlier_runs
+
+    same, other = {"--train-json": "a"}, {"--train-json": "b"}
+
+    def run(name, seed=0, fingerprint=same, recipe="r1", runner="maskinit train", status="finished"):
+        return {"name": name, "seed": seed, "data_fingerprint": fingerprint, "recipe": recipe, "runner": runner,
+                "status": status}
+
+    path = tmp_path / "recipes-set-fit.json"
+    path.write_text(json.dumps({"runs": [
+        run("maskinit-default"),  # redone by this call: the new one counts
+        run("maskinit-default", seed=1),  # kept
+        run("maskinit-fit-off", recipe="r0"),  # another tiny preset: left out
+        run("d2-scratch-gn@0.02", recipe=None, runner="stock"),  # kept: stock runs have no preset
+        run("maskinit-fit-full", fingerprint=other),  # other data: left out
+        run("maskinit-fit-preset-input", status="stopped"),  # not finished: left out
+    ]}))
+    now = [run("maskinit-default")]
+    kept = earlier_runs(path, now, "r1")
+    assert [(r["name"], r["seed"]) for r in kept] == [("maskinit-default", 1), ("d2-scratch-gn@0.02", 0)]
+    assert earlier_runs(tmp_path / "none.json", now, "r1") == []

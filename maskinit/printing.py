@@ -1,6 +1,6 @@
 """How the command line prints results: AP tables, trial tables, fitted keys and `--explain` rows,
 `inspect-init` verdicts, predict's per-image summary, what `convert` and `split` wrote. The commands in
-`cli.py` call these; nothing here parses options or calls the library."""
+`maskinit/cli/` call these; nothing here parses options or calls the library."""
 
 from __future__ import annotations
 

@@ -59,8 +59,19 @@ def test_export_config_tiny_to_stdout():
 def test_export_config_to_file_with_options(tmp_path):
     out = tmp_path / "sub" / "cfg.yaml"
     result = invoke(
-        "export-config", "--preset", "tiny", "--norm", "SyncBN", "--init", "xavier_uniform",
-        "--num-classes", "5", "-o", str(out), "SOLVER.BASE_LR", "0.01",
+        "export-config",
+        "--preset",
+        "tiny",
+        "--norm",
+        "SyncBN",
+        "--init",
+        "xavier_uniform",
+        "--num-classes",
+        "5",
+        "-o",
+        str(out),
+        "SOLVER.BASE_LR",
+        "0.01",
     )
     assert result.exit_code == 0, result.output
     cfg = yaml.safe_load(out.read_text())
@@ -192,8 +203,17 @@ def test_dataset_json_is_the_argument_and_json_a_hidden_alias(command, small_set
 @pytest.mark.slow
 def test_predict_writes_to_output_dir_and_output_is_a_hidden_alias(trained_run, small_set, tmp_path):
     image = sorted(small_set.image_root.iterdir())[0]
-    run = ["predict", "--config", str(trained_run / "config.yaml"), "--weights", str(trained_run / "model_final.pth"),
-           "--input", str(image), "--device", "cpu"]
+    run = [
+        "predict",
+        "--config",
+        str(trained_run / "config.yaml"),
+        "--weights",
+        str(trained_run / "model_final.pth"),
+        "--input",
+        str(image),
+        "--device",
+        "cpu",
+    ]
     written = {}
     for flag in ("--output-dir", "--output"):
         out = tmp_path / flag.strip("-")
@@ -215,13 +235,24 @@ def test_inspect_init_writes_json_out_and_json_is_a_hidden_alias(tmp_path):
     assert json.loads(out.read_text())["verdict"]
     help_text = shown_options("inspect-init")
     assert "--json-out" in help_text and "--json " not in help_text
-    assert "old name" in error_line(invoke("inspect-init", "--preset", "tiny", "--json-out", str(out), "--json", str(tmp_path / "x.json")))
+    assert "old name" in error_line(
+        invoke("inspect-init", "--preset", "tiny", "--json-out", str(out), "--json", str(tmp_path / "x.json"))
+    )
 
 
 @pytest.mark.slow
 def test_every_command_names_outputs_one_way():
     """No visible option of any command uses an old name: --output only on export-config and export (one file)."""
-    for command in ("export-config", "export", "train", "eval", "predict", "inspect-init", "check-data", "analyze-data"):
+    for command in (
+        "export-config",
+        "export",
+        "train",
+        "eval",
+        "predict",
+        "inspect-init",
+        "check-data",
+        "analyze-data",
+    ):
         text = shown_options(command)
         assert "--json " not in text, command
         if command not in ("export-config", "export"):  # both write one file: -o/--output

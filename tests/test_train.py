@@ -6,15 +6,14 @@ import json
 from pathlib import Path
 
 import pytest
+from conftest import train_options
 from typer.testing import CliRunner
 
 from maskinit import MaskinitError, load_config
-from maskinit.config import config_value
 from maskinit.cli import app
+from maskinit.config import config_value
 from maskinit.run_options import warn_optimizer_mismatch
 from maskinit.train import TrainOptions, train
-
-from conftest import train_options
 
 pytestmark = pytest.mark.slow
 
@@ -36,7 +35,15 @@ def test_outputs_of_a_finished_run(finished_run):
     out, summary = finished_run
     assert summary["status"] == "finished"
     assert summary["iterations"] == 6
-    for name in ("config.yaml", "metrics.json", "last_checkpoint", "model_final.pth", "eval.json", "curves.png", "log.txt"):
+    for name in (
+        "config.yaml",
+        "metrics.json",
+        "last_checkpoint",
+        "model_final.pth",
+        "eval.json",
+        "curves.png",
+        "log.txt",
+    ):
         assert (out / name).is_file(), name
     assert list(out.glob("events.out.tfevents.*"))
     assert (out / "model_0000002.pth").is_file()  # periodic checkpoint (iteration 3)
@@ -58,7 +65,9 @@ def test_eval_json_holds_box_and_mask_ap(finished_run):
     for task in ("bbox", "segm"):
         for key in ("AP", "AP50", "AP75", "APs", "APm", "APl"):
             assert key in results[task]
-        if results[task]["AP"] is not None:  # per-category AP exists when there are predictions (NaN is written as null)
+        if (
+            results[task]["AP"] is not None
+        ):  # per-category AP exists when there are predictions (NaN is written as null)
             assert "AP-circle" in results[task]
     assert summary["eval"]["segm"].keys() == {k for k in results["segm"] if "-" not in k}
 
@@ -98,9 +107,11 @@ def test_resume_continues_from_the_saved_iteration(coco, tmp_path):
     train(load_config(preset="tiny", overrides=FAST_EVAL), options(out, coco, max_iter=4, checkpoint_period=2))
     started = load_config(out / "config.yaml")
     # the same command that started the run, --resume added (and a longer run, and one key set)
-    summary = train(load_config(preset="tiny", overrides=FAST_EVAL + ["MODEL.ROI_HEADS.SCORE_THRESH_TEST", "0.3"]),
-                    options(out, coco, max_iter=8, checkpoint_period=2, resume=True),
-                    explicit_keys={"SOLVER.WARMUP_ITERS", "MODEL.ROI_HEADS.SCORE_THRESH_TEST"})
+    summary = train(
+        load_config(preset="tiny", overrides=FAST_EVAL + ["MODEL.ROI_HEADS.SCORE_THRESH_TEST", "0.3"]),
+        options(out, coco, max_iter=8, checkpoint_period=2, resume=True),
+        explicit_keys={"SOLVER.WARMUP_ITERS", "MODEL.ROI_HEADS.SCORE_THRESH_TEST"},
+    )
     resumed = load_config(out / "config.yaml")
     preset = load_config(preset="tiny")
     for key in FITTED_KEYS:  # the run goes on fitted as it started, not with the preset's values
@@ -121,7 +132,10 @@ def test_resume_continues_from_the_saved_iteration(coco, tmp_path):
 def test_two_process_cpu_ddp(coco, tmp_path):
     out = tmp_path / "ddp"
     # SyncBN over gloo: NaiveSyncBatchNorm all-reduces the statistics of both processes
-    summary = train(load_config(preset="tiny", norm="SyncBN", overrides=FAST_EVAL), options(out, coco, max_iter=3, num_gpus=2, device="cpu"))
+    summary = train(
+        load_config(preset="tiny", norm="SyncBN", overrides=FAST_EVAL),
+        options(out, coco, max_iter=3, num_gpus=2, device="cpu"),
+    )
     assert summary["status"] == "finished"
     assert summary["world_size"] == 2
     assert (out / "model_final.pth").is_file()
@@ -161,7 +175,18 @@ runner = CliRunner()
 
 
 def test_cli_refuses_pretrained_weights(tmp_path):
-    result = runner.invoke(app, ["train", "--preset", "tiny", "--output-dir", str(tmp_path / "x"), "MODEL.WEIGHTS", "detectron2://ImageNetPretrained/MSRA/R-50.pkl"])
+    result = runner.invoke(
+        app,
+        [
+            "train",
+            "--preset",
+            "tiny",
+            "--output-dir",
+            str(tmp_path / "x"),
+            "MODEL.WEIGHTS",
+            "detectron2://ImageNetPretrained/MSRA/R-50.pkl",
+        ],
+    )
     assert result.exit_code == 2
     assert "MODEL.WEIGHTS" in result.stderr
     assert not (tmp_path / "x").exists()
@@ -200,10 +225,32 @@ def test_torchrun_two_cpu_processes(coco, tmp_path):
     bin_dir = Path(sys.executable).parent
     out = tmp_path / "torchrun"
     command = [
-        str(bin_dir / "torchrun"), "--nproc_per_node", "2", "--master_addr", "127.0.0.1", "--master_port", str(port),
-        str(bin_dir / "maskinit"), "train", "--preset", "tiny", "--device", "cpu", "--output-dir", str(out),
-        "--max-iter", "2", "--no-progress", "--train-json", coco.train_json, "--train-images", coco.train_images,
-        "--val-json", coco.val_json, "--val-images", coco.val_images,
+        str(bin_dir / "torchrun"),
+        "--nproc_per_node",
+        "2",
+        "--master_addr",
+        "127.0.0.1",
+        "--master_port",
+        str(port),
+        str(bin_dir / "maskinit"),
+        "train",
+        "--preset",
+        "tiny",
+        "--device",
+        "cpu",
+        "--output-dir",
+        str(out),
+        "--max-iter",
+        "2",
+        "--no-progress",
+        "--train-json",
+        coco.train_json,
+        "--train-images",
+        coco.train_images,
+        "--val-json",
+        coco.val_json,
+        "--val-images",
+        coco.val_images,
     ]
     result = subprocess.run(command, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
@@ -266,7 +313,9 @@ def test_periodic_evaluations_do_not_change_what_the_run_trains(coco, tmp_path):
     finals = []
     for period in (2, 0):
         out = tmp_path / f"eval-every-{period}"
-        summary = train(load_config(preset="tiny"), train_options(out, coco, max_iter=5, checkpoint_period=100, eval_period=period))
+        summary = train(
+            load_config(preset="tiny"), train_options(out, coco, max_iter=5, checkpoint_period=100, eval_period=period)
+        )
         assert summary["status"] == "finished"
         finals.append(torch.load(out / "model_final.pth", map_location="cpu", weights_only=True)["model"])
     assert (Path(tmp_path / "eval-every-2" / "metrics.json").read_text().count("segm/AP")) >= 2  # evaluated on the way

@@ -125,29 +125,27 @@ def remove_replaced_run(out: Path) -> list[str]:
 def output_dir_lock(out: Path):
     """Hold `out/.maskinit.lock` for the run: a second training into the same dir is refused.
 
-    An advisory `flock`, released by the kernel when the process ends however it ends, so a killed
-    run never leaves the dir locked. Taken by the run's leading process alone (`leads_run`).
+    `filelock`'s lock (an advisory `flock` on Unix), released by the kernel when the process ends however it
+    ends, so a killed run never leaves the dir locked. The holder writes its pid into the file, which the
+    refusal names. Taken by the run's leading process alone (`leads_run`).
     """
-    import fcntl
+    from filelock import FileLock, Timeout
 
-    handle = open(out / LOCK_FILE, "a+")
+    path = out / LOCK_FILE
+    lock = FileLock(path, timeout=0)
     try:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError as error:
-            handle.seek(0)
-            holder = handle.read().strip() or "another process"
-            raise MaskinitError(
-                f"output dir {out} is in use by another maskinit train ({holder}): "
-                "wait for it to end or choose another --output-dir"
-            ) from error
-        handle.seek(0)
-        handle.truncate()
-        handle.write(f"pid {os.getpid()}")
-        handle.flush()
+        lock.acquire()
+    except Timeout as error:
+        holder = path.read_text().strip() if path.is_file() else ""
+        raise MaskinitError(
+            f"output dir {out} is in use by another maskinit train ({holder or 'another process'}): "
+            "wait for it to end or choose another --output-dir"
+        ) from error
+    try:
+        path.write_text(f"pid {os.getpid()}")
         yield
     finally:
-        handle.close()
+        lock.release()
 
 
 def write_json(path: Path, data) -> None:

@@ -13,17 +13,17 @@ One vocabulary for every command (an older name stays as a hidden alias):
 - a JSON report is `--json-out` (`eval`, `inspect-init` (alias `--json`), `check-data`, `analyze-data`);
   a figure `--plot`; `export-config` writes its YAML to stdout or `-o/--output FILE`.
 
-The commands live by subject: `info` (doctor, export-config, list), `training` (train, tune, inspect-init),
-`models` (eval, predict, export) and `datasets` (check-data, analyze-data, convert, split); `app` holds the
-app and the error handling every command shares, `options` the options several commands share. Importing
-the package registers every command, in the order `--help` lists them.
+The commands live by subject: `info` (doctor, export-config, list), `training` (train, tune),
+`inspection` (inspect-init), `models` (eval, predict, export) and `datasets` (check-data, analyze-data,
+convert, split); `app` holds the app and the error handling every command shares, `options` the options
+several commands share. Importing the package registers every command, in the order `--help` lists them.
 """
 
 from .app import app
 
 # Each module registers its commands on `app` when imported; `--help` lists them in this order.
 # isort: off
-from . import info, training, models, datasets  # noqa: E402, F401
+from . import info, training, inspection, models, datasets  # noqa: E402, F401
 # isort: on
 
 __all__ = ["app"]

@@ -259,6 +259,15 @@ PROBES = {
 }
 MASKINIT_RUNS.update({name: list(options) for name, options in PROBES.items()})
 
+# Probes for photo sets of large objects (--only these): the default (fit included) with one thing changed.
+PHOTO_PROBES = {
+    # the mask head's 14x14 pool (28x28 masks) in place of the preset's 7x7 (14x14 masks)
+    "maskinit-mask14": ["MODEL.ROI_MASK_HEAD.POOLER_RESOLUTION", "14"],
+    # AdamW at twice the default LR (2e-3), the default warmup
+    "maskinit-lr2e-3": ["SOLVER.BASE_LR", "0.002"],
+}
+MASKINIT_RUNS.update({name: list(options) for name, options in PHOTO_PROBES.items()})
+
 # Where the RoI heads' time goes at the tiny scale (one thread, fwd+bwd per iteration of 4
 # images): backbone ~170 ms, the 4-conv box head ~100 ms at 64 RoIs per image (~200 at 128), the mask
 # head ~150 ms at 16 positives per image (~310 at 32), an fc-only box head ~11 ms (~19 at 128). So the

@@ -19,12 +19,13 @@ $(STAMP): requirements.lock requirements-bootstrap.lock pyproject.toml scripts/i
 	$(UV) pip install --python $(PY) --no-deps -e .
 	touch $(STAMP)
 
+# Two test processes (pytest-xdist), one per core: each test still runs its torch ops on one thread.
 test: setup
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n 2 --durations=15
 
 # The unit tests alone: no training, tuning, signals or benchmark runs (those are marked slow); under a minute.
 test-fast: setup
-	$(PY) -m pytest -q -m "not slow"
+	$(PY) -m pytest -q -n 2 -m "not slow"
 
 # The main job: train the tiny preset from scratch on the embedded synthetic set (CPU), then evaluate.
 demo: setup

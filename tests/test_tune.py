@@ -517,7 +517,7 @@ def test_ctrl_c_stops_the_study_in_one_line_and_resume_runs_the_trial_again(coco
         time.sleep(0.2)
     time.sleep(1)
     process.send_signal(signal.SIGINT)
-    _, stderr = process.communicate(timeout=60)
+    _, stderr = process.communicate(timeout=180)
     assert process.returncode == 130, stderr  # a signal's exit code, as a training run's (errors.EXIT_CODES)
     lines = [line for line in stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and "Traceback" not in stderr, stderr

@@ -266,6 +266,8 @@ PHOTO_PROBES = {
     # AdamW at twice the default LR (2e-3), the default warmup
     "maskinit-lr2e-3": ["SOLVER.BASE_LR", "0.002"],
 }
+# the 14x14 mask pool at the preset's 128-pixel input: about the safe fit's cost (est. 1.2x the preset's s/iter)
+PHOTO_PROBES["maskinit-mask14-input128"] = [*PHOTO_PROBES["maskinit-mask14"], *PRESET_INPUT]
 MASKINIT_RUNS.update({name: list(options) for name, options in PHOTO_PROBES.items()})
 
 # Where the RoI heads' time goes at the tiny scale (one thread, fwd+bwd per iteration of 4

@@ -11,6 +11,10 @@ from maskinit.data.analysis import analyze_coco, scaled_box_sides
 from maskinit.data.cost import relative_cost
 from maskinit.data.fit import (
     ANCHOR_REACH,
+    DETAILED_MASK_POOL,
+    FINEST_STRIDE,
+    LARGE_OBJECT_PERCENTILE,
+    MASK_POOL_KEY,
     MIN_OBJECT_PIXELS,
     SAFE_STEP_COST,
     SMALL_OBJECT_PERCENTILE,
@@ -150,6 +154,41 @@ def test_anchors_cover_large_objects_on_large_inputs(tmp_path, tiny):
     anchors = flat(values.get("MODEL.ANCHOR_GENERATOR.SIZES", tiny.MODEL.ANCHOR_GENERATOR.SIZES))
     assert max(anchors) * ANCHOR_REACH >= np.percentile(sides, 98)
     assert min(anchors) == flat(tiny.MODEL.ANCHOR_GENERATOR.SIZES)[0]  # the preset's smallest is kept
+
+
+def test_large_objects_get_a_finer_mask_pool_within_the_budget_and_full_gives_them_all_of_it(tmp_path, tiny):
+    # 512-px images of 200-px objects: 50 px at the preset's 128, 12.5 cells of stride 4 for its 7x7 pool
+    analysis = analyze_coco(*write_coco(tmp_path, [(512, 512)] * 3, [grid_boxes(4, 200, 250, columns=2)] * 3))
+    safe_fits = fit_config(with_mode(tiny, "safe"), analysis)
+    assert fitted(safe_fits)[MASK_POOL_KEY] == 13  # a bin per cell; the input stays (no small objects)
+    new, _ = apply_fits(tiny, safe_fits)
+    assert relative_cost(analysis, new, tiny) <= SAFE_STEP_COST + 1e-9
+    reason = next(fit.reason for fit in safe_fits if fit.key == MASK_POOL_KEY)
+    assert f"p{LARGE_OBJECT_PERCENTILE} of box sides 50.0 px" in reason and f"stride {FINEST_STRIDE}" in reason
+    assert MASK_POOL_KEY not in fitted(fit_config(tiny, analysis, keep={MASK_POOL_KEY}))  # the user's own is kept
+    huge = analyze_coco(*write_coco(tmp_path / "huge", [(512, 512)] * 3, [grid_boxes(2, 400, 10)] * 3))
+    assert fitted(fit_config(with_mode(tiny, "full"), huge))[MASK_POOL_KEY] == DETAILED_MASK_POOL  # capped
+
+
+def test_the_input_for_small_objects_comes_first_and_the_report_says_what_full_adds_to_the_pool(tmp_path, tiny):
+    # the same large objects beside a few small ones (12 px at 512, 3 at 128): the input takes the budget first
+    boxes = [grid_boxes(4, 200, 250, columns=2) + [(5 + 15 * i, 480, 12, 12) for i in range(3)]] * 3
+    analysis = analyze_coco(*write_coco(tmp_path, [(512, 512)] * 3, boxes))
+    safe_fits = fit_config(with_mode(tiny, "safe"), analysis)
+    safe = fitted(safe_fits)
+    assert safe["INPUT.MIN_SIZE_TEST"] > 128
+    full = fitted(fit_config(with_mode(tiny, "full"), analysis))
+    assert safe.get(MASK_POOL_KEY, 7) < full[MASK_POOL_KEY] == DETAILED_MASK_POOL
+    new, applied = apply_fits(tiny, safe_fits)
+    assert relative_cost(analysis, new, tiny) <= SAFE_STEP_COST + 1e-9
+    report = fit_report(tiny, new, analysis, applied)
+    assert any("and a 14x14 mask pool (28x28 masks) for the large objects" in line for line in report.held_back)
+
+
+def test_small_objects_keep_the_presets_mask_pool(tmp_path, tiny):
+    analysis = analyze_coco(*write_coco(tmp_path, [(256, 256)] * 3, [grid_boxes(20, 24, 40, columns=5)] * 3))
+    for mode in ("safe", "full"):  # 12 px at 128: fewer cells than the 7x7 pool has bins
+        assert MASK_POOL_KEY not in fitted(fit_config(with_mode(tiny, mode), analysis)), mode
 
 
 def test_elongated_objects_add_their_aspect_ratio_and_keep_the_presets():

@@ -69,6 +69,13 @@ RATIO_DIGITS = 2
 # std is never below this share of the largest channel std, so that no channel is amplified past the others.
 CONSTANT_CHANNEL = 1e-6
 MIN_STD_SHARE = 0.01
+# The mask head pools each RoI of all but the largest boxes from FPN's finest level (stride FINEST_STRIDE) into
+# POOLER_RESOLUTION x POOLER_RESOLUTION bins: a box side beyond bins x stride is pooled coarser than its features
+# resolve. The large objects (this percentile of box sides) get up to DETAILED_MASK_POOL bins (Detectron2's 14).
+LARGE_OBJECT_PERCENTILE = 75
+FINEST_STRIDE = 4
+DETAILED_MASK_POOL = 14
+MASK_POOL_KEY = "MODEL.ROI_MASK_HEAD.POOLER_RESOLUTION"
 INPUT_KEYS = ("INPUT.MIN_SIZE_TRAIN", "INPUT.MAX_SIZE_TRAIN", "INPUT.MIN_SIZE_TEST", "INPUT.MAX_SIZE_TEST")
 ROI_KEYS = ("MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE", "MODEL.RPN.BATCH_SIZE_PER_IMAGE", "MODEL.RPN.POST_NMS_TOPK_TRAIN",
             "MODEL.RPN.PRE_NMS_TOPK_TRAIN")
@@ -362,6 +369,15 @@ def fit_config(cfg, analysis: DataAnalysis, keep: Iterable[str] = frozenset(), m
         for key, value, reason in _input_fits(cfg, base, analysis, mode):
             fit(key, value, reason)
 
+    # The mask pool for large objects (training time: in safe mode, within what the budget has left).
+    base = with_keys(cfg, {fit.key: fit.value for fit in fits})
+    if analysis.num_instances:
+        scale = (values.get("INPUT.MIN_SIZE_TEST", config_get(cfg, "INPUT.MIN_SIZE_TEST")),
+                 values.get("INPUT.MAX_SIZE_TEST", config_get(cfg, "INPUT.MAX_SIZE_TEST")))
+        pool = _mask_pool_fit(cfg, base, analysis, scale, mode)
+        if pool:
+            fit(*pool)
+
     # Sampled RoIs for crowded images (they cost training time: in safe mode, within what the budget has left).
     crowd = [(key, value, reason) for key, value, reason in _crowd_batches(cfg, analysis) if key not in keep]
     base = with_keys(cfg, {fit.key: fit.value for fit in fits})
@@ -403,6 +419,29 @@ def fit_config(cfg, analysis: DataAnalysis, keep: Iterable[str] = frozenset(), m
             if ratios != sorted(preset_ratios[0]):
                 fit("MODEL.ANCHOR_GENERATOR.ASPECT_RATIOS", [ratios], reason)
     return fits
+
+
+def _mask_pool_fit(cfg, base, analysis: DataAnalysis, scale, mode: str) -> tuple[str, int, str] | None:
+    """The mask pool the large objects need at the test input `scale`: as many bins as their side spans cells
+    of the finest FPN level, up to DETAILED_MASK_POOL; in safe mode as far as the s/iter budget pays for."""
+    pool = int(config_get(cfg, MASK_POOL_KEY) or 0)
+    if not pool or pool >= DETAILED_MASK_POOL:
+        return None
+    side = float(np.percentile(scaled_box_sides(analysis, *scale), LARGE_OBJECT_PERCENTILE))
+    needed = min(DETAILED_MASK_POOL, int(math.ceil(side / FINEST_STRIDE)))
+    if needed <= pool:
+        return None
+    cells = side / FINEST_STRIDE
+    why = (f"p{LARGE_OBJECT_PERCENTILE} of box sides {side:.1f} px at the fitted input spans {cells:.1f} cells of "
+           f"the finest level (stride {FINEST_STRIDE}), more than the {pool}x{pool} pool's bins")
+    if mode == "safe":
+        affordable = _affordable(base, analysis, cfg, MASK_POOL_KEY, pool, needed)
+        if affordable <= pool:
+            return None
+        if affordable < needed:
+            why += f"; {affordable} within the safe fit's {SAFE_STEP_COST:g}x s/iter"
+        needed = affordable
+    return MASK_POOL_KEY, needed, why
 
 
 def _affordable(base, analysis: DataAnalysis, preset, key: str, low: int, high: int) -> int:
@@ -502,7 +541,7 @@ def apply_fits(cfg, fits: Iterable[Fit], keep: Iterable[str] = frozenset()):
 def fit_report(cfg, fitted, analysis: DataAnalysis, fits: Sequence[Fit],
                keep: Iterable[str] = frozenset()) -> FitReport:
     """`fitted` (the config with `fits` applied) against the preset `cfg` on this data: the estimated cost,
-    and in safe mode what `full` would add (the input size, the sampled RoIs) and at what cost."""
+    and in safe mode what `full` would add (the input size, the sampled RoIs, the mask pool) and at what cost."""
     mode = fit_mode(cfg)
     if mode == "off":
         return FitReport("off")
@@ -520,6 +559,9 @@ def fit_report(cfg, fitted, analysis: DataAnalysis, fits: Sequence[Fit],
         roi = "MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE"
         if config_get(full, roi) > config_get(fitted, roi):
             parts.append(f"{config_get(full, roi)} sampled RoIs per image")
+        pool = config_get(full, MASK_POOL_KEY)
+        if pool and pool > config_get(fitted, MASK_POOL_KEY):
+            parts.append(f"a {pool}x{pool} mask pool ({2 * pool}x{2 * pool} masks) for the large objects")
         if parts:
             held_back.append(f"--fit full would train with {' and '.join(parts)}: estimated "
                              f"{relative_cost(analysis, full, cfg):.2f}x the preset's s/iter")

@@ -70,7 +70,7 @@ def mean(values: list[float]) -> str:
 
 
 def seeds(row: dict) -> str:
-    return ", ".join(str(s) for s in row["seeds"])
+    return ", ".join(str(s) for s in sorted(row["seeds"]))
 
 
 def main_table(results: dict[str, dict]) -> list[str]:
@@ -103,8 +103,8 @@ def ablation_table(results: dict[str, dict]) -> list[str]:
 
 # Probes of the recipe on the photo sets (recipes.PHOTO_PROBES): the default with one thing changed.
 PROBED = {
-    "maskinit-mask14": "mask head's 14x14 pool (28x28 masks) for the preset's 7x7",
-    "maskinit-lr2e-3": "AdamW LR 2e-3 for the preset's 1e-3",
+    "maskinit-mask14": "the mask head's 14x14 pool (28x28 masks) for the fitted one",
+    "maskinit-mask14-input128": "the same at the preset's 128-px input",
 }
 
 

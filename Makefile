@@ -19,11 +19,13 @@ $(STAMP): requirements.lock requirements-bootstrap.lock pyproject.toml scripts/i
 	$(UV) pip install --python $(PY) --no-deps -e .
 	touch $(STAMP)
 
-# Two test processes (pytest-xdist), one per core: each test still runs its torch ops on one thread.
+# One test process: the multi-process tests (clusters, signals, tuning workers) time their processes and
+# share the 2 cores with nothing else; the slowest 15 are listed at the end.
 test: setup
-	$(PY) -m pytest -q -n 2 --durations=15
+	$(PY) -m pytest -q --durations=15
 
-# The unit tests alone: no training, tuning, signals or benchmark runs (those are marked slow); under a minute.
+# The unit tests alone: no training, tuning, signals or benchmark runs (those are marked slow); under a minute,
+# in two test processes (pytest-xdist).
 test-fast: setup
 	$(PY) -m pytest -q -n 2 -m "not slow"
 

@@ -30,6 +30,7 @@ ABLATED = {
     "maskinit-fit-preset-anchors": "anchor sizes",
     "maskinit-fit-preset-test-counts": "detections and test proposals",
     "maskinit-fit-preset-roi-batch": "sampled RoIs",
+    "maskinit-fit-preset-mask-pool": "mask pool",
 }
 
 

@@ -205,8 +205,9 @@ PRESET_TEST_COUNTS = ["TEST.DETECTIONS_PER_IMAGE", "50", "MODEL.RPN.POST_NMS_TOP
                       "MODEL.RPN.PRE_NMS_TOPK_TEST", "200"]
 PRESET_ROI_BATCH = ["MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE", "96", "MODEL.RPN.BATCH_SIZE_PER_IMAGE", "256",
                     "MODEL.RPN.POST_NMS_TOPK_TRAIN", "200", "MODEL.RPN.PRE_NMS_TOPK_TRAIN", "400"]
+PRESET_MASK_POOL = ["MODEL.ROI_MASK_HEAD.POOLER_RESOLUTION", "7"]
 FIT_KEYS = {"input": PRESET_INPUT, "pixels": PRESET_PIXELS, "anchors": PRESET_ANCHOR_SIZES, "ratios": PRESET_RATIOS,
-            "test-counts": PRESET_TEST_COUNTS, "roi-batch": PRESET_ROI_BATCH}
+            "test-counts": PRESET_TEST_COUNTS, "roi-batch": PRESET_ROI_BATCH, "mask-pool": PRESET_MASK_POOL}
 FIT_ABLATION = {f"maskinit-fit-preset-{key}": list(options) for key, options in FIT_KEYS.items()}
 FIT_ABLATION.update({"maskinit-fit-full": ["MASKINIT.FIT", "full"], "maskinit-fit-off": ["MASKINIT.FIT", "off"]})
 MASKINIT_RUNS.update(FIT_ABLATION)

@@ -19,10 +19,10 @@ $(STAMP): requirements.lock requirements-bootstrap.lock pyproject.toml scripts/i
 	$(UV) pip install --python $(PY) --no-deps -e .
 	touch $(STAMP)
 
-# One test process: the multi-process tests (clusters, signals, tuning workers) time their processes and
-# share the 2 cores with nothing else; the slowest 15 are listed at the end.
+# Two test processes (pytest-xdist); the tests that start several training processes (clusters, DDP, tuning
+# workers) carry xdist_group("processes") and run one at a time in one of them. The slowest 15 are listed.
 test: setup
-	$(PY) -m pytest -q --durations=15
+	$(PY) -m pytest -q -n 2 --dist loadgroup --durations=15
 
 # The unit tests alone: no training, tuning, signals or benchmark runs (those are marked slow); under a minute,
 # in two test processes (pytest-xdist).

@@ -39,6 +39,7 @@ def bench(folder: Path, tmp_path: Path, *arms: str) -> subprocess.Popen:
                             env={**os.environ, "OMP_NUM_THREADS": "1"})
 
 
+@pytest.mark.xdist_group("processes")
 def test_two_processes_split_the_arms_and_the_last_report_counts_them_all(tmp_path):
     folder = set_folder(tmp_path)
     report_file = tmp_path / "results" / "tune-smallset-smoke.json"

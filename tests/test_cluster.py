@@ -20,7 +20,8 @@ from maskinit import MaskinitError, load_config, machine
 from maskinit.errors import EXIT_CODES
 from maskinit.machine import check_memory, estimate_memory
 
-pytestmark = pytest.mark.slow
+# several training processes each: one such test at a time under `pytest -n 2 --dist loadgroup` (make test)
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("processes")]
 
 GiB = 2**30
 # one torch thread per process: two ranks share this host's cores
@@ -77,7 +78,7 @@ def wait_for(predicate, timeout=120) -> bool:
     return False
 
 
-def test_two_machines_sharing_one_folder_train_one_run(tmp_path, coco):
+def test_two_machines_sharing_one_folder_train_one_run_and_resume_it(tmp_path, coco):
     out, port = tmp_path / "shared", free_port()
     runs = [start(machine_command(out, rank, port, coco, "--max-iter", "2", validate=True)) for rank in (0, 1)]
     for code, stdout, stderr in finish(runs):
@@ -87,6 +88,14 @@ def test_two_machines_sharing_one_folder_train_one_run(tmp_path, coco):
     assert summary["status"] == "finished" and summary["world_size"] == 2
     written = {path.name for path in out.iterdir()}
     assert {"config.yaml", "model_final.pth", "eval.json", "log.txt", "log.txt.rank1"} <= written
+    # both machines resume the run from the folder they share
+    port = free_port()
+    runs = [start(machine_command(out, rank, port, coco, "--resume", "--max-iter", "3")) for rank in (0, 1)]
+    for code, stdout, stderr in finish(runs):
+        assert code == 0 and "trained 3 iterations" in stdout, stderr[-3000:]
+    summary = json.loads((out / "run_summary.json").read_text())
+    assert summary["world_size"] == 2 and summary["from_scratch"]["start_iter"] == 2
+    assert summary["from_scratch"]["resumed_from_own_checkpoint"]
 
 
 def test_two_machines_with_their_own_folders_end_alike(tmp_path, coco):
@@ -161,21 +170,6 @@ def test_sigint_to_one_rank_ends_every_machine_with_a_checkpoint(tmp_path, coco)
         assert len(lines) == 1 and "SIGINT" in lines[0] and "resume with: maskinit train" in lines[0], stderr[-3000:]
     summary = json.loads((out / "run_summary.json").read_text())
     assert summary["status"] == "interrupted" and (out / summary["checkpoint"]).is_file()
-
-
-def test_two_machines_resume_a_run_from_its_shared_folder(tmp_path, coco):
-    out = tmp_path / "resumed"
-    first = [sys.executable, "-m", "maskinit", "train", *QUICK, "--output-dir", str(out), "--max-iter", "2",
-             *data_flags(coco)]
-    [(code, _, stderr)] = finish([start(first)])
-    assert code == 0 and (out / "last_checkpoint").is_file(), stderr[-3000:]
-    port = free_port()
-    runs = [start(machine_command(out, rank, port, coco, "--resume", "--max-iter", "3")) for rank in (0, 1)]
-    for code, stdout, stderr in finish(runs):
-        assert code == 0 and "trained 3 iterations" in stdout, stderr[-3000:]
-    summary = json.loads((out / "run_summary.json").read_text())
-    assert summary["world_size"] == 2 and summary["from_scratch"]["start_iter"] == 2
-    assert summary["from_scratch"]["resumed_from_own_checkpoint"]
 
 
 def test_sigterm_while_waiting_for_a_missing_machine_ends_at_once(tmp_path, coco):

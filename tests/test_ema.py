@@ -216,6 +216,7 @@ def test_maskinit_eval_scores_the_average(ema_run, coco):
 
 
 @pytest.mark.slow
+@pytest.mark.xdist_group("processes")
 def test_two_process_ddp_keeps_one_average(coco, tmp_path):
     out = tmp_path / "ddp"
     summary = train(load_config(preset="tiny", overrides=EMA_ON),

@@ -65,6 +65,7 @@ def _in_group(rank: int, init_file: str, results) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.xdist_group("processes")
 def test_a_process_group_answers_once_it_is_up(tmp_path):
     """Two real processes in a gloo group: each its own rank, whatever the environment says."""
     with mp.Manager() as manager:

@@ -71,7 +71,9 @@ def test_a_preempted_job_is_requeued_and_finishes_from_its_checkpoint(tmp_path, 
     arguments = ["--preset", "tiny", "--device", "cpu", "--output-dir", str(out), "--no-progress", "--seed", "0",
                  "--max-iter", "40", "--checkpoint-period", "1000", "--eval-period", "0",
                  "--train-json", coco.train_json, "--train-images", coco.train_images,
-                 "--val-json", coco.val_json, "--val-images", coco.val_images, "SOLVER.IMS_PER_BATCH", "2"]
+                 "--val-json", coco.val_json, "--val-images", coco.val_images, "--fit", "off",
+                 "SOLVER.IMS_PER_BATCH", "2", "INPUT.MIN_SIZE_TRAIN", "(96,)", "INPUT.MAX_SIZE_TRAIN", "96",
+                 "INPUT.MIN_SIZE_TEST", "96", "INPUT.MAX_SIZE_TEST", "96"]
     job = submit(arguments, SlurmOptions(cluster="local", time_limit_min=30, folder=str(tmp_path / "jobs")))
     log = out / "log.txt"
     deadline = time.time() + 300
@@ -82,7 +84,7 @@ def test_a_preempted_job_is_requeued_and_finishes_from_its_checkpoint(tmp_path, 
     os.kill(task, signal.SIGUSR2)  # what SLURM sends before a preemption or the time limit
     deadline = time.time() + 600
     while time.time() < deadline and job.state not in ("FINISHED", "INTERRUPTED"):
-        time.sleep(2)
+        time.sleep(0.5)
     assert job.result() == 0
     summary = json.loads((out / "run_summary.json").read_text())
     assert summary["status"] == "finished" and summary["iterations"] == 40

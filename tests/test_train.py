@@ -129,6 +129,7 @@ def test_resume_continues_from_the_saved_iteration(coco, tmp_path):
     assert summary["iterations"] == 8
 
 
+@pytest.mark.xdist_group("processes")
 def test_two_process_cpu_ddp(coco, tmp_path):
     out = tmp_path / "ddp"
     # SyncBN over gloo: NaiveSyncBatchNorm all-reduces the statistics of both processes
@@ -213,6 +214,7 @@ def test_cli_bad_run_options(tmp_path, args, message):
     assert len(lines) == 1 and message in lines[0], result.stderr
 
 
+@pytest.mark.xdist_group("processes")
 def test_torchrun_two_cpu_processes(coco, tmp_path):
     """torchrun starts the ranks itself; maskinit joins its process group instead of launching."""
     import socket

@@ -357,6 +357,7 @@ def test_no_baseline_leaves_the_first_trial_to_the_sampler(coco, tiny_cfg, tmp_p
     assert row["params"] != pytest.approx(baseline)
 
 
+@pytest.mark.xdist_group("processes")
 def test_two_worker_processes_share_one_sqlite_study(coco, tmp_path):
     out = tmp_path / "shared"
     url = f"sqlite:///{tmp_path / 'shared.db'}"
@@ -438,6 +439,7 @@ def test_workers_refusals_are_one_line(coco, tmp_path):
     assert "Traceback" not in outcome.output
 
 
+@pytest.mark.xdist_group("processes")
 def test_workers_launches_processes_that_share_one_study(coco, tmp_path):
     """`--workers 2` on CPU: two worker processes (an equal share of the cores each, or the user's
     OMP_NUM_THREADS) run the study's trials; the launcher then reports the whole study."""

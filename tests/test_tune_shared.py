@@ -163,6 +163,7 @@ def late_worker(coco, out: Path, url: str, trials: int) -> None:
 
 @pytest.mark.slow
 @pytest.mark.filterwarnings("ignore:XDG_RUNTIME_DIR")  # pgserver's runtime folder: /tmp where it is not set
+@pytest.mark.xdist_group("processes")
 def test_three_workers_share_a_postgresql_study_and_a_killed_workers_trial_runs_again(coco, postgres, tmp_path):
     """Three `maskinit tune` processes, as on three machines: one PostgreSQL study (a plain postgresql://
     URL: the installed driver is used), an output folder each. Worker 0 is SIGKILLed in a trial: the
@@ -176,6 +177,7 @@ def test_three_workers_share_a_postgresql_study_and_a_killed_workers_trial_runs_
 
 
 @pytest.mark.slow
+@pytest.mark.xdist_group("processes")
 def test_two_workers_share_a_journal_file_and_a_killed_workers_trial_runs_again(coco, tmp_path):
     """Optuna's journal file on a filesystem both workers see (no database server)."""
     journal = tmp_path / "shared" / "study.journal"
@@ -213,6 +215,7 @@ def test_sampler_seeds_differ_per_worker_and_stay_reproducible_alone():
 
 
 @pytest.mark.slow
+@pytest.mark.xdist_group("processes")
 def test_workers_launched_on_the_allocated_gpus_see_their_own(coco, tmp_path):
     """`--workers 2` under CUDA_VISIBLE_DEVICES=2,3 (as a scheduler sets it): the trials of worker i saw
     the i-th GPU of the allocation (this machine has none: the trials train on the CPU all the same)."""

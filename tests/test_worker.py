@@ -109,6 +109,7 @@ def share(rank: int, port: int, folder: str, queue) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.xdist_group("processes")
 def test_every_rank_trains_rank_0s_config_in_its_own_folder_and_ends_as_rank_0(tmp_path):
     from maskinit.launcher import free_port
 

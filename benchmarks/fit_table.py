@@ -98,8 +98,33 @@ def main_table(results: dict[str, dict]) -> list[str]:
     return lines
 
 
+def fitted_arms(result: dict) -> set[str] | None:
+    """The `maskinit-fit-preset-*` arms whose keys the default fits on the set (the others would train the
+    default's config again); None where the set's training data is not here to fit to."""
+    from maskinit.cfgkeys import get_key
+    from maskinit.config import load_config
+    from maskinit.data.fit import fit_to_data
+    from maskinit.run_options import DataOptions
+
+    sys.path.insert(0, str(HERE))
+    from recipes import FIT_ABLATION
+
+    data = result["data"]
+    if not Path(data["train_json"]).is_file():
+        return None
+    preset = load_config(preset="tiny")
+    fitted, _ = fit_to_data(preset, DataOptions(data["train_json"], data["train_images"]))
+    arms = set()
+    for arm in ABLATED:
+        keys = FIT_ABLATION[arm][::2]
+        if any(get_key(fitted, key) != get_key(preset, key) for key in keys):
+            arms.add(arm)
+    return arms
+
+
 def ablation_table(results: dict[str, dict]) -> list[str]:
-    return delta_table(results, ABLATED, "switched back to the preset")
+    fitted = {name: fitted_arms(result) for name, result in results.items()}
+    return delta_table(results, ABLATED, "switched back to the preset", fitted)
 
 
 # Probes of the recipe on the photo sets (recipes.PHOTO_PROBES): the default with one thing changed.
@@ -109,8 +134,10 @@ PROBED = {
 }
 
 
-def delta_table(results: dict[str, dict], arms: dict[str, str], header: str) -> list[str]:
-    """Per arm and set: the arm's mask AP minus the default's at seed 0 ("-" where the arm did not run)."""
+def delta_table(results: dict[str, dict], arms: dict[str, str], header: str,
+                fitted: dict[str, set[str] | None] | None = None) -> list[str]:
+    """Per arm and set: the arm's mask AP minus the default's at seed 0 ("-" where the arm did not run,
+    "not fitted" where `fitted` says the default keeps the preset's values of the arm's keys on the set)."""
     names = list(results)
     lines = [f"| {header} | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
     for arm, label in arms.items():
@@ -118,7 +145,10 @@ def delta_table(results: dict[str, dict], arms: dict[str, str], header: str) -> 
         for name in names:
             table = results[name]["table"]
             row, default = table.get(arm), table.get("maskinit-default")
-            if not row or not default or 0 not in row["seeds"] or 0 not in default["seeds"]:
+            here = (fitted or {}).get(name)
+            if here is not None and arm not in here:
+                cells.append("not fitted")
+            elif not row or not default or 0 not in row["seeds"] or 0 not in default["seeds"]:
                 cells.append("-")
                 continue
             ours = default["mask_ap"][default["seeds"].index(0)]

@@ -24,6 +24,11 @@ FAST = ["--preset", "tiny", "--max-iter", "2", "--checkpoint-period", "1", "--se
         "SOLVER.WARMUP_ITERS", "1"]
 
 
+# The module-scoped fixtures train once per test process: under `make test` (pytest-xdist) this module's tests
+# run in one of them.
+pytestmark = pytest.mark.xdist_group("data_option")
+
+
 @pytest.fixture(scope="module")
 def source(tmp_path_factory):
     """A LabelMe folder with one split (8 pictures of 64x64)."""

@@ -118,6 +118,11 @@ def run_options(out, data, max_iter=4, checkpoint_period=2, **kwargs):
     return train_options(out, data, max_iter=max_iter, checkpoint_period=checkpoint_period, **kwargs)
 
 
+# The module-scoped fixtures train once per test process: under `make test` (pytest-xdist) this module's tests
+# run in one of them.
+pytestmark = pytest.mark.xdist_group("ema")
+
+
 @pytest.fixture(scope="module")
 def ema_run(coco, tmp_path_factory):
     """A 4-iteration run with the average on, recording the weights every evaluation saw."""

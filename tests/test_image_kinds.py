@@ -124,6 +124,11 @@ def records(data: DataOptions, split: str = "train"):
 # train, eval, predict on each kind (one trained run per kind)
 
 
+# The module-scoped fixtures train once per test process: under `make test` (pytest-xdist) this module's tests
+# run in one of them.
+pytestmark = pytest.mark.xdist_group("image_kinds")
+
+
 @pytest.fixture(scope="module", params=list(KINDS))
 def run(request, tmp_path_factory):
     """The plain tiny preset trained for 2 iterations: `train` fits the pixel normalization (and the

@@ -133,6 +133,11 @@ def test_empty_folders_lists_and_bad_videos_are_one_line(tmp_path):
 # predict on them
 
 
+# The module-scoped fixtures train once per test process: under `make test` (pytest-xdist) this module's tests
+# run in one of them.
+pytestmark = pytest.mark.xdist_group("input_sources")
+
+
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory):
     """A run folder of the tiny preset (untrained weights, every detection kept) and its ONNX export."""

@@ -15,7 +15,9 @@ from maskinit.config import config_value
 from maskinit.run_options import warn_optimizer_mismatch
 from maskinit.train import TrainOptions, train
 
-pytestmark = pytest.mark.slow
+# The module-scoped fixtures train once per test process: under `make test` (pytest-xdist) this module's tests
+# run in one of them, except those marked for the "processes" group.
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("train")]
 
 # A short warmup so that these few iterations train at the real LR.
 FAST_EVAL = ["SOLVER.WARMUP_ITERS", "2"]

@@ -34,7 +34,9 @@ from maskinit.tune import (
     tune,
 )
 
-pytestmark = pytest.mark.slow
+# The module-scoped fixtures train once per test process: under `make test` (pytest-xdist) this module's tests
+# run in one of them, except those marked for the "processes" group.
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("tune")]
 
 runner = CliRunner()
 TINY = (

@@ -69,6 +69,14 @@ def error_lines(stderr: str) -> list[str]:
     return [line for line in stderr.splitlines() if line.startswith("error:")]
 
 
+def story(out: Path, results) -> str:
+    """What every machine printed and the end of each rank's log: the message of a failed signal test."""
+    parts = [f"machine {rank}: exit {code}\n{stderr[-2000:]}" for rank, (code, _, stderr) in enumerate(results)]
+    for log in sorted(out.glob("log.txt*")):
+        parts.append(f"{log.name}:\n" + "\n".join(log.read_text(errors="replace").splitlines()[-15:]))
+    return "\n\n".join(parts)
+
+
 def wait_for(predicate, timeout=120) -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -136,8 +144,9 @@ def test_sigterm_to_one_machine_ends_every_machine_with_a_checkpoint(tmp_path, c
     assert started, finish(runs, timeout=5)
     time.sleep(1)
     runs[1].send_signal(signal.SIGTERM)  # machine 1's launcher forwards it to its process
-    for code, _, stderr in finish(runs, timeout=240):
-        assert code == EXIT_CODES["SIGTERM"] == 143, stderr[-3000:]
+    results = finish(runs, timeout=240)
+    for code, _, stderr in results:
+        assert code == EXIT_CODES["SIGTERM"] == 143, story(out, results)
         lines = error_lines(stderr)
         assert len(lines) == 1 and "SIGTERM" in lines[0] and "resume with: maskinit train" in lines[0], stderr[-3000:]
         assert "Traceback" not in stderr
@@ -164,9 +173,10 @@ def test_sigint_to_one_rank_ends_every_machine_with_a_checkpoint(tmp_path, coco)
     assert started, finish(runs, timeout=5)
     time.sleep(1)
     os.kill(rank_process(runs[0]), signal.SIGINT)  # global rank 0 itself, not its launcher
-    for code, _, stderr in finish(runs, timeout=240):
+    results = finish(runs, timeout=240)
+    for code, _, stderr in results:
         lines = error_lines(stderr)
-        assert code == EXIT_CODES["SIGINT"] == 130, stderr[-3000:]
+        assert code == EXIT_CODES["SIGINT"] == 130, story(out, results)
         assert len(lines) == 1 and "SIGINT" in lines[0] and "resume with: maskinit train" in lines[0], stderr[-3000:]
     summary = json.loads((out / "run_summary.json").read_text())
     assert summary["status"] == "interrupted" and (out / summary["checkpoint"]).is_file()

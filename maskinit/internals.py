@@ -149,6 +149,9 @@ Entries (`where` is the maskinit code that relies on it):
   `optuna.storages._heartbeat.BaseHeartbeat` (`record_heartbeat(trial_id)`, `_get_stale_trial_ids(study_id)`,
   `get_heartbeat_interval()`, `get_heartbeat_stale_trial_callback()`): `Study.optimize` beats and
   `fail_stale_trials` fails stale trials only for a storage that is one, and `JournalStorage` is not.
+- `optuna_rdb_engine`: tune.storage.serialized_sqlite adds SQLAlchemy event listeners to
+  `RDBStorage.engine` (an attribute, not documented API), and relies on `RDBStorage.set_trial_state_values`
+  marking a waiting trial running only after reading, in the same transaction, that it is waiting.
 - `optuna_retry_history`: tune.storage.retry_trial writes, and tune.report.trial_row and
   tune.storage.fail_stale_trials read, the `failed_trial` and `retry_history` system attributes in the
   format of `RetryHeartbeatStaleTrialCallback` (its `retried_trial_number` and `retry_history`).
@@ -259,6 +262,7 @@ REACHES: dict[str, Reach] = {
     "torchscript_extra_files_layout": Reach("deploy.runner.read_metadata", "torch.jit.save(_extra_files=)"),
     "distributed_worker": Reach("launcher.join_group, launcher.launch", "detectron2.engine.launch._distributed_worker"),
     "optuna_base_heartbeat": Reach("tune.storage.HeartbeatJournalStorage", "optuna.storages._heartbeat.BaseHeartbeat"),
+    "optuna_rdb_engine": Reach("tune.storage.serialized_sqlite", "optuna.storages.RDBStorage.engine"),
     "optuna_retry_history": Reach(
         "tune.storage.retry_trial, tune.report.trial_row", "optuna.storages.RetryHeartbeatStaleTrialCallback"
     ),

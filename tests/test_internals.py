@@ -814,6 +814,24 @@ def test_optuna_base_heartbeat(tmp_path):
     assert storage._get_stale_trial_ids(study._study_id) == [stale._trial_id]
 
 
+def test_optuna_rdb_engine(tmp_path):
+    import inspect
+
+    import optuna
+    import sqlalchemy
+
+    from maskinit.tune.storage import open_storage
+
+    source = inspect.getsource(optuna.storages.RDBStorage.set_trial_state_values)
+    assert "for_update=True" in source  # the read, then the check, in one transaction
+    assert "state == TrialState.RUNNING and trial.state != TrialState.WAITING" in source
+    storage = open_storage(f"sqlite:///{tmp_path / 'study.db'}")
+    assert isinstance(storage.engine, sqlalchemy.engine.Engine)
+    with storage.engine.connect() as connection:  # the listeners are on: the transaction holds the write lock
+        connection.exec_driver_sql("SELECT 1")
+        assert connection.connection.dbapi_connection.in_transaction
+
+
 @pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning")
 def test_optuna_retry_history():
     import optuna

@@ -324,3 +324,38 @@ def test_a_trial_killed_on_another_machine_is_failed_and_queued_again_after_the_
     assert failed.state == optuna.trial.TrialState.FAIL and retry.state == optuna.trial.TrialState.WAITING
     assert retry.params == failed.params and HOST not in retry.user_attrs
     assert fail_stale_trials(study) == [] and len(study.get_trials()) == 2  # failed and queued once
+
+
+def _start_queued_trials(url: str, count: int, results) -> None:
+    """One worker process: start `count` trials of the shared SQLite study (queued ones first, as
+    Study.optimize does) and report which it got."""
+    from maskinit.tune.storage import open_storage
+
+    study = optuna.load_study(study_name="queue", storage=open_storage(url))
+    results.put([(trial.number, trial.user_attrs.get("queued")) for trial in (study.ask() for _ in range(count))])
+
+
+@pytest.mark.slow
+@pytest.mark.xdist_group("processes")
+def test_workers_on_one_sqlite_file_never_start_the_same_queued_trial(tmp_path):
+    """SQLite ignores the SELECT ... FOR UPDATE with which Optuna starts a queued trial: four processes
+    taking 40 queued trials at once each get trials no other got, and every queued trial starts once."""
+    import multiprocessing
+
+    from maskinit.tune.storage import open_storage
+
+    url = f"sqlite:///{tmp_path / 'study.db'}"
+    study = optuna.create_study(study_name="queue", storage=open_storage(url))
+    for index in range(40):
+        study.enqueue_trial({"x": index / 40}, user_attrs={"queued": index})
+    context = multiprocessing.get_context("spawn")
+    results = context.Queue()
+    workers = [context.Process(target=_start_queued_trials, args=(url, 10, results)) for _ in range(4)]
+    for worker in workers:
+        worker.start()
+    got = [pair for _ in workers for pair in results.get(timeout=300)]
+    for worker in workers:
+        worker.join(timeout=60)
+    numbers = [number for number, _ in got]
+    assert len(numbers) == len(set(numbers)) == 40, sorted(numbers)
+    assert sorted(queued for _, queued in got) == list(range(40))

@@ -121,14 +121,40 @@ def open_storage(url: str, grace_period: int = GRACE_PERIOD, attempts: int = 5):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             try:
-                return optuna.storages.RDBStorage(url, engine_kwargs=kwargs, grace_period=grace_period,
-                                                  heartbeat_interval=heartbeat_interval(grace_period),
-                                                  heartbeat_stale_trial_callback=retry_trial)
+                storage = optuna.storages.RDBStorage(url, engine_kwargs=kwargs, grace_period=grace_period,
+                                                     heartbeat_interval=heartbeat_interval(grace_period),
+                                                     heartbeat_stale_trial_callback=retry_trial)
+                return serialized_sqlite(storage) if url.startswith("sqlite") else storage
             except Exception as error:  # a bad URL, an unreachable server, a missing driver
                 if attempt + 1 < attempts and any(words in str(error) for words in SCHEMA_RACE):
                     time.sleep(0.2 * (attempt + 1))
                     continue
                 raise MaskinitError(f"cannot open the study storage {shown_url(url)}: {one_line(error)}") from error
+
+
+def serialized_sqlite(storage):
+    """`storage` (an Optuna RDBStorage on SQLite) with every transaction taking the database's write lock
+    when it begins (BEGIN IMMEDIATE), SQLAlchemy's recipe for pysqlite transactions.
+
+    Optuna starts a queued trial (the baseline, a trial queued again) by reading that it is waiting and
+    then marking it running, in one transaction with SELECT ... FOR UPDATE, which SQLite ignores: two
+    workers that read it at the same moment both ran it (the second found its folder in use, and the
+    first could not record its result on the trial the second had failed). Serialized, the second reads
+    that it is running and takes another trial."""
+    from sqlalchemy import event
+
+    engine = storage.engine
+
+    @event.listens_for(engine, "connect")
+    def _no_implicit_begin(dbapi_connection, _record):
+        dbapi_connection.isolation_level = None  # pysqlite's own deferred BEGIN off: the "begin" event below
+
+    @event.listens_for(engine, "begin")
+    def _begin_immediate(connection):
+        connection.exec_driver_sql("BEGIN IMMEDIATE")
+
+    engine.dispose()  # the connections made before the listeners are closed: new ones get them
+    return storage
 
 
 def open_journal(path: str, grace_period: int = GRACE_PERIOD):

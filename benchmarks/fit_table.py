@@ -148,7 +148,8 @@ def delta_table(results: dict[str, dict], arms: dict[str, str], header: str,
             here = (fitted or {}).get(name)
             if here is not None and arm not in here:
                 cells.append("not fitted")
-            elif not row or not default or 0 not in row["seeds"] or 0 not in default["seeds"]:
+                continue
+            if not row or not default or 0 not in row["seeds"] or 0 not in default["seeds"]:
                 cells.append("-")
                 continue
             ours = default["mask_ap"][default["seeds"].index(0)]

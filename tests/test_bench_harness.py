@@ -312,3 +312,24 @@ def test_a_report_keeps_the_earlier_runs_of_its_set_that_this_call_did_not_redo(
     kept = earlier_runs(path, now, "r1")
     assert [(r["name"], r["seed"]) for r in kept] == [("maskinit-default", 1), ("d2-scratch-gn@0.02", 0)]
     assert earlier_runs(tmp_path / "none.json", now, "r1") == []
+
+
+def test_fit_table_marks_the_keys_the_default_does_not_fit_on_a_set(tmp_path):
+    """The key-by-key table: a fitted key's arm as mask AP minus the default's, "-" where it did not run,
+    "not fitted" where the default keeps the preset's values on the set (its run would be the default's)."""
+    import fit_table
+
+    from maskinit.data.synthetic import generate_coco_dataset
+
+    data = generate_coco_dataset(tmp_path / "train", 8, seed=1)  # fitted here: pixel statistics, mask pool
+    result = {
+        "data": {"train_json": str(data.json_file), "train_images": str(data.image_root)},
+        "table": {"maskinit-default": {"seeds": [0, 1], "mask_ap": [20.0, 22.0]},
+                  "maskinit-fit-preset-pixels": {"seeds": [0], "mask_ap": [18.5]}},
+    }
+    header, _, *rows = fit_table.ablation_table({"small": result})
+    assert header == "| switched back to the preset | small |"
+    cells = {row.split(" | ")[0].strip("| "): row.split(" | ")[1].strip(" |") for row in rows}
+    assert cells["pixel statistics"] == "-1.5"
+    assert cells["mask pool"] == "-"
+    assert {cells[key] for key in ("input size", "aspect ratios", "anchor sizes", "sampled RoIs")} == {"not fitted"}

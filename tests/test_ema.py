@@ -3,6 +3,7 @@ average, `model_final.pth` holding it (raw weights beside), checkpoints carrying
 
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
@@ -223,10 +224,14 @@ def test_maskinit_eval_scores_the_average(ema_run, coco):
 @pytest.mark.slow
 @pytest.mark.xdist_group("processes")
 def test_two_process_ddp_keeps_one_average(coco, tmp_path):
+    """Two CPU processes (DDP over gloo) with SyncBN, whose NaiveSyncBatchNorm all-reduces the statistics of
+    both, and the weight average: one average, evaluated at the end."""
     out = tmp_path / "ddp"
-    summary = train(load_config(preset="tiny", overrides=EMA_ON),
+    summary = train(load_config(preset="tiny", norm="SyncBN", overrides=EMA_ON),
                     run_options(out, coco, max_iter=2, checkpoint_period=100, num_gpus=2, device="cpu"))
     assert summary["status"] == "finished" and summary["world_size"] == 2
+    assert "segm" in json.loads((out / "eval.json").read_text())
+    assert load_config(out / "config.yaml").MODEL.FPN.NORM == "SyncBN"
     final = torch.load(out / "model_final.pth", map_location="cpu", weights_only=True)
     average = final["trainer"]["hooks"]["EMAHook"]["average"]
     assert int(average["n_averaged"]) == 3

@@ -131,20 +131,6 @@ def test_resume_continues_from_the_saved_iteration(coco, tmp_path):
     assert summary["iterations"] == 8
 
 
-@pytest.mark.xdist_group("processes")
-def test_two_process_cpu_ddp(coco, tmp_path):
-    out = tmp_path / "ddp"
-    # SyncBN over gloo: NaiveSyncBatchNorm all-reduces the statistics of both processes
-    summary = train(
-        load_config(preset="tiny", norm="SyncBN", overrides=FAST_EVAL),
-        options(out, coco, max_iter=3, num_gpus=2, device="cpu"),
-    )
-    assert summary["status"] == "finished"
-    assert summary["world_size"] == 2
-    assert (out / "model_final.pth").is_file()
-    assert "segm" in json.loads((out / "eval.json").read_text())
-
-
 def test_embedded_default_dataset(tmp_path, monkeypatch):
     monkeypatch.setenv("MASKINIT_CACHE", str(tmp_path / "cache"))
     out = tmp_path / "default"

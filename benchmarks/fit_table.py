@@ -21,6 +21,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
+sys.path.insert(0, str(HERE))  # recipes.py, for its runs' options
 
 ARMS = {"maskinit-default": "default (safe)", "maskinit-fit-off": "fit off", "maskinit-fit-full": "--fit full"}
 ABLATED = {
@@ -54,7 +55,6 @@ def estimated_cost(result: dict, name: str) -> float | None:
     if (out / "config.yaml").is_file():
         cfg = load_config(out / "config.yaml")
     else:
-        sys.path.insert(0, str(HERE))
         from recipes import MASKINIT_RUNS
 
         options = MASKINIT_RUNS.get(name)
@@ -101,13 +101,12 @@ def main_table(results: dict[str, dict]) -> list[str]:
 def fitted_arms(result: dict) -> set[str] | None:
     """The `maskinit-fit-preset-*` arms whose keys the default fits on the set (the others would train the
     default's config again); None where the set's training data is not here to fit to."""
+    from recipes import FIT_ABLATION
+
     from maskinit.cfgkeys import get_key
     from maskinit.config import load_config
     from maskinit.data.fit import fit_to_data
     from maskinit.run_options import DataOptions
-
-    sys.path.insert(0, str(HERE))
-    from recipes import FIT_ABLATION
 
     data = result["data"]
     if not Path(data["train_json"]).is_file():

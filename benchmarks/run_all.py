@@ -8,7 +8,8 @@ the embedded and the held-out synthetic set, on a synthetic set from another gen
 skipped with a printed line), then, where a CUDA GPU is present, the variant sweep and the
 full-scale throughput, and the plots. --extended adds on CPU: the 4x budget
 (1,600 iterations, one seed, the comparator at its best LR of the 400-iteration sweep) on the
-embedded set and rice_leaf, the ablation of the recipe on both, and the R50-FPN comparison at 256
+embedded set and rice_leaf, the ablation of the recipe on both, rice_leaf at equal wall-clock time
+(equal_time.py), and the R50-FPN comparison at 256
 pixels on rice_leaf (R50_CPU: two runs side by side, about 2.3 hours), and the tuning benchmark on rice_leaf
 (TUNE_CPU). Estimated CPU hours are in docs/benchmarks.md.
 
@@ -77,6 +78,7 @@ def main() -> None:
         if "rice_leaf" in data:
             steps += [("recipes.py", ["--data", data["rice_leaf"], "--iters", "1600", "--seeds", "0", "--lrs", "best"]),
                       ("recipes.py", ["--data", data["rice_leaf"], "--ablation"]),
+                      ("equal_time.py", ["--data", data["rice_leaf"], "--lr", "best", "--seeds", "0"]),
                       ("r50.py", ["--data", data["rice_leaf"], *R50_CPU]),
                       ("tune.py", [data["rice_leaf"].split("=", 1)[1], *TUNE_CPU])]
     if cuda_available():

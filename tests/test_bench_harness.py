@@ -333,3 +333,57 @@ def test_fit_table_marks_the_keys_the_default_does_not_fit_on_a_set(tmp_path):
     assert cells["pixel statistics"] == "-1.5"
     assert cells["mask pool"] == "-"
     assert {cells[key] for key in ("input size", "aspect ratios", "anchor sizes", "sampled RoIs")} == {"not fitted"}
+
+
+def test_equal_time_gives_maskinit_the_comparators_training_time_and_reports_both(monkeypatch, tmp_path):
+    """equal_time.py: the comparator trains its iterations first; maskinit's `--time` is the comparator's
+    s/iter times its iterations, in a form `maskinit train --time` reads; the report pairs both sides."""
+    import equal_time
+
+    from maskinit.budget import parse_duration
+    from maskinit.data.synthetic import generate_coco_dataset
+
+    (tmp_path / "set").mkdir()
+    for split in ("train", "val"):
+        data = generate_coco_dataset(tmp_path / "gen" / split, 4, seed=1)
+        Path(data.json_file).rename(tmp_path / "set" / f"{split}.json")
+        Path(data.image_root).rename(tmp_path / "set" / split)
+    commands = []
+
+    def stand_in(command, log, timeout=None, append=False):
+        commands.append(command)
+        out = Path(command[command.index("--output-dir") + 1] if "--output-dir" in command else command[3])
+        out.mkdir(parents=True)
+        if "--time" in command:
+            (out / "run_summary.json").write_text(json.dumps({"iterations": 480, "seconds_per_iter": 0.25}))
+            (out / "eval.json").write_text(json.dumps({"bbox": {"AP": 30.0}, "segm": {"AP": 27.0}}))
+        else:
+            (out / "result.json").write_text(json.dumps({"seconds_per_iter": 0.3, "mask_ap": 18.0, "box_ap": 20.0}))
+        return 0
+
+    monkeypatch.setattr(equal_time.common, "run", stand_in)
+    monkeypatch.setattr(equal_time.common, "comparator_settings", lambda *a: ["INPUT.MIN_SIZE_TRAIN", "(160,)"])
+    monkeypatch.setattr(sys, "argv", ["equal_time.py", "--data", f"small={tmp_path / 'set'}", "--lr", "0.04",
+                                      "--seeds", "0", "--runs-dir", str(tmp_path / "runs"),
+                                      "--results-dir", str(tmp_path / "results")])
+    equal_time.main()
+    stock, ours = commands
+    assert stock[stock.index("--lr") + 1] == "0.04" and stock[-2:] == ["INPUT.MIN_SIZE_TRAIN", "(160,)"]
+    assert parse_duration(ours[ours.index("--time") + 1]) == pytest.approx(0.3 * 400)
+    assert "--max-iter" not in ours  # the iterations are maskinit's own choice for that time
+    report = json.loads((tmp_path / "results" / "equal-time-small.json").read_text())
+    (row,) = report["rows"]
+    assert row["comparator"]["training_seconds"] == pytest.approx(120.0)
+    assert row["maskinit"] == {"mask_ap": 27.0, "box_ap": 30.0, "iterations": 480, "seconds_per_iter": 0.25,
+                               "training_seconds": 120.0}
+    assert "| 0 | 18.00 | 20.00 | 120 | 27.00 | 30.00 | 120 | 480 | 1.50x |" in (
+        tmp_path / "results" / "equal-time-small.md").read_text()
+
+
+def test_equal_time_takes_the_comparators_best_lr_from_the_recipe_comparison(tmp_path):
+    import equal_time
+
+    (tmp_path / "recipes-small-fit.json").write_text(json.dumps({"comparator_best": [41.6, "d2-scratch-gn@0.04"]}))
+    assert equal_time.best_lr(tmp_path, "small", "-fit") == "0.04"
+    with pytest.raises(SystemExit, match="no comparator result"):
+        equal_time.best_lr(tmp_path, "small", "")

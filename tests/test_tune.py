@@ -91,6 +91,7 @@ def test_search_specs_parse_ranges_and_choices(tiny_cfg):
     assert parse_search("MASKINIT.OPTIMIZER=sgd,adamw", tiny_cfg).choices == ("sgd", "adamw")
     assert parse_search("SOLVER.WEIGHT_DECAY=0,1e-4", tiny_cfg).choices == (0.0, 1e-4)  # floats, as the key
     assert parse_search("SOLVER.CLIP_GRADIENTS.ENABLED=True,False", tiny_cfg).choices == (True, False)
+    assert parse_search("MASKINIT.FIT=off,safe,full", tiny_cfg).choices == ("off", "safe", "full")  # the data fit
 
 
 @pytest.mark.parametrize(
@@ -108,6 +109,12 @@ def test_search_specs_parse_ranges_and_choices(tiny_cfg):
         ("MASKINIT.OPTIMIZER=1:2", "not a number"),
         ("SOLVER.BASE_LR=fast,slow", "is not a float"),
         ("SOLVER.BASE_LR=0.1,0.1", "given twice"),
+        # a value every trial drawing it would fail on, by the key's rule in check_config
+        ("MASKINIT.FIT=off,most", r"unknown fit mode 'most' for MASKINIT.FIT \(known: off, safe, full\)"),
+        ("MASKINIT.OPTIMIZER=sgd,lion", "unknown optimizer .lion."),
+        ("SOLVER.BASE_LR=0:0.1", "SOLVER.BASE_LR must be a positive finite number, got 0.0"),
+        ("MASKINIT.PRIOR_PROB=0.01,1.5", r"MASKINIT.PRIOR_PROB must be in \[0, 1\)"),
+        ("MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE=0:128", "must be at least 1, got 0"),
     ],
 )
 def test_bad_search_specs_are_refused_in_one_line(tiny_cfg, spec, message):
@@ -357,6 +364,27 @@ def test_no_baseline_leaves_the_first_trial_to_the_sampler(coco, tiny_cfg, tmp_p
         apply_run_options(tiny_cfg, tiny_options(coco, out))
     )
     assert row["params"] != pytest.approx(baseline)
+
+
+def test_a_study_searches_over_the_data_fit(coco, tiny_cfg, tmp_path):
+    """`--search MASKINIT.FIT=...`: each trial fits the config to the data as its mode says (off: the preset's
+    pixel statistics and sizes; safe: fitted ones), as `maskinit train --fit MODE` would."""
+    configs = {}
+    for mode in ("off", "safe"):
+        out = tmp_path / mode
+        outcome = runner.invoke(
+            app,
+            ["tune", *TINY, "--trials", "1", "--pruner", "none", "--search", f"MASKINIT.FIT={mode}", "--search-only",
+             "--output-dir", str(out), *data_args(coco)],
+        )
+        assert outcome.exit_code == 0, outcome.output
+        [row] = json.loads((out / "trials.json").read_text())
+        assert row["state"] == "complete" and row["params"] == {"MASKINIT.FIT": mode}
+        configs[mode] = load_config(out / "trial-0000" / "config.yaml")
+        summary = json.loads((out / "trial-0000" / "run_summary.json").read_text())
+        assert summary["fit"]["mode"] == mode and bool(summary["fitted_to_data"]) == (mode != "off")
+    assert list(configs["off"].MODEL.PIXEL_MEAN) == list(tiny_cfg.MODEL.PIXEL_MEAN)
+    assert list(configs["safe"].MODEL.PIXEL_MEAN) != list(tiny_cfg.MODEL.PIXEL_MEAN)
 
 
 @pytest.mark.xdist_group("processes")

@@ -31,7 +31,14 @@ from .build import (
     sync_norm_keys,
     zoo_config_file,
 )
-from .checks import CHOICE_RULES, VALUE_RULES, check_config, check_from_scratch, refuse_pretrained_settings
+from .checks import (
+    CHOICE_RULES,
+    VALUE_RULES,
+    check_config,
+    check_from_scratch,
+    check_value,
+    refuse_pretrained_settings,
+)
 from .defaults import (
     ADAPTIVE_OPTIMIZERS,
     AMP_DTYPES,
@@ -48,7 +55,8 @@ __all__ = [
     "ADAPTIVE_OPTIMIZERS", "AMP_DTYPES", "BACKBONE_KEYS", "CHOICE_RULES", "DEFAULT_BASE", "DEFAULT_PRESET",
     "FIT_MODES", "ITERS_PER_X_AT_16", "LR_SCHEDULES", "OPTIMIZERS", "REASONS", "RESNET_DEPTHS", "SCHEDULES",
     "VALUE_RULES", "ConfigBuild", "add_maskinit_config", "apply_ims_per_batch", "apply_schedule",
-    "base_config_file", "build_config", "check_config", "check_from_scratch", "check_yaml_file", "config_value",
+    "base_config_file", "build_config", "check_config", "check_from_scratch", "check_value", "check_yaml_file",
+    "config_value",
     "dump_yaml", "export_config", "flatten", "list_presets", "load_config", "maskinit_only_settings", "merge_file",
     "merge_overrides", "new_config", "preset_file", "recipe_file", "refuse_pretrained_settings", "sync_norm_keys",
     "to_yaml", "zoo_config_file",

@@ -122,6 +122,27 @@ CHOICE_RULES = (
 )
 
 
+_CHOICES = {key: (name, choices) for key, name, choices in CHOICE_RULES}
+_VALUES = {key: (test, rule) for key, test, rule in VALUE_RULES}
+
+
+def check_value(key: str, value) -> None:
+    """`value` for `key` by the key's rule in `CHOICE_RULES` or `VALUE_RULES` (a key with no rule passes):
+    the one-line MaskinitError `check_config` raises for it. `tune --search` checks its choices with it."""
+    if key in _CHOICES:
+        name, choices = _CHOICES[key]
+        if value not in choices:
+            raise MaskinitError(f"unknown {name} {value!r} for {key} (known: {', '.join(map(str, choices))})")
+    if key in _VALUES:
+        test, rule = _VALUES[key]
+        try:
+            ok = bool(test(value))
+        except TypeError:  # a number where a list belongs, or the reverse
+            ok = False
+        if not ok:
+            raise MaskinitError(f"{key} must be {rule}, got {value!r}")
+
+
 def check_config(cfg: CfgNode) -> None:
     """Every `MASKINIT.*` key and the Detectron2 keys a user is likely to get wrong, checked when the
     config is built: a one-line MaskinitError naming the first bad key and its value."""
@@ -131,18 +152,10 @@ def check_config(cfg: CfgNode) -> None:
     from ..norms import build_norm_variant
 
     check_from_scratch(cfg)
-    for key, name, choices in CHOICE_RULES:
-        value = get_key(cfg, key)
-        if value not in choices:
-            raise MaskinitError(f"unknown {name} {value!r} for {key} (known: {', '.join(map(str, choices))})")
-    for key, test, rule in VALUE_RULES:
-        value = get_key(cfg, key)
-        try:
-            ok = bool(test(value))
-        except TypeError:  # a number where a list belongs, or the reverse
-            ok = False
-        if not ok:
-            raise MaskinitError(f"{key} must be {rule}, got {value!r}")
+    for key, _, _ in CHOICE_RULES:
+        check_value(key, get_key(cfg, key))
+    for key, _, _ in VALUE_RULES:
+        check_value(key, get_key(cfg, key))
     model = cfg.MODEL
     if len(model.PIXEL_MEAN) != len(model.PIXEL_STD):
         raise MaskinitError(

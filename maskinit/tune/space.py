@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from ..cfgkeys import MISSING, get_key
+from ..config.checks import check_value
 from ..errors import MaskinitError
 
 if TYPE_CHECKING:
@@ -132,13 +133,25 @@ def parse_search(spec: str, cfg: CfgNode) -> SearchDimension:
         integer = "int" in flags or isinstance(node, int)
         if integer and (not low.is_integer() or not high.is_integer()):
             raise MaskinitError(f"--search {spec!r}: {key} takes integers, got {low:g}:{high:g}")
+        _check_each(spec, key, (int(low), int(high)) if integer else (low, high))
         return SearchDimension(key, low, high, log=log, integer=integer)
     choices = tuple(_coerce(key, node, _literal(text.strip())) for text in values.split(",") if text.strip())
     if len(set(map(repr, choices))) != len(choices):
         raise MaskinitError(f"--search {spec!r}: a choice is given twice")
     if not choices:
         raise MaskinitError(f"--search {spec!r}: no choices")
+    _check_each(spec, key, choices)
     return SearchDimension(key, choices=choices)
+
+
+def _check_each(spec: str, key: str, values) -> None:
+    """Each choice (or each end of a range) by the key's rule, before any trial runs: a value every
+    trial that draws it would fail on is refused here (`MASKINIT.FIT=off,most`, `SOLVER.BASE_LR=0:0.1`)."""
+    for value in values:
+        try:
+            check_value(key, value)
+        except MaskinitError as error:
+            raise MaskinitError(f"--search {spec!r}: {error}") from error
 
 
 # ---------------------------------------------------------------------------------------------- search space

@@ -5,8 +5,8 @@ every run of the set): the default (`--fit safe`), the fit off and `--fit full` 
 the seeds that ran, the seeds, the input size), Detectron2's scratch-GN recipe at its best LR at the
 default's input sizes and per-image budget, the ratio, and the estimated s/iter of each maskinit config
 against the preset's on the set (machine.step_seconds, the same estimate `train` prints). A second table
-gives each fitted group of keys switched back to the preset alone (`maskinit-fit-preset-*`, seed 0),
-as the difference in mask AP to the default of the same seed.
+gives each fitted group of keys switched back to the preset alone (`maskinit-fit-preset-*`), as the
+difference in mask AP to the default of the same seed, averaged over the seeds both ran.
 
 Usage: python benchmarks/fit_table.py [--results benchmarks/results] [--sets NAME ...] [--out FILE.md]
 """
@@ -130,13 +130,18 @@ def ablation_table(results: dict[str, dict]) -> list[str]:
 PROBED = {
     "maskinit-mask14": "the mask head's 14x14 pool (28x28 masks) for the fitted one",
     "maskinit-mask14-input128": "the same at the preset's 128-px input",
+    "maskinit-lr2e-3": "AdamW at 2e-3 (the preset: 1e-3)",
+    "maskinit-ema": "weight EMA (decay 0.98, a window of about 50 iterations)",
+    "maskinit-no-copy-paste": "no Copy-Paste (the preset: on half of the images)",
+    "maskinit-lsj-mild": "a mild large-scale jitter (0.5-1.5 of the fitted square) under Copy-Paste",
 }
 
 
 def delta_table(results: dict[str, dict], arms: dict[str, str], header: str,
                 fitted: dict[str, set[str] | None] | None = None) -> list[str]:
-    """Per arm and set: the arm's mask AP minus the default's at seed 0 ("-" where the arm did not run,
-    "not fitted" where `fitted` says the default keeps the preset's values of the arm's keys on the set)."""
+    """Per arm and set: the arm's mask AP minus the default's, paired by seed and averaged over the seeds both
+    ran, with the range over those seeds where there are several ("-" where the arm did not run, "not
+    fitted" where `fitted` says the default keeps the preset's values of the arm's keys on the set)."""
     names = list(results)
     lines = [f"| {header} | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
     for arm, label in arms.items():
@@ -148,12 +153,16 @@ def delta_table(results: dict[str, dict], arms: dict[str, str], header: str,
             if here is not None and arm not in here:
                 cells.append("not fitted")
                 continue
-            if not row or not default or 0 not in row["seeds"] or 0 not in default["seeds"]:
+            paired = sorted(set(row["seeds"]) & set(default["seeds"])) if row and default else []
+            if not paired:
                 cells.append("-")
                 continue
-            ours = default["mask_ap"][default["seeds"].index(0)]
-            theirs = row["mask_ap"][row["seeds"].index(0)]
-            cells.append(f"{theirs - ours:+.1f}")
+            deltas = [row["mask_ap"][row["seeds"].index(s)] - default["mask_ap"][default["seeds"].index(s)]
+                      for s in paired]
+            cell = f"{statistics.mean(deltas):+.1f}"
+            if len(deltas) > 1:
+                cell += f" ({min(deltas):+.1f} to {max(deltas):+.1f}, {len(deltas)} seeds)"
+            cells.append(cell)
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
     return lines
 
@@ -173,10 +182,10 @@ def main() -> None:
         else:
             print(f"{name}: {path} not found, left out", file=sys.stderr)
     lines = ["Mask and box AP at 400 iterations (mean over the seeds listed):", "", *main_table(results), "",
-             "Each group of fitted keys switched back to the preset's values alone, "
-             "mask AP minus the default's (seed 0):",
+             "Each group of fitted keys switched back to the preset's values alone, mask AP minus the default's "
+             "(paired by seed: the mean over the seeds both ran, and its range where there are several):",
              "", *ablation_table(results), "",
-             "The recipe with one thing changed, mask AP minus the default's (seed 0):", "",
+             "The recipe with one thing changed, mask AP minus the default's (paired by seed, as above):", "",
              *delta_table(results, PROBED, "changed")]
     text = "\n".join(lines) + "\n"
     if args.out:

@@ -324,14 +324,16 @@ def test_fit_table_marks_the_keys_the_default_does_not_fit_on_a_set(tmp_path):
     data = generate_coco_dataset(tmp_path / "train", 8, seed=1)  # fitted here: pixel statistics, mask pool
     result = {
         "data": {"train_json": str(data.json_file), "train_images": str(data.image_root)},
-        "table": {"maskinit-default": {"seeds": [0, 1], "mask_ap": [20.0, 22.0]},
-                  "maskinit-fit-preset-pixels": {"seeds": [0], "mask_ap": [18.5]}},
+        "table": {"maskinit-default": {"seeds": [0, 1, 2], "mask_ap": [20.0, 22.0, 21.0]},
+                  "maskinit-fit-preset-pixels": {"seeds": [0], "mask_ap": [18.5]},
+                  # paired by seed (0 and 2); seed 3 has no default run and is left out
+                  "maskinit-fit-preset-mask-pool": {"seeds": [2, 0, 3], "mask_ap": [22.0, 19.0, 50.0]}},
     }
     header, _, *rows = fit_table.ablation_table({"small": result})
     assert header == "| switched back to the preset | small |"
     cells = {row.split(" | ")[0].strip("| "): row.split(" | ")[1].strip(" |") for row in rows}
     assert cells["pixel statistics"] == "-1.5"
-    assert cells["mask pool"] == "-"
+    assert cells["mask pool"] == "+0.0 (-1.0 to +1.0, 2 seeds)"
     assert {cells[key] for key in ("input size", "aspect ratios", "anchor sizes", "sampled RoIs")} == {"not fitted"}
 
 

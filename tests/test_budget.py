@@ -85,6 +85,19 @@ def test_time_sets_the_iterations_from_a_measured_step(tmp_path, coco):
     assert max(1, int(10 / (speed + 0.0005))) <= iterations <= max(1, int(10 / (speed - 0.0005)))
     assert summary["fit"]["mode"] == "safe" and "keys fitted to the training data (--fit safe)" in result.stderr
     assert "data fit safe: estimated" in result.stderr
+    trained = summary["seconds_per_iter"] * summary["iterations"]
+    ending = next(line for line in result.stdout.splitlines() if line.startswith("--time 10s: training took"))
+    assert f"({(trained / 10 - 1) * 100:+.0f}% of the time given)" in ending
+
+
+def test_the_time_budgets_account_says_why_a_run_took_longer():
+    from maskinit.cli.training import time_budget_line
+
+    assert time_budget_line(169, 164) == "--time 2m49s: training took 2m44s (-3% of the time given)"
+    assert time_budget_line(169, 204) == (
+        "--time 2m49s: training took 3m24s (+21% of the time given); its steps ran slower than the 10 timed "
+        "before the run, from scratch"
+    )
 
 
 @pytest.mark.parametrize(

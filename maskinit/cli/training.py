@@ -232,10 +232,24 @@ def train(
         f"({speed}); from scratch: "
         f"{summary['from_scratch']['pretrained_tensors_loaded']} pretrained tensors loaded"
     )
+    if options.time_budget is not None and summary.get("seconds_per_iter"):
+        console.print(time_budget_line(options.time_budget, summary["seconds_per_iter"] * summary["iterations"]))
     console.print(
         f"outputs in {summary.get('output_dir', output_dir)}/: config.yaml, model_final.pth, metrics.json, eval.json, "
         "curves.png, run_summary.json"
     )
+
+
+def time_budget_line(budget: float, trained: float) -> str:
+    """`--time`'s account at the end: the training time (s/iter x iterations, evaluations apart) against the
+    time given, and why a run that took longer did."""
+    from ..budget import describe_duration
+
+    line = (f"--time {describe_duration(budget)}: training took {describe_duration(trained)} "
+            f"({(trained / budget - 1) * 100:+.0f}% of the time given)")
+    if trained > 1.05 * budget:
+        line += "; its steps ran slower than the 10 timed before the run, from scratch"
+    return line
 
 
 def submit_to_slurm(launch: dict, folder: Path) -> None:

@@ -239,6 +239,29 @@ def test_lsj_augmentation_gets_its_square_from_the_training_size(tmp_path, tiny)
     assert "MASKINIT.AUGMENT.LSJ_IMAGE_SIZE" not in fitted(fit_config(tiny, analysis))
 
 
+def test_lsj_is_costed_at_the_square_the_fit_trains_so_safe_stays_within_its_budget(tmp_path, tiny):
+    """With large-scale jitter on, the preset's square (Detectron2's 1024) would price the preset as if it
+    trained 1024-px squares and any larger input as nearly free: the fit prices both at the training max size,
+    so safe stays within its s/iter budget, and a square the user sets is priced as set."""
+    analysis = analyze_coco(*write_coco(tmp_path, [(1024, 1024)] * 2, [grid_boxes(20, 14, 60)] * 2))
+    lsj = tiny.clone()
+    lsj.MASKINIT.AUGMENT.NAME = "lsj"
+    plain = fitted(fit_config(tiny, analysis))
+    new, fits = apply_fits(lsj, fit_config(lsj, analysis))
+    assert new.MASKINIT.AUGMENT.LSJ_IMAGE_SIZE == new.INPUT.MAX_SIZE_TRAIN <= plain["INPUT.MAX_SIZE_TRAIN"]
+    report = fit_report(lsj, new, analysis, fits)
+    assert 1.0 < report.step_cost <= SAFE_STEP_COST + 1e-9
+    tied = lsj.clone()
+    tied.MASKINIT.AUGMENT.LSJ_IMAGE_SIZE = 128
+    assert relative_cost(analysis, new, tied) == pytest.approx(report.step_cost)
+    # no input fitted (large objects): the square is still the training size, not the preset's 1024
+    large = analyze_coco(*write_coco(tmp_path / "large", [(256, 256)] * 3, [grid_boxes(4, 60, 70, columns=2)] * 3))
+    assert fitted(fit_config(lsj, large))["MASKINIT.AUGMENT.LSJ_IMAGE_SIZE"] == 128
+    # the user's square is kept and priced as it is
+    kept = fitted(fit_config(lsj, analysis, keep={"MASKINIT.AUGMENT.LSJ_IMAGE_SIZE"}))
+    assert "MASKINIT.AUGMENT.LSJ_IMAGE_SIZE" not in kept and "INPUT.MAX_SIZE_TRAIN" in kept
+
+
 # ---------------------------------------------------------------------------------------------
 # Modes, reports, the config stays the user's
 

@@ -366,7 +366,7 @@ def fit_config(cfg, analysis: DataAnalysis, keep: Iterable[str] = frozenset(), m
     # measured s/iter).
     base = with_keys(cfg, {fit.key: fit.value for fit in fits})
     if not keep & set(INPUT_KEYS):
-        for key, value, reason in _input_fits(cfg, base, analysis, mode):
+        for key, value, reason in _input_fits(cfg, base, analysis, mode, keep):
             fit(key, value, reason)
 
     # The mask pool for large objects (training time: in safe mode, within what the budget has left).
@@ -374,7 +374,7 @@ def fit_config(cfg, analysis: DataAnalysis, keep: Iterable[str] = frozenset(), m
     if analysis.num_instances:
         scale = (values.get("INPUT.MIN_SIZE_TEST", config_get(cfg, "INPUT.MIN_SIZE_TEST")),
                  values.get("INPUT.MAX_SIZE_TEST", config_get(cfg, "INPUT.MAX_SIZE_TEST")))
-        pool = _mask_pool_fit(cfg, base, analysis, scale, mode)
+        pool = _mask_pool_fit(cfg, base, analysis, scale, mode, keep)
         if pool:
             fit(*pool)
 
@@ -385,7 +385,7 @@ def fit_config(cfg, analysis: DataAnalysis, keep: Iterable[str] = frozenset(), m
         roi = next(((key, value, reason) for key, value, reason in crowd if key.startswith("MODEL.ROI_HEADS")), None)
         if roi and mode == "safe":
             affordable = _affordable(base, analysis, cfg, "MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE",
-                                     int(config_get(cfg, "MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE")), roi[1])
+                                     int(config_get(cfg, "MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE")), roi[1], keep)
             if affordable < roi[1]:
                 roi = (roi[0], affordable, roi[2] + f"; {affordable} within the safe fit's {SAFE_STEP_COST:g}x s/iter")
         for key, value, reason in crowd:
@@ -401,9 +401,10 @@ def fit_config(cfg, analysis: DataAnalysis, keep: Iterable[str] = frozenset(), m
             why = f"RoI batch {batch} -> {wanted}: training proposals at the preset's {post / batch:g} per RoI"
             for key, value, reason in _proposals(cfg, "TRAIN", int(math.ceil(wanted * post / batch)), why):
                 fit(key, value, reason)
-    if config_get(cfg, "MASKINIT.AUGMENT.NAME") == "lsj" and "INPUT.MAX_SIZE_TRAIN" in values:
-        fit("MASKINIT.AUGMENT.LSJ_IMAGE_SIZE", values["INPUT.MAX_SIZE_TRAIN"],
-            "large-scale jitter square: the fitted training max size")
+    if config_get(cfg, "MASKINIT.AUGMENT.NAME") == "lsj":
+        side = values.get("INPUT.MAX_SIZE_TRAIN", config_get(cfg, "INPUT.MAX_SIZE_TRAIN"))
+        if side != config_get(cfg, LSJ_KEY):
+            fit(LSJ_KEY, side, "large-scale jitter square: the training max size")
 
     if analysis.num_instances:
         # Anchors and aspect ratios, at the input size the model will see at test time.
@@ -421,7 +422,8 @@ def fit_config(cfg, analysis: DataAnalysis, keep: Iterable[str] = frozenset(), m
     return fits
 
 
-def _mask_pool_fit(cfg, base, analysis: DataAnalysis, scale, mode: str) -> tuple[str, int, str] | None:
+def _mask_pool_fit(cfg, base, analysis: DataAnalysis, scale, mode: str,
+                   keep: frozenset) -> tuple[str, int, str] | None:
     """The mask pool the large objects need at the test input `scale`: as many bins as their side spans cells
     of the finest FPN level, up to DETAILED_MASK_POOL; in safe mode as far as the s/iter budget pays for."""
     pool = int(config_get(cfg, MASK_POOL_KEY) or 0)
@@ -435,7 +437,7 @@ def _mask_pool_fit(cfg, base, analysis: DataAnalysis, scale, mode: str) -> tuple
     why = (f"p{LARGE_OBJECT_PERCENTILE} of box sides {side:.1f} px at the fitted input spans {cells:.1f} cells of "
            f"the finest level (stride {FINEST_STRIDE}), more than the {pool}x{pool} pool's bins")
     if mode == "safe":
-        affordable = _affordable(base, analysis, cfg, MASK_POOL_KEY, pool, needed)
+        affordable = _affordable(base, analysis, cfg, MASK_POOL_KEY, pool, needed, keep)
         if affordable <= pool:
             return None
         if affordable < needed:
@@ -444,21 +446,39 @@ def _mask_pool_fit(cfg, base, analysis: DataAnalysis, scale, mode: str) -> tuple
     return MASK_POOL_KEY, needed, why
 
 
-def _affordable(base, analysis: DataAnalysis, preset, key: str, low: int, high: int) -> int:
+LSJ_KEY = "MASKINIT.AUGMENT.LSJ_IMAGE_SIZE"
+
+
+def _step_cost(analysis: DataAnalysis, candidate, preset, keep: frozenset) -> float:
+    """The estimated s/iter of `candidate` over the preset's, both as the fit trains them: with large-scale
+    jitter on and its square not set by the user, the square is the training max size (the preset's 1024
+    would price the preset as if it trained 1024-px squares, and every larger input as nearly free)."""
+    if LSJ_KEY not in keep:
+        candidate, preset = _lsj_tied(candidate), _lsj_tied(preset)
+    return relative_cost(analysis, candidate, preset)
+
+
+def _lsj_tied(cfg):
+    if config_get(cfg, "MASKINIT.AUGMENT.NAME") != "lsj":
+        return cfg
+    return with_keys(cfg, {LSJ_KEY: config_get(cfg, "INPUT.MAX_SIZE_TRAIN")})
+
+
+def _affordable(base, analysis: DataAnalysis, preset, key: str, low: int, high: int, keep: frozenset) -> int:
     """The largest value of `key` between `low` and `high` at which `base` stays within SAFE_STEP_COST
     of the preset's estimated s/iter."""
-    if relative_cost(analysis, with_keys(base, {key: high}), preset) <= SAFE_STEP_COST:
+    if _step_cost(analysis, with_keys(base, {key: high}), preset, keep) <= SAFE_STEP_COST:
         return high
     while high - low > 1:
         middle = (low + high) // 2
-        if relative_cost(analysis, with_keys(base, {key: middle}), preset) <= SAFE_STEP_COST:
+        if _step_cost(analysis, with_keys(base, {key: middle}), preset, keep) <= SAFE_STEP_COST:
             low = middle
         else:
             high = middle
     return low
 
 
-def _input_fits(cfg, base, analysis: DataAnalysis, mode: str) -> list[tuple[str, object, str]]:
+def _input_fits(cfg, base, analysis: DataAnalysis, mode: str, keep: frozenset) -> list[tuple[str, object, str]]:
     """The INPUT sizes of `mode`: full, the images' own size as far as the small objects need it; safe, the
     preset's resize rule zoomed in only as far as the small objects need, the images' own size allows and
     the s/iter budget pays for (`base`: the config with the other fits, whose cost counts too)."""
@@ -480,10 +500,10 @@ def _input_fits(cfg, base, analysis: DataAnalysis, mode: str) -> list[tuple[str,
         return []
     target = min(needed, native)
     low, high = 1.0, target
-    if relative_cost(analysis, with_keys(base, _zoomed_inputs(cfg, high)), cfg) > SAFE_STEP_COST:
+    if _step_cost(analysis, with_keys(base, _zoomed_inputs(cfg, high)), cfg, keep) > SAFE_STEP_COST:
         for _ in range(20):  # bisect the zoom within the budget
             middle = (low + high) / 2
-            if relative_cost(analysis, with_keys(base, _zoomed_inputs(cfg, middle)), cfg) <= SAFE_STEP_COST:
+            if _step_cost(analysis, with_keys(base, _zoomed_inputs(cfg, middle)), cfg, keep) <= SAFE_STEP_COST:
                 low = middle
             else:
                 high = middle
@@ -546,7 +566,8 @@ def fit_report(cfg, fitted, analysis: DataAnalysis, fits: Sequence[Fit],
     if mode == "off":
         return FitReport("off")
     rows = tuple(fit_rows(cfg, fits))
-    step, memory = relative_cost(analysis, fitted, cfg), relative_memory(fitted, cfg)
+    keep = frozenset(keep)
+    step, memory = _step_cost(analysis, fitted, cfg, keep), relative_memory(fitted, cfg)
     held_back = []
     if mode == "safe":
         full, _ = apply_fits(cfg, fit_config(cfg, analysis, keep=keep, mode="full"), keep=keep)
@@ -564,7 +585,7 @@ def fit_report(cfg, fitted, analysis: DataAnalysis, fits: Sequence[Fit],
             parts.append(f"a {pool}x{pool} mask pool ({2 * pool}x{2 * pool} masks) for the large objects")
         if parts:
             held_back.append(f"--fit full would train with {' and '.join(parts)}: estimated "
-                             f"{relative_cost(analysis, full, cfg):.2f}x the preset's s/iter")
+                             f"{_step_cost(analysis, full, cfg, keep):.2f}x the preset's s/iter")
     return FitReport(mode, rows, step, memory, tuple(held_back))
 
 

@@ -15,13 +15,13 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-import torch
 from detectron2.config import CfgNode
 from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 
 from .checkpoint import last_checkpoint, weights_fingerprint, write_failure
 from .data.fit import FitReport
+from .devices import configure_backends
 from .errors import MaskinitError, one_line, signal_name
 from .hooks import StopRequested, TrainingInterrupted
 from .launcher import GroupPlan, free_port, join_group, launch
@@ -99,10 +99,7 @@ def worker(
     for note in data_notes:
         logger.warning("data: %s", note)
     seed_all_rng(None if cfg.SEED < 0 else cfg.SEED + rank)
-    if cfg.MODEL.DEVICE.startswith("cuda"):
-        torch.backends.cudnn.benchmark = cfg.CUDNN_BENCHMARK
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
+    configure_backends(cfg.MODEL.DEVICE, cfg.CUDNN_BENCHMARK)
 
     summary_path = Path(cfg.OUTPUT_DIR) / SUMMARY_FILE
     # a resumed run's weights come from its checkpoint (Detectron2's has_checkpoint: last_checkpoint in the folder)

@@ -86,3 +86,23 @@ def test_with_device_returns_a_checked_copy(cfg, gpus):
     assert moved is not cfg and moved.MODEL.DEVICE == "cpu" and cfg.MODEL.DEVICE == before
     with pytest.raises(MaskinitError, match="--num-gpus must be at least 1"):
         with_device(cfg, "cpu", 0)
+
+
+def test_cpu_training_flushes_denormals_and_cuda_keeps_its_own_settings(monkeypatch):
+    import torch
+
+    from maskinit.devices import configure_backends
+
+    tiny = torch.tensor([1e-39], dtype=torch.float32)  # below float32's normal range (1.18e-38)
+    try:
+        torch.set_flush_denormal(False)
+        assert (tiny * 2).item() > 0
+        configure_backends("cpu")
+        assert (tiny * 2).item() == 0.0  # flushed: no slow denormal arithmetic
+    finally:
+        torch.set_flush_denormal(False)
+    calls = []
+    monkeypatch.setattr(torch, "set_flush_denormal", calls.append)
+    monkeypatch.setattr(torch.backends.cudnn, "benchmark", False)
+    configure_backends("cuda", cudnn_benchmark=True)
+    assert torch.backends.cudnn.benchmark is True and torch.backends.cuda.matmul.allow_tf32 and not calls

@@ -567,7 +567,8 @@ def fit_report(cfg, fitted, analysis: DataAnalysis, fits: Sequence[Fit],
         return FitReport("off")
     rows = tuple(fit_rows(cfg, fits))
     keep = frozenset(keep)
-    step, memory = _step_cost(analysis, fitted, cfg, keep), relative_memory(fitted, cfg)
+    tied = (lambda c: c) if LSJ_KEY in keep else _lsj_tied
+    step, memory = _step_cost(analysis, fitted, cfg, keep), relative_memory(tied(fitted), tied(cfg))
     held_back = []
     if mode == "safe":
         full, _ = apply_fits(cfg, fit_config(cfg, analysis, keep=keep, mode="full"), keep=keep)

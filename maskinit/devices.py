@@ -1,4 +1,5 @@
-"""Which device and how many processes a run may use, checked before anything starts."""
+"""Which device and how many processes a run may use, checked before anything starts, and the math settings
+a training process uses on it."""
 
 from __future__ import annotations
 

@@ -52,10 +52,10 @@ def pair_result(stock: dict, summary: dict, evaluation: dict, iters: int) -> dic
     }
 
 
-def markdown(name: str, lr: str, rows: list[dict]) -> str:
+def markdown(name: str, lr: str, iters: int, rows: list[dict]) -> str:
     lines = [
         f"{name}: maskinit's default with `--time` set to the training time of Detectron2's scratch-GN recipe "
-        f"(LR {lr}, 400 iterations), one run at a time, one thread",
+        f"(LR {lr}, {iters} iterations), one run at a time, one thread",
         "",
         "| seed | comparator mask AP | box AP | s | maskinit mask AP | box AP | s | iterations | mask ratio |",
         "|---|---|---|---|---|---|---|---|---|",
@@ -115,7 +115,7 @@ def main() -> None:
         "dataset": dataset.name, "lr": args.lr, "iters": args.iters, "rows": rows,
         "command": " ".join(["benchmarks/equal_time.py", *sys.argv[1:]]),
     })
-    stem.with_suffix(".md").write_text(markdown(dataset.name, args.lr, rows))
+    stem.with_suffix(".md").write_text(markdown(dataset.name, args.lr, args.iters, rows))
     print(stem.with_suffix(".md").read_text())
 
 

@@ -243,12 +243,12 @@ def train(
 def time_budget_line(budget: float, trained: float) -> str:
     """`--time`'s account at the end: the training time (s/iter x iterations, evaluations apart) against the
     time given, and why a run that took longer did."""
-    from ..budget import describe_duration
+    from ..budget import PROBE_ITERATIONS, describe_duration
 
     line = (f"--time {describe_duration(budget)}: training took {describe_duration(trained)} "
             f"({(trained / budget - 1) * 100:+.0f}% of the time given)")
     if trained > 1.05 * budget:
-        line += "; its steps ran slower than the 10 timed before the run, from scratch"
+        line += f"; its steps ran slower than the {PROBE_ITERATIONS} timed before the run, from scratch"
     return line
 
 

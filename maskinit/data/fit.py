@@ -453,13 +453,13 @@ def _step_cost(analysis: DataAnalysis, candidate, preset, keep: frozenset) -> fl
     """The estimated s/iter of `candidate` over the preset's, both as the fit trains them: with large-scale
     jitter on and its square not set by the user, the square is the training max size (the preset's 1024
     would price the preset as if it trained 1024-px squares, and every larger input as nearly free)."""
-    if LSJ_KEY not in keep:
-        candidate, preset = _lsj_tied(candidate), _lsj_tied(preset)
-    return relative_cost(analysis, candidate, preset)
+    return relative_cost(analysis, _as_trained(candidate, keep), _as_trained(preset, keep))
 
 
-def _lsj_tied(cfg):
-    if config_get(cfg, "MASKINIT.AUGMENT.NAME") != "lsj":
+def _as_trained(cfg, keep: frozenset):
+    """`cfg` as the fit trains it: with large-scale jitter on and its square not set by the user (in `keep`),
+    the square is the training max size."""
+    if LSJ_KEY in keep or config_get(cfg, "MASKINIT.AUGMENT.NAME") != "lsj":
         return cfg
     return with_keys(cfg, {LSJ_KEY: config_get(cfg, "INPUT.MAX_SIZE_TRAIN")})
 
@@ -567,8 +567,8 @@ def fit_report(cfg, fitted, analysis: DataAnalysis, fits: Sequence[Fit],
         return FitReport("off")
     rows = tuple(fit_rows(cfg, fits))
     keep = frozenset(keep)
-    tied = (lambda c: c) if LSJ_KEY in keep else _lsj_tied
-    step, memory = _step_cost(analysis, fitted, cfg, keep), relative_memory(tied(fitted), tied(cfg))
+    step = _step_cost(analysis, fitted, cfg, keep)
+    memory = relative_memory(_as_trained(fitted, keep), _as_trained(cfg, keep))
     held_back = []
     if mode == "safe":
         full, _ = apply_fits(cfg, fit_config(cfg, analysis, keep=keep, mode="full"), keep=keep)

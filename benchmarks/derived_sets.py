@@ -157,7 +157,8 @@ def nuclei_gray(source: Path, out: Path) -> None:
         _write(out, split, {**data, "images": images})
 
 
-DERIVED = {"coco128-person": coco128_person, "coco128-pedestrians": coco128_pedestrians, "coco128-objects": coco128_objects, "nuclei_gray": nuclei_gray}
+DERIVED = {"coco128-person": coco128_person, "coco128-pedestrians": coco128_pedestrians,
+           "coco128-objects": coco128_objects, "nuclei_gray": nuclei_gray}
 
 
 def main() -> None:

@@ -1,6 +1,7 @@
 """A run's length from what the user has: iterations (`--max-iter`), passes over the training images
 (`--epochs`), or wall-clock time on this machine (`--time 2h`: the iterations that fit at the seconds per
-iteration measured here, on the fitted config, before the run starts).
+iteration measured here, on the fitted config, before the run starts, and re-planned as the run goes
+from its own steps: `time_budget`).
 
 `run_length` returns the config with `SOLVER.MAX_ITER` set and the schedule (LR steps, warmup, the weight
 average's window) rescaled to it as `--max-iter` rescales it, and the lines saying how it was chosen.
@@ -104,6 +105,7 @@ def run_length(
     measured here (`seconds_per_iter` when already known). The LR steps, warmup and weight-average window
     rescale with the new length unless set explicitly. `cfg` is not changed."""
     from .run_options import rescale_to_max_iter
+    from .time_budget import REPLAN_SHARE
 
     if epochs is None and seconds is None:
         return cfg, []
@@ -126,8 +128,8 @@ def run_length(
         line = (
             f"--time {describe_duration(seconds)}: {iterations} iterations at {seconds_per_iter:.3f} s/iter "
             "measured here "
-            f"over {PROBE_ITERATIONS} iterations ({iterations * batch / images:.1f} epochs of {images} images); "
-            "evaluations come on top"
+            f"over {PROBE_ITERATIONS} iterations ({iterations * batch / images:.1f} epochs of {images} images), "
+            f"re-planned every {REPLAN_SHARE:.0%} of them from the run's own steps; evaluations come on top"
         )
     result = cfg.clone()
     result.defrost()
@@ -139,3 +141,4 @@ def run_length(
         keep_ema=bool({"MASKINIT.EMA.DECAY", "MASKINIT.EMA.WARMUP_ITERS"} & set(explicit_keys)),
     )
     return result, [line]
+

@@ -109,6 +109,13 @@ class EMAHook(HookBase):
             self.average.n_averaged.zero_()  # AveragedModel copies the weights on its first update
         self.average.update_parameters(self.model)
 
+    def reschedule(self, cfg) -> None:
+        """Follow a run whose length changed while training (`--time`): the window and warmup of
+        `cfg.MASKINIT.EMA` and its LR steps from now on."""
+        ema = cfg.MASKINIT.EMA
+        self.average.avg_fn = partial(_average, float(ema.DECAY), float(ema.WARMUP_ITERS))
+        self.restart_after = frozenset(int(step) for step in cfg.SOLVER.STEPS) if ema.RESTART_AT_STEPS else frozenset()
+
     def average_state(self) -> dict:
         return {name: tensor.detach().clone() for name, tensor in self.average.module.state_dict().items()}
 

@@ -39,14 +39,14 @@ class ProgressHook(HookBase):
             )
             self._progress.start()
             self._task = self._progress.add_task(
-                "train", total=self.max_iter, completed=self.trainer.start_iter, status=""
+                "train", total=self.trainer.max_iter, completed=self.trainer.start_iter, status=""
             )
 
     def _status(self) -> str:
         storage = self.trainer.storage
         done = self.trainer.iter + 1 - self._start_iter
         speed = done / max(time.perf_counter() - self._start, 1e-9)
-        parts = [f"iter {self.trainer.iter + 1}/{self.max_iter}"]
+        parts = [f"iter {self.trainer.iter + 1}/{self.trainer.max_iter}"]
         if "total_loss" in storage.histories():
             parts.append(f"loss {storage.history('total_loss').median(20):.3f}")
         if "lr" in storage.histories():
@@ -58,9 +58,9 @@ class ProgressHook(HookBase):
         if not comm.is_main_process():
             return
         next_iter = self.trainer.iter + 1
-        if self._progress is not None:
-            self._progress.update(self._task, completed=next_iter, status=self._status())
-        elif next_iter % self.period == 0 or next_iter == self.max_iter:
+        if self._progress is not None:  # the length may change on the way (--time)
+            self._progress.update(self._task, completed=next_iter, total=self.trainer.max_iter, status=self._status())
+        elif next_iter % self.period == 0 or next_iter == self.trainer.max_iter:
             logger.info(self._status())
 
     def after_train(self):
@@ -154,9 +154,11 @@ class ReduceLROnPlateau(HookBase):
 
 
 class _Evaluation:
-    """Whether this process is evaluating now (set by `evaluation_running`, read by `StopOnSignal`)."""
+    """Whether this process is evaluating now (set by `evaluation_running`, read by `StopOnSignal`), and
+    the seconds its evaluations took in all (read by `TimeBudgetHook`: a time budget counts training only)."""
 
     running = False
+    seconds = 0.0
 
 
 EVALUATION = _Evaluation()
@@ -166,10 +168,12 @@ EVALUATION = _Evaluation()
 def evaluation_running():
     """Mark an evaluation, which a signal may stop at once: it changes no training state."""
     EVALUATION.running = True
+    started = time.perf_counter()
     try:
         yield
     finally:
         EVALUATION.running = False
+        EVALUATION.seconds += time.perf_counter() - started
 
 
 class StopRequested(BaseException):
@@ -284,3 +288,4 @@ class LossWatch(HookBase):
             f"the training loss reached {loss:.3g} at iteration {iteration} (Mask R-CNN losses stay below about "
             f"10): the run has probably diverged; try a lower --lr, a longer --warmup-iters or --clip-grad 1.0"
         ]
+

@@ -103,6 +103,7 @@ def _train(cfg: CfgNode, options: TrainOptions, explicit_keys, hooks: Sequence =
     from .budget import run_length
     from .data.convert import resolve_source
     from .data.sources import record_data, resolve_data, validate_data
+    from .time_budget import TimeBudget
 
     if options.resume and options.overwrite:
         raise MaskinitError("--resume and --overwrite contradict each other: choose one")
@@ -156,7 +157,8 @@ def _train(cfg: CfgNode, options: TrainOptions, explicit_keys, hooks: Sequence =
         cfg.freeze()
         # the workers train on the data as resolved (cleaned copies, the embedded default's paths);
         # the commands printed at the end name the data as the user gave it
-        ending = launch_workers(cfg, replace(options, data=data), fit, checked.notes, hooks)
+        ending = launch_workers(cfg, replace(options, data=data), fit, checked.notes, hooks,
+                                TimeBudget.of(options.time_budget, explicit_keys))
     return outcome(ending or read_summary(out), options, out)
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import os
 import weakref
 from collections.abc import Sequence
@@ -20,6 +21,7 @@ from .checkpoint import AuditedCheckpointer
 from .ema import build_ema_hook
 from .hooks import LossWatch, ProgressHook, ReduceLROnPlateau, StopOnSignal, evaluation_running
 from .model import build_model
+from .time_budget import MAX_GROWTH, REPLAN_SHARE, BudgetSpent, TimeBudgetHook
 
 logger = logging.getLogger("maskinit")
 
@@ -52,14 +54,18 @@ def untouched_random_streams():
 class Trainer(DefaultTrainer):
     """DefaultTrainer with maskinit's model, optimizers, schedules, evaluator and hooks."""
 
-    def __init__(self, cfg, progress_bar: bool | None = None, extra_hooks: Sequence = (), resuming: bool = False):
+    def __init__(self, cfg, progress_bar: bool | None = None, extra_hooks: Sequence = (), resuming: bool = False,
+                 time_budget=None):
         """DefaultTrainer.__init__'s steps, with three changes it has no hook for: DDP without
         device_ids on CPU (gloo), AMP in bf16 where supported, and the audited checkpointer.
         `progress_bar`: None shows it on a terminal only; `extra_hooks` run after maskinit's own;
-        `resuming`: a checkpoint replaces the weights at once, so no data-dependent init pass (LSUV)."""
+        `resuming`: a checkpoint replaces the weights at once, so no data-dependent init pass (LSUV);
+        `time_budget` (`time_budget.TimeBudget`): the run's length is re-planned as it goes (`TimeBudgetHook`)."""
         TrainerBase.__init__(self)
         self.progress_bar = progress_bar
         self.extra_hooks = list(extra_hooks)
+        self.time_budget = time_budget
+        self.budget_hook = None
         cfg = DefaultTrainer.auto_scale_workers(cfg, comm.get_world_size())
         model = self.build_model(cfg, data_dependent=not resuming)
         optimizer = self.build_optimizer(cfg, model)
@@ -165,7 +171,38 @@ class Trainer(DefaultTrainer):
         hooks.append(self.loss_watch)
         self.stop_on_signal = StopOnSignal()
         hooks.append(self.stop_on_signal)
-        return hooks + self.extra_hooks
+        hooks += self.extra_hooks
+        if self.time_budget is not None:
+            hooks = self.hooks_with_time_budget(hooks)
+        return hooks
+
+    def hooks_with_time_budget(self, hooks: list) -> list:
+        """The hooks with `TimeBudgetHook` right after Detectron2's `LRScheduler` (before the
+        checkpointer and the evaluation) and its `ender` last."""
+        from detectron2.engine.hooks import LRScheduler
+
+        from .run_dir import CONFIG_FILE
+
+        planned = self.cfg.SOLVER.MAX_ITER
+        self.budget_hook = TimeBudgetHook(
+            self.time_budget, self.cfg, period=round(planned * REPLAN_SHARE), bound=math.ceil(planned * MAX_GROWTH),
+            config_file=os.path.join(self.cfg.OUTPUT_DIR, CONFIG_FILE),
+        )
+        at = next(i for i, hook in enumerate(hooks) if isinstance(hook, LRScheduler)) + 1
+        return [*hooks[:at], self.budget_hook, *hooks[at:], self.budget_hook.ender]
+
+    def train(self):
+        """DefaultTrainer.train; under a time budget the loop runs to the longest the run may grow to
+        and `TimeBudgetHook` ends it at the run's re-planned length (`BudgetSpent`), as a loop that ran
+        to its end: `iter` is then `max_iter`."""
+        if self.budget_hook is None:
+            return super().train()
+        self.max_iter = self.budget_hook.bound  # the hook sets the planned length back before the first step
+        try:
+            return super().train()
+        except BudgetSpent:
+            self.iter = self.max_iter
+            return None
 
     def hooks_with_ema(self, hooks: list) -> list:
         """Detectron2's hooks with the weight average (`ema.EMAHook`) updated right after the LR step,

@@ -63,12 +63,14 @@ def worker(
     fit: FitReport | None = None,
     data_notes: Sequence[str] = (),
     hooks: Sequence = (),
+    time_budget=None,
 ) -> dict:
     """One training process (rank): set up logging and seeds, train, evaluate, record the summary (rank 0);
     returns rank 0's summary on every rank. `cfg`: rank 0's is trained (each rank keeps its own OUTPUT_DIR);
     `fit`: the data fit (its keys as (key, preset value, fitted value, reason) rows, its mode and cost);
     `data_notes`: what the data check dropped or cleaned (logged, and kept in the summary);
-    `hooks`: extra Detectron2 hooks, after maskinit's own."""
+    `hooks`: extra Detectron2 hooks, after maskinit's own; `time_budget` (`time_budget.TimeBudget`): `--time`,
+    the run's length re-planned as it goes."""
     from detectron2.utils.env import seed_all_rng
 
     from .data.sources import register_from_options
@@ -104,7 +106,7 @@ def worker(
     summary_path = Path(cfg.OUTPUT_DIR) / SUMMARY_FILE
     # a resumed run's weights come from its checkpoint (Detectron2's has_checkpoint: last_checkpoint in the folder)
     resuming = bool(options.resume) and (Path(cfg.OUTPUT_DIR) / "last_checkpoint").is_file()
-    trainer = Trainer(cfg, progress_bar=options.progress, extra_hooks=hooks, resuming=resuming)
+    trainer = Trainer(cfg, progress_bar=options.progress, extra_hooks=hooks, resuming=resuming, time_budget=time_budget)
     model = trainer.model.module if hasattr(trainer.model, "module") else trainer.model
     before = weights_fingerprint(model)
     trainer.resume_or_load(resume=options.resume)
@@ -188,7 +190,7 @@ def worker(
             summary = {
                 **status,
                 "iterations": trainer.iter,
-                "max_iter": cfg.SOLVER.MAX_ITER,
+                "max_iter": trainer.cfg.SOLVER.MAX_ITER,  # re-planned under --time
                 "seconds": round(elapsed, 2),
                 "seconds_per_iter": round(step_time, 4) if step_time else None,
                 "from_scratch": audit,
@@ -199,6 +201,8 @@ def worker(
                 "fit": fit.to_dict(),
                 "output_dir": cfg.OUTPUT_DIR,
             }
+            if trainer.budget_hook is not None:
+                summary["time_budget"] = trainer.budget_hook.summary()
             results = getattr(trainer, "_last_eval_results", None)
             if status["status"] == "finished" and results:
                 write_json(Path(cfg.OUTPUT_DIR) / EVAL_FILE, results)
@@ -296,6 +300,7 @@ def launch_workers(
     fit: FitReport | None = None,
     data_notes: Sequence[str] = (),
     hooks: Sequence = (),
+    time_budget=None,
 ) -> dict:
     """Run `worker` in this process, under torchrun, or in `--num-gpus` processes of each of `--num-machines`
     machines; returns rank 0's ending (its summary). Extra `hooks` need the one process: they cannot be
@@ -306,7 +311,7 @@ def launch_workers(
     if under_torchrun():
         return run_under_torchrun(cfg, options, fit, data_notes)
     if world == 1:
-        return worker(cfg, options, fit, list(data_notes), list(hooks))
+        return worker(cfg, options, fit, list(data_notes), list(hooks), time_budget)
     dist_url = options.dist_url
     if dist_url == "auto":
         if options.num_machines > 1:
@@ -320,4 +325,4 @@ def launch_workers(
         options.dist_timeout,
         cfg.MODEL.DEVICE.startswith("cuda"),
     )
-    return launch(worker, plan, args=(cfg, options, fit, list(data_notes), list(hooks)))
+    return launch(worker, plan, args=(cfg, options, fit, list(data_notes), list(hooks), time_budget))

@@ -80,24 +80,131 @@ def test_time_sets_the_iterations_from_a_measured_step(tmp_path, coco):
     summary = json.loads((out / "run_summary.json").read_text())
     line = next(line for line in result.stderr.splitlines() if line.startswith("--time 10s:"))
     iterations, speed = int(line.split()[2]), float(line.split(" at ")[1].split()[0])
+    assert "re-planned every 5% of them from the run's own steps" in line
     # the line prints the measured s/iter to 3 decimals: the iterations follow from the unrounded one
-    assert summary["max_iter"] == iterations
+    assert summary["time_budget"]["planned_iter"] == iterations
     assert max(1, int(10 / (speed + 0.0005))) <= iterations <= max(1, int(10 / (speed - 0.0005)))
+    assert summary["max_iter"] == summary["iterations"]  # the length the run ended with, re-planned or not
     assert summary["fit"]["mode"] == "safe" and "keys fitted to the training data (--fit safe)" in result.stderr
     assert "data fit safe: estimated" in result.stderr
-    trained = summary["seconds_per_iter"] * summary["iterations"]
+    trained = summary["time_budget"]["trained_seconds"]
     ending = next(line for line in result.stdout.splitlines() if line.startswith("--time 10s: training took"))
-    assert f"({(trained / 10 - 1) * 100:+.0f}% of the time given)" in ending
+    assert f"({(trained / 10 - 1) * 100:+.0f}% of the time given), {summary['iterations']} iterations" in ending
 
 
-def test_the_time_budgets_account_says_why_a_run_took_longer():
+def test_the_time_budgets_account_says_how_the_run_went():
     from maskinit.cli.training import time_budget_line
 
-    assert time_budget_line(169, 164) == "--time 2m49s: training took 2m44s (-3% of the time given)"
-    assert time_budget_line(169, 204) == (
-        "--time 2m49s: training took 3m24s (+21% of the time given); its steps ran slower than the 10 timed "
-        "before the run, from scratch"
+    assert time_budget_line(169, 164, 400, 400) == (
+        "--time 2m49s: training took 2m44s (-3% of the time given), 400 iterations"
     )
+    assert time_budget_line(169, 171, 400, 352) == (
+        "--time 2m49s: training took 2m51s (+1% of the time given), 352 iterations (planned 400 before the run, "
+        "re-planned from its own steps)"
+    )
+    assert time_budget_line(169, 204, 400, 352).endswith(
+        "; its last steps ran slower than the ones it was re-planned from"
+    )
+
+
+def test_a_replanned_length_is_what_the_time_left_holds():
+    from maskinit.time_budget import replanned_iterations
+
+    assert replanned_iterations(100, done=50, spent=40, seconds_per_iter=0.5, bound=400) == 170
+    assert replanned_iterations(100, done=50, spent=10, seconds_per_iter=0.1, bound=400) == 400  # the loop's end
+    assert replanned_iterations(100, done=50, spent=110, seconds_per_iter=0.5, bound=400) == 50  # time up: ends now
+    assert replanned_iterations(100, done=50, spent=99.9, seconds_per_iter=0.5, bound=400) == 50
+
+
+def test_a_replanned_schedule_never_goes_back_up():
+    from maskinit.config import load_config
+    from maskinit.time_budget import TimeBudget, replanned_config
+
+    planned = load_config(preset="tiny")  # 400 iterations, warmup 80, LR step at 320
+    budget = TimeBudget(100.0)
+    longer = replanned_config(planned, planned, budget, 500, done=100)
+    assert (longer.SOLVER.MAX_ITER, longer.SOLVER.STEPS, longer.SOLVER.WARMUP_ITERS) == (500, (400,), 80)  # warmup over
+    early = replanned_config(planned, planned, budget, 200, done=50)
+    assert (early.SOLVER.STEPS, early.SOLVER.WARMUP_ITERS) == ((160,), 40)  # all ahead: rescaled
+    assert replanned_config(planned, longer, budget, 300, done=420).SOLVER.STEPS == (400,)  # passed: stays
+    # the step would now be behind the run: it comes at once, never before
+    assert replanned_config(planned, planned, budget, 200, done=170).SOLVER.STEPS == (170,)
+    kept = replanned_config(planned, planned, TimeBudget(100.0, keep_steps=True, keep_warmup=True), 360, done=100)
+    assert (kept.SOLVER.STEPS, kept.SOLVER.WARMUP_ITERS) == ((320,), 80)
+    assert planned.SOLVER.MAX_ITER == 400 and planned.SOLVER.STEPS == (320,)  # not changed
+    assert TimeBudget.of(60, {"SOLVER.STEPS"}) == TimeBudget(60.0, keep_steps=True)
+    assert TimeBudget.of(None) is None
+
+
+class SlowerSteps:
+    """A training hook whose steps take longer as the run goes (as a run's steps do as it learns, more)."""
+
+    def __new__(cls, more: float):
+        from detectron2.engine import HookBase
+
+        class Slower(HookBase):
+            def after_step(self):
+                import time
+
+                time.sleep(more * self.trainer.iter)
+
+        return Slower()
+
+
+def lr_history(out):
+    rows = [json.loads(line) for line in (out / "metrics.json").read_text().splitlines() if line.strip()]
+    return [(row["iteration"], row["lr"]) for row in rows if "lr" in row]
+
+
+@pytest.mark.slow
+def test_time_replans_a_run_whose_steps_get_slower(tmp_path, coco):
+    """Each step 0.05 s slower than the one before: the length planned before the run would take twice
+    the time given or more; re-planned as it goes, the run ends within a few percent of it, with its LR step at
+    the same share of its new length, and its config.yaml says the length it ran."""
+    import yaml
+    from conftest import train_options
+
+    from maskinit.config import load_config
+    from maskinit.train import train
+
+    out = tmp_path / "slower"
+    options = train_options(out, coco, max_iter=None, checkpoint_period=1000, time_budget=15.0)
+    summary = train(load_config(preset="tiny"), options, hooks=[SlowerSteps(0.05)])
+    budget = summary["time_budget"]
+    assert summary["status"] == "finished" and budget["seconds"] == 15.0
+    assert summary["iterations"] == summary["max_iter"] < budget["planned_iter"]
+    assert budget["replans"] and all(done < length for done, length in budget["replans"][:-1])
+    assert 0.85 * 15 <= budget["trained_seconds"] <= 1.1 * 15
+    saved = yaml.safe_load((out / "config.yaml").read_text())["SOLVER"]
+    assert saved["MAX_ITER"] == summary["iterations"]
+    assert (out / "model_final.pth").is_file() and summary["eval"]["segm"]
+    (step,) = saved["STEPS"]
+    lrs = dict(lr_history(out))
+    base = load_config(preset="tiny").SOLVER.BASE_LR
+    assert lrs[summary["iterations"] - 1] == pytest.approx(base * 0.1)  # the step came, once
+    assert all(lr <= base * 1.0001 for lr in lrs.values())
+    assert 0.6 * summary["iterations"] <= step <= 0.9 * summary["iterations"]
+
+
+@pytest.mark.slow
+def test_time_grows_a_run_whose_steps_are_faster_than_timed(tmp_path, coco, monkeypatch):
+    """The steps timed before the run were slow (here: said to be 3x the real ones): the run grows to
+    fill the time given, up to twice the planned length."""
+    from conftest import train_options
+
+    import maskinit.budget
+    from maskinit.config import load_config
+    from maskinit.train import train
+
+    real = maskinit.budget.measure_seconds_per_iter
+    monkeypatch.setattr(maskinit.budget, "measure_seconds_per_iter", lambda cfg: 3 * real(cfg))
+    out = tmp_path / "faster"
+    options = train_options(out, coco, max_iter=None, checkpoint_period=1000, time_budget=8.0)
+    summary = train(load_config(preset="tiny"), options)
+    budget = summary["time_budget"]
+    assert summary["status"] == "finished"
+    assert budget["planned_iter"] < summary["iterations"] <= 2 * budget["planned_iter"]
+    assert budget["trained_seconds"] <= 1.08 * 8
 
 
 @pytest.mark.parametrize(

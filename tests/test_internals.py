@@ -548,6 +548,71 @@ def test_lr_scheduler_base_lrs(tiny_cfg):
     assert isinstance(build_lr_scheduler(cfg, optimizer), LRMultiplier)
 
 
+def test_time_budget_replan(tiny_cfg):
+    from detectron2.engine import HookBase, TrainerBase, hooks
+    from detectron2.solver import build_lr_scheduler
+    from detectron2.utils.events import CommonMetricPrinter
+    from torch.optim.swa_utils import AveragedModel
+
+    lines = body_lines(TrainerBase.train)
+    assert lines.index("self.max_iter = max_iter") < next(i for i, line in enumerate(lines) if "EventStorage" in line)
+    loop = source(TrainerBase.train)
+    assert "self.before_train()\n" in loop and "for self.iter in range(start_iter, max_iter):" in loop
+    assert loop.index("self.before_train()") < loop.index("for self.iter in range")
+    assert "finally:\n            self.after_train()" in loop
+
+    seen = []
+
+    class Ends(BaseException):
+        pass
+
+    class Shortens(HookBase):  # before_train after TrainerBase set max_iter; the loop's range stays
+        def before_train(self):
+            seen.append(self.trainer.max_iter)
+            self.trainer.max_iter = 3
+
+        def after_step(self):
+            if self.trainer.iter + 1 >= self.trainer.max_iter:
+                raise Ends
+
+        def after_train(self):
+            seen.append(self.trainer.iter)
+
+    trainer = TrainerBase()
+    trainer.run_step = lambda: None
+    trainer.register_hooks([Shortens()])
+    with pytest.raises(Ends):
+        trainer.train(0, 10)
+    assert seen == [10, 2]
+
+    assert "self.trainer.max_iter" in source(hooks.EvalHook.after_step)
+    assert "self.trainer.max_iter" in source(hooks.PeriodicWriter.after_step)
+    assert "self.max_iter = self.trainer.max_iter" in source(hooks.PeriodicCheckpointer.before_train)
+    assert "self._writers" in source(hooks.PeriodicWriter.__init__)
+    assert "self._max_iter = max_iter" in source(CommonMetricPrinter.__init__)
+    assert "return self._scheduler or self.trainer.scheduler" in source(hooks.LRScheduler.scheduler.fget)
+
+    cfg = tiny_cfg.clone()
+    cfg.defrost()
+    cfg.SOLVER.BASE_LR, cfg.SOLVER.MAX_ITER, cfg.SOLVER.WARMUP_ITERS, cfg.SOLVER.STEPS = 0.1, 100, 10, (50,)
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1)
+    stepped = build_lr_scheduler(cfg, optimizer)
+    for _ in range(60):
+        optimizer.step()
+        stepped.step()
+    expected = optimizer.param_groups[0]["lr"]
+    rebuilt = build_lr_scheduler(cfg, optimizer)
+    rebuilt.last_epoch = 59
+    rebuilt.step()
+    assert optimizer.param_groups[0]["lr"] == pytest.approx(expected) == pytest.approx(0.01)
+
+    average = AveragedModel(torch.nn.Linear(1, 1))
+    average.avg_fn = lambda averaged, current, count: averaged * 0 + 7.0
+    average.update_parameters(torch.nn.Linear(1, 1))
+    average.update_parameters(torch.nn.Linear(1, 1))
+    assert average.module.weight.item() == 7.0
+
+
 def test_torch_plateau_counters():
     from torch.optim.lr_scheduler import ReduceLROnPlateau
 

@@ -232,23 +232,27 @@ def train(
         f"({speed}); from scratch: "
         f"{summary['from_scratch']['pretrained_tensors_loaded']} pretrained tensors loaded"
     )
-    if options.time_budget is not None and summary.get("seconds_per_iter"):
-        console.print(time_budget_line(options.time_budget, summary["seconds_per_iter"] * summary["iterations"]))
+    trained = (summary.get("time_budget") or {}).get("trained_seconds")
+    if options.time_budget is not None and trained is not None:
+        console.print(time_budget_line(options.time_budget, trained, summary["time_budget"]["planned_iter"],
+                                       summary["iterations"]))
     console.print(
         f"outputs in {summary.get('output_dir', output_dir)}/: config.yaml, model_final.pth, metrics.json, eval.json, "
         "curves.png, run_summary.json"
     )
 
 
-def time_budget_line(budget: float, trained: float) -> str:
-    """`--time`'s account at the end: the training time (s/iter x iterations, evaluations apart) against the
-    time given, and why a run that took longer did."""
-    from ..budget import PROBE_ITERATIONS, describe_duration
+def time_budget_line(budget: float, trained: float, planned: int, iterations: int) -> str:
+    """`--time`'s account at the end: the training time (wall-clock, evaluations apart) against the time
+    given, and how the run's length moved from the one planned before it (re-planned as it went)."""
+    from ..budget import describe_duration
 
     line = (f"--time {describe_duration(budget)}: training took {describe_duration(trained)} "
-            f"({(trained / budget - 1) * 100:+.0f}% of the time given)")
+            f"({(trained / budget - 1) * 100:+.0f}% of the time given), {iterations} iterations")
+    if iterations != planned:
+        line += f" (planned {planned} before the run, re-planned from its own steps)"
     if trained > 1.05 * budget:
-        line += f"; its steps ran slower than the {PROBE_ITERATIONS} timed before the run, from scratch"
+        line += "; its last steps ran slower than the ones it was re-planned from"
     return line
 
 

@@ -357,7 +357,11 @@ def test_equal_time_gives_maskinit_the_comparators_training_time_and_reports_bot
         out = Path(command[command.index("--output-dir") + 1] if "--output-dir" in command else command[3])
         out.mkdir(parents=True)
         if "--time" in command:
-            (out / "run_summary.json").write_text(json.dumps({"iterations": 480, "seconds_per_iter": 0.25}))
+            (out / "run_summary.json").write_text(json.dumps({
+                "iterations": 480, "seconds_per_iter": 0.25,
+                "time_budget": {"seconds": 120.0, "trained_seconds": 121.5, "planned_iter": 520,
+                                "replans": [[26, 500]]},
+            }))
             (out / "eval.json").write_text(json.dumps({"bbox": {"AP": 30.0}, "segm": {"AP": 27.0}}))
         else:
             (out / "result.json").write_text(json.dumps({"seconds_per_iter": 0.3, "mask_ap": 18.0, "box_ap": 20.0}))
@@ -377,8 +381,8 @@ def test_equal_time_gives_maskinit_the_comparators_training_time_and_reports_bot
     (row,) = report["rows"]
     assert row["comparator"]["training_seconds"] == pytest.approx(120.0)
     assert row["maskinit"] == {"mask_ap": 27.0, "box_ap": 30.0, "iterations": 480, "seconds_per_iter": 0.25,
-                               "training_seconds": 120.0}
-    assert "| 0 | 18.00 | 20.00 | 120 | 27.00 | 30.00 | 120 | 480 | 1.50x |" in (
+                               "training_seconds": 120.0, "wall_training_seconds": 121.5, "planned_iter": 520}
+    assert "| 0 | 18.00 | 20.00 | 120 | 27.00 | 30.00 | 120 | 122 | 480 (520) | 1.50x |" in (
         tmp_path / "results" / "equal-time-small.md").read_text()
 
 

@@ -94,15 +94,16 @@ Entries (`where` is the maskinit code that relies on it):
   `build_lr_scheduler` returns an `LRMultiplier` whose LR is base LR times its multiplier and whose
   `state_dict` keeps `base_lrs` (so resume restores a reduction); trainer.Trainer.build_lr_scheduler
   names `WarmupCosineLR`, and empties `SOLVER.STEPS` for a constant LR.
-- `time_budget_replan`: time_budget.TimeBudgetHook and trainer.Trainer.train (`--time`). `TrainerBase.train(start_iter,
-  max_iter)` sets `self.max_iter` before the hooks' `before_train` and loops over a `range` fixed at its
-  start (so the loop runs to the longest the run may grow to, and a `BaseException` from the last hook's
-  `after_step` ends it, with `after_train` still run); `EvalHook` and `PeriodicWriter` read
-  `trainer.max_iter` at each step; fvcore's `PeriodicCheckpointer` keeps its own `max_iter` (set in Detectron2's
-  hook's `before_train`); `CommonMetricPrinter` keeps the private `_max_iter` (its ETA) and `PeriodicWriter` its
-  writers in the private `_writers`; Detectron2's `LRScheduler` hook built without a scheduler steps
-  `trainer.scheduler` (so a rebuilt one takes over); an `LRMultiplier` with `last_epoch` set to N - 1 and
-  stepped once gives the LR of iteration N; `AveragedModel` applies its `avg_fn` attribute at each update.
+- `time_budget_replan`: time_budget.TimeBudgetHook and trainer.Trainer.train (`--time`).
+  `TrainerBase.train(start_iter, max_iter)` sets `self.max_iter` before the hooks' `before_train` and loops
+  over a `range` fixed at its start (so the loop runs to the longest the run may grow to, and a
+  `BaseException` from the last hook's `after_step` ends it, with `after_train` still run); `EvalHook` and
+  `PeriodicWriter` read `trainer.max_iter` at each step; fvcore's `PeriodicCheckpointer` keeps its own
+  `max_iter` (set in Detectron2's hook's `before_train`); `CommonMetricPrinter` keeps the private `_max_iter`
+  (its ETA), `PeriodicWriter` its writers in the private `_writers` and the trainer its hooks in the private
+  `_hooks`; Detectron2's `LRScheduler` hook built without a scheduler steps `trainer.scheduler` (so a rebuilt
+  one takes over); an `LRMultiplier` with `last_epoch` set to N - 1 and stepped once gives the LR of iteration
+  N; `AveragedModel` applies its `avg_fn` attribute at each update.
 - `torch_plateau_counters`: hooks.ReduceLROnPlateau saves and restores torch's `ReduceLROnPlateau` through its
   `state_dict`/`load_state_dict` keys `best`, `num_bad_epochs` and `cooldown_counter` (its attributes of those
   names), reads `mode_worse` (the best before any value), and lets it lower a stand-in optimizer's param groups

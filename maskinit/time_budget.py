@@ -100,20 +100,19 @@ class TimeBudgetHook(HookBase):
     iteration (`BudgetSpent`). See `internals.time_budget_replan`.
     """
 
-    def __init__(self, budget, planned_cfg, period: int, bound: int, config_file=None, clock=time.perf_counter):
+    def __init__(self, budget, planned_cfg, period: int, bound: int, config_file=None):
         self.budget = budget
         self.planned_cfg = planned_cfg
         self.period = max(1, period)
         self.bound = bound
         self.config_file = config_file
-        self.clock = clock
         self.replans: list[tuple[int, int]] = []  # (iterations done, new length) of each re-plan that moved it
         self.spent = 0.0
         self.ender = _EndAtMaxIter()
 
     def before_train(self):
         self.trainer.max_iter = self.planned_cfg.SOLVER.MAX_ITER  # the loop runs to `bound`
-        self._started = self._mark = self.clock()
+        self._started = self._mark = time.perf_counter()
         self._eval_start = self._eval_mark = EVALUATION.seconds
         self._mark_iter = self.trainer.start_iter
 
@@ -122,7 +121,7 @@ class TimeBudgetHook(HookBase):
 
     def after_step(self):
         done = self.trainer.iter + 1
-        now = self.clock()
+        now = time.perf_counter()
         self.spent = self._training_seconds(now)
         if (done - self.trainer.start_iter) % self.period or done >= self.trainer.max_iter:
             return

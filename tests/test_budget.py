@@ -196,15 +196,25 @@ def test_time_grows_a_run_whose_steps_are_faster_than_timed(tmp_path, coco, monk
     from maskinit.config import load_config
     from maskinit.train import train
 
+    import yaml
+
+    from maskinit.run_options import rescale_to_max_iter
+
     real = maskinit.budget.measure_seconds_per_iter
     monkeypatch.setattr(maskinit.budget, "measure_seconds_per_iter", lambda cfg: 3 * real(cfg))
     out = tmp_path / "faster"
     options = train_options(out, coco, max_iter=None, checkpoint_period=1000, time_budget=8.0)
-    summary = train(load_config(preset="tiny"), options)
+    cfg = load_config(preset="tiny", overrides=["MASKINIT.EMA.ENABLED", "True"])  # its window follows the length
+    summary = train(cfg, options)
     budget = summary["time_budget"]
     assert summary["status"] == "finished"
     assert budget["planned_iter"] < summary["iterations"] <= 2 * budget["planned_iter"]
     assert budget["trained_seconds"] <= 1.08 * 8
+    planned = cfg.clone()
+    rescale_to_max_iter(planned, budget["planned_iter"], keep_steps=False, keep_warmup=False)
+    saved = yaml.safe_load((out / "config.yaml").read_text())
+    assert saved["SOLVER"]["MAX_ITER"] == summary["iterations"]
+    assert saved["MASKINIT"]["EMA"]["DECAY"] > planned.MASKINIT.EMA.DECAY  # a longer run, a longer window
 
 
 @pytest.mark.parametrize(

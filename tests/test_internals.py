@@ -584,6 +584,7 @@ def test_time_budget_replan(tiny_cfg):
     with pytest.raises(Ends):
         trainer.train(0, 10)
     assert seen == [10, 2]
+    assert [type(hook) for hook in trainer._hooks] == [Shortens]
 
     assert "self.trainer.max_iter" in source(hooks.EvalHook.after_step)
     assert "self.trainer.max_iter" in source(hooks.PeriodicWriter.after_step)

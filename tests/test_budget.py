@@ -89,7 +89,7 @@ def test_time_sets_the_iterations_from_a_measured_step(tmp_path, coco):
     assert "data fit safe: estimated" in result.stderr
     trained = summary["time_budget"]["trained_seconds"]
     ending = next(line for line in result.stdout.splitlines() if line.startswith("--time 10s: training took"))
-    assert f"({(trained / 10 - 1) * 100:+.0f}% of the time given), {summary['iterations']} iterations" in ending
+    assert f"({round((trained / 10 - 1) * 100):+d}% of the time given), {summary['iterations']} iterations" in ending
 
 
 def test_the_time_budgets_account_says_how_the_run_went():
@@ -102,6 +102,7 @@ def test_the_time_budgets_account_says_how_the_run_went():
         "--time 2m49s: training took 2m51s (+1% of the time given), 352 iterations (planned 400 before the run, "
         "re-planned from its own steps)"
     )
+    assert "(+0% of the time given)" in time_budget_line(258, 257.9, 470, 402)  # never "-0%"
     assert time_budget_line(169, 204, 400, 352).endswith(
         "; its last steps ran slower than the ones it was re-planned from"
     )

@@ -248,7 +248,7 @@ def time_budget_line(budget: float, trained: float, planned: int, iterations: in
     from ..budget import describe_duration
 
     line = (f"--time {describe_duration(budget)}: training took {describe_duration(trained)} "
-            f"({(trained / budget - 1) * 100:+.0f}% of the time given), {iterations} iterations")
+            f"({round((trained / budget - 1) * 100):+d}% of the time given), {iterations} iterations")
     if iterations != planned:
         line += f" (planned {planned} before the run, re-planned from its own steps)"
     if trained > 1.05 * budget:

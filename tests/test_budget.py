@@ -191,15 +191,13 @@ def test_time_replans_a_run_whose_steps_get_slower(tmp_path, coco):
 def test_time_grows_a_run_whose_steps_are_faster_than_timed(tmp_path, coco, monkeypatch):
     """The steps timed before the run were slow (here: said to be 3x the real ones): the run grows to
     fill the time given, up to twice the planned length."""
+    import yaml
     from conftest import train_options
 
     import maskinit.budget
     from maskinit.config import load_config
-    from maskinit.train import train
-
-    import yaml
-
     from maskinit.run_options import rescale_to_max_iter
+    from maskinit.train import train
 
     real = maskinit.budget.measure_seconds_per_iter
     monkeypatch.setattr(maskinit.budget, "measure_seconds_per_iter", lambda cfg: 3 * real(cfg))

@@ -288,4 +288,3 @@ class LossWatch(HookBase):
             f"the training loss reached {loss:.3g} at iteration {iteration} (Mask R-CNN losses stay below about "
             f"10): the run has probably diverged; try a lower --lr, a longer --warmup-iters or --clip-grad 1.0"
         ]
-

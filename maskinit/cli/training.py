@@ -192,7 +192,7 @@ def train(
         "--time",
         help=(
             "The run's length as training time on this machine (2h, 90m, 1h30m): the iterations that fit at the s/iter "
-            "measured here first (instead of --max-iter)."
+            "measured here first, re-planned from the run's own steps (instead of --max-iter)."
         ),
     ),
     launcher: str = typer.Option(

@@ -137,19 +137,18 @@ def test_a_replanned_schedule_never_goes_back_up():
     assert TimeBudget.of(None) is None
 
 
-class SlowerSteps:
-    """A training hook whose steps take longer as the run goes (as a run's steps do as it learns, more)."""
+def slower_steps(more: float):
+    """A training hook whose steps take `more` seconds longer each iteration (as a run's steps get slower
+    as it learns, more)."""
+    import time
 
-    def __new__(cls, more: float):
-        from detectron2.engine import HookBase
+    from detectron2.engine import HookBase
 
-        class Slower(HookBase):
-            def after_step(self):
-                import time
+    class Slower(HookBase):
+        def after_step(self):
+            time.sleep(more * self.trainer.iter)
 
-                time.sleep(more * self.trainer.iter)
-
-        return Slower()
+    return Slower()
 
 
 def lr_history(out):
@@ -170,7 +169,7 @@ def test_time_replans_a_run_whose_steps_get_slower(tmp_path, coco):
 
     out = tmp_path / "slower"
     options = train_options(out, coco, max_iter=None, checkpoint_period=1000, time_budget=15.0)
-    summary = train(load_config(preset="tiny"), options, hooks=[SlowerSteps(0.05)])
+    summary = train(load_config(preset="tiny"), options, hooks=[slower_steps(0.05)])
     budget = summary["time_budget"]
     assert summary["status"] == "finished" and budget["seconds"] == 15.0
     assert summary["iterations"] == summary["max_iter"] < budget["planned_iter"]

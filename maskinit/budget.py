@@ -104,7 +104,7 @@ def run_length(
     training images over SOLVER.IMS_PER_BATCH; a time budget is divided by the seconds per iteration
     measured here (`seconds_per_iter` when already known). The LR steps, warmup and weight-average window
     rescale with the new length unless set explicitly. `cfg` is not changed."""
-    from .run_options import rescale_to_max_iter
+    from .run_options import kept_schedule, rescale_to_max_iter
     from .time_budget import REPLAN_SHARE
 
     if epochs is None and seconds is None:
@@ -133,12 +133,6 @@ def run_length(
         )
     result = cfg.clone()
     result.defrost()
-    rescale_to_max_iter(
-        result,
-        iterations,
-        keep_steps="SOLVER.STEPS" in explicit_keys,
-        keep_warmup="SOLVER.WARMUP_ITERS" in explicit_keys,
-        keep_ema=bool({"MASKINIT.EMA.DECAY", "MASKINIT.EMA.WARMUP_ITERS"} & set(explicit_keys)),
-    )
+    rescale_to_max_iter(result, iterations, **kept_schedule(explicit_keys))
     return result, [line]
 

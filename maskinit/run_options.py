@@ -129,6 +129,14 @@ def rescale_to_max_iter(
         cfg.MASKINIT.EMA.WARMUP_ITERS = int(round(cfg.MASKINIT.EMA.WARMUP_ITERS * scale))
 
 
+def kept_schedule(explicit_keys) -> dict:
+    """`rescale_to_max_iter`'s keep flags for a run whose user set `explicit_keys`: a schedule key the user
+    set stays as set when the run's length changes (`--max-iter`, `--epochs`, `--time`)."""
+    keys = set(explicit_keys)
+    return {"keep_steps": "SOLVER.STEPS" in keys, "keep_warmup": "SOLVER.WARMUP_ITERS" in keys,
+            "keep_ema": bool({"MASKINIT.EMA.DECAY", "MASKINIT.EMA.WARMUP_ITERS"} & keys)}
+
+
 def apply_run_options(cfg: CfgNode, options: TrainOptions, explicit_keys: set[str] = frozenset()) -> CfgNode:
     """Write the run options into the config, so that `config.yaml` says exactly what ran."""
     from .cfgkeys import with_keys
@@ -170,13 +178,8 @@ def apply_run_options(cfg: CfgNode, options: TrainOptions, explicit_keys: set[st
         cfg.MASKINIT.FIT = options.fit
         cfg.MASKINIT.FIT_TO_DATA = True
     if options.max_iter is not None:
-        rescale_to_max_iter(
-            cfg,
-            options.max_iter,
-            keep_steps="SOLVER.STEPS" in explicit_keys,
-            keep_warmup=options.warmup_iters is not None or "SOLVER.WARMUP_ITERS" in explicit_keys,
-            keep_ema=bool({"MASKINIT.EMA.DECAY", "MASKINIT.EMA.WARMUP_ITERS"} & set(explicit_keys)),
-        )
+        warmup = {"SOLVER.WARMUP_ITERS"} if options.warmup_iters is not None else set()
+        rescale_to_max_iter(cfg, options.max_iter, **kept_schedule(set(explicit_keys) | warmup))
     if options.amp is not None:
         cfg.SOLVER.AMP.ENABLED = bool(options.amp)
     if cfg.SOLVER.AMP.ENABLED and not cfg.MODEL.DEVICE.startswith("cuda"):

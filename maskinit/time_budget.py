@@ -40,11 +40,9 @@ class TimeBudget:
 
     @classmethod
     def of(cls, seconds: float | None, explicit_keys=frozenset()) -> TimeBudget | None:
-        if seconds is None:
-            return None
-        keys = set(explicit_keys)
-        return cls(float(seconds), "SOLVER.STEPS" in keys, "SOLVER.WARMUP_ITERS" in keys,
-                   bool({"MASKINIT.EMA.DECAY", "MASKINIT.EMA.WARMUP_ITERS"} & keys))
+        from .run_options import kept_schedule
+
+        return None if seconds is None else cls(float(seconds), **kept_schedule(explicit_keys))
 
 
 def replanned_iterations(budget: float, done: int, spent: float, seconds_per_iter: float, bound: int) -> int:

@@ -137,6 +137,12 @@ def kept_schedule(explicit_keys) -> dict:
             "keep_ema": bool({"MASKINIT.EMA.DECAY", "MASKINIT.EMA.WARMUP_ITERS"} & keys)}
 
 
+def user_set_keys(options: TrainOptions, explicit_keys) -> set[str]:
+    """The config keys the user set: the explicit KEY VALUE overrides and the run options that set a key
+    as given (`--warmup-iters`)."""
+    return set(explicit_keys) | ({"SOLVER.WARMUP_ITERS"} if options.warmup_iters is not None else set())
+
+
 def apply_run_options(cfg: CfgNode, options: TrainOptions, explicit_keys: set[str] = frozenset()) -> CfgNode:
     """Write the run options into the config, so that `config.yaml` says exactly what ran."""
     from .cfgkeys import with_keys
@@ -178,8 +184,7 @@ def apply_run_options(cfg: CfgNode, options: TrainOptions, explicit_keys: set[st
         cfg.MASKINIT.FIT = options.fit
         cfg.MASKINIT.FIT_TO_DATA = True
     if options.max_iter is not None:
-        warmup = {"SOLVER.WARMUP_ITERS"} if options.warmup_iters is not None else set()
-        rescale_to_max_iter(cfg, options.max_iter, **kept_schedule(set(explicit_keys) | warmup))
+        rescale_to_max_iter(cfg, options.max_iter, **kept_schedule(user_set_keys(options, explicit_keys)))
     if options.amp is not None:
         cfg.SOLVER.AMP.ENABLED = bool(options.amp)
     if cfg.SOLVER.AMP.ENABLED and not cfg.MODEL.DEVICE.startswith("cuda"):

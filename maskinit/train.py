@@ -45,7 +45,7 @@ from .run_dir import (
     remove_stale_files,
     resumed_config,
 )
-from .run_options import DataOptions, TrainOptions, apply_run_options
+from .run_options import DataOptions, TrainOptions, apply_run_options, user_set_keys
 from .worker import install_signal_handlers, launch_workers
 
 __all__ = ["DataOptions", "RunPlan", "TrainOptions", "train"]
@@ -137,7 +137,7 @@ def _train(cfg: CfgNode, options: TrainOptions, explicit_keys, hooks: Sequence =
     processes_here, world = processes(options)
     if cfg.MASKINIT.MEMORY_CHECK:
         check_memory(cfg, processes_here=processes_here, world=world)
-    cfg, length = run_length(cfg, options.epochs, options.time_budget, explicit_keys, world)
+    cfg, length = run_length(cfg, options.epochs, options.time_budget, user_set_keys(options, explicit_keys), world)
     if announce is not None:
         announce(RunPlan(cfg, fit, tuple(length)))
     lead = leads_run(options)
@@ -158,7 +158,7 @@ def _train(cfg: CfgNode, options: TrainOptions, explicit_keys, hooks: Sequence =
         # the workers train on the data as resolved (cleaned copies, the embedded default's paths);
         # the commands printed at the end name the data as the user gave it
         ending = launch_workers(cfg, replace(options, data=data), fit, checked.notes, hooks,
-                                TimeBudget.of(options.time_budget, explicit_keys))
+                                TimeBudget.of(options.time_budget, user_set_keys(options, explicit_keys)))
     return outcome(ending or read_summary(out), options, out)
 
 

@@ -92,6 +92,22 @@ def test_time_sets_the_iterations_from_a_measured_step(tmp_path, coco):
     assert f"({round((trained / 10 - 1) * 100):+d}% of the time given), {summary['iterations']} iterations" in ending
 
 
+@pytest.mark.slow
+def test_epochs_keep_the_warmup_given_with_warmup_iters(tmp_path, coco):
+    """--warmup-iters is kept as given when --epochs (or --time) sets the run's length, as with --max-iter."""
+    import yaml
+    from conftest import train_options
+
+    from maskinit.config import load_config
+    from maskinit.train import train
+
+    out = tmp_path / "warmup"
+    options = train_options(out, coco, max_iter=None, checkpoint_period=1000, epochs=1.0, warmup_iters=5)
+    summary = train(load_config(preset="tiny"), options)
+    saved = yaml.safe_load((out / "config.yaml").read_text())["SOLVER"]
+    assert summary["iterations"] == saved["MAX_ITER"] == 2 and saved["WARMUP_ITERS"] == 5
+
+
 def test_the_time_budgets_account_says_how_the_run_went():
     from maskinit.cli.training import time_budget_line
 

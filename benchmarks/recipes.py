@@ -266,6 +266,11 @@ PHOTO_PROBES = {
     "maskinit-mask14": ["MODEL.ROI_MASK_HEAD.POOLER_RESOLUTION", "14"],
     # AdamW at twice the default LR (2e-3), the default warmup
     "maskinit-lr2e-3": ["SOLVER.BASE_LR", "0.002"],
+    # the 14x14 pool with a mask head half as wide (32 channels): its convs cost per RoI what the preset's
+    # 64-channel head costs at 7x7
+    "maskinit-mask14-dim32": ["MODEL.ROI_MASK_HEAD.POOLER_RESOLUTION", "14", "MODEL.ROI_MASK_HEAD.CONV_DIM", "32"],
+    # the 14x14 pool with two of the mask head's four convs
+    "maskinit-mask14-conv2": ["MODEL.ROI_MASK_HEAD.POOLER_RESOLUTION", "14", "MODEL.ROI_MASK_HEAD.NUM_CONV", "2"],
 }
 # the 14x14 mask pool at the preset's 128-pixel input: about the safe fit's cost (est. 1.2x the preset's s/iter)
 PHOTO_PROBES["maskinit-mask14-input128"] = [*PHOTO_PROBES["maskinit-mask14"], *PRESET_INPUT]

@@ -269,6 +269,8 @@ PHOTO_PROBES = {
     # the 14x14 pool with a mask head half as wide (32 channels): its convs cost per RoI what the preset's
     # 64-channel head costs at 7x7
     "maskinit-mask14-dim32": ["MODEL.ROI_MASK_HEAD.POOLER_RESOLUTION", "14", "MODEL.ROI_MASK_HEAD.CONV_DIM", "32"],
+    # a 9x9 pool (18x18 masks), what the safe fit's budget leaves for the pool on balloons and pedestrians
+    "maskinit-mask9": ["MODEL.ROI_MASK_HEAD.POOLER_RESOLUTION", "9"],
     # the 14x14 pool with two of the mask head's four convs
     "maskinit-mask14-conv2": ["MODEL.ROI_MASK_HEAD.POOLER_RESOLUTION", "14", "MODEL.ROI_MASK_HEAD.NUM_CONV", "2"],
 }

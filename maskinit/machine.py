@@ -48,12 +48,17 @@ CUDA_CONTEXT = 0.5 * GiB
 WARN_SHARE = 0.8
 # Seconds of one training step (4 images, one thread, the tiny preset's ResNet-18 FPN, forward, backward and
 # AdamW step) as FIXED + PER_PIXEL x padded pixels per image + PER_ROI x sampled RoIs per image
-# + PER_MASK_ROI x foreground RoIs per image x (mask pool / 7)^2, fitted to 12 measured steps from 96x128 to
-# 384x384 pixels, 96 to 336 RoIs and 7x7 or 14x14 mask pools (benchmarks/step_cost.py, CPU time of the
-# process, results/step-cost.json; every point within 18 %, 11 of 12 within 10 %). Used as a ratio between
-# two configs on the same data, for any model (the tiny preset's shares: fixed 34 %, pixels 30 %, RoIs 25 %,
-# mask head 11 %).
+# + PER_MASK_ROI x foreground RoIs per image x (mask pool / 7)^2 at the preset's 64-channel mask head, fitted to
+# 12 measured steps from 96x128 to 384x384 pixels, 96 to 336 RoIs and 7x7 or 14x14 mask pools
+# (benchmarks/step_cost.py, CPU time of the process, results/step-cost.json; every point within 18 %, 11 of 12
+# within 10 %). A mask head w times as wide as the FPN (whose width the presets' heads have) costs PER_MASK_ROI x
+# (MASK_WIDTH_SQUARE x w^2 + (1 - MASK_WIDTH_SQUARE) x w) per RoI and bin: its convs grow with w^2, its norms,
+# activations and RoIAlign with w (a quarter and three quarters, fitted to 18 steps with 32- and 64-channel
+# heads on the 64-channel FPN, results/step-cost-mask-width.json).
+# Used as a ratio between two configs on the same data, for any model (the tiny preset's shares: fixed 34 %,
+# pixels 30 %, RoIs 25 %, mask head 11 %).
 STEP_COST = {"fixed": 0.194, "per_pixel": 1.068e-5, "per_roi": 1.480e-3, "per_mask_roi": 2.682e-3}
+MASK_WIDTH_SQUARE = 0.25
 
 
 def default_preset(device: str | None = None) -> tuple[str, str]:
@@ -137,22 +142,22 @@ def per_image_bytes(cfg) -> float:
     return pixels + rois + copy_paste_bytes(cfg)
 
 
-def step_seconds(pixels: float, rois: float, mask_rois: float, mask_pool: int) -> float:
+def step_seconds(pixels: float, rois: float, mask_rois: float, mask_pool: int, mask_width: float = 1.0) -> float:
     """Estimated seconds of one training step (STEP_COST): `pixels` padded input pixels, `rois` sampled RoIs
-    and `mask_rois` foreground RoIs per image, the mask head's RoIAlign at `mask_pool`."""
+    and `mask_rois` foreground RoIs per image, the mask head's RoIAlign at `mask_pool` and its convs
+    `mask_width` times as wide as the FPN."""
     cost = STEP_COST
-    return (
-        cost["fixed"]
-        + cost["per_pixel"] * pixels
-        + cost["per_roi"] * rois
-        + cost["per_mask_roi"] * mask_rois * (mask_pool / 7) ** 2
-    )
+    width = mask_width
+    per_bin = cost["per_mask_roi"] * (MASK_WIDTH_SQUARE * width**2 + (1 - MASK_WIDTH_SQUARE) * width)
+    return cost["fixed"] + cost["per_pixel"] * pixels + cost["per_roi"] * rois + per_bin * mask_rois * (mask_pool / 7) ** 2
 
 
 def roi_heads_share(cfg) -> float:
     """The per-RoI activations against Detectron2's 14x14 mask pool: a third box head, two thirds mask head,
-    the mask head's share scaled with its pool's area (0.5 at 7x7; see the module's docstring)."""
-    return 1 / 3 + 2 / 3 * (cfg.MODEL.ROI_MASK_HEAD.POOLER_RESOLUTION / 14) ** 2
+    the mask head's share scaled with its pool's area (0.5 at 7x7; see the module's docstring) and with its
+    width against the box head's (the same in every preset)."""
+    width = cfg.MODEL.ROI_MASK_HEAD.CONV_DIM / max(cfg.MODEL.ROI_BOX_HEAD.CONV_DIM, 64)
+    return 1 / 3 + 2 / 3 * (cfg.MODEL.ROI_MASK_HEAD.POOLER_RESOLUTION / 14) ** 2 * width
 
 
 def copy_paste_bytes(cfg) -> float:

@@ -185,6 +185,23 @@ def test_the_input_for_small_objects_comes_first_and_the_report_says_what_full_a
     assert any("and a 14x14 mask pool (28x28 masks) for the large objects" in line for line in report.held_back)
 
 
+def test_a_narrower_mask_head_buys_a_finer_pool_within_the_same_budget(tmp_path, tiny):
+    # the large and small objects above: the input takes the budget first, the pool gets what is left; a mask
+    # head of 32 channels (set by the user, kept) costs less per bin, so more bins fit in what is left
+    boxes = [grid_boxes(4, 200, 250, columns=2) + [(5 + 15 * i, 480, 12, 12) for i in range(3)]] * 3
+    analysis = analyze_coco(*write_coco(tmp_path, [(512, 512)] * 3, boxes))
+    narrow = tiny.clone()
+    narrow.defrost()
+    narrow.MODEL.ROI_MASK_HEAD.CONV_DIM = 32
+    keep = {"MODEL.ROI_MASK_HEAD.CONV_DIM"}
+    wide_pool = fitted(fit_config(tiny, analysis)).get(MASK_POOL_KEY, 7)
+    narrow_fits = fit_config(narrow, analysis, keep=keep)
+    assert wide_pool < fitted(narrow_fits)[MASK_POOL_KEY] <= DETAILED_MASK_POOL
+    new, _ = apply_fits(narrow, narrow_fits, keep=keep)
+    assert new.MODEL.ROI_MASK_HEAD.CONV_DIM == 32
+    assert relative_cost(analysis, new, narrow) <= SAFE_STEP_COST + 1e-9
+
+
 def test_small_objects_keep_the_presets_mask_pool(tmp_path, tiny):
     analysis = analyze_coco(*write_coco(tmp_path, [(256, 256)] * 3, [grid_boxes(20, 24, 40, columns=5)] * 3))
     for mode in ("safe", "full"):  # 12 px at 128: fewer cells than the 7x7 pool has bins

@@ -43,6 +43,30 @@ def test_the_estimate_matches_every_measured_peak_within_5_percent():
         assert estimate.peak_bytes == pytest.approx(point["peak_bytes"], rel=0.05), point
 
 
+def test_the_step_estimate_prices_the_mask_heads_pool_and_width_as_measured():
+    """Relative to the measured step of the preset's head (7x7 pool, 64 channels) at the same input and RoIs,
+    every measured step of benchmarks/step_cost.py's width grid is estimated within 12 %: a 14x14 pool at
+    half the width costs a little more than the preset's head, at full width far more."""
+    points = json.loads((RESULTS.parent / "step-cost-mask-width.json").read_text())["grid"]
+
+    def estimate(p):
+        return machine.step_seconds(p["padded_pixels"], p["rois"], p["mask_rois"], p["mask_pool"], p["mask_dim"] / 64)
+
+    compared = 0
+    for point in points:
+        reference = next(
+            (r for r in points if (r["mask_pool"], r["mask_dim"]) == (7, 64) and r["instances"] == point["instances"]
+             and (r["padded_pixels"], r["rois"]) == (point["padded_pixels"], point["rois"])), None)
+        if reference is None or reference is point:
+            continue
+        compared += 1
+        measured = point["seconds"] / reference["seconds"]
+        assert estimate(point) / estimate(reference) == pytest.approx(measured, rel=0.12), point
+    assert compared >= 3
+    assert machine.step_seconds(25600, 96, 24, 14, 1.0) > machine.step_seconds(25600, 96, 24, 14, 0.5)
+    assert machine.step_seconds(25600, 96, 24, 14, 0.5) > machine.step_seconds(25600, 96, 24, 7, 1.0)
+
+
 def test_estimate_grows_with_batch_and_input_and_is_shared_between_processes(monkeypatch):
     monkeypatch.setattr(machine, "available_memory", lambda device: 16.0 * GiB)
     small, large = estimate_memory(sized("tiny", 128, 4)), estimate_memory(sized("tiny", 512, 4))

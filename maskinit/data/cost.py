@@ -49,7 +49,8 @@ def step_seconds(analysis: DataAnalysis, cfg) -> float:
     from ..machine import step_seconds as machine_step_seconds
 
     return machine_step_seconds(train_pixels(analysis, cfg), config_get(cfg, "MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE"),
-                                mask_rois(analysis, cfg), config_get(cfg, "MODEL.ROI_MASK_HEAD.POOLER_RESOLUTION"))
+                                mask_rois(analysis, cfg), config_get(cfg, "MODEL.ROI_MASK_HEAD.POOLER_RESOLUTION"),
+                                config_get(cfg, "MODEL.ROI_MASK_HEAD.CONV_DIM") / config_get(cfg, "MODEL.FPN.OUT_CHANNELS"))
 
 
 def relative_cost(analysis: DataAnalysis, cfg, reference) -> float:

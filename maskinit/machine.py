@@ -147,9 +147,9 @@ def step_seconds(pixels: float, rois: float, mask_rois: float, mask_pool: int, m
     and `mask_rois` foreground RoIs per image, the mask head's RoIAlign at `mask_pool` and its convs
     `mask_width` times as wide as the FPN."""
     cost = STEP_COST
-    width = mask_width
-    per_bin = cost["per_mask_roi"] * (MASK_WIDTH_SQUARE * width**2 + (1 - MASK_WIDTH_SQUARE) * width)
-    return cost["fixed"] + cost["per_pixel"] * pixels + cost["per_roi"] * rois + per_bin * mask_rois * (mask_pool / 7) ** 2
+    per_bin = cost["per_mask_roi"] * (MASK_WIDTH_SQUARE * mask_width**2 + (1 - MASK_WIDTH_SQUARE) * mask_width)
+    mask = per_bin * mask_rois * (mask_pool / 7) ** 2
+    return cost["fixed"] + cost["per_pixel"] * pixels + cost["per_roi"] * rois + mask
 
 
 def roi_heads_share(cfg) -> float:

@@ -48,9 +48,10 @@ def step_seconds(analysis: DataAnalysis, cfg) -> float:
     """The estimated seconds of one training step of `cfg` on this data (machine.step_seconds)."""
     from ..machine import step_seconds as machine_step_seconds
 
+    width = config_get(cfg, "MODEL.ROI_MASK_HEAD.CONV_DIM") / config_get(cfg, "MODEL.FPN.OUT_CHANNELS")
+    pool = config_get(cfg, "MODEL.ROI_MASK_HEAD.POOLER_RESOLUTION")
     return machine_step_seconds(train_pixels(analysis, cfg), config_get(cfg, "MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE"),
-                                mask_rois(analysis, cfg), config_get(cfg, "MODEL.ROI_MASK_HEAD.POOLER_RESOLUTION"),
-                                config_get(cfg, "MODEL.ROI_MASK_HEAD.CONV_DIM") / config_get(cfg, "MODEL.FPN.OUT_CHANNELS"))
+                                mask_rois(analysis, cfg), pool, width)
 
 
 def relative_cost(analysis: DataAnalysis, cfg, reference) -> float:

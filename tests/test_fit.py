@@ -182,7 +182,12 @@ def test_the_input_for_small_objects_comes_first_and_the_report_says_what_full_a
     new, applied = apply_fits(tiny, safe_fits)
     assert relative_cost(analysis, new, tiny) <= SAFE_STEP_COST + 1e-9
     report = fit_report(tiny, new, analysis, applied)
-    assert any("and a 14x14 mask pool (28x28 masks) for the large objects" in line for line in report.held_back)
+    line = next(text for text in report.held_back if "and a 14x14 mask pool (28x28 masks) for the large" in text)
+    # what each held-back part would cost on its own on top of the safe fit, and the key that asks for the pool
+    costs = [float(part.rsplit(" ", 1)[1].rstrip("x")) for part in line.split("; alone, ")[1].split(", ")]
+    total = float(line.split("estimated ")[1].split("x")[0])
+    assert "the input " in line and "the mask pool (MODEL.ROI_MASK_HEAD.POOLER_RESOLUTION 14) " in line
+    assert len(costs) == 2 and all(report.step_cost < cost < total for cost in costs)
 
 
 def test_a_narrower_mask_head_buys_a_finer_pool_within_the_same_budget(tmp_path, tiny):

@@ -572,22 +572,34 @@ def fit_report(cfg, fitted, analysis: DataAnalysis, fits: Sequence[Fit],
     held_back = []
     if mode == "safe":
         full, _ = apply_fits(cfg, fit_config(cfg, analysis, keep=keep, mode="full"), keep=keep)
-        parts = []
+        parts = []  # (what full adds, the keys that add it, a short name)
         size, max_size = config_get(fitted, "INPUT.MIN_SIZE_TEST"), config_get(fitted, "INPUT.MAX_SIZE_TEST")
         small = _small_side(analysis, size, max_size)
         if config_get(full, "INPUT.MIN_SIZE_TEST") != size and small < MIN_OBJECT_PIXELS:
             larger = f"{config_get(full, 'INPUT.MIN_SIZE_TEST')}/{config_get(full, 'INPUT.MAX_SIZE_TEST')}"
-            parts.append(f"input {larger} px (p{SMALL_OBJECT_PERCENTILE} of box sides {small:.1f} px here)")
+            parts.append((f"input {larger} px (p{SMALL_OBJECT_PERCENTILE} of box sides {small:.1f} px here)",
+                          INPUT_KEYS, "the input"))
         roi = "MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE"
         if config_get(full, roi) > config_get(fitted, roi):
-            parts.append(f"{config_get(full, roi)} sampled RoIs per image")
+            parts.append((f"{config_get(full, roi)} sampled RoIs per image", ROI_KEYS, "the RoIs"))
         pool = config_get(full, MASK_POOL_KEY)
         if pool and pool > config_get(fitted, MASK_POOL_KEY):
-            parts.append(f"a {pool}x{pool} mask pool ({2 * pool}x{2 * pool} masks) for the large objects")
+            parts.append((f"a {pool}x{pool} mask pool ({2 * pool}x{2 * pool} masks) for the large objects",
+                          (MASK_POOL_KEY,), f"the mask pool ({MASK_POOL_KEY} {pool})"))
         if parts:
-            held_back.append(f"--fit full would train with {' and '.join(parts)}: estimated "
-                             f"{_step_cost(analysis, full, cfg, keep):.2f}x the preset's s/iter")
+            line = (f"--fit full would train with {' and '.join(part for part, _, _ in parts)}: estimated "
+                    f"{_step_cost(analysis, full, cfg, keep):.2f}x the preset's s/iter")
+            if len(parts) > 1:  # what each part would cost on its own, on top of this fit
+                alone = [f"{name} {_step_cost(analysis, _with_values_of(fitted, full, keys), cfg, keep):.2f}x"
+                         for _, keys, name in parts]
+                line += f"; alone, {', '.join(alone)}"
+            held_back.append(line)
     return FitReport(mode, rows, step, memory, tuple(held_back))
+
+
+def _with_values_of(cfg, other, keys: Iterable[str]):
+    """`cfg` with `other`'s values of `keys`."""
+    return with_keys(cfg, {key: config_get(other, key) for key in keys})
 
 
 def fit_to_data(cfg, data, keep: Iterable[str] = frozenset()):

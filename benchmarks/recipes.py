@@ -266,8 +266,8 @@ PHOTO_PROBES = {
     "maskinit-mask14": ["MODEL.ROI_MASK_HEAD.POOLER_RESOLUTION", "14"],
     # AdamW at twice the default LR (2e-3), the default warmup
     "maskinit-lr2e-3": ["SOLVER.BASE_LR", "0.002"],
-    # the 14x14 pool with a mask head half as wide (32 channels): its convs cost per RoI what the preset's
-    # 64-channel head costs at 7x7
+    # the 14x14 pool with a mask head half as wide (32 channels): its convs' FLOPs per RoI are those of the
+    # preset's 64-channel head at 7x7; the whole head costs about what a 9x9 pool at 64 channels does
     "maskinit-mask14-dim32": ["MODEL.ROI_MASK_HEAD.POOLER_RESOLUTION", "14", "MODEL.ROI_MASK_HEAD.CONV_DIM", "32"],
     # a 9x9 pool (18x18 masks), what the safe fit's budget leaves for the pool on balloons and pedestrians
     "maskinit-mask9": ["MODEL.ROI_MASK_HEAD.POOLER_RESOLUTION", "9"],

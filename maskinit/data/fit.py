@@ -16,7 +16,7 @@ Every fit carries the statistic it came from; keys the user set explicitly are n
 `fit_config` returns the fits, `apply_fits` a fitted copy of the config, `fit_to_data` both steps on a
 run's data, `fit_report` the cost of a fitted config against the preset's on the same data.
 
-About 550 lines in one module on purpose: every rule reads the same analysis and the same preset, the safe
+About 630 lines in one module on purpose: every rule reads the same analysis and the same preset, the safe
 mode's budget is spent across keys (input size against sampled RoIs) and the report prices the fitted config
 against what `full` would do, so the rules, their budget and their report change together; what they cost is
 estimated in `data/cost.py`, what they read is measured in `data/analysis.py`.

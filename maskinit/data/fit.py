@@ -590,16 +590,12 @@ def fit_report(cfg, fitted, analysis: DataAnalysis, fits: Sequence[Fit],
             line = (f"--fit full would train with {' and '.join(part for part, _, _ in parts)}: estimated "
                     f"{_step_cost(analysis, full, cfg, keep):.2f}x the preset's s/iter")
             if len(parts) > 1:  # what each part would cost on its own, on top of this fit
-                alone = [f"{name} {_step_cost(analysis, _with_values_of(fitted, full, keys), cfg, keep):.2f}x"
+                alone = [(name, with_keys(fitted, {key: config_get(full, key) for key in keys}))
                          for _, keys, name in parts]
+                alone = [f"{name} {_step_cost(analysis, part, cfg, keep):.2f}x" for name, part in alone]
                 line += f"; alone, {', '.join(alone)}"
             held_back.append(line)
     return FitReport(mode, rows, step, memory, tuple(held_back))
-
-
-def _with_values_of(cfg, other, keys: Iterable[str]):
-    """`cfg` with `other`'s values of `keys`."""
-    return with_keys(cfg, {key: config_get(other, key) for key in keys})
 
 
 def fit_to_data(cfg, data, keep: Iterable[str] = frozenset()):

@@ -131,6 +131,7 @@ PROBED = {
     "maskinit-mask14": "the mask head's 14x14 pool (28x28 masks) for the fitted one",
     "maskinit-mask14-input128": "the same at the preset's 128-px input",
     "maskinit-mask14-dim32": "the 14x14 pool with a 32-channel mask head (the preset: 64)",
+    "maskinit-mask14-dim32-input160": "the same at the fitted 160-px input",
     "maskinit-mask14-conv2": "the 14x14 pool with two mask-head convs (the preset: four)",
     "maskinit-mask9": "a 9x9 mask pool (18x18 masks)",
     "maskinit-lr2e-3": "AdamW at 2e-3 (the preset: 1e-3)",
@@ -138,6 +139,8 @@ PROBED = {
     "maskinit-ema": "weight EMA (decay 0.98, a window of about 50 iterations)",
     "maskinit-no-copy-paste": "no Copy-Paste (the preset: on half of the images)",
     "maskinit-lsj-mild": "a mild large-scale jitter (0.5-1.5 of the fitted square) under Copy-Paste",
+    "maskinit-pos0.5": "half of the sampled RoIs foreground (the preset: a quarter)",
+    "maskinit-maskloss2": "the mask loss at twice its weight",
 }
 
 

@@ -9,6 +9,8 @@ import json
 import sys
 from pathlib import Path
 
+import cv2
+import numpy as np
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
@@ -154,6 +156,26 @@ def test_recipe_variants_are_valid_tiny_configs_and_keep_their_explicit_schedule
         ema, TrainOptions(output_dir="out", device="cpu", max_iter=1600), explicit_keys={"MASKINIT.EMA.ENABLED"}
     )
     assert long.MASKINIT.EMA.ENABLED and long.MASKINIT.EMA.DECAY == 0.995 and long.MASKINIT.EMA.WARMUP_ITERS == 160
+
+
+def test_the_photo_probes_are_valid_tiny_configs_and_the_mask_loss_probe_weights_detectrons_head(monkeypatch):
+    """Every photo probe builds a checked tiny config; the mask-loss probe's plugin (a path from the repository
+    root, where the benchmarks run) gives Detectron2's mask head, the same layers, with its loss weighted 2."""
+    import recipes
+
+    from maskinit.config import load_config
+    from maskinit.model import build_model
+
+    monkeypatch.chdir(Path(__file__).resolve().parent.parent)
+    for name, options in recipes.PHOTO_PROBES.items():
+        assert load_config(preset="tiny", overrides=options), name
+    preset = build_model(load_config(preset="tiny"), data_dependent=False).roi_heads.mask_head
+    probe = build_model(
+        load_config(preset="tiny", overrides=recipes.PHOTO_PROBES["maskinit-maskloss2"]), data_dependent=False
+    ).roi_heads.mask_head
+    assert type(probe).__name__ == "MaskLoss20" and isinstance(probe, type(preset))
+    assert probe.loss_weight == 2.0 and preset.loss_weight == 1.0
+    assert {k: v.shape for k, v in probe.state_dict().items()} == {k: v.shape for k, v in preset.state_dict().items()}
 
 
 def test_a_cached_maskinit_run_of_another_recipe_is_redone_and_not_continued(stand_in):
@@ -312,6 +334,41 @@ def test_a_report_keeps_the_earlier_runs_of_its_set_that_this_call_did_not_redo(
     kept = earlier_runs(path, now, "r1")
     assert [(r["name"], r["seed"]) for r in kept] == [("maskinit-default", 1), ("d2-scratch-gn@0.02", 0)]
     assert earlier_runs(tmp_path / "none.json", now, "r1") == []
+
+
+def test_report_only_summarizes_the_asked_runs_and_keeps_the_rest_of_the_sets_table(tmp_path, monkeypatch):
+    """`--report-only --only NAME` rewrites a set's result file with NAME's cached runs and the set's other
+    finished runs, as a call that runs NAME does: it does not shrink the table to NAME."""
+    import recipes
+
+    data = tmp_path / "set"
+    for split in ("train", "val"):
+        (data / split).mkdir(parents=True)
+        cv2.imwrite(str(data / split / "a.png"), np.zeros((8, 8, 3), np.uint8))
+        (data / f"{split}.json").write_text(json.dumps({
+            "images": [{"id": 1, "file_name": "a.png", "height": 8, "width": 8}],
+            "annotations": [{"id": 1, "image_id": 1, "category_id": 1, "bbox": [1, 1, 4, 4], "area": 16, "iscrowd": 0,
+                             "segmentation": [[1, 1, 5, 1, 5, 5, 1, 5]]}],
+            "categories": [{"id": 1, "name": "x"}]}))
+    fingerprint, digest = {"--train-json": "a"}, recipes.recipe_digest("tiny")
+
+    def row(name, runner, recipe):
+        return {"name": name, "seed": 0, "status": "finished", "runner": runner, "recipe": recipe, "box_ap": 2.0,
+                "mask_ap": 1.0, "seconds_per_iter": 0.5, "data_fingerprint": fingerprint, "input": "128/128"}
+
+    cached = tmp_path / "runs" / "set" / "maskinit-fit-off" / "seed0"
+    cached.mkdir(parents=True)
+    (cached / "result.json").write_text(json.dumps(row("maskinit-fit-off", "maskinit train", digest)))
+    results = tmp_path / "results"
+    results.mkdir()
+    earlier = [row("maskinit-default", "maskinit train", digest), row("d2-scratch-gn@0.02", "stock", None)]
+    (results / "recipes-set-fit.json").write_text(json.dumps({"runs": earlier}))
+    monkeypatch.setattr(sys, "argv", [
+        "recipes.py", "--data", f"set={data}", "--runs-dir", str(tmp_path / "runs"), "--results-dir", str(results),
+        "--tag=-fit", "--only", "maskinit-fit-off", "--seeds", "0", "--report-only"])
+    recipes.main()
+    runs = json.loads((results / "recipes-set-fit.json").read_text())["runs"]
+    assert sorted(r["name"] for r in runs) == ["d2-scratch-gn@0.02", "maskinit-default", "maskinit-fit-off"]
 
 
 def test_fit_table_marks_the_keys_the_default_does_not_fit_on_a_set(tmp_path):

@@ -141,6 +141,7 @@ PROBED = {
     "maskinit-lsj-mild": "a mild large-scale jitter (0.5-1.5 of the fitted square) under Copy-Paste",
     "maskinit-pos0.5": "half of the sampled RoIs foreground (the preset: a quarter)",
     "maskinit-maskloss2": "the mask loss at twice its weight",
+    "maskinit-canonical112": "RoIs pooled from coarser FPN levels (canonical box 112 at P4; Detectron2: 224)",
 }
 
 

@@ -286,6 +286,11 @@ PHOTO_PROBES["maskinit-mask14-dim32-input160"] = [
 PHOTO_PROBES["maskinit-maskloss2"] = [
     "MASKINIT.PLUGINS", "['benchmarks/mask_loss_probe.py']", "MODEL.ROI_MASK_HEAD.NAME", "MaskLoss20",
 ]
+# the RoIs pooled from coarser FPN levels: canonical box 112 at level 4 (Detectron2's 224 puts nearly every RoI of a
+# 128-160 px input on P2), benchmarks/canonical_probe.py
+PHOTO_PROBES["maskinit-canonical112"] = [
+    "MASKINIT.PLUGINS", "['benchmarks/canonical_probe.py']", "MODEL.ROI_HEADS.NAME", "StandardROIHeadsCanonical112",
+]
 MASKINIT_RUNS.update({name: list(options) for name, options in PHOTO_PROBES.items()})
 
 # Where the RoI heads' time goes at the tiny scale (one thread, fwd+bwd per iteration of 4

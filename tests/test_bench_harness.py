@@ -158,9 +158,10 @@ def test_recipe_variants_are_valid_tiny_configs_and_keep_their_explicit_schedule
     assert long.MASKINIT.EMA.ENABLED and long.MASKINIT.EMA.DECAY == 0.995 and long.MASKINIT.EMA.WARMUP_ITERS == 160
 
 
-def test_the_photo_probes_are_valid_tiny_configs_and_the_mask_loss_probe_weights_detectrons_head(monkeypatch):
-    """Every photo probe builds a checked tiny config; the mask-loss probe's plugin (a path from the repository
-    root, where the benchmarks run) gives Detectron2's mask head, the same layers, with its loss weighted 2."""
+def test_the_photo_probes_are_valid_tiny_configs_and_their_plugins_change_what_they_say(monkeypatch):
+    """Every photo probe builds a checked tiny config; the probes' plugins (paths from the repository root, where
+    the benchmarks run) give Detectron2's mask head, the same layers, with its loss weighted 2, and Detectron2's
+    RoI heads with a canonical box of 112."""
     import recipes
 
     from maskinit.config import load_config
@@ -176,6 +177,12 @@ def test_the_photo_probes_are_valid_tiny_configs_and_the_mask_loss_probe_weights
     assert type(probe).__name__ == "MaskLoss20" and isinstance(probe, type(preset))
     assert probe.loss_weight == 2.0 and preset.loss_weight == 1.0
     assert {k: v.shape for k, v in probe.state_dict().items()} == {k: v.shape for k, v in preset.state_dict().items()}
+    # the canonical-box probe: Detectron2's RoI heads, both poolers assigning levels with a canonical box of 112
+    heads = build_model(
+        load_config(preset="tiny", overrides=recipes.PHOTO_PROBES["maskinit-canonical112"]), data_dependent=False
+    ).roi_heads
+    assert type(heads).__name__ == "StandardROIHeadsCanonical112"
+    assert heads.box_pooler.canonical_box_size == heads.mask_pooler.canonical_box_size == 112
 
 
 def test_a_cached_maskinit_run_of_another_recipe_is_redone_and_not_continued(stand_in):

@@ -249,8 +249,12 @@ class StopOnSignal(HookBase):
     def after_step(self):
         stop = self.requested is not None
         if comm.get_world_size() > 1:
+            # a signal handled while this rank waits in the gather (its handler runs as the gather returns) is
+            # not in this result: it stays set, and the next step's gather stops every rank
             gathered = [s for s in comm.all_gather(self.requested) if s is not None]
-            stop, self.requested = bool(gathered), (gathered[0] if gathered else None)
+            stop = bool(gathered)
+            if stop:
+                self.requested = gathered[0]
         if not stop:
             return
         checkpoint = self.save_here()

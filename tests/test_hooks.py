@@ -315,3 +315,29 @@ def test_with_several_processes_one_signal_delivered_twice_counts_once():
     assert hook.requested == signal.SIGTERM
     with pytest.raises(KeyboardInterrupt):
         hook.handle(signal.SIGINT, None)
+
+
+def test_a_signal_that_arrives_during_the_ranks_gather_stops_at_the_next_step(monkeypatch):
+    """With several processes the flag is gathered every step; a signal handled while this rank waits in that
+    gather (the handler runs as the gather returns, before its result is read) is kept for the next step's
+    gather instead of being overwritten by this one's empty result: every rank then stops there."""
+    import maskinit.hooks as hooks
+
+    hook = StopOnSignal()
+    hook.trainer = trainer_with(EventStorage(0), iteration=11, checkpointer=Checkpointer())
+    others = [None]  # what the other rank gathers
+
+    def all_gather(value):
+        gathered = [value, *others]
+        if hook.requested is None and len(gathered) == 2 and not others[0]:
+            hook.handle(signal.SIGTERM, None)  # the signal lands while this rank waits in the gather
+        return gathered
+
+    monkeypatch.setattr(hooks.comm, "get_world_size", lambda: 2)
+    monkeypatch.setattr(hooks.comm, "all_gather", all_gather)
+    monkeypatch.setattr(hooks.comm, "synchronize", lambda: None)
+    hook.after_step()  # this step's gather saw no signal on any rank: training goes on
+    assert hook.requested == signal.SIGTERM and hook.trainer.checkpointer.saved == []
+    with pytest.raises(TrainingInterrupted) as stop:
+        hook.after_step()  # the next gather carries it to every rank
+    assert stop.value.signal_name == "SIGTERM" and stop.value.checkpoint == "model_0000011.pth"

@@ -325,13 +325,10 @@ def test_a_signal_that_arrives_during_the_ranks_gather_stops_at_the_next_step(mo
 
     hook = StopOnSignal()
     hook.trainer = trainer_with(EventStorage(0), iteration=11, checkpointer=Checkpointer())
-    others = [None]  # what the other rank gathers
-
     def all_gather(value):
-        gathered = [value, *others]
-        if hook.requested is None and len(gathered) == 2 and not others[0]:
-            hook.handle(signal.SIGTERM, None)  # the signal lands while this rank waits in the gather
-        return gathered
+        if value is None:  # the signal lands while this rank waits in the gather, after its flag was sent
+            hook.handle(signal.SIGTERM, None)
+        return [value, None]  # with the other rank's flag
 
     monkeypatch.setattr(hooks.comm, "get_world_size", lambda: 2)
     monkeypatch.setattr(hooks.comm, "all_gather", all_gather)

@@ -427,13 +427,16 @@ def recipe_digest(preset: str = "tiny") -> str:
 
 
 def execute(name: str, kind: str, command: list[str], folder: Path, timeout: float | None = None,
-            resume: list[str] | None = None, **meta) -> dict:
+            resume: list[str] | None = None, keep_weights: bool = False, **meta) -> dict:
     """Run a stock (stock_detectron2.py) or maskinit (`maskinit train`) command into folder/out, unless
     cached; result.json: status, s/iter, final box and mask AP, AP curve, input sizes.
 
     A run stopped by a signal (SIGTERM or Ctrl-C) writes no result.json; with
     `resume` (the command that continues a run from out/last_checkpoint), the next call continues it
-    from its last checkpoint if it was started by this same command, and starts it afresh otherwise."""
+    from its last checkpoint if it was started by this same command, and starts it afresh otherwise.
+    Once its result is written, the run's weights (out/*.pth, 150 MB a tiny run) are removed unless
+    `keep_weights`: the result holds all that the reports read, and a sweep of hundreds of runs would
+    otherwise fill the disk."""
     result_file, started = folder / "result.json", folder / "started.json"
     recipe = meta.get("recipe")
     cached = cached_result(result_file, command, recipe)
@@ -473,6 +476,10 @@ def execute(name: str, kind: str, command: list[str], folder: Path, timeout: flo
         result["resumed"] = True
     if result["status"] != "interrupted":
         write_json(result_file, result)
+        if not keep_weights:
+            for weights in out.glob("*.pth"):
+                weights.unlink()
+            (out / "last_checkpoint").unlink(missing_ok=True)
     return result
 
 

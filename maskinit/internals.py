@@ -41,6 +41,12 @@ Entries (`where` is the maskinit code that relies on it):
   `TrainerBase.train` catches `Exception` only (so a `BaseException` passes through untouched) and
   logs it with `logger.exception("Exception during training:")` on the logger
   `detectron2.engine.train_loop`, whose records reach the `detectron2` logger's handlers.
+- `after_train_in_finally`: trainer.Trainer.after_train re-states `TrainerBase.after_train` (`storage.iter
+  = iter`, then every hook's `after_train`) and relies on `TrainerBase.train` calling it in the `finally`
+  of its loop: during a failure, `sys.exc_info()` holds the exception the loop propagates.
+- `log_file_handler`: worker.on_console tells Detectron2's console handler from its log file's:
+  `setup_logger` writes the file through a plain `logging.StreamHandler` on a cached file stream (no
+  `FileHandler`) and the console through a `StreamHandler` on `sys.stdout` (rank 0 only).
 - `divergence_message`: worker.DIVERGED and worker.BAD_TERM parse the `FloatingPointError` of
   `SimpleTrainer.write_metrics`: "Loss became infinite or NaN at iteration=N!" and the loss dict's repr.
 - `adamw_optimizer`: trainer.Trainer.build_optimizer re-states `detectron2.solver.build_optimizer` for
@@ -196,6 +202,8 @@ REACHES: dict[str, Reach] = {
     "build_hooks_order": Reach("trainer.Trainer.build_hooks", "detectron2.engine.DefaultTrainer.build_hooks"),
     "eval_after_train": Reach("worker.worker", "detectron2.engine.hooks.EvalHook.after_train"),
     "train_loop_exception_log": Reach("worker.no_console_traceback", "detectron2.engine.train_loop.TrainerBase.train"),
+    "after_train_in_finally": Reach("trainer.Trainer.after_train", "detectron2.engine.train_loop.TrainerBase.train"),
+    "log_file_handler": Reach("worker.on_console", "detectron2.utils.logger.setup_logger"),
     "divergence_message": Reach("worker.divergence_message", "detectron2.engine.SimpleTrainer.write_metrics"),
     "adamw_optimizer": Reach("trainer.Trainer.build_optimizer", "detectron2.solver.build_optimizer"),
     "checkpointer_save": Reach("checkpoint.AuditedCheckpointer.save", "fvcore.common.checkpoint.Checkpointer.save"),

@@ -22,6 +22,7 @@ It keeps Detectron2's conventions: `detectron2.utils.comm.create_local_process_g
 
 from __future__ import annotations
 
+import logging
 import os
 import queue as queues
 import signal
@@ -35,6 +36,8 @@ from .errors import EXIT_CODES, Interrupted, MaskinitError, RunFailed, one_line,
 # How long the other processes of this machine may go on after one of them failed, before they are killed:
 # they normally end at once (their collective calls fail when a peer is gone).
 FAILURE_GRACE_SECONDS = 30.0
+# How a process's ending begins when it stopped only because another process of the run had gone.
+PEER_GONE = "another process of the run ended first"
 
 
 @dataclass(frozen=True)
@@ -118,6 +121,8 @@ def _child(local_rank: int, main, args: tuple, plan: GroupPlan, messages) -> Non
 
             if dist.is_initialized():
                 dist.destroy_process_group()
+        # a spawned process ends in os._exit, without atexit: flush the logs' buffered tails (the traceback)
+        logging.shutdown()
 
 
 def launch(main, plan: GroupPlan, args: tuple = ()):
@@ -172,6 +177,21 @@ def launch(main, plan: GroupPlan, args: tuple = ()):
     return _result(reports, children, received)
 
 
+def _with_cause(ending, reports: dict):
+    """`ending` (the first process's), its error replaced by another process's own failure (and that
+    process named, `failed_process`) when the first process stopped only because another had gone."""
+    if not (isinstance(ending, dict) and ending.get("status") == "failed"
+            and PEER_GONE in str(ending.get("error", ""))):
+        return ending
+    for rank, report in sorted(reports.items()):
+        other = report[2] if report[0] == "ended" else None
+        if isinstance(other, dict) and other.get("status") == "failed" and PEER_GONE not in str(other.get("error")):
+            return {**ending, "error": other["error"], "failed_process": rank}
+        if report[0] == "error" and PEER_GONE not in report[3]:
+            return {**ending, "error": report[3], "failed_process": rank}
+    return ending
+
+
 def _drain(messages, reports: dict, joined: set, wait: float, until_empty: bool = False) -> None:
     while True:
         try:
@@ -187,11 +207,13 @@ def _drain(messages, reports: dict, joined: set, wait: float, until_empty: bool 
 
 
 def _result(reports: dict, children, received: list[int]):
-    """The first process's ending; else why the processes ended."""
+    """The first process's ending (with the failure of the process that ended first when the first one
+    only saw it go); else why the processes ended."""
     first = reports.get(0)
     if first is not None and first[0] == "ended":
-        return first[2]
+        return _with_cause(first[2], reports)
     errors = [report for report in (first, *reports.values()) if report is not None and report[0] == "error"]
+    errors.sort(key=lambda report: PEER_GONE in report[3])  # a process's own failure before the ones it caused
     if errors:
         _, _, kind, message = errors[0]
         error = MaskinitError(message) if kind == "bad_input" else RunFailed(message)

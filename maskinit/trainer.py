@@ -7,6 +7,7 @@ import contextlib
 import logging
 import math
 import os
+import sys
 import weakref
 from collections.abc import Sequence
 
@@ -51,8 +52,20 @@ def untouched_random_streams():
             random.setstate(python_state)
             np.random.set_state(numpy_state)
 
+def _local_hooks() -> tuple[type, ...]:
+    from detectron2.engine.hooks import IterationTimer, PeriodicWriter
+
+    return (IterationTimer, PeriodicWriter, ProgressHook)
+
+
+# The hooks whose `after_train` calls no collective: the ones that still run after a process's own failure.
+LOCAL_HOOKS = _local_hooks()
+
+
 class Trainer(DefaultTrainer):
     """DefaultTrainer with maskinit's model, optimizers, schedules, evaluator and hooks."""
+
+    failed_alone = False  # set when this process failed on its own in a run of several (see after_train)
 
     def __init__(self, cfg, progress_bar: bool | None = None, extra_hooks: Sequence = (), resuming: bool = False,
                  time_budget=None):
@@ -203,6 +216,23 @@ class Trainer(DefaultTrainer):
         except BudgetSpent:
             self.iter = self.max_iter
             return None
+
+    def after_train(self):
+        """Detectron2's `after_train` (every hook's), except after this process's own failure in a run of
+        several processes: then only the hooks that talk to no other process (`LOCAL_HOOKS`) run. The others
+        are elsewhere in the step (in a collective of the next one, say); a final evaluation here would wait
+        for them in a different collective, and the run would hang instead of ending with its error.
+        Detectron2's loop calls `after_train` in a `finally` (see internals.py): the failure is the
+        exception it propagates; a `BaseException` (a signal's stop, a time budget's end) is agreed by all."""
+        failure = sys.exc_info()[1]
+        if comm.get_world_size() == 1 or not isinstance(failure, Exception):
+            return super().after_train()
+        self.failed_alone = True
+        self.storage.iter = self.iter
+        for hook in self._hooks:
+            if isinstance(hook, LOCAL_HOOKS):
+                hook.after_train()
+        return None
 
     def hooks_with_ema(self, hooks: list) -> list:
         """Detectron2's hooks with the weight average (`ema.EMAHook`) updated right after the LR step,

@@ -24,7 +24,7 @@ from .data.fit import FitReport
 from .devices import configure_backends
 from .errors import MaskinitError, one_line, signal_name
 from .hooks import StopRequested, TrainingInterrupted
-from .launcher import GroupPlan, free_port, join_group, launch
+from .launcher import PEER_GONE, GroupPlan, free_port, join_group, launch
 from .machine import estimate_memory
 from .ranks import under_torchrun
 from .run_dir import EVAL_FILE, SUMMARY_FILE, write_json
@@ -38,6 +38,9 @@ DIVERGED = re.compile(r"Loss became infinite or NaN at iteration=(\d+)")
 # numpy 2 prints the loss dict's values as np.float64(nan)
 BAD_TERM = re.compile(r"'(\w+)': (?:np\.float(?:32|64)\()?(nan|inf|-inf)")
 BAD_WEIGHTS = re.compile(r"weights became non-finite at iteration (\d+): (\d+ of \d+)")
+# A collective call's error when another process of the run is gone (gloo says so; NCCL's watchdog raises
+# DistBackendError after --dist-timeout).
+PEER_CLOSED = re.compile(r"Connection (closed|reset) by peer|Broken pipe")
 # With several processes, the same signal again within this many seconds is the first one delivered twice
 # (to a launcher that forwards it and to its processes), not a second signal that stops at once.
 REPEATED_SIGNAL_SECONDS = 1.0
@@ -84,11 +87,11 @@ def worker(
         # the progress bar replaces Detectron2's periodic console lines; the log file keeps them
         for name in ("detectron2", "maskinit", "fvcore"):
             for handler in logging.getLogger(name).handlers:
-                if isinstance(handler, logging.StreamHandler) and not isinstance(handler, logging.FileHandler):
+                if on_console(handler):
                     handler.setLevel(logging.WARNING)
     for name in ("detectron2", "maskinit"):
         for handler in logging.getLogger(name).handlers:
-            if not isinstance(handler, logging.FileHandler):
+            if on_console(handler):
                 handler.addFilter(no_console_traceback)
     estimate = estimate_memory(cfg, comm.get_local_size(), world=comm.get_world_size())
     (logger.warning if estimate.tight else logger.info)("memory: %s", estimate.describe())
@@ -177,8 +180,11 @@ def worker(
         logger.error("training failed", exc_info=True)
         status = {
             "status": "failed",
+            "error": f"training stopped at iteration {trainer.iter}: {PEER_GONE} (its own log says why)",
+        } if peer_gone(error) else {
+            "status": "failed",
             "error": f"training failed at iteration {trainer.iter}: {type(error).__name__}: "
-            f"{one_line(error)[:300]} (traceback in {Path(cfg.OUTPUT_DIR) / 'log.txt'})",
+            f"{one_line(error)[:300]} (traceback in {Path(cfg.OUTPUT_DIR) / log_file(rank)})",
         }
     finally:
         restore()
@@ -214,7 +220,22 @@ def worker(
         from .curves import plot_curves
 
         plot_curves(Path(cfg.OUTPUT_DIR))
+    if trainer.failed_alone:  # the others are elsewhere in the step: no collective may wait for them
+        return summary if comm.is_main_process() else status
     return ending_of_rank_0(summary, status)
+
+
+def log_file(rank: int) -> str:
+    """The name of a process's log in the output folder (Detectron2's `setup_logger`)."""
+    return "log.txt" if rank == 0 else f"log.txt.rank{rank}"
+
+
+def peer_gone(error: BaseException) -> bool:
+    """Whether a training step failed because another process of the run is gone (not on its own)."""
+    import torch.distributed as dist
+
+    backend = getattr(dist, "DistBackendError", ())
+    return comm.get_world_size() > 1 and (isinstance(error, backend) or bool(PEER_CLOSED.search(str(error))))
 
 
 def config_of_rank_0(cfg: CfgNode) -> CfgNode:
@@ -251,6 +272,15 @@ def ending_of_rank_0(summary: dict | None, status: dict) -> dict:
             "error": f"lost rank 0 at the end of the run: {one_line(error)[:200]}",
         }
     return shared[0]
+
+
+def on_console(handler: logging.Handler) -> bool:
+    """Whether a log handler writes to the terminal. Detectron2's `setup_logger` writes its log file through a
+    plain `StreamHandler` on a cached file stream, not a `FileHandler`: the stream tells them apart."""
+    import sys
+
+    return isinstance(handler, logging.StreamHandler) and getattr(handler, "stream", None) in (
+        sys.stdout, sys.stderr, sys.__stdout__, sys.__stderr__)
 
 
 def no_console_traceback(record: logging.LogRecord) -> bool:
@@ -325,4 +355,8 @@ def launch_workers(
         options.dist_timeout,
         cfg.MODEL.DEVICE.startswith("cuda"),
     )
-    return launch(worker, plan, args=(cfg, options, fit, list(data_notes), list(hooks), time_budget))
+    ending = launch(worker, plan, args=(cfg, options, fit, list(data_notes), list(hooks), time_budget))
+    summary_path = Path(cfg.OUTPUT_DIR) / SUMMARY_FILE
+    if ending and "failed_process" in ending and summary_path.is_file():  # rank 0 knew only that a peer had gone
+        write_json(summary_path, ending)
+    return ending

@@ -26,6 +26,7 @@ if "--resume" in sys.argv:
     print("continued from", (out / "last_checkpoint").read_text(), flush=True)
     result = {"status": "finished", "box_ap": 1.5, "mask_ap": 2.5, "seconds_per_iter": 0.1}
     (out / "result.json").write_text(json.dumps(result))
+    (out / "model_final.pth").write_bytes(b"weights")
 else:
     (out / "last_checkpoint").write_text("model_0000009.pth")
     print("started", sys.argv[2], flush=True)
@@ -58,8 +59,17 @@ def test_a_stopped_run_is_not_cached_and_continues_from_its_checkpoint(stand_in)
     assert "started a" in log and "continued from model_0000009.pth" in log  # the log of both parts kept
     assert second["command"] == command("a")  # cached under the run's own command, not the resume one
 
+    assert not list((folder / "out").glob("*.pth")) and not (folder / "out" / "last_checkpoint").exists()
     (folder / "out" / "result.json").unlink()  # a third call must not run anything: the result is cached
     assert execute("stand-in", "stock", command("a"), folder, resume=[*command("a"), "--resume"], iters=10) == second
+
+
+def test_a_finished_run_keeps_its_weights_when_asked(stand_in):
+    folder, command = stand_in
+    execute("stand-in", "stock", command("a"), folder, resume=[*command("a"), "--resume"], iters=10)
+    done = execute("stand-in", "stock", command("a"), folder, resume=[*command("a"), "--resume"], iters=10,
+                   keep_weights=True)
+    assert done["status"] == "finished" and (folder / "out" / "model_final.pth").read_bytes() == b"weights"
 
 
 def test_a_checkpoint_of_another_command_is_not_continued(stand_in):

@@ -209,6 +209,91 @@ def test_bad_rendezvous_inputs_end_with_one_line_and_write_nothing(tmp_path, coc
     assert not out.exists()
 
 
+# A plugin whose RoI heads fail in the training step of iteration 1 on the process MASKINIT_TEST_FAIL_RANK names:
+# one process's own failure (a bad image, a full disk), the others elsewhere in the step.
+FAILING_HEADS = """
+import os
+
+import torch.distributed as dist
+from detectron2.modeling.roi_heads import ROI_HEADS_REGISTRY, StandardROIHeads
+from detectron2.utils.events import get_event_storage
+
+
+class FailingROIHeads(StandardROIHeads):
+    def forward(self, images, features, proposals, targets=None):
+        if self.training and dist.is_initialized() and dist.get_rank() == int(os.environ["MASKINIT_TEST_FAIL_RANK"]):
+            try:
+                iteration = get_event_storage().iter
+            except AssertionError:  # no training loop yet (the data-dependent init)
+                iteration = None
+            if iteration == 1:
+                raise RuntimeError("injected failure of this process")
+        return super().forward(images, features, proposals, targets)
+
+
+if "FailingROIHeads" not in ROI_HEADS_REGISTRY:
+    ROI_HEADS_REGISTRY.register(FailingROIHeads)
+"""
+
+
+def failing_run(tmp_path, rank: int) -> tuple[list[str], dict]:
+    """The options that make process `rank` fail at iteration 1 (validation data: a final evaluation waits
+    after the loop), and the environment that names it."""
+    plugin = tmp_path / "failing_heads.py"
+    plugin.write_text(FAILING_HEADS)
+    return (["--plugin", str(plugin), "--max-iter", "3", "MODEL.ROI_HEADS.NAME", "FailingROIHeads"],
+            {**ENV, "MASKINIT_TEST_FAIL_RANK": str(rank)})
+
+
+def test_a_process_failing_on_its_own_ends_both_machines_with_one_line_each(tmp_path, coco):
+    """Machine 1's process fails in a step while machine 0's waits for it: both end at once, machine 1 with its
+    error, machine 0 saying another process ended first; no process waits in a collective of its own."""
+    out, port = tmp_path / "failing", free_port()
+    extra, env = failing_run(tmp_path, 1)
+    runs = [subprocess.Popen(machine_command(out, rank, port, coco, *extra, validate=True), stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True, env=env) for rank in (0, 1)]
+    results = finish(runs, timeout=150)
+    (code0, _, stderr0), (code1, _, stderr1) = results
+    assert code0 == code1 == EXIT_CODES["failed"], story(out, results)
+    assert error_lines(stderr1) == [
+        "error: training failed at iteration 1: RuntimeError: injected failure of this process "
+        f"(traceback in {out / 'log.txt.rank1'})"], story(out, results)
+    assert error_lines(stderr0) == [
+        "error: training stopped at iteration 1: another process of the run ended first (its own log says why)"]
+    assert "Traceback" not in stderr0 + stderr1
+    summary = json.loads((out / "run_summary.json").read_text())
+    assert summary["status"] == "failed" and summary["iterations"] == 1
+    assert "injected failure of this process" in (out / "log.txt.rank1").read_text()
+
+
+@pytest.mark.parametrize("launcher, failing", [("maskinit", 1), ("torchrun", 0)])
+def test_a_process_failing_on_its_own_ends_the_run_with_its_error(tmp_path, coco, launcher, failing):
+    """Two processes on one machine, one failing in a step: the run ends at once with that process's error
+    (maskinit's launcher names it among its processes; under torchrun each process prints its own ending)."""
+    out = tmp_path / launcher
+    extra, env = failing_run(tmp_path, failing)
+    train = ["train", *QUICK, "--output-dir", str(out), *data_flags(coco, validate=True), *extra]
+    if launcher == "maskinit":
+        command = [sys.executable, "-m", "maskinit", *train, "--num-gpus", "2"]
+    else:
+        command = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-addr", "127.0.0.1",
+                   "--master-port", str(free_port()), "-m", "maskinit", *train]
+    started = time.monotonic()
+    results = finish([subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)])
+    [(code, _, stderr)] = results
+    assert code != 0 and time.monotonic() - started < 120, story(out, results)
+    log = "log.txt" if failing == 0 else "log.txt.rank1"
+    own = ("error: training failed at iteration 1: RuntimeError: injected failure of this process "
+           f"(traceback in {out / log})")
+    summary = json.loads((out / "run_summary.json").read_text())
+    assert summary["status"] == "failed" and "injected failure of this process" in summary["error"]
+    if launcher == "maskinit":
+        assert code == EXIT_CODES["failed"] and error_lines(stderr) == [own], story(out, results)
+        assert summary["failed_process"] == failing
+    else:
+        assert own in error_lines(stderr), story(out, results)
+
+
 def test_the_memory_check_counts_each_process_share_of_the_batch(monkeypatch):
     monkeypatch.setattr(machine, "available_memory", lambda device: 16.0 * GiB)
     cfg = load_config(preset="tiny", overrides=["SOLVER.IMS_PER_BATCH", "8", "MODEL.DEVICE", "cpu"])

@@ -12,6 +12,7 @@ import inspect
 import json
 import logging
 import math
+import sys
 import textwrap
 
 import numpy as np
@@ -153,6 +154,56 @@ def test_eval_after_train():
     step = source(PeriodicCheckpointer.step)
     assert "if iteration >= self.max_iter - 1:" in step
     assert "self.checkpointer.save(f'{self.file_prefix}_final', **additional_state)" in step
+
+
+def test_after_train_in_finally():
+    from detectron2.engine import HookBase, TrainerBase
+
+    assert "self.storage.iter = self.iter" in source(TrainerBase.after_train)
+    assert "for h in self._hooks:" in source(TrainerBase.after_train)
+    seen = []
+
+    class Fails(HookBase):
+        def after_step(self):
+            raise RuntimeError("boom")
+
+    class Records(HookBase):
+        def after_train(self):
+            seen.append(sys.exc_info()[1])
+
+    class Steps(TrainerBase):
+        def run_step(self):
+            pass
+
+    trainer = Steps()
+    trainer.register_hooks([Records(), Fails()])
+    with pytest.raises(RuntimeError):
+        trainer.train(0, 2)
+    assert isinstance(seen[0], RuntimeError) and str(seen[0]) == "boom"
+    trainer = Steps()
+    trainer.register_hooks([Records()])
+    trainer.train(0, 1)
+    assert seen[1] is None
+
+
+def test_log_file_handler(tmp_path):
+    from detectron2.utils.logger import setup_logger
+
+    from maskinit.worker import on_console
+
+    main = setup_logger(str(tmp_path), distributed_rank=0, name="maskinit_reach_rank0")
+    other = setup_logger(str(tmp_path), distributed_rank=1, name="maskinit_reach_rank1")
+    try:
+        assert [on_console(handler) for handler in main.handlers] == [True, False]
+        assert not any(isinstance(handler, logging.FileHandler) for handler in main.handlers + other.handlers)
+        assert [handler.stream.name for handler in main.handlers if not on_console(handler)] == [
+            str(tmp_path / "log.txt")]
+        assert [on_console(handler) for handler in other.handlers] == [False]
+    finally:
+        for logger in (main, other):
+            for handler in logger.handlers:
+                handler.flush()
+            logger.handlers.clear()
 
 
 def test_train_loop_exception_log():

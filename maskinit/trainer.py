@@ -52,6 +52,7 @@ def untouched_random_streams():
             random.setstate(python_state)
             np.random.set_state(numpy_state)
 
+
 def _local_hooks() -> tuple[type, ...]:
     from detectron2.engine.hooks import IterationTimer, PeriodicWriter
 

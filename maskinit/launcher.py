@@ -25,6 +25,7 @@ from __future__ import annotations
 import logging
 import os
 import queue as queues
+import re
 import signal
 import socket
 import time
@@ -36,8 +37,11 @@ from .errors import EXIT_CODES, Interrupted, MaskinitError, RunFailed, one_line,
 # How long the other processes of this machine may go on after one of them failed, before they are killed:
 # they normally end at once (their collective calls fail when a peer is gone).
 FAILURE_GRACE_SECONDS = 30.0
-# How a process's ending begins when it stopped only because another process of the run had gone.
+# How a process's ending says that it stopped only because another process of the run had gone.
 PEER_GONE = "another process of the run ended first"
+# A collective call's error when another process of the run is gone (gloo says so; NCCL's watchdog raises
+# DistBackendError after --dist-timeout).
+PEER_CLOSED = re.compile(r"Connection (closed|reset) by peer|Broken pipe")
 
 
 @dataclass(frozen=True)
@@ -113,7 +117,8 @@ def _child(local_rank: int, main, args: tuple, plan: GroupPlan, messages) -> Non
     except MaskinitError as error:
         messages.put(("error", local_rank, error.kind, str(error)))
     except Exception as error:  # a bug: one line here; the worker logged its traceback where it could
-        message = f"training failed: {type(error).__name__}: {one_line(error)[:300]}"
+        message = (f"training stopped: {PEER_GONE} (its own log says why)" if peer_gone(error)
+                   else f"training failed: {type(error).__name__}: {one_line(error)[:300]}")
         messages.put(("error", local_rank, "failed", message))
     finally:
         if joined:
@@ -123,6 +128,15 @@ def _child(local_rank: int, main, args: tuple, plan: GroupPlan, messages) -> Non
                 dist.destroy_process_group()
         # a spawned process ends in os._exit, without atexit: flush the logs' buffered tails (the traceback)
         logging.shutdown()
+
+
+def peer_gone(error: BaseException) -> bool:
+    """Whether a process failed because another process of the run is gone (not on its own)."""
+    import torch.distributed as dist
+
+    backend = getattr(dist, "DistBackendError", ())
+    return dist.is_initialized() and dist.get_world_size() > 1 and (
+        isinstance(error, backend) or bool(PEER_CLOSED.search(str(error))))
 
 
 def launch(main, plan: GroupPlan, args: tuple = ()):

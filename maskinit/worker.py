@@ -24,7 +24,7 @@ from .data.fit import FitReport
 from .devices import configure_backends
 from .errors import MaskinitError, one_line, signal_name
 from .hooks import StopRequested, TrainingInterrupted
-from .launcher import PEER_GONE, GroupPlan, free_port, join_group, launch
+from .launcher import PEER_GONE, GroupPlan, free_port, join_group, launch, peer_gone
 from .machine import estimate_memory
 from .ranks import under_torchrun
 from .run_dir import EVAL_FILE, SUMMARY_FILE, write_json
@@ -38,9 +38,6 @@ DIVERGED = re.compile(r"Loss became infinite or NaN at iteration=(\d+)")
 # numpy 2 prints the loss dict's values as np.float64(nan)
 BAD_TERM = re.compile(r"'(\w+)': (?:np\.float(?:32|64)\()?(nan|inf|-inf)")
 BAD_WEIGHTS = re.compile(r"weights became non-finite at iteration (\d+): (\d+ of \d+)")
-# A collective call's error when another process of the run is gone (gloo says so; NCCL's watchdog raises
-# DistBackendError after --dist-timeout).
-PEER_CLOSED = re.compile(r"Connection (closed|reset) by peer|Broken pipe")
 # With several processes, the same signal again within this many seconds is the first one delivered twice
 # (to a launcher that forwards it and to its processes), not a second signal that stops at once.
 REPEATED_SIGNAL_SECONDS = 1.0
@@ -228,14 +225,6 @@ def worker(
 def log_file(rank: int) -> str:
     """The name of a process's log in the output folder (Detectron2's `setup_logger`)."""
     return "log.txt" if rank == 0 else f"log.txt.rank{rank}"
-
-
-def peer_gone(error: BaseException) -> bool:
-    """Whether a training step failed because another process of the run is gone (not on its own)."""
-    import torch.distributed as dist
-
-    backend = getattr(dist, "DistBackendError", ())
-    return comm.get_world_size() > 1 and (isinstance(error, backend) or bool(PEER_CLOSED.search(str(error))))
 
 
 def config_of_rank_0(cfg: CfgNode) -> CfgNode:

@@ -209,8 +209,9 @@ def test_bad_rendezvous_inputs_end_with_one_line_and_write_nothing(tmp_path, coc
     assert not out.exists()
 
 
-# A plugin whose RoI heads fail in the training step of iteration 1 on the process MASKINIT_TEST_FAIL_RANK names:
-# one process's own failure (a bad image, a full disk), the others elsewhere in the step.
+# A plugin whose RoI heads fail in the training step of iteration 1 on the process MASKINIT_TEST_FAIL_RANK names
+# (when built, with MASKINIT_TEST_FAIL_AT=build): one process's own failure (a bad image, a full disk, memory),
+# the others elsewhere in the step.
 FAILING_HEADS = """
 import os
 
@@ -219,9 +220,18 @@ from detectron2.modeling.roi_heads import ROI_HEADS_REGISTRY, StandardROIHeads
 from detectron2.utils.events import get_event_storage
 
 
+def failing_here() -> bool:
+    return dist.is_initialized() and dist.get_rank() == int(os.environ["MASKINIT_TEST_FAIL_RANK"])
+
+
 class FailingROIHeads(StandardROIHeads):
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        if os.environ.get("MASKINIT_TEST_FAIL_AT") == "build" and failing_here():
+            raise RuntimeError("injected failure of this process")
+
     def forward(self, images, features, proposals, targets=None):
-        if self.training and dist.is_initialized() and dist.get_rank() == int(os.environ["MASKINIT_TEST_FAIL_RANK"]):
+        if self.training and failing_here():
             try:
                 iteration = get_event_storage().iter
             except AssertionError:  # no training loop yet (the data-dependent init)
@@ -292,6 +302,20 @@ def test_a_process_failing_on_its_own_ends_the_run_with_its_error(tmp_path, coco
         assert summary["failed_process"] == failing
     else:
         assert own in error_lines(stderr), story(out, results)
+
+
+def test_a_process_failing_before_training_ends_the_run_with_its_error(tmp_path, coco):
+    """A process fails while its model is built, the other waits for it in the weights' broadcast: the run
+    ends at once with the failing process's error, not the other's lost connection."""
+    out = tmp_path / "build"
+    extra, env = failing_run(tmp_path, 1)
+    command = [sys.executable, "-m", "maskinit", "train", *QUICK, "--output-dir", str(out), *data_flags(coco), *extra,
+               "--num-gpus", "2"]
+    results = finish([subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                       env={**env, "MASKINIT_TEST_FAIL_AT": "build"})], timeout=120)
+    [(code, _, stderr)] = results
+    assert code == EXIT_CODES["failed"], story(out, results)
+    assert error_lines(stderr) == ["error: training failed: RuntimeError: injected failure of this process"], stderr
 
 
 def test_the_memory_check_counts_each_process_share_of_the_batch(monkeypatch):

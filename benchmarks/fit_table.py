@@ -135,6 +135,8 @@ PROBED = {
     "maskinit-mask14-conv2": "the 14x14 pool with two mask-head convs (the preset: four)",
     "maskinit-mask9": "a 9x9 mask pool (18x18 masks)",
     "maskinit-lr2e-3": "AdamW at 2e-3 (the preset: 1e-3)",
+    "maskinit-lr1.5e-3": "AdamW at 1.5e-3 (the preset: 1e-3)",
+    "maskinit-box2fc": "a box head of two fully connected layers (the preset: four GN convs and one)",
     "maskinit-cp1.0": "Copy-Paste on every image (the preset: on half of them)",
     "maskinit-ema": "weight EMA (decay 0.98, a window of about 50 iterations)",
     "maskinit-no-copy-paste": "no Copy-Paste (the preset: on half of the images)",

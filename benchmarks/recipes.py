@@ -282,6 +282,9 @@ PHOTO_PROBES["maskinit-mask14-dim32-input160"] = [
     *PHOTO_PROBES["maskinit-mask14-dim32"], "INPUT.MIN_SIZE_TRAIN", "(160,)", "INPUT.MAX_SIZE_TRAIN", "160",
     "INPUT.MIN_SIZE_TEST", "160", "INPUT.MAX_SIZE_TEST", "160",
 ]
+# the box head as two 256-wide fully connected layers (Detectron2's default head) in place of the preset's four GN
+# convs and one fully connected layer: the cheaper head a larger input could be paid with
+PHOTO_PROBES["maskinit-box2fc"] = ["MODEL.ROI_BOX_HEAD.NUM_CONV", "0", "MODEL.ROI_BOX_HEAD.NUM_FC", "2"]
 # the mask loss at twice its weight (Detectron2's mask head with loss_weight 2, benchmarks/mask_loss_probe.py)
 PHOTO_PROBES["maskinit-maskloss2"] = [
     "MASKINIT.PLUGINS", "['benchmarks/mask_loss_probe.py']", "MODEL.ROI_MASK_HEAD.NAME", "MaskLoss20",

@@ -1,7 +1,8 @@
 """Training on several machines, each a process group of its own on this host (gloo, `--device cpu`):
 maskinit's `--num-machines` and torchrun's `--nnodes`, with a shared output folder and with one folder each;
-a signal to one machine ends every machine with a checkpoint; a missing machine or a bad rendezvous ends
-with one line; the memory check counts each process's share of the batch."""
+a signal to one machine ends every machine with a checkpoint; a process failing on its own ends every process
+at once with its error; a missing machine or a bad rendezvous ends with one line; the memory check counts each
+process's share of the batch."""
 
 from __future__ import annotations
 

@@ -234,6 +234,12 @@ def test_a_study_runs_its_trials_and_writes_the_best_config_and_plots(study):
         assert {"optimizer", "warmup_fraction", "clip_grad"} <= set(row.params)
     assert (out / STUDY_FILE).is_file() and len(json.loads((out / "trials.json").read_text())) == 3
     assert result.best is not None and result.best_config == out / "best_config.yaml"
+    # --keep-weights best (the default): the other finished trials' checkpoints are removed, their runs kept
+    kept = [row.number for row in result.trials if list(Path(row.output_dir).glob("*.pth"))]
+    assert kept == [result.best.number]
+    assert (Path(result.best.output_dir) / "last_checkpoint").is_file()
+    assert all(not (Path(row.output_dir) / "last_checkpoint").exists() and (Path(row.output_dir) / "log.txt").is_file()
+               for row in result.trials if row.number != result.best.number)
     # trial 0 ran the preset's own values (with the study's run options); the sampler drew the others
     assert "the config's own values" in result.trials[0].note and all(
         "own values" not in row.note for row in result.trials[1:]
@@ -275,6 +281,43 @@ def test_the_best_config_retrains_with_maskinit_train(study, coco, tmp_path):
     outcome = runner.invoke(app, command)
     assert outcome.exit_code == 0, outcome.output
     assert json.loads((tmp_path / "best" / "run_summary.json").read_text())["status"] == "finished"
+
+
+def test_keep_weights_keeps_the_best_trials_all_or_none(tmp_path):
+    import optuna
+    from optuna.trial import TrialState, create_trial
+
+    from maskinit.tune.study import drop_weights
+
+    def study_with_trials():
+        study = optuna.create_study(direction="maximize")
+        for number, (state, value) in enumerate([(TrialState.COMPLETE, 5.0), (TrialState.COMPLETE, 9.0),
+                                                  (TrialState.PRUNED, None), (TrialState.FAIL, None)]):
+            folder = tmp_path / f"trial-{number:04d}"
+            folder.mkdir(exist_ok=True)
+            for name in ("model_final.pth", "model_0000001.pth", "last_checkpoint", "log.txt"):
+                (folder / name).write_text(name)
+            study.add_trial(create_trial(state=state, value=value, user_attrs={"output_dir": str(folder)}))
+        return study
+
+    def holding(name):
+        return sorted(folder.name for folder in tmp_path.iterdir() if (folder / name).is_file())
+
+    assert drop_weights(study_with_trials(), "all") == [] and len(holding("model_final.pth")) == 4
+    removed = drop_weights(study_with_trials(), "best")
+    assert len(removed) == 9 and holding("model_final.pth") == holding("last_checkpoint") == ["trial-0001"]
+    assert holding("model_0000001.pth") == ["trial-0001"] and len(holding("log.txt")) == 4
+    drop_weights(study_with_trials(), "none")
+    assert holding("model_final.pth") == holding("last_checkpoint") == [] and len(holding("log.txt")) == 4
+
+
+def test_an_unknown_keep_weights_is_refused_in_one_line(coco, tmp_path):
+    done = subprocess.run([sys.executable, "-m", "maskinit", "tune", "--preset", "tiny", "--trials", "1",
+                           "--keep-weights", "some", "--output-dir", str(tmp_path / "t"), *data_args(coco)],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and done.stderr.strip().splitlines()[-1] == (
+        "error: --keep-weights must be one of best, all, none, got 'some'"), done.stderr
+    assert not (tmp_path / "t").exists()
 
 
 @pytest.mark.filterwarnings("ignore:Heartbeat of storage")  # the test's own ask(), standing in for a killed worker

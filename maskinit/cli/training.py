@@ -358,6 +358,10 @@ def tune_command(
             "and run again by another worker (any machine)."
         ),
     ),
+    keep_weights: str = typer.Option(
+        "best",
+        help="Checkpoints of the finished trials to keep: best (the best trial's), all, or none.",
+    ),
     study_name: str | None = typer.Option(None, help="Study name in --storage (default: the output dir's name)."),
     output_dir: Path = typer.Option(
         Path("output/tune"),
@@ -398,6 +402,7 @@ def tune_command(
         pruner=pruner,
         default_space=not search_only,
         grace_period=grace_period,
+        keep_weights=keep_weights,
     )
     if workers != 1:  # run_workers refuses fewer than 1
 

@@ -118,6 +118,10 @@ class TrialFailed(Exception):
     """A trial that ended by itself without a result (diverged, an error): recorded as failed; the study goes on."""
 
 
+# What `--keep-weights` may keep of the finished trials' checkpoints.
+KEEP_WEIGHTS = ("best", "all", "none")
+
+
 class StudyInterrupted(RunInterrupted):
     """A signal stopped the trial running: the study stops, the trial is queued again for --resume (the exit
     code of the signal, as a training run's)."""
@@ -188,6 +192,7 @@ def tune(
     baseline: bool = True,
     val_fraction: float | None = None,
     grace_period: int = GRACE_PERIOD,
+    keep_weights: str = "best",
 ) -> TuneResult:
     """Search the training hyperparameters: `trials` finished trials in the whole study (complete,
     pruned or failed by themselves) and/or until `timeout` seconds have passed (a trial running then
@@ -198,7 +203,8 @@ def tune(
     `baseline`: a new study's first trial runs the config's own values (SearchSpace.baseline);
     `val_fraction`: trials train on the rest of the training images and are scored on this share of
     them (data/split.py), never on the validation set; `grace_period`: seconds without a heartbeat
-    after which a running trial's worker is taken for dead (its trial failed and queued again).
+    after which a running trial's worker is taken for dead (its trial failed and queued again);
+    `keep_weights`: the checkpoints of finished trials kept (`drop_weights`): best, all or none.
     Each worker returns once the whole study has its trials (waiting for those running elsewhere).
     """
     import warnings
@@ -214,6 +220,8 @@ def tune(
 
     if trials is None and timeout is None:
         raise MaskinitError("give --trials N and/or --timeout SECONDS")
+    if keep_weights not in KEEP_WEIGHTS:
+        raise MaskinitError(f"--keep-weights must be one of {', '.join(KEEP_WEIGHTS)}, got {keep_weights!r}")
     if trials is not None and trials < 1:
         raise MaskinitError(f"--trials must be at least 1, got {trials}")
     if timeout is not None and timeout <= 0:
@@ -399,6 +407,7 @@ def tune(
         if SURPLUS in frozen.user_attrs:
             continue
         ran_here.append(trial.number)
+        drop_weights(study, keep_weights)
         if frozen.state == TrialState.FAIL and frozen.user_attrs.get(FAILURE) == "failed":
             failures_in_a_row += 1
             if failures_in_a_row >= CONSECUTIVE_FAILURES:
@@ -409,6 +418,32 @@ def tune(
     if stop_reason:
         notes.append(f"stopped by --timeout after {len(ran_here)} trial(s) here")
     return report(study, shown, out, cfg, options, space, notes, ran_here)
+
+
+def drop_weights(study, keep: str) -> list[Path]:
+    """Remove the checkpoints (`*.pth`, `last_checkpoint`) in the folders of the study's finished trials
+    (complete, pruned or failed) that this machine holds, but the best complete trial's with `keep` "best",
+    and none with "all". A finished trial's weights are never trained on: an interrupted or lost trial runs
+    again from its start, and the best config is retrained. The files removed."""
+    from optuna.trial import TrialState
+
+    if keep == "all":
+        return []
+    best = None
+    if keep == "best":
+        complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+        best = study.best_trial.number if complete else None
+    removed = []
+    finished = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
+    for trial in study.get_trials(deepcopy=False, states=finished):
+        folder = trial.user_attrs.get("output_dir")
+        if trial.number == best or not folder:
+            continue
+        for path in [*Path(folder).glob("*.pth"), Path(folder) / "last_checkpoint"]:
+            if path.is_file():
+                path.unlink()
+                removed.append(path)
+    return removed
 
 
 def trial_of(study, number: int):

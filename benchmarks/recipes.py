@@ -480,9 +480,9 @@ def execute(name: str, kind: str, command: list[str], folder: Path, timeout: flo
     if result["status"] != "interrupted":
         write_json(result_file, result)
         if not keep_weights:
-            for weights in out.glob("*.pth"):
-                weights.unlink()
-            (out / "last_checkpoint").unlink(missing_ok=True)
+            from maskinit.checkpoint import remove_checkpoints
+
+            remove_checkpoints(out)
     return result
 
 

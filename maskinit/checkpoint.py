@@ -129,6 +129,16 @@ def weights_fingerprint(model: torch.nn.Module) -> str:
     return digest.hexdigest()
 
 
+def remove_checkpoints(output_dir: str | Path) -> list[Path]:
+    """Remove a run folder's checkpoints (`*.pth` and the `last_checkpoint` tag); its logs, metrics, config
+    and summary stay. The files removed."""
+    out = Path(output_dir)
+    removed = [path for path in [*out.glob("*.pth"), out / "last_checkpoint"] if path.is_file()]
+    for path in removed:
+        path.unlink()
+    return removed
+
+
 def last_checkpoint(output_dir: str | Path) -> str | None:
     """The checkpoint `last_checkpoint` names, when that file is there."""
     out = Path(output_dir)

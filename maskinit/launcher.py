@@ -134,9 +134,8 @@ def peer_gone(error: BaseException) -> bool:
     """Whether a process failed because another process of the run is gone (not on its own)."""
     import torch.distributed as dist
 
-    backend = getattr(dist, "DistBackendError", ())
     return dist.is_initialized() and dist.get_world_size() > 1 and (
-        isinstance(error, backend) or bool(PEER_CLOSED.search(str(error))))
+        isinstance(error, dist.DistBackendError) or bool(PEER_CLOSED.search(str(error))))
 
 
 def launch(main, plan: GroupPlan, args: tuple = ()):

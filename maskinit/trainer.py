@@ -14,6 +14,7 @@ from collections.abc import Sequence
 import torch
 from detectron2.config import CfgNode
 from detectron2.engine import AMPTrainer, DefaultTrainer, SimpleTrainer, TrainerBase, create_ddp_model
+from detectron2.engine.hooks import EvalHook, IterationTimer, LRScheduler, PeriodicCheckpointer, PeriodicWriter
 from detectron2.solver import build_lr_scheduler, get_default_optimizer_params
 from detectron2.solver.build import maybe_add_gradient_clipping
 from detectron2.utils import comm
@@ -53,14 +54,8 @@ def untouched_random_streams():
             np.random.set_state(numpy_state)
 
 
-def _local_hooks() -> tuple[type, ...]:
-    from detectron2.engine.hooks import IterationTimer, PeriodicWriter
-
-    return (IterationTimer, PeriodicWriter, ProgressHook)
-
-
 # The hooks whose `after_train` calls no collective: the ones that still run after a process's own failure.
-LOCAL_HOOKS = _local_hooks()
+LOCAL_HOOKS = (IterationTimer, PeriodicWriter, ProgressHook)
 
 
 class Trainer(DefaultTrainer):
@@ -193,8 +188,6 @@ class Trainer(DefaultTrainer):
     def hooks_with_time_budget(self, hooks: list) -> list:
         """The hooks with `TimeBudgetHook` right after Detectron2's `LRScheduler` (before the
         checkpointer and the evaluation) and its `ender` last."""
-        from detectron2.engine.hooks import LRScheduler
-
         from .run_dir import CONFIG_FILE
 
         planned = self.cfg.SOLVER.MAX_ITER
@@ -239,8 +232,6 @@ class Trainer(DefaultTrainer):
         """Detectron2's hooks with the weight average (`ema.EMAHook`) updated right after the LR step,
         before the checkpointer and the evaluation see the iteration; evaluations run on the average,
         and `model_final.pth` holds it."""
-        from detectron2.engine.hooks import EvalHook, PeriodicCheckpointer
-
         def test_and_save_results():  # DefaultTrainer.build_hooks' closure, on the average (see internals.py)
             with self.ema.applied():
                 self._last_eval_results = self.test(self.cfg, self.model)

@@ -427,6 +427,8 @@ def drop_weights(study, keep: str) -> list[Path]:
     again from its start, and the best config is retrained. The files removed."""
     from optuna.trial import TrialState
 
+    from ..checkpoint import remove_checkpoints
+
     if keep == "all":
         return []
     best = None
@@ -437,12 +439,8 @@ def drop_weights(study, keep: str) -> list[Path]:
     finished = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
     for trial in study.get_trials(deepcopy=False, states=finished):
         folder = trial.user_attrs.get("output_dir")
-        if trial.number == best or not folder:
-            continue
-        for path in [*Path(folder).glob("*.pth"), Path(folder) / "last_checkpoint"]:
-            if path.is_file():
-                path.unlink()
-                removed.append(path)
+        if trial.number != best and folder:
+            removed += remove_checkpoints(folder)
     return removed
 
 

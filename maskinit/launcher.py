@@ -44,6 +44,17 @@ PEER_GONE = "another process of the run ended first"
 PEER_CLOSED = re.compile(r"Connection (closed|reset) by peer|Broken pipe")
 
 
+# Where a process that failed on its own leaves its error in the run's rendezvous store (the TCPStore that
+# init_process_group met at: rank 0's under maskinit's launcher and srun, torchrun's agent's under torchrun), for
+# rank 0 to name the cause when it saw only that another process had gone: FAILURE_KEY/GLOBAL_RANK.
+FAILURE_KEY = "maskinit/failure"
+# How long rank 0 waits for a lost peer's error to arrive in the store (it is left there before the process
+# ends, so normally at once).
+FAILURE_POST_WAIT_SECONDS = 3.0
+# The rendezvous of this process's group, (host, port), when it met at a TCP store (set by join_group).
+_rendezvous: tuple[str, int] | None = None
+
+
 @dataclass(frozen=True)
 class GroupPlan:
     """Where this machine's processes sit in the run: `per_machine` processes on each of `num_machines`
@@ -84,6 +95,8 @@ def join_group(global_rank: int, world: int, local_rank: int, local_size: int, i
                                 rank=global_rank, timeout=timedelta(seconds=timeout))
         comm.create_local_process_group(local_size)
         comm.synchronize()
+        global _rendezvous
+        _rendezvous = store_address(init_method)
     except (RuntimeError, ValueError, OSError) as error:  # torch's DistStoreError, DistNetworkError, timeouts
         where = init_method if init_method != "env://" else (
             f"{os.environ.get('MASTER_ADDR', '?')}:{os.environ.get('MASTER_PORT', '?')}")
@@ -92,6 +105,65 @@ def join_group(global_rank: int, world: int, local_rank: int, local_size: int, i
             f"{one_line(error)[:200]}; start every machine with the same --num-machines and --dist-url "
             "(machine 0's address and a free port) and check that it is reachable"
         ) from error
+
+
+def store_address(init_method: str) -> tuple[str, int] | None:
+    """(host, port) of the TCP store a process group meets at with `init_method` (tcp://HOST:PORT, or env:// with
+    MASTER_ADDR and MASTER_PORT); None for another rendezvous (file://)."""
+    match = re.fullmatch(r"tcp://\[?([^\]]+?)\]?:(\d+)", init_method)
+    if match:
+        return match.group(1), int(match.group(2))
+    if init_method == "env://" and os.environ.get("MASTER_ADDR") and os.environ.get("MASTER_PORT", "").isdigit():
+        return os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"])
+    return None
+
+
+def _store(timeout: float):
+    """A client of this process group's rendezvous store (torch's public TCPStore), or None."""
+    import torch.distributed as dist
+
+    if _rendezvous is None:
+        return None
+    host, port = _rendezvous
+    try:  # a host that is gone refuses at once; torch's client would retry and print its C++ traces
+        socket.create_connection((host, port), timeout=min(timeout, 2.0)).close()
+    except OSError:
+        return None
+    return dist.TCPStore(host, port, is_master=False, timeout=timedelta(seconds=timeout), wait_for_workers=False)
+
+
+def post_failure(rank: int, message: str) -> bool:
+    """Leave this process's own failure (`message`, its one-line error) in the run's rendezvous store, where rank 0
+    finds it (`posted_failure`); False when the store cannot be reached (the message stays in this process's log)."""
+    try:
+        store = _store(timeout=2.0)
+        if store is None:
+            return False
+        store.set(f"{FAILURE_KEY}/{rank}", message)
+        return True
+    except (RuntimeError, OSError, ValueError) as error:  # torch's DistStoreError, DistNetworkError
+        logging.getLogger(__name__).warning("could not share this process's failure with the run: %s", one_line(error))
+        return False
+
+
+def posted_failure(world: int, wait: float = FAILURE_POST_WAIT_SECONDS) -> tuple[int, str] | None:
+    """(global rank, error) of the first process of the run that left its own failure in the store within
+    `wait` seconds (`post_failure`); None when none did or the store is gone."""
+    keys = [f"{FAILURE_KEY}/{rank}" for rank in range(world)]
+    deadline = time.monotonic() + wait
+    try:
+        store = _store(timeout=max(wait, 1.0))
+        if store is None:
+            return None
+        while True:
+            for rank, key in enumerate(keys):
+                if store.check([key]):
+                    return rank, store.get(key).decode("utf-8", errors="replace")
+            if time.monotonic() >= deadline:
+                return None
+            time.sleep(0.1)
+    except (RuntimeError, OSError, ValueError):  # the store's host is gone too: no cause to name
+        return None
 
 
 def _raise_interrupted(signum, frame):

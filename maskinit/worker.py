@@ -24,7 +24,17 @@ from .data.fit import FitReport
 from .devices import configure_backends
 from .errors import MaskinitError, one_line, signal_name
 from .hooks import StopRequested, TrainingInterrupted
-from .launcher import PEER_GONE, GroupPlan, free_port, join_group, launch, peer_gone
+from .launcher import (
+    FAILURE_POST_WAIT_SECONDS,
+    PEER_GONE,
+    GroupPlan,
+    free_port,
+    join_group,
+    launch,
+    peer_gone,
+    post_failure,
+    posted_failure,
+)
 from .machine import estimate_memory
 from .ranks import under_torchrun
 from .run_dir import EVAL_FILE, SUMMARY_FILE, write_json
@@ -185,6 +195,8 @@ def worker(
         }
     finally:
         restore()
+        if comm.get_world_size() > 1:
+            status = with_posted_cause(status, rank)
         if comm.is_main_process():
             # Detectron2 leaves `iter` at max_iter after a finished run, at the failing one otherwise.
             elapsed = time.perf_counter() - started
@@ -220,6 +232,23 @@ def worker(
     if trainer.failed_alone:  # the others are elsewhere in the step: no collective may wait for them
         return summary if comm.is_main_process() else status
     return ending_of_rank_0(summary, status)
+
+
+def with_posted_cause(status: dict, rank: int) -> dict:
+    """This process's ending in a run of several: its own failure is left in the run's store for rank 0
+    (`launcher.post_failure`); rank 0, stopped because another process had gone (or by the signal with which
+    torchrun ends a failed run's other processes), takes that process's error as the run's, naming it
+    (`failed_process`, its global rank)."""
+    own_failure = status["status"] == "failed" and PEER_GONE not in status["error"]
+    if own_failure:
+        post_failure(rank, status["error"])
+        return status
+    if not comm.is_main_process() or status["status"] not in ("failed", "interrupted"):
+        return status
+    cause = posted_failure(comm.get_world_size(), wait=FAILURE_POST_WAIT_SECONDS if status["status"] == "failed" else 0)
+    if cause is None:
+        return status
+    return {**status, "status": "failed", "error": cause[1], "failed_process": cause[0]}
 
 
 def log_file(rank: int) -> str:

@@ -257,8 +257,9 @@ def failing_run(tmp_path, rank: int) -> tuple[list[str], dict]:
 
 
 def test_a_process_failing_on_its_own_ends_both_machines_with_one_line_each(tmp_path, coco):
-    """Machine 1's process fails in a step while machine 0's waits for it: both end at once, machine 1 with its
-    error, machine 0 saying another process ended first; no process waits in a collective of its own."""
+    """Machine 1's process fails in a step while machine 0's waits for it: both end at once with machine 1's error
+    (machine 0 finds it in the run's rendezvous store, and names the process in run_summary.json); no process
+    waits in a collective of its own."""
     out, port = tmp_path / "failing", free_port()
     extra, env = failing_run(tmp_path, 1)
     runs = [subprocess.Popen(machine_command(out, rank, port, coco, *extra, validate=True), stdout=subprocess.PIPE,
@@ -266,21 +267,22 @@ def test_a_process_failing_on_its_own_ends_both_machines_with_one_line_each(tmp_
     results = finish(runs, timeout=150)
     (code0, _, stderr0), (code1, _, stderr1) = results
     assert code0 == code1 == EXIT_CODES["failed"], story(out, results)
-    assert error_lines(stderr1) == [
-        "error: training failed at iteration 1: RuntimeError: injected failure of this process "
-        f"(traceback in {out / 'log.txt.rank1'})"], story(out, results)
-    assert error_lines(stderr0) == [
-        "error: training stopped at iteration 1: another process of the run ended first (its own log says why)"]
+    own = ("error: training failed at iteration 1: RuntimeError: injected failure of this process "
+           f"(traceback in {out / 'log.txt.rank1'})")
+    assert error_lines(stderr1) == [own], story(out, results)
+    assert error_lines(stderr0) == [own], story(out, results)
     assert "Traceback" not in stderr0 + stderr1
     summary = json.loads((out / "run_summary.json").read_text())
-    assert summary["status"] == "failed" and summary["iterations"] == 1
+    assert summary["status"] == "failed" and summary["iterations"] == 1 and summary["failed_process"] == 1
+    assert summary["error"] == own.removeprefix("error: ")
     assert "injected failure of this process" in (out / "log.txt.rank1").read_text()
 
 
-@pytest.mark.parametrize("launcher, failing", [("maskinit", 1), ("torchrun", 0)])
+@pytest.mark.parametrize("launcher, failing", [("maskinit", 1), ("torchrun", 0), ("torchrun", 1)])
 def test_a_process_failing_on_its_own_ends_the_run_with_its_error(tmp_path, coco, launcher, failing):
-    """Two processes on one machine, one failing in a step: the run ends at once with that process's error
-    (maskinit's launcher names it among its processes; under torchrun each process prints its own ending)."""
+    """Two processes on one machine, one failing in a step: the run ends at once with that process's error, and
+    run_summary.json names the process (rank 0 finds another's error in the run's rendezvous store, also under
+    torchrun, whose agent hosts that store; under torchrun each process prints its own ending)."""
     out = tmp_path / launcher
     extra, env = failing_run(tmp_path, failing)
     train = ["train", *QUICK, "--output-dir", str(out), *data_flags(coco, validate=True), *extra]
@@ -300,9 +302,10 @@ def test_a_process_failing_on_its_own_ends_the_run_with_its_error(tmp_path, coco
     assert summary["status"] == "failed" and "injected failure of this process" in summary["error"]
     if launcher == "maskinit":
         assert code == EXIT_CODES["failed"] and error_lines(stderr) == [own], story(out, results)
-        assert summary["failed_process"] == failing
     else:
         assert own in error_lines(stderr), story(out, results)
+    if failing:
+        assert summary["failed_process"] == failing and summary["error"] == own.removeprefix("error: "), summary
 
 
 def test_a_process_failing_before_training_ends_the_run_with_its_error(tmp_path, coco):

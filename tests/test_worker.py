@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 import signal
+import socket
 import sys
 import threading
 
@@ -127,3 +128,72 @@ def test_every_rank_trains_rank_0s_config_in_its_own_folder_and_ends_as_rank_0(t
         lr, output_dir, ending = found[rank]
         assert lr == 0.001 and output_dir == f"{tmp_path}/rank{rank}"
         assert ending == {"status": "diverged", "iteration": 9}
+
+
+def test_the_rendezvous_store_address_of_each_init_method(monkeypatch):
+    from maskinit.launcher import store_address
+
+    monkeypatch.setenv("MASTER_ADDR", "node-0")
+    monkeypatch.setenv("MASTER_PORT", "29500")
+    assert store_address("tcp://10.0.0.1:1234") == ("10.0.0.1", 1234)
+    assert store_address("tcp://[::1]:29501") == ("::1", 29501)
+    assert store_address("env://") == ("node-0", 29500)
+    assert store_address("file:///shared/rendezvous") is None
+    monkeypatch.delenv("MASTER_PORT")
+    assert store_address("env://") is None
+
+
+@pytest.fixture
+def run_store(monkeypatch):
+    """A real TCPStore server in this process standing for the run's rendezvous store, and rank 0 of 3."""
+    import torch.distributed as dist
+
+    from maskinit import launcher, worker
+
+    server = dist.TCPStore("127.0.0.1", 0, is_master=True, wait_for_workers=False)
+    monkeypatch.setattr(launcher, "_rendezvous", ("127.0.0.1", server.port))
+    monkeypatch.setattr(worker.comm, "get_world_size", lambda: 3)
+    monkeypatch.setattr(worker.comm, "is_main_process", lambda: True)
+    return server
+
+
+def test_rank_0_names_the_process_whose_own_failure_stopped_the_run(run_store, monkeypatch):
+    from maskinit.launcher import FAILURE_KEY
+    from maskinit.worker import PEER_GONE, with_posted_cause
+
+    own = {"status": "failed",
+           "error": "training failed at iteration 4: RuntimeError: boom (traceback in log.txt.rank2)"}
+    monkeypatch.setattr("maskinit.worker.comm.is_main_process", lambda: False)
+    assert with_posted_cause(own, rank=2) == own  # its own ending, left in the store for rank 0
+    assert run_store.get(f"{FAILURE_KEY}/2").decode() == own["error"]
+    monkeypatch.setattr("maskinit.worker.comm.is_main_process", lambda: True)
+    gone = {"status": "failed", "error": f"training stopped at iteration 4: {PEER_GONE} (its own log says why)",
+            "iteration": 4}
+    assert with_posted_cause(gone, rank=0) == {"status": "failed", "error": own["error"], "iteration": 4,
+                                                "failed_process": 2}
+    # stopped by the signal with which torchrun ends the other processes of a failed run
+    interrupted = {"status": "interrupted", "signal": "SIGTERM", "checkpoint": "model_0000003.pth"}
+    assert with_posted_cause(interrupted, rank=0) == {
+        "status": "failed", "signal": "SIGTERM", "checkpoint": "model_0000003.pth", "error": own["error"],
+        "failed_process": 2}
+    finished = {"status": "finished"}
+    assert with_posted_cause(finished, rank=0) is finished
+
+
+def test_without_a_posted_failure_or_a_store_rank_0_keeps_its_own_ending(run_store, monkeypatch):
+    from maskinit import launcher
+    from maskinit.launcher import post_failure, posted_failure
+    from maskinit.worker import PEER_GONE, with_posted_cause
+
+    gone = {"status": "failed", "error": f"training stopped at iteration 4: {PEER_GONE} (its own log says why)"}
+    assert posted_failure(3, wait=0.2) is None
+    interrupted = {"status": "interrupted", "signal": "SIGINT"}
+    assert with_posted_cause(interrupted, rank=0) == interrupted  # a signal of the user's: nobody failed
+    with socket.socket() as closed:  # a port nobody listens on: the store's host is gone
+        closed.bind(("127.0.0.1", 0))
+        monkeypatch.setattr(launcher, "_rendezvous", ("127.0.0.1", closed.getsockname()[1]))
+    assert posted_failure(3, wait=0.2) is None
+    assert post_failure(1, "training failed") is False
+    monkeypatch.setattr(launcher, "_rendezvous", None)  # a file:// rendezvous: no store to share through
+    assert post_failure(1, "training failed") is False and posted_failure(3, wait=0) is None
+    assert with_posted_cause(gone, rank=0) == gone

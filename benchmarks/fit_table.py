@@ -6,7 +6,9 @@ the seeds that ran, the seeds, the input size), Detectron2's scratch-GN recipe a
 default's input sizes and per-image budget, the ratio, and the estimated s/iter of each maskinit config
 against the preset's on the set (machine.step_seconds, the same estimate `train` prints). A second table
 gives each fitted group of keys switched back to the preset alone (`maskinit-fit-preset-*`), as the
-difference in mask AP to the default of the same seed, averaged over the seeds both ran.
+difference in mask AP to the default of the same seed, averaged over the seeds both ran; a third the recipe
+probes (PROBED) in the same way, and a fourth the probes whose result files (`recipes-NAME-probes.json`,
+`--tag=-probes`) hold a default of their own, run beside them.
 
 Usage: python benchmarks/fit_table.py [--results benchmarks/results] [--sets NAME ...] [--out FILE.md]
 """
@@ -144,6 +146,10 @@ PROBED = {
     "maskinit-pos0.5": "half of the sampled RoIs foreground (the preset: a quarter)",
     "maskinit-maskloss2": "the mask loss at twice its weight",
     "maskinit-canonical112": "RoIs pooled from coarser FPN levels (canonical box 112 at P4; Detectron2: 224)",
+    "maskinit-mask-up4": "masks at 4x the pool's side (a second 2x upsampling, 32 channels; the preset: 2x)",
+    "maskinit-photometric": "photometric jitter (brightness, contrast, saturation 0.8-1.2)",
+    "maskinit-gn8": "GroupNorm with 8 groups (the preset: 32)",
+    "maskinit-anchors-2scale": "two anchor sizes per FPN level, half an octave apart (the preset: one)",
 }
 
 
@@ -177,26 +183,40 @@ def delta_table(results: dict[str, dict], arms: dict[str, str], header: str,
     return lines
 
 
+def ran(arms: dict[str, str], results: dict[str, dict]) -> dict[str, str]:
+    """The arms that ran on at least one of the sets."""
+    return {arm: label for arm, label in arms.items() if any(arm in result["table"] for result in results.values())}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--results", type=Path, default=HERE / "results")
     parser.add_argument("--sets", nargs="*",
                         default=["nuclei_tissue", "nuclei_gray", "balloons", "pedestrians", "rice_leaf"])
     parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument("--probes-tag", default="-probes",
+                        help="the result files (recipes-NAME{TAG}.json) of probes run beside a default of their own")
     args = parser.parse_args()
-    results = {}
+    results, probes = {}, {}
     for name in args.sets:
         path = args.results / f"recipes-{name}-fit.json"
         if path.is_file():
             results[name] = json.loads(path.read_text())
         else:
             print(f"{name}: {path} not found, left out", file=sys.stderr)
+        path = args.results / f"recipes-{name}{args.probes_tag}.json"
+        if path.is_file():
+            probes[name] = json.loads(path.read_text())
     lines = ["Mask and box AP at 400 iterations (mean over the seeds listed):", "", *main_table(results), "",
              "Each group of fitted keys switched back to the preset's values alone, mask AP minus the default's "
              "(paired by seed: the mean over the seeds both ran, and its range where there are several):",
              "", *ablation_table(results), "",
              "The recipe with one thing changed, mask AP minus the default's (paired by seed, as above):", "",
-             *delta_table(results, PROBED, "changed")]
+             *delta_table(results, ran(PROBED, results), "changed")]
+    if probes:
+        lines += ["", "Probes run beside a default of their own (the same machine and sitting, one run a core), "
+                  "mask AP minus that default's (paired by seed, as above):", "",
+                  *delta_table(probes, ran(PROBED, probes), "changed")]
     text = "\n".join(lines) + "\n"
     if args.out:
         args.out.write_text(text)

@@ -294,6 +294,21 @@ PHOTO_PROBES["maskinit-maskloss2"] = [
 PHOTO_PROBES["maskinit-canonical112"] = [
     "MASKINIT.PLUGINS", "['benchmarks/canonical_probe.py']", "MODEL.ROI_HEADS.NAME", "StandardROIHeadsCanonical112",
 ]
+# photometric jitter on the training images (brightness, contrast, saturation, each 0.8-1.2),
+# benchmarks/photometric_probe.py
+PHOTO_PROBES["maskinit-photometric"] = ["MASKINIT.PLUGINS", "['benchmarks/photometric_probe.py']"]
+# GroupNorm with 8 groups (8 channels a group in the 64-channel layers) in place of 32 (2 channels a group)
+PHOTO_PROBES["maskinit-gn8"] = ["MASKINIT.NORM", "GN:groups=8"]
+# masks at 4x the pool's side (a second 2x upsampling to 32 channels before the predictor),
+# benchmarks/mask_upsample_probe.py
+PHOTO_PROBES["maskinit-mask-up4"] = [
+    "MASKINIT.PLUGINS", "['benchmarks/mask_upsample_probe.py']", "MODEL.ROI_MASK_HEAD.NAME", "MaskUpsample4",
+]
+# two anchor sizes per FPN level, an octave apart in half-octave steps (16 and 22.6 on P2 ... 256 and 362 on
+# P6; the preset: one size per level), so an object between two octaves has an anchor of its size
+PHOTO_PROBES["maskinit-anchors-2scale"] = [
+    "MODEL.ANCHOR_GENERATOR.SIZES", "[[16, 22.6], [32, 45.3], [64, 90.5], [128, 181], [256, 362]]",
+]
 MASKINIT_RUNS.update({name: list(options) for name, options in PHOTO_PROBES.items()})
 
 # Where the RoI heads' time goes at the tiny scale (one thread, fwd+bwd per iteration of 4

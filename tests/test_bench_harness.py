@@ -12,6 +12,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
 from recipes import execute  # noqa: E402
@@ -177,7 +178,13 @@ def test_the_photo_probes_are_valid_tiny_configs_and_their_plugins_change_what_t
     from maskinit.config import load_config
     from maskinit.model import build_model
 
+    from detectron2.data import detection_utils
+
     monkeypatch.chdir(Path(__file__).resolve().parent.parent)
+    # the photometric probe's plugin wraps Detectron2's build_augmentation: the original comes back after the test
+    monkeypatch.setattr(detection_utils, "build_augmentation", detection_utils.build_augmentation)
+    monkeypatch.delitem(sys.modules, "photometric_probe", raising=False)
+    monkeypatch.setattr("maskinit.plugins._loaded", set())
     for name, options in recipes.PHOTO_PROBES.items():
         assert load_config(preset="tiny", overrides=options), name
     preset = build_model(load_config(preset="tiny"), data_dependent=False).roi_heads.mask_head
@@ -193,6 +200,44 @@ def test_the_photo_probes_are_valid_tiny_configs_and_their_plugins_change_what_t
     ).roi_heads
     assert type(heads).__name__ == "StandardROIHeadsCanonical112"
     assert heads.box_pooler.canonical_box_size == heads.mask_pooler.canonical_box_size == 112
+    # masks at 4x the pool's side: 28x28 from the preset's 7x7 pool, the preset's layers kept before the new ones
+    up4 = build_model(
+        load_config(preset="tiny", overrides=recipes.PHOTO_PROBES["maskinit-mask-up4"]), data_dependent=False
+    ).roi_heads.mask_head
+    assert type(up4).__name__ == "MaskUpsample4"
+    assert up4.layers(torch.zeros(2, 64, 7, 7)).shape == (2, 1, 28, 28)
+    assert preset.layers(torch.zeros(2, 64, 7, 7)).shape == (2, 1, 14, 14)
+    # GroupNorm of 8 groups in every normalized layer
+    model = build_model(load_config(preset="tiny", overrides=recipes.PHOTO_PROBES["maskinit-gn8"]),
+                        data_dependent=False)
+    groups = {m.num_groups for m in model.modules() if isinstance(m, torch.nn.GroupNorm)}
+    assert groups == {8}
+
+
+def test_the_photometric_probe_jitters_training_images_only(monkeypatch):
+    """The photometric probe's plugin appends its jitter to Detectron2's training augmentations (not the test
+    ones), and the jitter changes a colour image's pixels and keeps a gray image's one channel."""
+    from detectron2.data import detection_utils
+
+    from maskinit.config import load_config
+    from maskinit.plugins import load_plugins
+
+    monkeypatch.chdir(Path(__file__).resolve().parent.parent)
+    monkeypatch.setattr(detection_utils, "build_augmentation", detection_utils.build_augmentation)
+    monkeypatch.delitem(sys.modules, "photometric_probe", raising=False)  # loaded afresh: it wraps the original
+    monkeypatch.setattr("maskinit.plugins._loaded", set())
+    cfg = load_config(preset="tiny")
+    before = len(detection_utils.build_augmentation(cfg, True))
+    load_plugins(["benchmarks/photometric_probe.py"])
+    train, test = detection_utils.build_augmentation(cfg, True), detection_utils.build_augmentation(cfg, False)
+    assert len(train) == before + 1 and type(train[-1]).__name__ == "RandomPhotometric"
+    assert all(type(a).__name__ != "RandomPhotometric" for a in test)
+    np.random.seed(0)
+    colour = np.random.randint(0, 256, (32, 40, 3), dtype=np.uint8)
+    jittered = train[-1].get_transform(colour).apply_image(colour)
+    assert jittered.shape == colour.shape and jittered.dtype == np.uint8 and not np.array_equal(jittered, colour)
+    gray = colour[:, :, :1].copy()
+    assert train[-1].get_transform(gray).apply_image(gray).shape == gray.shape
 
 
 def test_a_cached_maskinit_run_of_another_recipe_is_redone_and_not_continued(stand_in):

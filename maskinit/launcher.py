@@ -46,7 +46,8 @@ PEER_CLOSED = re.compile(r"Connection (closed|reset) by peer|Broken pipe")
 
 # Where a process that failed on its own leaves its error in the run's rendezvous store (the TCPStore that
 # init_process_group met at: rank 0's under maskinit's launcher and srun, torchrun's agent's under torchrun), for
-# rank 0 to name the cause when it saw only that another process had gone: FAILURE_KEY/GLOBAL_RANK.
+# rank 0 to name the cause when it saw only that another process had gone: FAILURE_KEY/ATTEMPT/GLOBAL_RANK, the
+# attempt torchrun's TORCHELASTIC_RESTART_COUNT (its store outlives a failed attempt of a run it restarts).
 FAILURE_KEY = "maskinit/failure"
 # How long rank 0 waits for a lost peer's error to arrive in the store (it is left there before the process
 # ends, so normally at once).
@@ -132,6 +133,10 @@ def _store(timeout: float):
     return dist.TCPStore(host, port, is_master=False, timeout=timedelta(seconds=timeout), wait_for_workers=False)
 
 
+def _failure_key(rank: int) -> str:
+    return f"{FAILURE_KEY}/{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}/{rank}"
+
+
 def post_failure(rank: int, message: str) -> bool:
     """Leave this process's own failure (`message`, its one-line error) in the run's rendezvous store, where rank 0
     finds it (`posted_failure`); False when the store cannot be reached (the message stays in this process's log)."""
@@ -139,7 +144,7 @@ def post_failure(rank: int, message: str) -> bool:
         store = _store(timeout=2.0)
         if store is None:
             return False
-        store.set(f"{FAILURE_KEY}/{rank}", message)
+        store.set(_failure_key(rank), message)
         return True
     except (RuntimeError, OSError, ValueError) as error:  # torch's DistStoreError, DistNetworkError
         logging.getLogger(__name__).warning("could not share this process's failure with the run: %s", one_line(error))
@@ -149,7 +154,7 @@ def post_failure(rank: int, message: str) -> bool:
 def posted_failure(world: int, wait: float = FAILURE_POST_WAIT_SECONDS) -> tuple[int, str] | None:
     """(global rank, error) of the first process of the run that left its own failure in the store within
     `wait` seconds (`post_failure`); None when none did or the store is gone."""
-    keys = [f"{FAILURE_KEY}/{rank}" for rank in range(world)]
+    keys = [_failure_key(rank) for rank in range(world)]
     deadline = time.monotonic() + wait
     try:
         store = _store(timeout=max(wait, 1.0))

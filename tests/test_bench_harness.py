@@ -174,11 +174,10 @@ def test_the_photo_probes_are_valid_tiny_configs_and_their_plugins_change_what_t
     the benchmarks run) give Detectron2's mask head, the same layers, with its loss weighted 2, and Detectron2's
     RoI heads with a canonical box of 112."""
     import recipes
+    from detectron2.data import detection_utils
 
     from maskinit.config import load_config
     from maskinit.model import build_model
-
-    from detectron2.data import detection_utils
 
     monkeypatch.chdir(Path(__file__).resolve().parent.parent)
     # the photometric probe's plugin wraps Detectron2's build_augmentation: the original comes back after the test

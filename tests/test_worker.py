@@ -152,6 +152,7 @@ def run_store(monkeypatch):
 
     server = dist.TCPStore("127.0.0.1", 0, is_master=True, wait_for_workers=False)
     monkeypatch.setattr(launcher, "_rendezvous", ("127.0.0.1", server.port))
+    monkeypatch.delenv("TORCHELASTIC_RESTART_COUNT", raising=False)  # a run's first attempt
     monkeypatch.setattr(worker.comm, "get_world_size", lambda: 3)
     monkeypatch.setattr(worker.comm, "is_main_process", lambda: True)
     return server
@@ -165,7 +166,7 @@ def test_rank_0_names_the_process_whose_own_failure_stopped_the_run(run_store, m
            "error": "training failed at iteration 4: RuntimeError: boom (traceback in log.txt.rank2)"}
     monkeypatch.setattr("maskinit.worker.comm.is_main_process", lambda: False)
     assert with_posted_cause(own, rank=2) == own  # its own ending, left in the store for rank 0
-    assert run_store.get(f"{FAILURE_KEY}/2").decode() == own["error"]
+    assert run_store.get(f"{FAILURE_KEY}/0/2").decode() == own["error"]
     monkeypatch.setattr("maskinit.worker.comm.is_main_process", lambda: True)
     gone = {"status": "failed", "error": f"training stopped at iteration 4: {PEER_GONE} (its own log says why)",
             "iteration": 4}
@@ -178,6 +179,9 @@ def test_rank_0_names_the_process_whose_own_failure_stopped_the_run(run_store, m
         "failed_process": 2}
     finished = {"status": "finished"}
     assert with_posted_cause(finished, rank=0) is finished
+    # torchrun restarted the run: the failure of its earlier attempt is not this attempt's
+    monkeypatch.setenv("TORCHELASTIC_RESTART_COUNT", "1")
+    assert with_posted_cause(interrupted, rank=0) == interrupted
 
 
 def test_without_a_posted_failure_or_a_store_rank_0_keeps_its_own_ending(run_store, monkeypatch):

@@ -309,6 +309,15 @@ PHOTO_PROBES["maskinit-mask-up4"] = [
 PHOTO_PROBES["maskinit-anchors-2scale"] = [
     "MODEL.ANCHOR_GENERATOR.SIZES", "[[16, 22.6], [32, 45.3], [64, 90.5], [128, 181], [256, 362]]",
 ]
+# the mask head trained with a Dice loss beside its cross-entropy (benchmarks/mask_dice_probe.py)
+PHOTO_PROBES["maskinit-mask-dice"] = [
+    "MASKINIT.PLUGINS", "['benchmarks/mask_dice_probe.py']", "MODEL.ROI_MASK_HEAD.NAME", "MaskDice",
+]
+# the box head's regression by the GIoU loss of its decoded boxes, weighted 10 (Detectron2's option; the preset:
+# an L1 loss of the box deltas, weights 10/10/5/5), as mmdetection's GIoU R-CNN configs weigh it
+PHOTO_PROBES["maskinit-giou"] = [
+    "MODEL.ROI_BOX_HEAD.BBOX_REG_LOSS_TYPE", "giou", "MODEL.ROI_BOX_HEAD.BBOX_REG_LOSS_WEIGHT", "10.0",
+]
 MASKINIT_RUNS.update({name: list(options) for name, options in PHOTO_PROBES.items()})
 
 # Where the RoI heads' time goes at the tiny scale (one thread, fwd+bwd per iteration of 4

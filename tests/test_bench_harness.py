@@ -211,6 +211,32 @@ def test_the_photo_probes_are_valid_tiny_configs_and_their_plugins_change_what_t
                         data_dependent=False)
     groups = {m.num_groups for m in model.modules() if isinstance(m, torch.nn.GroupNorm)}
     assert groups == {8}
+    # the box head regressing by GIoU, weighted 10
+    predictor = build_model(
+        load_config(preset="tiny", overrides=recipes.PHOTO_PROBES["maskinit-giou"]), data_dependent=False
+    ).roi_heads.box_predictor
+    assert predictor.box_reg_loss_type == "giou" and predictor.loss_weight["loss_box_reg"] == 10.0
+    # the mask head with a Dice term: Detectron2's layers, a second loss, zero for a perfect mask, ~1 for its inverse
+    dice = build_model(
+        load_config(preset="tiny", overrides=recipes.PHOTO_PROBES["maskinit-mask-dice"]), data_dependent=False
+    ).roi_heads.mask_head
+    assert type(dice).__name__ == "MaskDice" and isinstance(dice, type(preset))
+    assert {k: v.shape for k, v in dice.state_dict().items()} == {k: v.shape for k, v in preset.state_dict().items()}
+    from detectron2.structures import BitMasks, Boxes, Instances
+    from detectron2.utils.events import EventStorage
+
+    image = Instances((32, 32), proposal_boxes=Boxes(torch.tensor([[8.0, 8.0, 24.0, 24.0]])),
+                      gt_classes=torch.tensor([0]))
+    square = torch.zeros(1, 32, 32, dtype=torch.bool)
+    square[0, 8:24, 8:24] = True
+    image.gt_masks = BitMasks(square)
+    dice_loss = sys.modules["mask_dice_probe"].dice_loss
+    assert dice_loss(torch.full((1, 1, 14, 14), 20.0), [image]).item() < 1e-6
+    assert dice_loss(torch.full((1, 1, 14, 14), -20.0), [image]).item() > 0.99
+    dice.train()
+    with EventStorage():
+        losses = dice(torch.randn(1, 64, 7, 7), [image])
+    assert set(losses) == {"loss_mask", "loss_mask_dice"} and 0 < losses["loss_mask_dice"].item() < 1
 
 
 def test_the_photometric_probe_jitters_training_images_only(monkeypatch):

@@ -150,6 +150,8 @@ PROBED = {
     "maskinit-photometric": "photometric jitter (brightness, contrast, saturation 0.8-1.2)",
     "maskinit-gn8": "GroupNorm with 8 groups (the preset: 32)",
     "maskinit-anchors-2scale": "two anchor sizes per FPN level, half an octave apart (the preset: one)",
+    "maskinit-mask-dice": "a Dice loss beside the mask head's cross-entropy (weight 1)",
+    "maskinit-giou": "the box head's GIoU loss, weight 10 (the preset: L1 of the box deltas)",
 }
 
 

@@ -31,6 +31,7 @@ import argparse
 import dataclasses
 import json
 import math
+import re
 import shutil
 import statistics
 import sys
@@ -400,13 +401,16 @@ def data_fingerprint(command: list[str]) -> dict | None:
 
 def comparable(command: list[str], folder: Path) -> list[str]:
     """`command` with what may differ between two calls of the same run blanked: the data paths (compared
-    by data_fingerprint), the run's own folder and the project's root (a clone elsewhere)."""
+    by data_fingerprint), the run's own folder (SET/NAME/seedN under any runs dir: a copied cache is the same
+    cache) and the project's root (a clone elsewhere; not a longer name that starts with it)."""
+    run = re.compile(r"[^\s=]*/" + re.escape("/".join(folder.parts[-3:])) + r"(?=/|$)")
+    root = re.compile(re.escape(str(ROOT)) + r"(?=/|$)")
     blanked, skip = [], False
     for arg in command:
         if skip:
             blanked.append("<data>")
         else:
-            blanked.append(arg.replace(str(folder), "<run>").replace(str(ROOT), "<root>"))
+            blanked.append(root.sub("<root>", run.sub("<run>", arg.replace(str(folder), "<run>"))))
         skip = arg in DATA_OPTIONS
     return blanked
 

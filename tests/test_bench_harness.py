@@ -537,3 +537,20 @@ def test_equal_time_takes_the_comparators_best_lr_from_the_recipe_comparison(tmp
     assert equal_time.best_lr(tmp_path, "small", "-fit") == "0.04"
     with pytest.raises(SystemExit, match="no comparator result"):
         equal_time.best_lr(tmp_path, "small", "")
+
+
+def test_a_run_cache_copied_to_another_runs_dir_is_the_same_cache():
+    """A run's command names its own folder (SET/NAME/seedN); the same run in a copied runs dir, even one whose
+    name starts with the checkout's, compares equal, and another run's folder or seed does not."""
+    from recipes import ROOT, comparable
+
+    def command(runs: Path, seed: int = 0) -> list[str]:
+        out = runs / "balloons" / "maskinit-default" / f"seed{seed}" / "out"
+        return [str(ROOT / ".venv" / "bin" / "python"), "-m", "maskinit", "train", "--output-dir", str(out),
+                "--seed", str(seed), f"OUTPUT_DIR={out}"]
+
+    here = Path(f"{ROOT}runs2") / "balloons" / "maskinit-default" / "seed0"
+    assert comparable(command(Path(f"{ROOT}runs")), here) == comparable(command(Path(f"{ROOT}runs2")), here)
+    assert comparable(command(Path("/elsewhere/cache")), here) == comparable(command(Path(f"{ROOT}runs2")), here)
+    assert comparable(command(Path(f"{ROOT}runs2")), here)[0] == "<root>/.venv/bin/python"
+    assert comparable(command(Path(f"{ROOT}runs"), seed=1), here) != comparable(command(Path(f"{ROOT}runs2")), here)

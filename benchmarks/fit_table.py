@@ -216,7 +216,7 @@ def main() -> None:
              "The recipe with one thing changed, mask AP minus the default's (paired by seed, as above):", "",
              *delta_table(results, ran(PROBED, results), "changed")]
     if probes:
-        lines += ["", "Probes run beside a default of their own (the same machine and sitting, one run a core), "
+        lines += ["", "Probes run beside a default of their own (on the same machine, one run a core), "
                   "mask AP minus that default's (paired by seed, as above):", "",
                   *delta_table(probes, ran(PROBED, probes), "changed")]
     text = "\n".join(lines) + "\n"

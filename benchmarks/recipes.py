@@ -410,7 +410,7 @@ def comparable(command: list[str], folder: Path) -> list[str]:
         if skip:
             blanked.append("<data>")
         else:
-            blanked.append(root.sub("<root>", run.sub("<run>", arg.replace(str(folder), "<run>"))))
+            blanked.append(root.sub("<root>", run.sub("<run>", arg)))
         skip = arg in DATA_OPTIONS
     return blanked
 
